@@ -1,0 +1,144 @@
+"""What a model says about a series: the types that cross from `inference` to `sr_writer`.
+
+These are plain data, free of any deep-learning framework, so that `sr_writer` and
+`dicom_node` can use them without importing a backend. Every spatial result is tied
+to an exact source frame (SOP Instance UID and 1-based frame number) and given in
+that frame's own pixel grid, so that result objects land on the right image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+
+@dataclass(frozen=True)
+class CodedConcept:
+    """A coded concept as the model package declares it (e.g. SCT 3961000 "Bone")."""
+
+    value: str
+    scheme_designator: str
+    meaning: str
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """Who made a result: written into every object as the algorithm and device."""
+
+    name: str
+    version: str
+    description: str = ""
+    manufacturer: str = "DICOM AI node"
+    not_for_clinical_use: bool = True
+
+
+@dataclass(frozen=True)
+class Label:
+    """One output of a model: what it finds, how it is coded, where it decides."""
+
+    name: str
+    finding: CodedConcept
+    category: CodedConcept
+    threshold: float = 0.5
+
+
+@dataclass(frozen=True)
+class FrameRef:
+    """One source frame: the SOP instance and its 1-based frame number."""
+
+    sop_instance_uid: str
+    frame_number: int = 1
+
+
+@dataclass(frozen=True)
+class LabelScore:
+    """A classification output for one label: probability and decision at threshold."""
+
+    label: Label
+    probability: float
+    positive: bool
+
+
+@dataclass(frozen=True)
+class Heatmap:
+    """A class activation map for one positive label, at the source frame's resolution.
+
+    ``values`` is float32 in [0, 1], shape (rows, columns) of the source frame.
+    """
+
+    label: Label
+    frame: FrameRef
+    values: npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class Classification:
+    """Per-label scores for a series, with CAM heatmaps for the positive labels."""
+
+    model: ModelIdentity
+    series_instance_uid: str
+    frames: tuple[FrameRef, ...]
+    scores: tuple[LabelScore, ...]
+    heatmaps: tuple[Heatmap, ...] = ()
+    skipped: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    """Per-label masks at source resolution, one mask frame per source frame.
+
+    ``masks`` is bool, shape (len(frames), rows, columns, len(labels)), in the order of
+    ``frames``. ``probabilities``, when the model gives them, has the same shape as
+    float32 in [0, 1] (for fractional SEG). ``pixel_spacing_mm`` is (row, column)
+    spacing and ``slice_spacing_mm`` the distance between frames along the normal,
+    so that voxel volume is their product; ``None`` where the source does not say.
+    """
+
+    model: ModelIdentity
+    series_instance_uid: str
+    frames: tuple[FrameRef, ...]
+    labels: tuple[Label, ...]
+    masks: npt.NDArray[np.bool_]
+    pixel_spacing_mm: tuple[float, float] | None = None
+    slice_spacing_mm: float | None = None
+    probabilities: npt.NDArray[np.float32] | None = field(default=None, repr=False)
+    skipped: tuple[str, ...] = ()
+
+    @property
+    def voxel_volume_mm3(self) -> float | None:
+        """Volume of one mask voxel, or ``None`` when spacing is unknown."""
+        if self.pixel_spacing_mm is None or self.slice_spacing_mm is None:
+            return None
+        row, col = self.pixel_spacing_mm
+        return row * col * self.slice_spacing_mm
+
+
+@dataclass(frozen=True)
+class Box:
+    """A detected object on one source frame, in that frame's pixel coordinates.
+
+    Coordinates are (row_min, column_min, row_max, column_max), inclusive-exclusive
+    floats in source pixels, after non-maximum suppression.
+    """
+
+    label: Label
+    score: float
+    frame: FrameRef
+    bounds: tuple[float, float, float, float]
+
+
+@dataclass(frozen=True)
+class Detection:
+    """Boxes found in a series."""
+
+    model: ModelIdentity
+    series_instance_uid: str
+    frames: tuple[FrameRef, ...]
+    labels: tuple[Label, ...]
+    boxes: tuple[Box, ...]
+    skipped: tuple[str, ...] = ()
+
+
+Prediction = Classification | Segmentation | Detection
