@@ -1,0 +1,1 @@
+"""The DICOM AI node service: listener, queue, workers, delivery, CLI."""

@@ -1,0 +1,33 @@
+"""``dicom-node check-config -c FILE``: print every problem with its key, exit non-zero."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from dicom_node.config import load_config
+from dicom_node.errors import ConfigError
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "check-config", help="validate a config file and print each problem with its key"
+    )
+    parser.add_argument("-c", "--config", required=True, help="path to the node's TOML config")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"{exc.path}: {len(exc.problems)} problem(s)", file=sys.stderr)
+        for key, message in exc.problems:
+            print(f"  {key}: {message}", file=sys.stderr)
+        return 1
+    print(
+        f"{args.config}: OK ({len(config.peers)} peers, {len(config.models)} models, "
+        f"{len(config.routes)} routes)"
+    )
+    return 0

@@ -1,0 +1,377 @@
+"""The node's config file: TOML loaded into pydantic models, checked before anything listens.
+
+Every problem is reported with its key path (``routes[1].destinations[0]``) and the
+offending value, all at once, so that an administrator fixes the file in one pass.
+Relative paths are resolved against the folder of the config file.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydicom.datadict import tag_for_keyword
+from pynetdicom.utils import set_ae
+
+from dicom_node.errors import ConfigError
+
+# Match keys that are not DICOM keywords but facts of the association.
+ASSOCIATION_MATCH_KEYS = frozenset({"CallingAETitle"})
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _ae_title(value: str) -> str:
+    try:
+        return str(set_ae(value, "ae_title", allow_empty=False))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"not a valid AE title {value!r}: {exc}") from None
+
+
+AETitle = Annotated[str, Field(min_length=1, max_length=16)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class TlsSection(_Section):
+    """TLS for the listener; ``ca_file`` set means clients must present a certificate."""
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path | None = None
+
+
+class NodeSection(_Section):
+    ae_title: AETitle = "AINODE"
+    host: str = "0.0.0.0"
+    port: Port = 11112
+    storage_dir: Path = Path("var/spool")
+    database_url: str = "sqlite:///var/node.db"
+    min_free_disk_mb: int = Field(default=1024, ge=0)
+    duplicate_policy: Literal["keep_first", "replace"] = "keep_first"
+    private_sop_classes: list[str] = []
+    max_associations: int = Field(default=32, ge=1)
+    network_timeout_seconds: float = Field(default=60.0, gt=0)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    _validate_ae = field_validator("ae_title")(classmethod(lambda cls, v: _ae_title(v)))
+
+    @field_validator("private_sop_classes")
+    @classmethod
+    def _uids(cls, value: list[str]) -> list[str]:
+        for uid in value:
+            if not re.fullmatch(r"[0-9]+(\.[0-9]+)*", uid) or len(uid) > 64:
+                raise ValueError(f"not a valid UID {uid!r}")
+        return value
+
+
+class SecuritySection(_Section):
+    allowed_calling_aets: list[str] = []
+    allowed_hosts: list[str] = []
+    tls: TlsSection | None = None
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for host in value:
+            try:
+                ipaddress.ip_network(host, strict=False)
+            except ValueError:
+                raise ValueError(f"not an IP address or network {host!r}") from None
+        return value
+
+
+class PeerConfig(_Section):
+    name: str = Field(min_length=1)
+    ae_title: AETitle
+    host: str
+    port: Port
+    storage_commitment: bool = False
+    tls: bool = False
+
+    _validate_ae = field_validator("ae_title")(classmethod(lambda cls, v: _ae_title(v)))
+
+
+class CompletionSection(_Section):
+    stable_seconds: float = Field(default=30.0, ge=0)
+    query_peer: str | None = None
+    min_seconds: float = Field(default=5.0, ge=0)
+    max_seconds: float = Field(default=900.0, gt=0)
+    scan_interval_seconds: float = Field(default=2.0, gt=0)
+
+    @model_validator(mode="after")
+    def _order(self) -> CompletionSection:
+        if self.min_seconds > self.max_seconds:
+            raise ValueError(
+                f"min_seconds ({self.min_seconds}) is greater than max_seconds ({self.max_seconds})"
+            )
+        return self
+
+
+class ModelConfig(_Section):
+    name: str = Field(min_length=1)
+    path: Path
+    backend: Literal["auto", "tensorrt", "onnxruntime", "torch"] = "auto"
+    device: str = "auto"
+
+
+class RegexMatch(_Section):
+    regex: str
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression {value!r}: {exc}") from None
+        return value
+
+
+class RangeMatch(_Section):
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _bounded(self) -> RangeMatch:
+        if self.min is None and self.max is None:
+            raise ValueError("a range needs min, max or both")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
+        return self
+
+
+Scalar = str | int | float
+
+
+def _match_kind(value: Any) -> str:
+    if isinstance(value, dict | RegexMatch | RangeMatch):
+        return "regex" if isinstance(value, RegexMatch) or "regex" in value else "range"
+    return "list" if isinstance(value, list) else "value"
+
+
+MatchValue = Annotated[
+    Annotated[Scalar, Tag("value")]
+    | Annotated[list[Scalar], Tag("list")]
+    | Annotated[RegexMatch, Tag("regex")]
+    | Annotated[RangeMatch, Tag("range")],
+    Discriminator(_match_kind),
+]
+
+
+class RouteConfig(_Section):
+    """Which models run on which series, and where their results go.
+
+    ``match`` maps DICOM keywords (study or series level, ``SOPClassUID``) or
+    ``CallingAETitle`` to an exact value, a list of values, ``{regex = "..."}`` or
+    ``{min = .., max = ..}``; all conditions must hold.
+    """
+
+    name: str = Field(min_length=1)
+    models: list[str] = Field(min_length=1)
+    match: dict[str, MatchValue] = {}
+    destinations: list[str] = []
+    reply_to_sender: bool = False
+
+    @field_validator("match")
+    @classmethod
+    def _keywords(cls, value: dict[str, MatchValue]) -> dict[str, MatchValue]:
+        for keyword in value:
+            if keyword not in ASSOCIATION_MATCH_KEYS and tag_for_keyword(keyword) is None:
+                raise ValueError(f"not a DICOM keyword {keyword!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _has_destination(self) -> RouteConfig:
+        if not self.destinations and not self.reply_to_sender:
+            raise ValueError("a route needs destinations or reply_to_sender = true")
+        return self
+
+
+class WorkerSection(_Section):
+    count: int = Field(default=1, ge=0)
+    max_attempts: int = Field(default=3, ge=1)
+    retry_backoff_seconds: float = Field(default=30.0, ge=0)
+    poll_seconds: float = Field(default=1.0, gt=0)
+    intra_op_threads: int = Field(default=0, ge=0)
+    inter_op_threads: int = Field(default=0, ge=0)
+
+
+class DeliverySection(_Section):
+    max_attempts: int = Field(default=12, ge=1)
+    backoff_initial_seconds: float = Field(default=10.0, ge=0)
+    backoff_max_seconds: float = Field(default=600.0, ge=0)
+    timeout_seconds: float = Field(default=30.0, gt=0)
+    scan_interval_seconds: float = Field(default=2.0, gt=0)
+
+
+class RetentionSection(_Section):
+    keep_hours: float = Field(default=72.0, ge=0)
+    delete_when_done: bool = False
+    scan_interval_seconds: float = Field(default=300.0, gt=0)
+
+
+class MetricsSection(_Section):
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: Port = 9108
+
+
+class NodeConfig(_Section):
+    """The whole config file. ``source`` is the file it was read from."""
+
+    node: NodeSection = NodeSection()
+    security: SecuritySection = SecuritySection()
+    peers: list[PeerConfig] = []
+    completion: CompletionSection = CompletionSection()
+    models: list[ModelConfig] = []
+    routes: list[RouteConfig] = []
+    worker: WorkerSection = WorkerSection()
+    delivery: DeliverySection = DeliverySection()
+    retention: RetentionSection = RetentionSection()
+    metrics: MetricsSection = MetricsSection()
+
+    def peer(self, name: str) -> PeerConfig:
+        """The peer called ``name``; ``KeyError`` naming it otherwise."""
+        for peer in self.peers:
+            if peer.name == name:
+                return peer
+        raise KeyError(f"no peer named {name!r} in the config")
+
+    def model(self, name: str) -> ModelConfig:
+        """The model called ``name``; ``KeyError`` naming it otherwise."""
+        for model in self.models:
+            if model.name == name:
+                return model
+        raise KeyError(f"no model named {name!r} in the config")
+
+
+def _key_path(loc: tuple[int | str, ...]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part in {"value", "list", "regex", "range", "str", "int", "float"} and path.count(
+            ".match."
+        ):
+            continue  # pydantic names the union branch it tried; not a key of the file
+        else:
+            path += f".{part}" if path else part
+    return path
+
+
+def _cross_reference_problems(config: NodeConfig) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    sections: dict[str, list[str]] = {
+        "peers": [p.name for p in config.peers],
+        "models": [m.name for m in config.models],
+        "routes": [r.name for r in config.routes],
+    }
+    for section, names in sections.items():
+        for index, name in enumerate(names):
+            if name in names[:index]:
+                problems.append((f"{section}[{index}].name", f"duplicate name {name!r}"))
+    peer_names, model_names = set(sections["peers"]), set(sections["models"])
+    for index, route in enumerate(config.routes):
+        for i, model in enumerate(route.models):
+            if model not in model_names:
+                problems.append((f"routes[{index}].models[{i}]", f"no model named {model!r}"))
+        for i, dest in enumerate(route.destinations):
+            if dest not in peer_names:
+                problems.append((f"routes[{index}].destinations[{i}]", f"no peer named {dest!r}"))
+    query_peer = config.completion.query_peer
+    if query_peer is not None and query_peer not in peer_names:
+        problems.append(("completion.query_peer", f"no peer named {query_peer!r}"))
+    return problems
+
+
+def _resolve_paths(data: dict[str, Any], base: Path) -> NodeConfig:
+    config = NodeConfig.model_validate(data)
+
+    def resolve(path: Path) -> Path:
+        return path if path.is_absolute() else (base / path).resolve()
+
+    node = config.node.model_copy(update={"storage_dir": resolve(config.node.storage_dir)})
+    url = config.node.database_url
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and url != "sqlite:///:memory:":
+        url = prefix + str(resolve(Path(url[len(prefix) :])))
+    node = node.model_copy(update={"database_url": url})
+    models = [m.model_copy(update={"path": resolve(m.path)}) for m in config.models]
+    security = config.security
+    if security.tls is not None:
+        tls = security.tls
+        security = security.model_copy(
+            update={
+                "tls": tls.model_copy(
+                    update={
+                        "cert_file": resolve(tls.cert_file),
+                        "key_file": resolve(tls.key_file),
+                        "ca_file": resolve(tls.ca_file) if tls.ca_file else None,
+                    }
+                )
+            }
+        )
+    return config.model_copy(update={"node": node, "models": models, "security": security})
+
+
+def parse_config(data: dict[str, Any], source: str, base: Path) -> NodeConfig:
+    """Validate an already-parsed TOML document.
+
+    Raises
+    ------
+    ConfigError
+        Listing every problem with its key path and the offending value.
+    """
+    try:
+        config = _resolve_paths(data, base)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            message = error["msg"].removeprefix("Value error, ")
+            if error["type"] not in {"extra_forbidden"} and "input" in error:
+                message += f" (got {error['input']!r})"
+            elif error["type"] == "extra_forbidden":
+                message = "unknown key"
+            problems.append((_key_path(error["loc"]) or "(top level)", message))
+        raise ConfigError(source, _dedupe(problems)) from None
+    problems = _cross_reference_problems(config)
+    if problems:
+        raise ConfigError(source, problems)
+    return config
+
+
+def _dedupe(problems: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    return list(dict.fromkeys(problems))
+
+
+def load_config(path: str | Path) -> NodeConfig:
+    """Read and validate the config file at ``path``.
+
+    Raises
+    ------
+    ConfigError
+        When the file is missing, is not TOML, or has any invalid key or value.
+    """
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(str(path), [("(file)", "no such file")]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), [("(file)", f"not valid TOML: {exc}")]) from None
+    return parse_config(data, str(path), path.resolve().parent)
