@@ -209,6 +209,7 @@ class WorkerSection(_Section):
     poll_seconds: float = Field(default=1.0, gt=0)
     intra_op_threads: int = Field(default=0, ge=0)
     inter_op_threads: int = Field(default=0, ge=0)
+    lease_seconds: float = Field(default=120.0, gt=0)
 
 
 class DeliverySection(_Section):
@@ -217,6 +218,8 @@ class DeliverySection(_Section):
     backoff_max_seconds: float = Field(default=600.0, ge=0)
     timeout_seconds: float = Field(default=30.0, gt=0)
     scan_interval_seconds: float = Field(default=2.0, gt=0)
+    batch_size: int = Field(default=100, ge=1)
+    commitment_timeout_seconds: float = Field(default=3600.0, gt=0)
 
 
 class RetentionSection(_Section):

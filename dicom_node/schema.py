@@ -108,6 +108,8 @@ class Study(Base):
     last_received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     completion_reason: Mapped[str | None] = mapped_column(Text)
+    # Why routing skipped the study (no route matched), or which routes made its jobs.
+    routing_reason: Mapped[str | None] = mapped_column(Text)
 
     series: Mapped[list[Series]] = relationship(back_populates="study")
 
@@ -172,6 +174,11 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     worker_id: Mapped[str | None] = mapped_column(String(128))
+    # A running job belongs to worker_id until then; the worker renews it while it runs,
+    # so that another process requeues the job only once its owner is really gone.
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Seconds per phase of the last run (load, model, results, ...), for status and benchmarks.
+    timings: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
     error: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (
@@ -197,6 +204,9 @@ class Delivery(Base):
     last_status: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
     commitment_transaction_uid: Mapped[str | None] = mapped_column(UID)
+    # Like Job: the process sending it owns a running delivery until its lease expires.
+    worker_id: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
