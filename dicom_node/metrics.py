@@ -1,0 +1,158 @@
+"""Prometheus metrics: event counters in each process, queue gauges read from the database.
+
+Counters and histograms (instances received, studies completed, inference seconds,
+delivery failures) count what this process did; Prometheus sums them over the
+listener and worker processes. The queue gauges (jobs and deliveries by state, queue
+depth, age of the oldest queued job) are read from the shared database at scrape
+time, so that every process reports the same, current picture.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from datetime import datetime
+from threading import Thread
+from typing import Any
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import event, func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from dicom_node.config import MetricsSection
+from dicom_node.schema import Delivery, Instance, Job, WorkState, utcnow
+
+logger = logging.getLogger(__name__)
+
+INSTANCES_RECEIVED = Counter(
+    "dicom_node_instances_received", "Instances stored by the listener in this process"
+)
+STUDIES_COMPLETED = Counter(
+    "dicom_node_studies_completed", "Complete studies routed (to jobs or skipped)"
+)
+JOBS_FINISHED = Counter(
+    "dicom_node_jobs_finished", "Job runs that ended, by model and outcome", ["model", "state"]
+)
+INFERENCE_SECONDS = Histogram(
+    "dicom_node_inference_seconds",
+    "Model time per series (Model.predict)",
+    ["model"],
+    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+)
+DELIVERY_FAILURES = Counter(
+    "dicom_node_delivery_failures",
+    "Failed delivery attempts, by peer and kind (transient or permanent)",
+    ["peer", "kind"],
+)
+DELIVERIES_SENT = Counter("dicom_node_deliveries_sent", "Result objects stored at a peer", ["peer"])
+
+
+class QueueCollector(Collector):
+    """Job and delivery gauges computed from the database at each scrape."""
+
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self._sessions = sessions
+
+    def collect(self) -> Iterator[Metric]:
+        jobs = GaugeMetricFamily(
+            "dicom_node_jobs", "Jobs by state and model", labels=["state", "model"]
+        )
+        deliveries = GaugeMetricFamily(
+            "dicom_node_deliveries", "Deliveries by state and peer", labels=["state", "peer"]
+        )
+        with self._sessions() as session:
+            for state, model, count in session.execute(
+                select(Job.state, Job.model_name, func.count()).group_by(Job.state, Job.model_name)
+            ):
+                jobs.add_metric([str(state), model], count)
+            for state, peer, count in session.execute(
+                select(Delivery.state, Delivery.peer_name, func.count()).group_by(
+                    Delivery.state, Delivery.peer_name
+                )
+            ):
+                deliveries.add_metric([str(state), peer], count)
+            depth, oldest = session.execute(
+                select(func.count(), func.min(Job.created_at)).where(Job.state == WorkState.QUEUED)
+            ).one()
+        yield jobs
+        yield deliveries
+        yield GaugeMetricFamily("dicom_node_queue_depth", "Jobs waiting for a worker", value=depth)
+        yield GaugeMetricFamily(
+            "dicom_node_oldest_queued_job_age_seconds",
+            "Age of the oldest queued job (0 when none)",
+            value=_age_seconds(oldest),
+        )
+
+
+def _age_seconds(created: datetime | str | None) -> float:
+    if created is None:
+        return 0.0
+    if isinstance(created, str):  # SQLite aggregates skip the column type's conversion
+        created = datetime.fromisoformat(created)
+    if created.tzinfo is None:
+        created = created.replace(tzinfo=utcnow().tzinfo)
+    return max(0.0, (utcnow() - created).total_seconds())
+
+
+def _count_instance(_mapper: Any, _connection: Any, _target: Instance) -> None:
+    INSTANCES_RECEIVED.inc()
+
+
+class MetricsServer:
+    """The ``/metrics`` HTTP endpoint of this process, with the queue collector attached."""
+
+    def __init__(
+        self,
+        settings: MetricsSection,
+        sessions: sessionmaker[Session],
+        registry: CollectorRegistry = REGISTRY,
+    ) -> None:
+        self._settings = settings
+        self._registry = registry
+        self._collector = QueueCollector(sessions)
+        self._server: WSGIServer | None = None
+        self._thread: Thread | None = None
+
+    @property
+    def port(self) -> int:
+        """The bound port (the configured one, or the one the OS chose for port 0)."""
+        if self._server is None:
+            raise RuntimeError("metrics server is not running")
+        return int(self._server.server_port)
+
+    def start(self) -> None:
+        """Bind and serve in a daemon thread; count instances this process inserts.
+
+        Raises
+        ------
+        OSError
+            When the host/port cannot be bound (in use, not an address of this host).
+        """
+        self._registry.register(self._collector)
+        event.listen(Instance, "after_insert", _count_instance)
+        try:
+            self._server, self._thread = start_http_server(
+                self._settings.port, addr=self._settings.host, registry=self._registry
+            )
+        except OSError:
+            self._unhook()
+            raise
+        logger.info("metrics listening", extra={"host": self._settings.host, "port": self.port})
+
+    def _unhook(self) -> None:
+        event.remove(Instance, "after_insert", _count_instance)
+        self._registry.unregister(self._collector)
+
+    def stop(self) -> None:
+        """Stop serving and detach from the registry (idempotent)."""
+        if self._server is None:
+            return
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._server = None
+        self._unhook()
