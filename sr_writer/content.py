@@ -1,0 +1,177 @@
+"""Parts every result object shares: codes, the algorithm as observer, labelling.
+
+The model is written as a device observer and as the algorithm (TID 4019), so that
+a reader of any object can tell which model and version made it; series
+descriptions say it is AI output and, where the model package says so, that it is
+not for clinical use. Free text is kept to ASCII, which every Specific Character
+Set a source may declare can encode.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import highdicom as hd
+from highdicom.sr import (
+    AlgorithmIdentification,
+    CodedConcept,
+    DeviceObserverIdentifyingAttributes,
+    Measurement,
+    ObservationContext,
+    ObserverContext,
+    SourceImageForMeasurement,
+)
+from pydicom import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+
+from inference import CodedConcept as ModelConcept
+from inference import ModelIdentity
+from sr_writer.options import ResultOptions
+
+PROBABILITY = codes.DCM.Probability
+THRESHOLD = codes.DCM.ThresholdValue
+SCORE = codes.SCT.Score
+AREA = codes.SCT.Area
+VOLUME = codes.SCT.Volume
+NO_UNITS = codes.UCUM.NoUnits
+SQUARE_MM = codes.UCUM.SquareMillimeter
+CUBIC_MM = codes.UCUM.CubicMillimeter
+PRESENT = codes.SCT.Present
+ABSENT = codes.SCT.Absent
+PERCENT = codes.UCUM.Percent
+
+_PROCEDURES = {
+    "CT": codes.LN.CTUnspecifiedBodyRegion,
+    "MR": codes.LN.MRIUnspecifiedBodyRegion,
+}
+_LO_LENGTH = 64
+_UNSTATED_DEIDENTIFICATION = "Identity removed upstream; method not stated by source"
+
+
+@contextmanager
+def copied_names_accepted() -> Iterator[None]:
+    """Silence highdicom's warning about single-component person names.
+
+    Names are copied from the source as the archive holds them (e.g. a
+    de-identified "CQ500-CT-310"); warning about them on every job would only bury
+    real problems in the log.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=r"The string .* is unlikely to represent the intended person"
+        )
+        yield
+
+
+def to_code(concept: ModelConcept) -> CodedConcept:
+    """The model package's coded concept as an SR coded concept."""
+    return CodedConcept(concept.value, concept.scheme_designator, concept.meaning)
+
+
+def procedure_code(source: Dataset) -> CodedConcept:
+    """The procedure reported: the modality's unspecified-region code where known."""
+    code = _PROCEDURES.get(str(source.get("Modality", "")), codes.SCT.ImagingProcedure)
+    return CodedConcept(code.value, code.scheme_designator, code.meaning)
+
+
+def manufacturer(model: ModelIdentity, options: ResultOptions) -> str:
+    """The manufacturer written as creating equipment."""
+    return options.manufacturer or model.manufacturer
+
+
+def algorithm(model: ModelIdentity) -> AlgorithmIdentification:
+    """The model as TID 4019 algorithm identification, attached to measurements."""
+    return AlgorithmIdentification(name=model.name, version=model.version)
+
+
+def algorithm_sequence(model: ModelIdentity) -> hd.AlgorithmIdentificationSequence:
+    """The model as the SEG's Segment Algorithm Identification."""
+    return hd.AlgorithmIdentificationSequence(
+        name=model.name, family=codes.DCM.ArtificialIntelligence, version=model.version
+    )
+
+
+def observation_context(
+    model: ModelIdentity, options: ResultOptions, device_uid: str
+) -> ObservationContext:
+    """The SR observer: the model running on this node, as a device.
+
+    Parameters
+    ----------
+    model: ModelIdentity
+        The model; its name and version name the device model.
+    options: ResultOptions
+        The node's name and manufacturer.
+    device_uid: str
+        Deterministic Device Observer UID.
+    """
+    device = DeviceObserverIdentifyingAttributes(
+        uid=device_uid,
+        name=ascii_text(options.device_name),
+        manufacturer_name=ascii_text(manufacturer(model, options)),
+        model_name=ascii_text(f"{model.name} {model.version}"),
+    )
+    return ObservationContext(
+        observer_device_context=ObserverContext(
+            observer_type=codes.DCM.Device, observer_identifying_attributes=device
+        )
+    )
+
+
+def measurement(
+    name: Code | CodedConcept,
+    value: float,
+    unit: Code | CodedConcept,
+    model: ModelIdentity,
+    source: SourceImageForMeasurement | None = None,
+) -> Measurement:
+    """A numeric measurement (TID 300) credited to the model's algorithm."""
+    return Measurement(
+        name=name,
+        value=float(value),
+        unit=unit,
+        algorithm_id=algorithm(model),
+        referenced_images=[source] if source is not None else None,
+    )
+
+
+def series_description(model: ModelIdentity, what: str) -> str:
+    """``"AI <what> - <model> <version>[ - not for clinical use]"``, within 64 characters.
+
+    The model part is shortened first, so that the kind of object and the warning
+    always survive.
+    """
+    head = f"AI {what} - "
+    tail = " - not for clinical use" if model.not_for_clinical_use else ""
+    room = _LO_LENGTH - len(head) - len(tail)
+    name = ascii_text(f"{model.name} {model.version}")
+    if len(name) > room:
+        name = name[: room - 3] + "..."
+    return f"{head}{name}{tail}"
+
+
+def ascii_text(text: str) -> str:
+    """Text with non-ASCII characters replaced, encodable in any character set."""
+    return text.encode("ascii", "replace").decode("ascii")
+
+
+def copy_deidentification(result: Dataset, source: Dataset) -> None:
+    """Carry the source's de-identification state into a result object.
+
+    A result about a de-identified patient is de-identified too, and the standard
+    then requires the method: copied where the source states it, otherwise written
+    as unknown rather than left out.
+    """
+    if str(source.get("PatientIdentityRemoved", "")).upper() != "YES":
+        return
+    result.PatientIdentityRemoved = "YES"
+    for keyword in ("DeidentificationMethod", "DeidentificationMethodCodeSequence"):
+        if keyword in source:
+            result[keyword] = source[keyword]
+    if "DeidentificationMethod" not in result and "DeidentificationMethodCodeSequence" not in (
+        result
+    ):
+        result.DeidentificationMethod = _UNSTATED_DEIDENTIFICATION

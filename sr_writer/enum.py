@@ -1,0 +1,26 @@
+"""Coded option values for result building, coerced from ``str | Enum``."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class SegmentationKindValues(Enum):
+    """How SEG pixels encode the model's output.
+
+    BINARY writes the thresholded masks (one bit a pixel, read by every viewer);
+    FRACTIONAL writes the model's probabilities as 8-bit values, for viewers and
+    pipelines that use the soft output.
+    """
+
+    BINARY = "BINARY"
+    FRACTIONAL = "FRACTIONAL"
+
+
+class ObjectKind(Enum):
+    """The kinds of result object; each gets its own deterministic series."""
+
+    SR = "SR"
+    SEG = "SEG"
+    HEATMAP_SC = "HEATMAP_SC"
+    PARAMETRIC_MAP = "PARAMETRIC_MAP"

@@ -1,0 +1,216 @@
+"""The SEG: the model's masks as a DICOM Segmentation over the exact source frames.
+
+One segment per label with a non-empty mask, numbered in label order; a label whose
+mask is empty is reported absent in the SR and left out here, and when every mask is
+empty no SEG is written (a SEG without segments is invalid). Binary by default;
+fractional writes the model's probabilities where it gives them.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+
+import highdicom as hd
+import numpy as np
+import numpy.typing as npt
+from pydicom import Dataset
+
+from inference import Label, ModelIdentity, Segmentation
+from sr_writer.content import (
+    algorithm_sequence,
+    ascii_text,
+    copy_deidentification,
+    manufacturer,
+    series_description,
+    to_code,
+)
+from sr_writer.enum import ObjectKind, SegmentationKindValues
+from sr_writer.errors import UnsupportedSourceError
+from sr_writer.options import ResultOptions
+from sr_writer.sources import SourceFrame, SourceSeries
+from sr_writer.uids import derive_uid
+
+logger = logging.getLogger(__name__)
+
+SEG_SERIES_NUMBER = 9102
+_CONTENT_LABEL_LENGTH = 16
+
+
+@dataclass(frozen=True)
+class SegmentationResult:
+    """A written SEG and the segment number given to each label."""
+
+    dataset: hd.seg.Segmentation
+    segment_numbers: dict[str, int]
+
+
+def build_segmentation(
+    prediction: Segmentation, sources: SourceSeries, options: ResultOptions
+) -> SegmentationResult | None:
+    """Write the prediction's non-empty masks as a SEG.
+
+    Parameters
+    ----------
+    prediction: inference.Segmentation
+        Masks, one frame per source frame named in ``prediction.frames``.
+    sources: SourceSeries
+        The source instances.
+    options: ResultOptions
+        Node labelling, binary or fractional, UID root.
+
+    Returns
+    -------
+    SegmentationResult | None
+        The SEG, or ``None`` when every mask is empty.
+
+    Raises
+    ------
+    UnsupportedSourceError
+        If the sources cannot carry a SEG: no Frame of Reference UID, frames spread
+        over several multi-frame instances, or a source highdicom rejects.
+    SourceMismatchError
+        If a frame the prediction names is not among the sources.
+    ValueError
+        If the masks do not match the frames and labels in shape.
+    """
+    _check_shape(prediction)
+    present = [i for i in range(len(prediction.labels)) if prediction.masks[..., i].any()]
+    if not present:
+        logger.info("all %d masks empty: no SEG written", len(prediction.labels))
+        return None
+    problem = sources.frame_of_reference_problem()
+    if problem is not None:
+        raise UnsupportedSourceError("SEG", problem)
+    frames = [sources.frame(ref) for ref in prediction.frames]
+    source_images, positions = _layout(frames)
+    kind = _effective_kind(prediction, options.segmentation_kind)
+    pixels = _pixel_array(prediction, kind, present, positions, _frame_count(source_images))
+    model = prediction.model
+    descriptions = [
+        _description(number, prediction.labels[index], model, sources.study_instance_uid, options)
+        for number, index in enumerate(present, start=1)
+    ]
+    uid = sources.study_instance_uid
+    try:
+        seg = hd.seg.Segmentation(
+            source_images=source_images,
+            pixel_array=pixels,
+            segmentation_type=kind.value,
+            segment_descriptions=descriptions,
+            series_instance_uid=derive_uid(options.uid_root, uid, model, ObjectKind.SEG, "series"),
+            series_number=SEG_SERIES_NUMBER,
+            sop_instance_uid=derive_uid(options.uid_root, uid, model, ObjectKind.SEG, "instance"),
+            instance_number=1,
+            manufacturer=ascii_text(manufacturer(model, options)),
+            manufacturer_model_name=ascii_text(model.name),
+            software_versions=ascii_text(model.version),
+            device_serial_number=ascii_text(options.device_name),
+            content_label=content_label(model),
+            content_description=ascii_text(model.description)[:64] or None,
+            series_description=series_description(model, "segmentation"),
+            institution_name=options.institution_name,
+            omit_empty_frames=True,
+        )
+    except ValueError as exc:
+        raise UnsupportedSourceError("SEG", f"highdicom rejects the sources: {exc}") from exc
+    copy_deidentification(seg, sources.reference)
+    numbers = {prediction.labels[index].name: n for n, index in enumerate(present, start=1)}
+    return SegmentationResult(dataset=seg, segment_numbers=numbers)
+
+
+def content_label(model: ModelIdentity) -> str:
+    """The SEG Content Label (CS: upper case, digits, space, underscore; 16 chars)."""
+    label = re.sub(r"[^A-Z0-9_ ]", "_", model.name.upper())[:_CONTENT_LABEL_LENGTH].strip()
+    return label or "AI_SEGMENTATION"
+
+
+def _check_shape(prediction: Segmentation) -> None:
+    expected = (len(prediction.frames), len(prediction.labels))
+    shape = prediction.masks.shape
+    if prediction.masks.ndim != 4 or (shape[0], shape[3]) != expected:
+        raise ValueError(
+            f"masks must have shape (frames={expected[0]}, rows, columns, "
+            f"labels={expected[1]}), got {shape}"
+        )
+    if prediction.probabilities is not None and prediction.probabilities.shape != shape:
+        raise ValueError(
+            f"probabilities shape {prediction.probabilities.shape} differs from masks {shape}"
+        )
+
+
+def _layout(frames: list[SourceFrame]) -> tuple[list[Dataset], list[int]]:
+    """The source images highdicom takes and each prediction frame's position there.
+
+    Single-frame series: one source image per prediction frame, in prediction order.
+    One multi-frame instance: that instance, positions are its frame indices.
+    """
+    instances = {frame.sop_instance_uid for frame in frames}
+    if not any(frame.is_multi_frame for frame in frames):
+        if len(instances) != len(frames):
+            raise UnsupportedSourceError("SEG", "the prediction names a source image twice")
+        return [frame.dataset for frame in frames], list(range(len(frames)))
+    if len(instances) != 1:
+        raise UnsupportedSourceError(
+            "SEG", f"frames span {len(instances)} instances, one of them multi-frame"
+        )
+    positions = [frame.frame_number - 1 for frame in frames]
+    if len(set(positions)) != len(positions):
+        raise UnsupportedSourceError("SEG", "the prediction names a source frame twice")
+    return [frames[0].dataset], positions
+
+
+def _frame_count(source_images: list[Dataset]) -> int:
+    if len(source_images) == 1:
+        return int(source_images[0].get("NumberOfFrames", 1) or 1)
+    return len(source_images)
+
+
+def _effective_kind(
+    prediction: Segmentation, requested: SegmentationKindValues
+) -> SegmentationKindValues:
+    if requested is SegmentationKindValues.FRACTIONAL and prediction.probabilities is None:
+        logger.warning(
+            "fractional SEG requested but model %s gives no probabilities: writing binary",
+            prediction.model.name,
+        )
+        return SegmentationKindValues.BINARY
+    return requested
+
+
+def _pixel_array(
+    prediction: Segmentation,
+    kind: SegmentationKindValues,
+    present: list[int],
+    positions: list[int],
+    frame_count: int,
+) -> npt.NDArray[np.uint8] | npt.NDArray[np.float32]:
+    """The SEG pixel array: C-contiguous (highdicom is ~7x slower on strided views)."""
+    probabilities = prediction.probabilities
+    if kind is SegmentationKindValues.FRACTIONAL and probabilities is not None:
+        values: npt.NDArray[np.generic] = probabilities[..., present]
+        dtype: type[np.generic] = np.float32
+    else:
+        values = prediction.masks[..., present]
+        dtype = np.uint8
+    if positions == list(range(frame_count)):
+        return np.ascontiguousarray(values, dtype=dtype)
+    full = np.zeros((frame_count, *values.shape[1:]), dtype=dtype)
+    full[positions] = values
+    return full
+
+
+def _description(
+    number: int, label: Label, model: ModelIdentity, study_uid: str, options: ResultOptions
+) -> hd.seg.SegmentDescription:
+    return hd.seg.SegmentDescription(
+        segment_number=number,
+        segment_label=ascii_text(label.name)[:64],
+        segmented_property_category=to_code(label.category),
+        segmented_property_type=to_code(label.finding),
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algorithm_sequence(model),
+        tracking_uid=derive_uid(options.uid_root, study_uid, model, ObjectKind.SEG, label.name),
+        tracking_id=ascii_text(label.name)[:64],
+    )

@@ -1,0 +1,222 @@
+"""The source series a prediction was made on: lookup of frames and their geometry.
+
+Predictions name source frames by SOP Instance UID and 1-based frame number; this
+module finds them among the datasets the node loaded and reads what result objects
+need from them (pixel spacing, orientation, Frame of Reference), for single-frame
+series and enhanced multi-frame instances alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+from highdicom.sr import SourceImageForMeasurement, SourceImageForRegion
+from pydicom import Dataset
+
+from inference import FrameRef
+from sr_writer.errors import SourceMismatchError
+
+
+@dataclass(frozen=True)
+class SourceFrame:
+    """One frame of one source instance."""
+
+    dataset: Dataset
+    frame_number: int
+
+    @property
+    def is_multi_frame(self) -> bool:
+        """Whether the instance holds several frames (references then name the frame)."""
+        return "NumberOfFrames" in self.dataset
+
+    @property
+    def sop_instance_uid(self) -> str:
+        """The instance's SOP Instance UID."""
+        return str(self.dataset.SOPInstanceUID)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(rows, columns) of the frame."""
+        return int(self.dataset.Rows), int(self.dataset.Columns)
+
+    def pixel_spacing(self) -> tuple[float, float] | None:
+        """(row, column) spacing in mm, or ``None`` where the source does not say."""
+        item = _functional_item(self.dataset, self.frame_number, "PixelMeasuresSequence")
+        for holder in (item, self.dataset):
+            if holder is not None and "PixelSpacing" in holder:
+                row, column = (float(value) for value in holder.PixelSpacing)
+                return row, column
+        return None
+
+    def image_orientation(self) -> tuple[float, ...] | None:
+        """Row and column direction cosines, or ``None`` where the source has none."""
+        item = _functional_item(self.dataset, self.frame_number, "PlaneOrientationSequence")
+        for holder in (item, self.dataset):
+            if holder is not None and "ImageOrientationPatient" in holder:
+                return tuple(float(value) for value in holder.ImageOrientationPatient)
+        return None
+
+    def image_position(self) -> tuple[float, ...] | None:
+        """Position of the frame's first pixel in the patient, or ``None``."""
+        item = _functional_item(self.dataset, self.frame_number, "PlanePositionSequence")
+        for holder in (item, self.dataset):
+            if holder is not None and "ImagePositionPatient" in holder:
+                return tuple(float(value) for value in holder.ImagePositionPatient)
+        return None
+
+    def slice_thickness(self) -> float | None:
+        """Nominal slice thickness in mm, or ``None``."""
+        item = _functional_item(self.dataset, self.frame_number, "PixelMeasuresSequence")
+        for holder in (item, self.dataset):
+            if holder is not None and holder.get("SliceThickness") not in (None, ""):
+                return float(holder.SliceThickness)
+        return None
+
+    def region_source(self) -> SourceImageForRegion:
+        """The SR reference for a region drawn on this frame."""
+        return SourceImageForRegion(
+            referenced_sop_class_uid=self.dataset.SOPClassUID,
+            referenced_sop_instance_uid=self.sop_instance_uid,
+            referenced_frame_numbers=[self.frame_number] if self.is_multi_frame else None,
+        )
+
+    def measurement_source(self) -> SourceImageForMeasurement:
+        """The SR reference for a measurement made on this frame."""
+        return SourceImageForMeasurement(
+            referenced_sop_class_uid=self.dataset.SOPClassUID,
+            referenced_sop_instance_uid=self.sop_instance_uid,
+            referenced_frame_numbers=[self.frame_number] if self.is_multi_frame else None,
+        )
+
+    def pixels(self) -> npt.NDArray[np.float64]:
+        """The frame's stored values after the modality rescale, as float64.
+
+        Raises
+        ------
+        SourceMismatchError
+            If the pixel data cannot be decoded (missing, or no decoder installed).
+        """
+        from pydicom.pixels import apply_rescale, pixel_array
+
+        try:
+            index = self.frame_number - 1 if self.is_multi_frame else None
+            stored = pixel_array(self.dataset, index=index)
+        except (AttributeError, ValueError, RuntimeError, NotImplementedError) as exc:
+            raise SourceMismatchError(
+                self.sop_instance_uid, self.frame_number, f"cannot decode pixels: {exc}"
+            ) from exc
+        return np.asarray(apply_rescale(stored, self.dataset), dtype=np.float64)
+
+
+class SourceSeries:
+    """The datasets a prediction was made on, indexed by SOP Instance UID.
+
+    Parameters
+    ----------
+    datasets: Sequence[pydicom.Dataset]
+        The source instances, all of one study.
+
+    Raises
+    ------
+    ValueError
+        If ``datasets`` is empty, or the datasets belong to different studies or
+        repeat a SOP Instance UID.
+    """
+
+    def __init__(self, datasets: Sequence[Dataset]) -> None:
+        if not datasets:
+            raise ValueError("source_datasets must hold at least one dataset")
+        studies = {str(ds.StudyInstanceUID) for ds in datasets}
+        if len(studies) != 1:
+            raise ValueError(f"source datasets span several studies: {sorted(studies)}")
+        self._by_uid = {str(ds.SOPInstanceUID): ds for ds in datasets}
+        if len(self._by_uid) != len(datasets):
+            raise ValueError("source datasets repeat a SOP Instance UID")
+        self.datasets = list(datasets)
+        self.study_instance_uid = studies.pop()
+
+    @property
+    def reference(self) -> Dataset:
+        """The dataset whose patient and study modules the results copy."""
+        return self.datasets[0]
+
+    def frame(self, ref: FrameRef) -> SourceFrame:
+        """Return the source frame a prediction names.
+
+        Raises
+        ------
+        SourceMismatchError
+            If the instance is not among the sources or has no such frame.
+        """
+        dataset = self._by_uid.get(ref.sop_instance_uid)
+        if dataset is None:
+            raise SourceMismatchError(
+                ref.sop_instance_uid, ref.frame_number, "not among the source datasets"
+            )
+        frames = int(dataset.get("NumberOfFrames", 1) or 1)
+        if not 1 <= ref.frame_number <= frames:
+            raise SourceMismatchError(
+                ref.sop_instance_uid, ref.frame_number, f"the instance has {frames} frame(s)"
+            )
+        return SourceFrame(dataset, ref.frame_number)
+
+    def library_views(self) -> list[Dataset]:
+        """What the SR image library describes of each source, one dataset each.
+
+        highdicom's image library reads geometry from the top level only, and fails
+        on enhanced multi-frame instances (geometry in functional groups) and on
+        cross-sectional images without it; these views lift the first frame's
+        geometry to the top level, and leave the descriptors out where the source
+        has none.
+        """
+        return [_library_view(ds) for ds in self.datasets]
+
+    def frame_of_reference_problem(self) -> str | None:
+        """Why the sources cannot carry spatial objects (SEG, Parametric Map), if so."""
+        missing = [uid for uid, ds in self._by_uid.items() if "FrameOfReferenceUID" not in ds]
+        if missing:
+            return f"source has no Frame of Reference UID ({missing[0]})"
+        return None
+
+
+_LIBRARY_KEYWORDS = ("SOPClassUID", "SOPInstanceUID", "Rows", "Columns", "FrameOfReferenceUID")
+_CROSS_SECTIONAL = ("CT", "MR", "PT")
+
+
+def _library_view(dataset: Dataset) -> Dataset:
+    view = Dataset()
+    for keyword in _LIBRARY_KEYWORDS:
+        if keyword in dataset:
+            view[keyword] = dataset[keyword]
+    frame = SourceFrame(dataset, 1)
+    geometry = {
+        "PixelSpacing": frame.pixel_spacing(),
+        "ImageOrientationPatient": frame.image_orientation(),
+        "ImagePositionPatient": frame.image_position(),
+        "SliceThickness": frame.slice_thickness(),
+    }
+    modality = str(dataset.get("Modality", ""))
+    if modality in _CROSS_SECTIONAL and all(value is not None for value in geometry.values()):
+        view.Modality = modality
+        for keyword, value in geometry.items():
+            setattr(view, keyword, list(value) if isinstance(value, tuple) else value)
+    else:
+        view.Modality = ""  # highdicom then writes no modality-specific descriptors
+    return view
+
+
+def _functional_item(dataset: Dataset, frame_number: int, keyword: str) -> Dataset | None:
+    """The functional group item for a frame: per-frame first, then shared."""
+    for groups, index in (
+        ("PerFrameFunctionalGroupsSequence", frame_number - 1),
+        ("SharedFunctionalGroupsSequence", 0),
+    ):
+        sequence = dataset.get(groups)
+        if sequence is not None and len(sequence) > index and keyword in sequence[index]:
+            items = sequence[index][keyword]
+            if len(items.value) > 0:
+                return items.value[0]
+    return None

@@ -1,0 +1,335 @@
+"""Segmentation predictions: SEG + SR, validated by dciodvfy and read back by highdicom."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pytest
+from pydicom import Dataset
+from pydicom.sr.codedict import codes
+
+from inference import Label, ModelIdentity, Segmentation
+from sr_writer import build_results
+from sr_writer.contour import largest_outline
+from tests.sr_writer.conftest import Validator
+from tests.sr_writer.reading import evaluation_of, read_report, region_reference, saved, value_of
+from tests.sr_writer.samples import frame_refs, load, single_frame_series
+
+PRESENT, ABSENT = "52101004", "272519000"
+
+
+def _disc(rows: int, columns: int, center: tuple[int, int], radius: int) -> np.ndarray:
+    yy, xx = np.mgrid[:rows, :columns]
+    return np.asarray((yy - center[0]) ** 2 + (xx - center[1]) ** 2 <= radius**2)
+
+
+def _prediction(
+    model: ModelIdentity,
+    sources: list[Dataset],
+    labels: tuple[Label, ...],
+    masks: np.ndarray,
+    *,
+    slice_spacing: float | None = 2.5,
+    probabilities: np.ndarray | None = None,
+) -> Segmentation:
+    return Segmentation(
+        model=model,
+        series_instance_uid=str(sources[0].SeriesInstanceUID),
+        frames=frame_refs(sources),
+        labels=labels,
+        masks=masks,
+        pixel_spacing_mm=(0.5, 0.5),
+        slice_spacing_mm=slice_spacing,
+        probabilities=probabilities,
+    )
+
+
+@pytest.fixture
+def ct_series() -> list[Dataset]:
+    return single_frame_series("CT_small.dcm", 3)
+
+
+@pytest.fixture
+def masks() -> np.ndarray:
+    """Lesion on all three slices (largest on the middle one), liver on one."""
+    masks = np.zeros((3, 128, 128, 2), dtype=bool)
+    for index, radius in enumerate((6, 12, 9)):
+        masks[index, ..., 0] = _disc(128, 128, (40, 50), radius)
+    masks[2, 40:44, 90:94, 0] = True  # a second, smaller lesion on the last slice
+    masks[1, 90:110, 70:100, 1] = True
+    return masks
+
+
+def test_seg_from_single_frame_series_is_valid_and_reads_back(
+    model: ModelIdentity,
+    lesion: Label,
+    organ: Label,
+    ct_series: list[Dataset],
+    masks: np.ndarray,
+    dciodvfy: Validator,
+    tmp_path: Path,
+) -> None:
+    _, seg = build_results(_prediction(model, ct_series, (lesion, organ), masks), ct_series)
+
+    dciodvfy(seg, "seg")
+    read = hd.seg.segread(saved(seg, tmp_path, "seg"))
+    assert [item.SegmentLabel for item in read.SegmentSequence] == ["lesion", "liver"]
+    assert read.SegmentSequence[1].SegmentedPropertyTypeCodeSequence[0].CodeValue == "10200004"
+    algorithm = read.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
+    assert (algorithm.AlgorithmName, algorithm.AlgorithmVersion) == ("demo-ct-lesion", "1.2.0")
+    pixels = read.get_pixels_by_source_instance(
+        [str(ds.SOPInstanceUID) for ds in ct_series], combine_segments=False
+    )
+    np.testing.assert_array_equal(pixels.astype(bool), masks)
+    assert read.SeriesDescription == (
+        "AI segmentation - demo-ct-lesion 1.2.0 - not for clinical use"
+    )
+    assert read.PatientName == ct_series[0].PatientName
+    assert read.StudyInstanceUID == ct_series[0].StudyInstanceUID
+    assert read.SeriesInstanceUID != ct_series[0].SeriesInstanceUID
+
+
+def test_sr_draws_each_segment_outline_on_its_largest_slice(
+    model: ModelIdentity,
+    lesion: Label,
+    organ: Label,
+    ct_series: list[Dataset],
+    masks: np.ndarray,
+    dciodvfy: Validator,
+    tmp_path: Path,
+) -> None:
+    sr, _ = build_results(_prediction(model, ct_series, (lesion, organ), masks), ct_series)
+
+    dciodvfy(sr, "sr")
+    report = read_report(sr, tmp_path)
+    planar = report.get_planar_roi_measurement_groups()
+    assert [group.tracking_identifier for group in planar] == ["lesion", "liver"]
+    for group, label_index, key in ((planar[0], 0, 1), (planar[1], 1, 1)):
+        assert region_reference(group) == (str(ct_series[key].SOPInstanceUID), [])
+        assert group.roi.graphic_type == hd.sr.GraphicTypeValues.POLYLINE
+        outline = largest_outline(masks[key, ..., label_index])
+        assert outline is not None
+        np.testing.assert_array_equal(group.roi.value, outline.points)
+        np.testing.assert_array_equal(group.roi.value[0], group.roi.value[-1])
+        assert value_of(group, codes.SCT.Area) == pytest.approx(
+            masks[key, ..., label_index].sum() * 0.25
+        )
+        assert value_of(group, codes.SCT.Volume) == pytest.approx(
+            masks[..., label_index].sum() * 0.25 * 2.5
+        )
+        assert group.finding_type.value == ("52988006", "10200004")[label_index]
+    assert evaluation_of(planar[0], planar[0].finding_type) == PRESENT
+
+
+def test_sr_references_the_seg_segments_with_their_volumes(
+    model: ModelIdentity,
+    lesion: Label,
+    organ: Label,
+    ct_series: list[Dataset],
+    masks: np.ndarray,
+    tmp_path: Path,
+) -> None:
+    sr, seg = build_results(_prediction(model, ct_series, (lesion, organ), masks), ct_series)
+
+    volumetric = read_report(sr, tmp_path).get_volumetric_roi_measurement_groups()
+    assert [group.referenced_segment.referenced_segment_numbers for group in volumetric] == [
+        [1],
+        [2],
+    ]
+    assert {group.referenced_segment.referenced_sop_instance_uid for group in volumetric} == {
+        seg.SOPInstanceUID
+    }
+    assert value_of(volumetric[1], codes.SCT.Volume) == pytest.approx(20 * 30 * 0.25 * 2.5)
+    evidence = {
+        item.SeriesInstanceUID
+        for item in sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence
+    }
+    assert evidence == {ct_series[0].SeriesInstanceUID, seg.SeriesInstanceUID}
+
+
+def test_2d_model_reports_area_per_slice(
+    model: ModelIdentity, lesion: Label, ct_series: list[Dataset], masks: np.ndarray, tmp_path: Path
+) -> None:
+    prediction = _prediction(model, ct_series, (lesion,), masks[..., :1], slice_spacing=None)
+
+    sr, _ = build_results(prediction, ct_series)
+
+    (group,) = read_report(sr, tmp_path).get_volumetric_roi_measurement_groups()
+    areas = {
+        m.referenced_images[0].referenced_sop_instance_uid: m.value
+        for m in group.get_measurements()
+    }
+    assert areas == {
+        str(ds.SOPInstanceUID): pytest.approx(masks[index, ..., 0].sum() * 0.25)
+        for index, ds in enumerate(ct_series)
+    }
+
+
+def test_empty_mask_is_reported_absent_and_left_out_of_the_seg(
+    model: ModelIdentity,
+    lesion: Label,
+    organ: Label,
+    ct_series: list[Dataset],
+    masks: np.ndarray,
+    dciodvfy: Validator,
+    tmp_path: Path,
+) -> None:
+    masks[..., 0] = False
+
+    sr, seg = build_results(_prediction(model, ct_series, (lesion, organ), masks), ct_series)
+
+    assert [item.SegmentLabel for item in seg.SegmentSequence] == ["liver"]
+    dciodvfy(seg, "seg")
+    report = read_report(sr, tmp_path)
+    (absent,) = report.get_image_measurement_groups()
+    assert absent.finding_type.value == lesion.finding.value
+    assert evaluation_of(absent, absent.finding_type) == ABSENT
+    assert [g.tracking_identifier for g in report.get_planar_roi_measurement_groups()] == ["liver"]
+
+
+def test_all_masks_empty_gives_a_visible_no_findings_report_and_no_seg(
+    model: ModelIdentity,
+    lesion: Label,
+    ct_series: list[Dataset],
+    dciodvfy: Validator,
+    tmp_path: Path,
+) -> None:
+    masks = np.zeros((3, 128, 128, 1), dtype=bool)
+
+    results = build_results(_prediction(model, ct_series, (lesion,), masks), ct_series)
+
+    assert [ds.Modality for ds in results] == ["SR"]
+    dciodvfy(results[0], "sr")
+    (group,) = read_report(results[0], tmp_path).get_planar_roi_measurement_groups()
+    assert group.finding_type.value == "111241"  # all algorithms succeeded; without findings
+    assert region_reference(group) == (str(ct_series[1].SOPInstanceUID), [])
+    np.testing.assert_array_equal(group.roi.value, [[0, 0], [128, 0], [128, 128], [0, 128], [0, 0]])
+    finding = lesion.finding
+    name = hd.sr.CodedConcept(finding.value, finding.scheme_designator, finding.meaning)
+    assert evaluation_of(group, name) == ABSENT
+
+
+def test_multi_frame_source_references_its_frames(
+    model: ModelIdentity, lesion: Label, dciodvfy: Validator, tmp_path: Path
+) -> None:
+    source = load("eCT_Supplemental.dcm")
+    masks = np.zeros((2, 512, 512, 1), dtype=bool)
+    masks[1, 200:260, 300:340, 0] = True
+    prediction = _prediction(model, [source], (lesion,), masks)
+
+    sr, seg = build_results(prediction, [source])
+
+    dciodvfy(seg, "seg")
+    dciodvfy(sr, "sr")
+    read = hd.seg.segread(saved(seg, tmp_path, "seg"))
+    assert int(read.NumberOfFrames) == 1  # the empty first frame is omitted
+    pixels = read.get_pixels_by_source_frame(
+        str(source.SOPInstanceUID), [1, 2], combine_segments=False
+    )
+    np.testing.assert_array_equal(pixels.astype(bool), masks)
+    (group,) = read_report(sr, tmp_path).get_planar_roi_measurement_groups()
+    assert region_reference(group) == (str(source.SOPInstanceUID), [2])
+
+
+def test_fractional_seg_keeps_probabilities(
+    model: ModelIdentity,
+    lesion: Label,
+    ct_series: list[Dataset],
+    masks: np.ndarray,
+    dciodvfy: Validator,
+    tmp_path: Path,
+) -> None:
+    probabilities = np.zeros((3, 128, 128, 1), dtype=np.float32)
+    probabilities[masks[..., :1]] = 0.8
+    prediction = _prediction(
+        model, ct_series, (lesion,), masks[..., :1], probabilities=probabilities
+    )
+
+    _, seg = build_results(prediction, ct_series, segmentation_kind="FRACTIONAL")
+
+    assert seg.SegmentationType == "FRACTIONAL"
+    dciodvfy(seg, "seg")
+    read = hd.seg.segread(saved(seg, tmp_path, "seg"))
+    pixels = read.get_pixels_by_source_instance(
+        [str(ds.SOPInstanceUID) for ds in ct_series], combine_segments=False
+    )
+    np.testing.assert_allclose(pixels, probabilities, atol=1 / 255)
+
+
+def test_fractional_without_probabilities_falls_back_to_binary(
+    model: ModelIdentity,
+    lesion: Label,
+    ct_series: list[Dataset],
+    masks: np.ndarray,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    prediction = _prediction(model, ct_series, (lesion,), masks[..., :1])
+
+    with caplog.at_level(logging.WARNING, logger="sr_writer.seg"):
+        _, seg = build_results(prediction, ct_series, segmentation_kind="FRACTIONAL")
+
+    assert seg.SegmentationType == "BINARY"
+    assert "gives no probabilities" in caplog.text
+
+
+def test_source_without_frame_of_reference_still_gets_an_sr_saying_why(
+    model: ModelIdentity, lesion: Label, dciodvfy: Validator, tmp_path: Path
+) -> None:
+    source = load("693_UNCI.dcm")  # CT, no Frame of Reference UID, identity removed
+    masks = np.zeros((1, 512, 512, 1), dtype=bool)
+    masks[0, 100:150, 200:260, 0] = True
+    prediction = _prediction(model, [source], (lesion,), masks)
+
+    results = build_results(prediction, [source])
+
+    assert [ds.Modality for ds in results] == ["SR"]
+    (sr,) = results
+    assert sr.CompletionFlag == "PARTIAL"
+    assert "SEG not written: source has no Frame of Reference UID" in sr.CompletionFlagDescription
+    assert sr.PatientIdentityRemoved == "YES"
+    assert "DeidentificationMethod" not in source
+    assert sr.DeidentificationMethod == "Identity removed upstream; method not stated by source"
+    dciodvfy(sr, "sr")
+    report = read_report(sr, tmp_path)
+    (group,) = report.get_planar_roi_measurement_groups()
+    assert value_of(group, codes.SCT.Area) == pytest.approx(50 * 60 * 0.25)
+    assert report.get_volumetric_roi_measurement_groups() == []
+
+
+def test_japanese_source_keeps_its_character_set_and_name(
+    model: ModelIdentity, lesion: Label, dciodvfy: Validator, tmp_path: Path
+) -> None:
+    source = load("J2K_pixelrep_mismatch.dcm")  # CT, ISO 2022 IR 13 / IR 87
+    masks = np.zeros((1, source.Rows, source.Columns, 1), dtype=bool)
+    masks[0, 100:140, 100:150, 0] = True
+
+    results = build_results(_prediction(model, [source], (lesion,), masks), [source])
+
+    for dataset, name in zip(results, ("sr", "seg"), strict=True):
+        assert dataset.SpecificCharacterSet == source.SpecificCharacterSet
+        dciodvfy(dataset, name)
+        read = (
+            hd.seg.segread(saved(dataset, tmp_path, name))
+            if name == "seg"
+            else hd.sr.srread(saved(dataset, tmp_path, name))
+        )
+        assert read.PatientName == source.PatientName
+
+
+def test_retried_job_gets_identical_uids_and_another_version_does_not(
+    model: ModelIdentity, lesion: Label, ct_series: list[Dataset], masks: np.ndarray
+) -> None:
+    prediction = _prediction(model, ct_series, (lesion,), masks[..., :1])
+    newer = _prediction(
+        ModelIdentity(name=model.name, version="1.3.0"), ct_series, (lesion,), masks[..., :1]
+    )
+
+    first, again, other = (build_results(p, ct_series) for p in (prediction, prediction, newer))
+
+    uids = [[(ds.SeriesInstanceUID, ds.SOPInstanceUID) for ds in r] for r in (first, again, other)]
+    assert uids[0] == uids[1]
+    assert not set(uids[0]) & set(uids[2])
+    assert len({uid for pair in uids[0] for uid in pair}) == 4
