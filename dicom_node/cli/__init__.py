@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dicom_node.logs import configure_logging
 
 # Module names under dicom_node.cli, in the order `dicom-node --help` lists them.
-COMMANDS = ("check_config",)
+COMMANDS = ("check_config", "serve", "echo", "send", "status")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,49 @@
+"""``dicom-node serve -c CONFIG [--role listener|worker|all]``: run the node until SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+from dicom_node.config import load_config
+from dicom_node.errors import ConfigError
+from dicom_node.logs import configure_logging
+from dicom_node.service import ROLES, Service
+
+logger = logging.getLogger(__name__)
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "serve", help="run the listener, scheduler and workers until SIGTERM"
+    )
+    parser.add_argument("-c", "--config", required=True, help="path to the node's TOML config")
+    parser.add_argument(
+        "--role",
+        choices=ROLES,
+        default="all",
+        help="listener: DICOM listener and completion; worker: jobs and delivery; all: both",
+    )
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    if args.log_level is None:
+        configure_logging(config.node.log_level)
+    # APScheduler logs every run of every job at INFO.
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    # Library warnings (pydicom on odd headers) become log lines, not stderr noise.
+    logging.captureWarnings(True)
+    try:
+        service = Service(config, role=args.role)
+        return service.run()
+    except OSError as exc:
+        logger.error("cannot start", extra={"error": exc})
+        return 1

@@ -1,0 +1,118 @@
+"""The spool: received instances on disk, laid out by study, series and instance UID.
+
+A file enters the spool only whole and durable: its data is fsynced, then it is renamed
+into place and the folder is fsynced, so that after a crash a path in the spool is
+either absent or complete. Incoming C-STORE data is written by pynetdicom into
+``incoming/`` on the same file system, which makes the final step a rename, not a copy.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+_UNSAFE = re.compile(r"[^0-9A-Za-z._-]")
+_COPY_CHUNK = 1 << 20
+
+
+def _component(uid: str) -> str:
+    """A UID made safe as one path component (UIDs are digits and dots; senders vary)."""
+    safe = _UNSAFE.sub("_", uid.strip())
+    return safe if safe.strip(".") else "_" + safe
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or create in ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Spool:
+    """Instances under ``root/instances/<study>/<series>/<sop>.dcm``; temp files in ``incoming``.
+
+    Parameters
+    ----------
+    storage_dir
+        The node's ``storage_dir``; created if missing.
+    """
+
+    def __init__(self, storage_dir: Path) -> None:
+        self.root = Path(storage_dir)
+        self.instances_dir = self.root / "instances"
+        self.incoming_dir = self.root / "incoming"
+        self.instances_dir.mkdir(parents=True, exist_ok=True)
+        self.incoming_dir.mkdir(parents=True, exist_ok=True)
+
+    def path_for(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> Path:
+        """Where an instance lives; UIDs are sanitised so that none escapes the spool."""
+        return (
+            self.instances_dir
+            / _component(study_uid)
+            / _component(series_uid)
+            / f"{_component(sop_instance_uid)}.dcm"
+        )
+
+    def free_bytes(self) -> int:
+        """Free space on the spool's file system, for the configured floor."""
+        return shutil.disk_usage(self.root).free
+
+    def clear_incoming(self) -> int:
+        """Remove temp files a killed process left behind; never answered Success, so safe."""
+        removed = 0
+        for path in self.incoming_dir.iterdir():
+            if path.is_file():
+                path.unlink(missing_ok=True)
+                removed += 1
+        if removed:
+            logger.info("removed unfinished incoming files", extra={"count": removed})
+        return removed
+
+    def commit(self, source: Path, dest: Path) -> int:
+        """Move a complete file into the spool at ``dest`` durably; its size in bytes.
+
+        ``source`` is fsynced and renamed (replacing ``dest`` atomically if it exists);
+        when it lies on another file system it is copied to a temp file beside ``dest``
+        first, in chunks, so memory stays flat for large instances.
+
+        Raises
+        ------
+        OSError
+            When the file cannot be written (disk full, permissions); ``dest`` is then
+            unchanged.
+        """
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with source.open("rb") as handle:
+            os.fsync(handle.fileno())
+            size = os.fstat(handle.fileno()).st_size
+        try:
+            os.replace(source, dest)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            self._copy_then_replace(source, dest)
+            source.unlink(missing_ok=True)
+        fsync_dir(dest.parent)
+        return size
+
+    @staticmethod
+    def _copy_then_replace(source: Path, dest: Path) -> None:
+        fd, temp = tempfile.mkstemp(dir=dest.parent, prefix=".", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as out, source.open("rb") as src:
+                shutil.copyfileobj(src, out, _COPY_CHUNK)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(temp, dest)
+        except BaseException:
+            Path(temp).unlink(missing_ok=True)
+            raise
