@@ -24,6 +24,7 @@ from highdicom.sr import (
     SourceImageForMeasurement,
 )
 from pydicom import Dataset
+from pydicom.multival import MultiValue
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
@@ -64,6 +65,19 @@ def copied_names_accepted() -> Iterator[None]:
             "ignore", message=r"The string .* is unlikely to represent the intended person"
         )
         yield
+
+
+def character_set(source: Dataset) -> str | list[str] | None:
+    """The source's Specific Character Set in a form highdicom accepts.
+
+    With code extensions, an empty first value means the default repertoire;
+    highdicom wants it spelled out as "ISO 2022 IR 6", which the standard treats
+    as the same thing. Names written in the source's repertoire then survive.
+    """
+    value = source.get("SpecificCharacterSet")
+    if isinstance(value, MultiValue | list):
+        return [str(term) or "ISO 2022 IR 6" for term in value]
+    return str(value) if value else None
 
 
 def to_code(concept: ModelConcept) -> CodedConcept:
@@ -175,3 +189,13 @@ def copy_deidentification(result: Dataset, source: Dataset) -> None:
         result
     ):
         result.DeidentificationMethod = _UNSTATED_DEIDENTIFICATION
+
+
+def copy_laterality(result: Dataset, source: Dataset) -> None:
+    """Write the series Laterality (Type 2C) as the source has it, empty if unknown.
+
+    Validators cannot tell whether the imaged body part is paired, so they expect
+    the attribute; an empty value means unknown, which is what the node knows.
+    """
+    if "Laterality" not in result:
+        result.Laterality = source.get("Laterality", "")

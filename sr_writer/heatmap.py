@@ -18,7 +18,14 @@ from pydicom.multival import MultiValue
 from pydicom.sr.codedict import codes
 
 from inference import Heatmap, ModelIdentity
-from sr_writer.content import ascii_text, copy_deidentification, manufacturer, series_description
+from sr_writer.content import (
+    ascii_text,
+    character_set,
+    copy_deidentification,
+    copy_laterality,
+    manufacturer,
+    series_description,
+)
 from sr_writer.enum import ObjectKind
 from sr_writer.errors import UnsupportedSourceError
 from sr_writer.options import ResultOptions
@@ -100,6 +107,7 @@ def build_overlay(
         pixel_spacing=frame.pixel_spacing(),  # type: ignore[arg-type]  # annotated int, takes mm
         patient_orientation=_patient_orientation(frame),
         series_description=series_description(model, "overlay"),
+        specific_character_set=character_set(frame.dataset),
         institution_name=options.institution_name,
         manufacturer_model_name=ascii_text(model.name),
         software_versions=ascii_text(model.version),
@@ -109,6 +117,7 @@ def build_overlay(
         f"{model.version}, fused over the source image"
     )[:10240]
     image.BurnedInAnnotation = "NO"
+    copy_laterality(image, frame.dataset)
     image.SourceImageSequence = [_source_reference(frame)]
     copy_deidentification(image, frame.dataset)
     return image
@@ -189,8 +198,11 @@ def build_parametric_map(
             device_serial_number=ascii_text(options.device_name),
             contains_recognizable_visual_features=False,
             real_world_value_mappings=[mapping],
-            window_center=0.5,
-            window_width=1.0,
+            voi_lut_transformations=[
+                hd.VOILUTTransformation(
+                    window_center=0.5, window_width=1.0, window_explanation="CAM 0 to 1"
+                )
+            ],
             content_label=content_label(model),
             content_qualification=(
                 hd.ContentQualificationValues.RESEARCH
@@ -198,6 +210,7 @@ def build_parametric_map(
                 else hd.ContentQualificationValues.PRODUCT
             ),
             series_description=series_description(model, "heatmap"),
+            specific_character_set=character_set(frame.dataset),
             plane_positions=positions,
             plane_orientation=orientation,
             pixel_measures=measures,
@@ -206,6 +219,7 @@ def build_parametric_map(
         raise UnsupportedSourceError(
             "Parametric Map", f"highdicom rejects the sources: {exc}"
         ) from exc
+    copy_laterality(parametric_map, frame.dataset)
     copy_deidentification(parametric_map, frame.dataset)
     return parametric_map
 

@@ -21,6 +21,7 @@ from inference import Label, ModelIdentity, Segmentation
 from sr_writer.content import (
     algorithm_sequence,
     ascii_text,
+    character_set,
     copy_deidentification,
     manufacturer,
     series_description,
@@ -110,6 +111,7 @@ def build_segmentation(
             content_label=content_label(model),
             content_description=ascii_text(model.description)[:64] or None,
             series_description=series_description(model, "segmentation"),
+            specific_character_set=character_set(sources.reference),
             institution_name=options.institution_name,
             omit_empty_frames=True,
         )

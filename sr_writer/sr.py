@@ -232,6 +232,7 @@ def build_report(
         is_complete=not omitted,
         institution_name=options.institution_name,
         series_description=content.series_description(model, "report"),
+        specific_character_set=content.character_set(sources.reference),
     )
     if omitted:
         sr.CompletionFlagDescription = ascii_text("; ".join(map(str, omitted)))[:_LO_LENGTH]

@@ -50,6 +50,7 @@ def dciodvfy(tmp_path: Path) -> Validator:
             [str(DCIODVFY), "-new", str(path)],
             capture_output=True,
             text=True,
+            errors="replace",  # dciodvfy echoes values in the file's own encoding
             timeout=60,
             check=False,
         )

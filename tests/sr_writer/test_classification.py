@@ -1,0 +1,219 @@
+"""Classification predictions: SR findings, heatmap overlays and Parametric Maps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pytest
+from pydicom import Dataset
+from pydicom.sr.codedict import codes
+
+from inference import Classification, FrameRef, Heatmap, Label, LabelScore, ModelIdentity
+from sr_writer import build_results
+from sr_writer.contour import largest_outline
+from tests.sr_writer.conftest import Validator
+from tests.sr_writer.reading import evaluation_of, read_report, region_reference, saved, value_of
+from tests.sr_writer.samples import concept, frame_refs, load
+
+PRESENT, ABSENT = "52101004", "272519000"
+
+
+def _heatmap(label: Label, source: Dataset, frame_number: int = 1) -> Heatmap:
+    """A smooth blob: hot region (>= half its peak) is a disc of radius ~ 0.59 sigma*2."""
+    rows, columns = int(source.Rows), int(source.Columns)
+    yy, xx = np.mgrid[:rows, :columns]
+    sigma = rows / 8
+    values = np.exp(-((yy - rows / 3) ** 2 + (xx - columns / 2) ** 2) / (2 * sigma**2))
+    return Heatmap(
+        label=label,
+        frame=FrameRef(str(source.SOPInstanceUID), frame_number),
+        values=values.astype(np.float32),
+    )
+
+
+def _classification(
+    model: ModelIdentity,
+    sources: list[Dataset],
+    scores: list[tuple[Label, float]],
+    heatmaps: tuple[Heatmap, ...] = (),
+) -> Classification:
+    return Classification(
+        model=model,
+        series_instance_uid=str(sources[0].SeriesInstanceUID),
+        frames=frame_refs(sources),
+        scores=tuple(
+            LabelScore(label=label, probability=p, positive=p >= label.threshold)
+            for label, p in scores
+        ),
+        heatmaps=heatmaps,
+    )
+
+
+@pytest.fixture
+def nodule() -> Label:
+    return Label(
+        name="nodule",
+        finding=concept(codes.SCT.Nodule),
+        category=concept(codes.SCT.MorphologicallyAbnormalStructure),
+        threshold=0.5,
+    )
+
+
+def test_positive_label_is_drawn_as_the_heatmap_hot_region(
+    model: ModelIdentity,
+    lesion: Label,
+    nodule: Label,
+    dciodvfy: Validator,
+    tmp_path: Path,
+) -> None:
+    source = load("CT_small.dcm")
+    heatmap = _heatmap(lesion, source)
+    prediction = _classification(model, [source], [(lesion, 0.87), (nodule, 0.12)], (heatmap,))
+
+    sr, overlay = build_results(prediction, [source])
+
+    dciodvfy(sr, "sr")
+    report = read_report(sr, tmp_path)
+    (group,) = report.get_planar_roi_measurement_groups()
+    assert group.tracking_identifier == "lesion"
+    assert region_reference(group) == (str(source.SOPInstanceUID), [])
+    hot = largest_outline(heatmap.values >= 0.5 * heatmap.values.max())
+    assert hot is not None
+    np.testing.assert_array_equal(group.roi.value, hot.points)  # type: ignore[union-attr]
+    assert value_of(group, codes.DCM.Probability) == pytest.approx(87.0)
+    assert value_of(group, codes.DCM.ThresholdValue) == pytest.approx(40.0)
+    assert evaluation_of(group, group.finding_type) == PRESENT  # type: ignore[arg-type]
+    (negative,) = report.get_image_measurement_groups()
+    assert negative.finding_type.value == nodule.finding.value  # type: ignore[union-attr]
+    assert evaluation_of(negative, negative.finding_type) == ABSENT  # type: ignore[arg-type]
+    assert value_of(negative, codes.DCM.Probability) == pytest.approx(12.0)
+    assert overlay.Modality == "OT"
+
+
+def test_overlay_is_an_rgb_secondary_capture_labelled_as_ai(
+    model: ModelIdentity, lesion: Label, dciodvfy: Validator, tmp_path: Path
+) -> None:
+    source = load("CT_small.dcm")
+    heatmap = _heatmap(lesion, source)
+
+    _, overlay = build_results(
+        _classification(model, [source], [(lesion, 0.9)], (heatmap,)), [source]
+    )
+
+    warnings = dciodvfy(overlay, "overlay")
+    expected = ("PatientWeight", "Laterality")  # source's zero weight; laterality unknown
+    assert not [w for w in warnings if not any(word in w for word in expected)]
+    assert overlay.SeriesDescription == "AI overlay - demo-ct-lesion 1.2.0 - not for clinical use"
+    assert overlay.SeriesInstanceUID != source.SeriesInstanceUID
+    assert overlay.StudyInstanceUID == source.StudyInstanceUID
+    assert overlay.PhotometricInterpretation == "RGB"
+    assert overlay.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    assert overlay.PatientOrientation == ["L", "P"]  # axial CT_small
+    pixels = hd.imread(saved(overlay, tmp_path, "overlay")).pixel_array
+    assert pixels.shape == (128, 128, 3)
+    hot = pixels[int(128 / 3), 64]
+    cold = pixels[120, 5]
+    assert hot[0] > hot[2] and cold[0] == cold[1] == cold[2]  # red where hot, gray elsewhere
+
+
+def test_parametric_map_carries_the_raw_values(
+    model: ModelIdentity, lesion: Label, dciodvfy: Validator, tmp_path: Path
+) -> None:
+    source = load("CT_small.dcm")
+    heatmap = _heatmap(lesion, source)
+    prediction = _classification(model, [source], [(lesion, 0.9)], (heatmap,))
+
+    sr, overlay, parametric_map = build_results(prediction, [source], parametric_map=True)
+
+    dciodvfy(parametric_map, "pm")
+    assert sr.CompletionFlag == "COMPLETE"
+    read = hd.imread(saved(parametric_map, tmp_path, "pm"))
+    np.testing.assert_allclose(read.pixel_array, heatmap.values)
+    assert read.SeriesDescription.startswith("AI heatmap - demo-ct-lesion")
+    assert len({sr.SeriesInstanceUID, overlay.SeriesInstanceUID, read.SeriesInstanceUID}) == 3
+
+
+def test_negative_study_gets_a_visible_no_findings_region(
+    model: ModelIdentity, lesion: Label, dciodvfy: Validator, tmp_path: Path
+) -> None:
+    source = load("MR_small.dcm")
+
+    results = build_results(_classification(model, [source], [(lesion, 0.1)]), [source])
+
+    assert [ds.Modality for ds in results] == ["SR"]
+    dciodvfy(results[0], "sr")
+    (group,) = read_report(results[0], tmp_path).get_planar_roi_measurement_groups()
+    assert group.finding_type.value == "111241"  # type: ignore[union-attr]
+    np.testing.assert_array_equal(group.roi.value, [[0, 0], [64, 0], [64, 64], [0, 64], [0, 0]])  # type: ignore[union-attr]
+
+
+def test_multi_frame_deidentified_source_keeps_frame_and_deidentification(
+    model: ModelIdentity, lesion: Label, dciodvfy: Validator, tmp_path: Path
+) -> None:
+    source = load("emri_small.dcm")  # enhanced MR, 10 frames, identity removed
+    heatmap = _heatmap(lesion, source, frame_number=4)
+    prediction = _classification(model, [source], [(lesion, 0.7)], (heatmap,))
+
+    sr, overlay = build_results(prediction, [source], parametric_map=True)
+
+    for dataset in (sr, overlay):
+        assert dataset.PatientIdentityRemoved == "YES"
+        assert dataset.DeidentificationMethod == source.DeidentificationMethod
+    dciodvfy(sr, "sr")
+    dciodvfy(overlay, "overlay")
+    assert overlay.SourceImageSequence[0].ReferencedFrameNumber == 4
+    (group,) = read_report(sr, tmp_path).get_planar_roi_measurement_groups()
+    assert region_reference(group) == (str(source.SOPInstanceUID), [4])
+    assert sr.CompletionFlag == "PARTIAL"  # emri_small has no per-frame geometry
+    assert sr.CompletionFlagDescription.startswith("Parametric Map not written")
+
+
+@pytest.mark.parametrize(
+    ("name", "expected_character_set"),
+    [("chrH31.dcm", ["ISO 2022 IR 6", "ISO 2022 IR 87"]), ("chrGreek.dcm", "ISO_IR 126")],
+)
+def test_foreign_character_sets_survive(
+    name: str,
+    expected_character_set: str | list[str],
+    model: ModelIdentity,
+    lesion: Label,
+    dciodvfy: Validator,
+    tmp_path: Path,
+) -> None:
+    source = load(name)  # Secondary Captures with Japanese / Greek patient names
+    heatmap = _heatmap(lesion, source)
+    prediction = _classification(model, [source], [(lesion, 0.95)], (heatmap,))
+
+    results = build_results(prediction, [source])
+
+    assert [ds.Modality for ds in results] == ["SR", "OT"]
+    for index, dataset in enumerate(results):
+        assert dataset.SpecificCharacterSet == expected_character_set
+        dciodvfy(dataset, f"{name}-{index}")
+        assert hd.imread(saved(dataset, tmp_path, f"{index}")).PatientName == source.PatientName
+    report = read_report(results[0], tmp_path)
+    (group,) = report.get_planar_roi_measurement_groups()
+    assert region_reference(group) == (str(source.SOPInstanceUID), [])
+
+
+def test_positive_without_heatmap_outlines_the_whole_image(
+    model: ModelIdentity, lesion: Label, tmp_path: Path
+) -> None:
+    source = load("CT_small.dcm")
+
+    results = build_results(_classification(model, [source], [(lesion, 0.9)]), [source])
+
+    assert len(results) == 1
+    (group,) = read_report(results[0], tmp_path).get_planar_roi_measurement_groups()
+    assert group.tracking_identifier == "lesion"
+    np.testing.assert_array_equal(group.roi.value, [[0, 0], [128, 0], [128, 128], [0, 128], [0, 0]])  # type: ignore[union-attr]
+
+
+def test_heatmap_of_wrong_shape_is_refused(model: ModelIdentity, lesion: Label) -> None:
+    source = load("CT_small.dcm")
+    heatmap = Heatmap(lesion, FrameRef(str(source.SOPInstanceUID)), np.zeros((64, 64), np.float32))
+
+    with pytest.raises(ValueError, match=r"heatmap of 'lesion' has shape \(64, 64\)"):
+        build_results(_classification(model, [source], [(lesion, 0.9)], (heatmap,)), [source])
