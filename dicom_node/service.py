@@ -33,6 +33,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from dicom_node import orchestration
 from dicom_node.completion import CompletionScanner
 from dicom_node.config import NodeConfig
 from dicom_node.db import create_db_engine, session_factory
@@ -176,4 +177,12 @@ Builder = Callable[[Service], None]
 COMPONENTS: list[tuple[frozenset[str], Builder]] = [
     (LISTENER_ROLES, add_listener),
     (LISTENER_ROLES, add_completion),
+    # Orchestration (dicom_node.orchestration): routing, commitment reports, retention,
+    # workers with crash recovery, delivery, metrics.
+    (LISTENER_ROLES, orchestration.add_routing),
+    (LISTENER_ROLES, orchestration.add_commitment_reports),
+    (LISTENER_ROLES, orchestration.add_retention),
+    (WORKER_ROLES, orchestration.add_workers),
+    (WORKER_ROLES, orchestration.add_delivery),
+    (frozenset(ROLES), orchestration.add_metrics),
 ]

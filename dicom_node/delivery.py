@@ -1,0 +1,253 @@
+"""Delivery: C-STORE result objects to their destinations, with retries that survive restarts.
+
+The scheduler runs :meth:`DeliveryScanner.scan` every ``delivery.scan_interval_seconds``.
+It claims due deliveries per destination, up to ``delivery.batch_size`` at a time, and
+sends each batch over one association (`dicom_node.scu.send_files`: the file's own
+transfer syntax when the peer accepts it, otherwise Explicit/Implicit VR Little
+Endian). Each object's outcome is recorded as soon as it is known:
+
+- stored (success or warning status): DONE, or, for a peer with
+  ``storage_commitment = true``, WAITING_COMMITMENT until the archive's N-EVENT-REPORT
+  (`dicom_node.commitment`);
+- transient failure (refused or dropped association, timeout, 0xA7xx): queued again
+  after ``backoff_initial_seconds * 2**(attempts-1)``, capped at
+  ``backoff_max_seconds``, until ``max_attempts``;
+- permanent failure (a failure status for the object itself): queued once more, and
+  failed with the status and its meaning if it fails permanently again.
+
+Everything lives in the database, so a restart resumes where the last one stopped;
+the deterministic result UIDs make a re-sent object replace, not duplicate, its copy.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from pathlib import Path
+
+from pydicom.uid import generate_uid
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from dicom_node.commitment import request_commitment
+from dicom_node.config import NodeConfig, PeerConfig
+from dicom_node.delivery_queue import (
+    ClaimedDelivery,
+    claim_batch,
+    due_peers,
+    reclaim_abandoned_deliveries,
+    record_outcome,
+)
+from dicom_node.metrics import DELIVERIES_SENT, DELIVERY_FAILURES
+from dicom_node.ownership import owner_id
+from dicom_node.schema import Delivery, WorkState, utcnow
+from dicom_node.scu import AssociationError, FileStatus, LocalAE, send_files
+from dicom_node.store_outcome import (
+    Outcome,
+    StoreResult,
+    classify_status,
+    next_state,
+    not_accepted,
+    transient,
+)
+
+logger = logging.getLogger(__name__)
+
+# scu.send_files reports a file the peer has no presentation context for with this
+# reason and no status: the peer does not support the SOP class (permanent).
+NO_CONTEXT_REASON = "peer accepted no context"
+# ...and a file it could not read as DICOM (removed by retention, corrupt): permanent.
+NOT_DICOM_REASON = "not a DICOM file"
+
+
+def classify_file(status: FileStatus, sop_class_uid: str) -> StoreResult:
+    """The outcome of one file from `send_files`."""
+    if status.status is not None:
+        return classify_status(status.status)
+    if status.reason.startswith(NO_CONTEXT_REASON):
+        return not_accepted(sop_class_uid)
+    if status.reason.startswith(NOT_DICOM_REASON):
+        return StoreResult(Outcome.PERMANENT, None, status.reason)
+    return transient(status.reason or "no response")
+
+
+class DeliveryScanner:
+    """Sends due deliveries; one scanner per process that has the worker role.
+
+    Parameters
+    ----------
+    config
+        The node config (peers, ``delivery``, ``worker.lease_seconds``).
+    sessions
+        Database sessions.
+    local
+        Our AE title, timeout and TLS material for associations.
+    """
+
+    def __init__(self, config: NodeConfig, sessions: sessionmaker[Session], local: LocalAE):
+        self.config = config
+        self.sessions = sessions
+        self.local = local
+
+    @property
+    def lease_seconds(self) -> float:
+        # Renewed after every object; one object may take a full timeout to answer.
+        return self.config.worker.lease_seconds + 3 * self.config.delivery.timeout_seconds
+
+    def scan(self) -> int:
+        """Reclaim deliveries of dead senders, expire stale commitments, send what is due.
+
+        Returns how many objects were stored.
+
+        Raises
+        ------
+        sqlalchemy.exc.SQLAlchemyError
+            When the database fails (the scheduler logs it and runs the next scan).
+        """
+        reclaim_abandoned_deliveries(self.sessions)
+        self.expire_commitments()
+        stored = 0
+        sender = owner_id("delivery")
+        for peer_name in due_peers(self.sessions):
+            while batch := claim_batch(
+                self.sessions,
+                peer_name,
+                sender,
+                self.config.delivery.batch_size,
+                self.lease_seconds,
+            ):
+                sent, reachable = self.send_batch(peer_name, batch)
+                stored += sent
+                if not reachable or len(batch) < self.config.delivery.batch_size:
+                    break
+        return stored
+
+    def send_batch(self, peer_name: str, batch: list[ClaimedDelivery]) -> tuple[int, bool]:
+        """Send one claimed batch over one association and record every outcome.
+
+        Returns (objects stored, whether the peer was reachable).
+        """
+        try:
+            peer = self.config.peer(peer_name)
+        except KeyError as exc:
+            result = StoreResult(Outcome.PERMANENT, None, str(exc.args[0]))
+            with self.sessions.begin() as session:
+                for item in batch:
+                    record_outcome(session, item, WorkState.FAILED, status=None, error=result.error)
+            return 0, False
+        by_path = {Path(item.path): item for item in batch}
+        transaction_uid = generate_uid() if peer.storage_commitment else None
+        committed: list[ClaimedDelivery] = []
+        stored = 0
+        reachable = True
+
+        def progress(status: FileStatus) -> None:
+            nonlocal stored, reachable
+            item = by_path[status.path]
+            result = classify_file(status, item.sop_class_uid)
+            if result.outcome is Outcome.TRANSIENT and status.status is None:
+                reachable = False
+            if self._record(item, result, peer, transaction_uid) and (
+                result.outcome is Outcome.STORED
+            ):
+                stored += 1
+                committed.append(item)
+
+        send_files(self.local, peer, list(by_path), progress=progress)
+        if committed and transaction_uid:
+            self._request_commitment(peer, committed, transaction_uid)
+        return stored, reachable
+
+    def _record(
+        self,
+        item: ClaimedDelivery,
+        result: StoreResult,
+        peer: PeerConfig,
+        transaction_uid: str | None,
+    ) -> bool:
+        log = {"delivery_id": item.id, "peer": peer.name, "sop_uid": item.sop_instance_uid}
+        now = utcnow()
+        with self.sessions.begin() as session:
+            if result.outcome is Outcome.STORED:
+                state = WorkState.WAITING_COMMITMENT if transaction_uid else WorkState.DONE
+                # While waiting for commitment, next_attempt_at is the report's deadline.
+                timeout = timedelta(seconds=self.config.delivery.commitment_timeout_seconds)
+                retry_at = now + timeout if transaction_uid else None
+                ok = record_outcome(
+                    session,
+                    item,
+                    state,
+                    status=result.status,
+                    error=None,
+                    retry_at=retry_at,
+                    commitment_uid=transaction_uid,
+                )
+                if ok:
+                    DELIVERIES_SENT.labels(peer=peer.name).inc()
+                    logger.info("result delivered", extra={**log, "state": str(state)})
+                return ok
+            previous = session.get_one(Delivery, item.id).last_status
+            state, retry_at = next_state(result, item.attempts, previous, self.config.delivery, now)
+            ok = record_outcome(
+                session, item, state, status=result.status, error=result.error, retry_at=retry_at
+            )
+        DELIVERY_FAILURES.labels(peer=peer.name, kind=str(result.outcome)).inc()
+        logger.warning(
+            "delivery failed" if state is WorkState.FAILED else "delivery will be retried",
+            extra={**log, "error": result.error, "attempt": item.attempts, "retry_at": retry_at},
+        )
+        return ok
+
+    def _request_commitment(
+        self, peer: PeerConfig, items: list[ClaimedDelivery], transaction_uid: str
+    ) -> None:
+        try:
+            request_commitment(
+                self.local,
+                peer,
+                [(item.sop_class_uid, item.sop_instance_uid) for item in items],
+                transaction_uid,
+            )
+        except AssociationError as exc:
+            result = transient(f"storage commitment request failed: {exc.reason}")
+            self._requeue_uncommitted(transaction_uid, result)
+
+    def _requeue_uncommitted(self, transaction_uid: str, result: StoreResult) -> None:
+        """Put objects whose commitment was refused or timed out back in the queue."""
+        now = utcnow()
+        with self.sessions.begin() as session:
+            rows = session.scalars(
+                select(Delivery).where(
+                    Delivery.commitment_transaction_uid == transaction_uid,
+                    Delivery.state == WorkState.WAITING_COMMITMENT,
+                )
+            )
+            for row in rows:
+                state, retry_at = next_state(
+                    result, row.attempts, row.last_status, self.config.delivery, now
+                )
+                row.state = state
+                row.error = result.error
+                row.next_attempt_at = retry_at or now
+                row.commitment_transaction_uid = None
+        logger.warning(
+            "storage commitment not obtained",
+            extra={"transaction_uid": transaction_uid, "error": result.error},
+        )
+
+    def expire_commitments(self) -> int:
+        """Re-queue deliveries whose commitment report did not come in time; how many."""
+        with self.sessions() as session:
+            stale = session.execute(
+                select(Delivery.commitment_transaction_uid, func.count())
+                .where(
+                    Delivery.state == WorkState.WAITING_COMMITMENT,
+                    Delivery.next_attempt_at <= utcnow(),
+                )
+                .group_by(Delivery.commitment_transaction_uid)
+            ).all()
+        timeout = self.config.delivery.commitment_timeout_seconds
+        for uid, _ in stale:
+            if uid is not None:
+                self._requeue_uncommitted(uid, transient(f"no commitment report in {timeout:g} s"))
+        return sum(count for _, count in stale)

@@ -1,0 +1,277 @@
+"""Deliveries in the database: queue results, claim due batches, record each outcome.
+
+A delivery is one result object for one peer, unique per (SOP Instance UID, peer):
+a re-processed study re-queues the existing row (same deterministic UID, so the
+archive replaces the object) rather than adding one. Claims work like job claims
+(`dicom_node.jobs`): a guarded update of rows picked with ``FOR UPDATE SKIP LOCKED``
+on PostgreSQL, owner id and lease on each row, every later change guarded by the owner.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import ColumnElement, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, sessionmaker
+
+from dicom_node.ownership import owner_is_gone
+from dicom_node.schema import Delivery, WorkState, utcnow
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ResultObject:
+    """A result file to deliver."""
+
+    path: str
+    sop_instance_uid: str
+    sop_class_uid: str
+
+
+@dataclass(frozen=True)
+class ClaimedDelivery:
+    """A delivery this process is sending until its lease expires."""
+
+    id: int
+    peer_name: str
+    path: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    attempts: int
+    worker_id: str
+
+
+def queue_deliveries(
+    session: Session, job_id: int, objects: Sequence[ResultObject], peers: Sequence[str]
+) -> int:
+    """Add (or re-queue) one delivery per (object, peer) in the caller's transaction.
+
+    Returns the number of rows written.
+    """
+    if not objects or not peers:
+        return 0
+    now = utcnow()
+    rows = [
+        {
+            "job_id": job_id,
+            "peer_name": peer,
+            "sop_instance_uid": obj.sop_instance_uid,
+            "sop_class_uid": obj.sop_class_uid,
+            "path": obj.path,
+            "state": WorkState.QUEUED,
+            "attempts": 0,
+            "next_attempt_at": now,
+            "created_at": now,
+            "updated_at": now,
+        }
+        for obj in objects
+        for peer in peers
+    ]
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(Delivery).values(rows)
+    excluded = statement.excluded
+    reset = {
+        "job_id": excluded.job_id,
+        "sop_class_uid": excluded.sop_class_uid,
+        "path": excluded.path,
+        "state": excluded.state,
+        "attempts": 0,
+        "next_attempt_at": excluded.next_attempt_at,
+        "updated_at": excluded.updated_at,
+        "last_status": None,
+        "error": None,
+        "commitment_transaction_uid": None,
+        "worker_id": None,
+        "lease_expires_at": None,
+    }
+    session.execute(
+        statement.on_conflict_do_update(
+            index_elements=["sop_instance_uid", "peer_name"], set_=reset
+        )
+    )
+    return len(rows)
+
+
+def due_peers(sessions: sessionmaker[Session]) -> list[str]:
+    """Peers with at least one queued delivery due now."""
+    with sessions() as session:
+        return list(
+            session.scalars(
+                select(Delivery.peer_name)
+                .where(Delivery.state == WorkState.QUEUED, Delivery.next_attempt_at <= utcnow())
+                .distinct()
+            )
+        )
+
+
+def claim_batch(
+    sessions: sessionmaker[Session],
+    peer_name: str,
+    worker_id: str,
+    limit: int,
+    lease_seconds: float,
+) -> list[ClaimedDelivery]:
+    """Claim up to ``limit`` due deliveries for one peer, oldest first.
+
+    Raises
+    ------
+    sqlalchemy.exc.SQLAlchemyError
+        When the database fails; nothing is claimed then.
+    """
+    now = utcnow()
+    due = (
+        select(Delivery.id)
+        .where(
+            Delivery.state == WorkState.QUEUED,
+            Delivery.peer_name == peer_name,
+            Delivery.next_attempt_at <= now,
+        )
+        .order_by(Delivery.next_attempt_at, Delivery.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    with sessions.begin() as session:
+        rows = session.execute(
+            update(Delivery)
+            .where(Delivery.id.in_(due.scalar_subquery()), Delivery.state == WorkState.QUEUED)
+            .values(
+                state=WorkState.RUNNING,
+                worker_id=worker_id,
+                attempts=Delivery.attempts + 1,
+                lease_expires_at=now + timedelta(seconds=lease_seconds),
+                updated_at=now,
+            )
+            .returning(
+                Delivery.id,
+                Delivery.peer_name,
+                Delivery.path,
+                Delivery.sop_instance_uid,
+                Delivery.sop_class_uid,
+                Delivery.attempts,
+            )
+        ).all()
+    claimed = [ClaimedDelivery(*row, worker_id=worker_id) for row in rows]
+    return sorted(claimed, key=lambda d: d.id)
+
+
+def _owned(delivery: ClaimedDelivery) -> list[ColumnElement[bool]]:
+    return [
+        Delivery.id == delivery.id,
+        Delivery.worker_id == delivery.worker_id,
+        Delivery.state == WorkState.RUNNING,
+    ]
+
+
+def record_outcome(
+    session: Session,
+    delivery: ClaimedDelivery,
+    state: WorkState,
+    *,
+    status: int | None,
+    error: str | None,
+    retry_at: datetime | None = None,
+    commitment_uid: str | None = None,
+) -> bool:
+    """Record one send in the caller's transaction; False when the row is not ours anymore
+    (re-queued by a newer job, or reclaimed after our lease expired)."""
+    values: dict[str, object] = {
+        "state": state,
+        "last_status": status,
+        "error": error,
+        "worker_id": None,
+        "lease_expires_at": None,
+        "updated_at": utcnow(),
+        "commitment_transaction_uid": commitment_uid,
+    }
+    if retry_at is not None:
+        values["next_attempt_at"] = retry_at
+    result = session.execute(update(Delivery).where(*_owned(delivery)).values(**values))
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def reclaim_abandoned_deliveries(sessions: sessionmaker[Session]) -> int:
+    """Re-queue running deliveries whose sender died (lease expired, or gone from this host).
+
+    Raises
+    ------
+    sqlalchemy.exc.SQLAlchemyError
+        When the database fails.
+    """
+    now = utcnow()
+    with sessions() as session:
+        running = session.execute(
+            select(Delivery.worker_id, func.min(Delivery.lease_expires_at))
+            .where(Delivery.state == WorkState.RUNNING)
+            .group_by(Delivery.worker_id)
+        ).all()
+    reclaimed = 0
+    for owner, earliest_lease in running:
+        gone = owner_is_gone(owner)
+        if not gone and earliest_lease is not None and earliest_lease > now:
+            continue
+        conditions = [
+            Delivery.state == WorkState.RUNNING,
+            Delivery.worker_id == owner if owner else Delivery.worker_id.is_(None),
+        ]
+        if not gone:
+            conditions.append(Delivery.lease_expires_at <= now)
+        with sessions.begin() as session:
+            result = session.execute(
+                update(Delivery)
+                .where(*conditions)
+                .values(state=WorkState.QUEUED, worker_id=None, lease_expires_at=None)
+            )
+        count = int(result.rowcount)  # type: ignore[attr-defined]
+        if count:
+            reclaimed += count
+            logger.warning("deliveries requeued", extra={"count": count, "dead_sender": owner})
+    return reclaimed
+
+
+def requeue_deliveries(
+    sessions: sessionmaker[Session],
+    *,
+    job_id: int | None = None,
+    failed: bool = False,
+) -> int:
+    """Queue failed deliveries again by hand (``dicom-node retry``), with fresh attempts.
+
+    ``job_id`` limits it to that job's deliveries; ``failed`` takes every failed one.
+
+    Raises
+    ------
+    ValueError
+        When neither is given.
+    sqlalchemy.exc.SQLAlchemyError
+        When the database fails.
+    """
+    if job_id is None and not failed:
+        raise ValueError("give job_id or failed=True")
+    condition = Delivery.state == WorkState.FAILED
+    if job_id is not None:
+        condition = condition & (Delivery.job_id == job_id)
+    with sessions.begin() as session:
+        result = session.execute(
+            update(Delivery)
+            .where(condition)
+            .values(
+                state=WorkState.QUEUED,
+                attempts=0,
+                next_attempt_at=utcnow(),
+                error=None,
+                last_status=None,
+                updated_at=utcnow(),
+            )
+        )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def counts_by_state(session: Session) -> dict[str, int]:
+    """How many deliveries are in each state (states with none are left out)."""
+    rows = session.execute(select(Delivery.state, func.count()).group_by(Delivery.state))
+    return {str(state): count for state, count in rows}
