@@ -13,7 +13,17 @@ from collections.abc import Sequence
 from dicom_node.logs import configure_logging
 
 # Module names under dicom_node.cli, in the order `dicom-node --help` lists them.
-COMMANDS = ("check_config", "serve", "echo", "send", "status")
+COMMANDS = (
+    "check_config",
+    "serve",
+    "echo",
+    "send",
+    "status",
+    "retry",
+    "models",
+    "finetune",
+    "export",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
