@@ -1,0 +1,57 @@
+"""``dicom-node export``: turn a fine-tuning run into a model package the node runs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+_TRAIN_EXTRA = "export needs the train extra: pip install 'dicom-ai-node[train]'"
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "export",
+        help="export a fine-tuning run as a model package (ONNX + model.toml), parity-checked",
+    )
+    parser.add_argument(
+        "--run", dest="run_dir", required=True, help="the run folder of `dicom-node finetune`"
+    )
+    parser.add_argument("--out", required=True, help="the package folder to write")
+    parser.add_argument("--fold", type=int, help="which fold (default: best validation metric)")
+    parser.add_argument("--name", help="model name in model.toml (default: the config's)")
+    parser.add_argument("--version", help="model version in model.toml (default: the config's)")
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=1e-3,
+        help="largest allowed |PyTorch - ONNX Runtime| (default 1e-3)",
+    )
+    parser.add_argument("--force", action="store_true", help="replace an existing package")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        from inference.finetune import ExportError, export_package
+    except ImportError as exc:
+        print(f"{_TRAIN_EXTRA} ({exc})", file=sys.stderr)
+        return 2
+    from inference import ModelPackageError
+
+    try:
+        result = export_package(
+            args.run_dir,
+            args.out,
+            fold=args.fold,
+            name=args.name,
+            version=args.version,
+            tolerance=args.tolerance,
+            overwrite=args.force,
+        )
+    except (ExportError, ModelPackageError, FileNotFoundError, FileExistsError) as exc:
+        print(f"export: {exc}", file=sys.stderr)
+        return 1
+    spec = result.package.spec
+    print(f"{result.package.path}: {spec.model.name} {spec.model.version} from fold {result.fold}")
+    return 0

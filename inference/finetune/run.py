@@ -1,0 +1,250 @@
+"""A whole fine-tuning run: data, patient-level folds, training, validation report.
+
+The run folder holds everything needed to resume, to audit and to export::
+
+    RUN/config.json             the checked training config
+    RUN/fold-K/checkpoint.pt    resumable state of fold K (every epoch)
+    RUN/fold-K/best.pt          the fold's best weights (by validation metric)
+    RUN/fold-K/done.json        written when the fold is finished
+    RUN/report/                 report.md, report.html, PNG plots, figures.json
+    RUN/summary.json            thresholds, the best fold, pooled results
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from inference.finetune.config import FinetuneConfig
+from inference.finetune.data import TrainingData, load_training_data
+from inference.finetune.evaluation import evaluate_classification, evaluate_segmentation
+from inference.finetune.report import write_report
+from inference.finetune.splits import patient_splits
+from inference.finetune.training import FoldOutcome, train_fold
+from inference.spec import Task
+
+logger = logging.getLogger(__name__)
+
+CONFIG_JSON = "config.json"
+SUMMARY_JSON = "summary.json"
+REPORT_DIR = "report"
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What a run produced: where, which fold is best, thresholds and results."""
+
+    run_dir: Path
+    report: Path
+    best_fold: int
+    thresholds: tuple[float, ...]
+    results: dict[str, Any]
+
+    def headline(self) -> str:
+        """One line per label: pooled AUC with its interval, or mean Dice."""
+        lines = []
+        for label in self.results["labels"]:
+            pooled = label["pooled"]
+            if self.results["task"] == Task.CLASSIFICATION.value:
+                low, high = pooled["auc_ci95"]
+                lines.append(
+                    f"{label['label']}: pooled AUC {pooled['auc']} (95% CI {low}-{high}), "
+                    f"sensitivity {pooled['sensitivity']}, specificity {pooled['specificity']} "
+                    f"at threshold {pooled['threshold']}"
+                )
+            else:
+                lines.append(
+                    f"{label['label']}: pooled Dice {pooled['dice_mean']}, "
+                    f"HD95 {pooled['hausdorff95_mean']} {pooled['hausdorff_unit']}"
+                )
+        return "\n".join(lines)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto``: the first CUDA GPU if there is one, else the CPU.
+
+    Raises
+    ------
+    ValueError
+        When a CUDA device is asked for and none is available.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but CUDA is not available")
+    return device
+
+
+def make_deterministic(seed: int, device: torch.device) -> None:
+    """Seed every generator and ask torch for deterministic kernels."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.backends.cudnn.benchmark = False
+    # Some CUDA backward kernels (bilinear upsampling) have no deterministic version:
+    # on a GPU torch warns instead of failing; on the CPU every kernel is.
+    torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
+
+
+def _strata(data: TrainingData) -> list[str]:
+    if data.task is Task.SEGMENTATION:
+        return ["" for _ in data.cases]
+    return ["".join(str(int(v > 0.5)) for v in case.target) for case in data.cases]
+
+
+def _initialisation(config: FinetuneConfig) -> str:
+    weights = config.weights_path
+    if weights is None:
+        return "random (no pretrained weights given)"
+    return f"pretrained weights from {weights}"
+
+
+def finetune(
+    config: FinetuneConfig,
+    dicom_dir: Path | str,
+    run_dir: Path | str,
+    labels_csv: Path | str | None = None,
+    device: str = "auto",
+    progress: bool = True,
+    echo: Callable[[str], None] = print,
+) -> RunSummary:
+    """Fine-tune with k-fold cross-validation and write the validation report.
+
+    Parameters
+    ----------
+    config : FinetuneConfig
+        From `read_config`.
+    dicom_dir : pathlib.Path or str
+        Labelled DICOM (and SEG objects for segmentation).
+    run_dir : pathlib.Path or str
+        Output folder; an interrupted run with the same config resumes there.
+    labels_csv : pathlib.Path or str, optional
+        Classification labels per study or series.
+    device : str
+        ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+    progress : bool
+        Progress bars for folds and epochs.
+    echo : callable
+        Where the data summary and results are printed.
+
+    Returns
+    -------
+    RunSummary
+
+    Raises
+    ------
+    FileNotFoundError
+        When the DICOM folder, labels or weights file is missing.
+    ValueError
+        When the data hold nothing usable, too few patients for the folds, or the
+        run folder belongs to another configuration.
+    """
+    target = Path(run_dir)
+    target.mkdir(parents=True, exist_ok=True)
+    torch_device = resolve_device(device)
+    t = config.training
+    make_deterministic(t.seed, torch_device)
+    if config.weights_path is not None and not config.weights_path.is_file():
+        raise FileNotFoundError(f"pretrained weights not found: {config.weights_path}")
+    data = load_training_data(dicom_dir, config.spec, t.age_bands, labels_csv)
+    echo(f"Training data ({config.spec.model.name}):\n{data.summary()}")
+    splits = patient_splits(
+        [c.patient for c in data.cases], _strata(data), t.folds, t.seed, t.val_fraction
+    )
+    (target / CONFIG_JSON).write_text(
+        json.dumps(
+            {"config": config.model_dump(mode="json"), "fingerprint": config.fingerprint()},
+            indent=1,
+        ),
+        encoding="utf-8",
+    )
+    outcomes: list[FoldOutcome] = []
+    for split in tqdm(splits, desc="folds", unit="fold", disable=not progress):
+        outcomes.append(
+            train_fold(config, data, split, target / f"fold-{split.fold}", torch_device, progress)
+        )
+    if data.task is Task.CLASSIFICATION:
+        results = evaluate_classification(data, outcomes, t.threshold, t.bootstrap, t.seed)
+        thresholds = tuple(label["pooled"]["threshold"] for label in results["labels"])
+    else:
+        results = evaluate_segmentation(data, outcomes)
+        thresholds = tuple(label.threshold for label in config.spec.output.labels)
+    run_info = {
+        "model": config.spec.model.name,
+        "version": config.spec.model.version,
+        "backbone": t.backbone.value,
+        "initialisation": _initialisation(config),
+        "folds": len(splits),
+        "seed": t.seed,
+        "device": str(torch_device),
+        "amp": t.amp and torch_device.type == "cuda",
+        "data": data.summary(),
+    }
+    report = write_report(results, run_info, target / REPORT_DIR)
+    best = max(outcomes, key=lambda o: o.best_metric)
+    summary = RunSummary(target, report, best.fold, thresholds, results)
+    (target / SUMMARY_JSON).write_text(
+        json.dumps(
+            {
+                "best_fold": best.fold,
+                "thresholds": list(thresholds),
+                "run": run_info,
+                "folds": [
+                    {
+                        "fold": o.fold,
+                        "best_epoch": o.best_epoch + 1,
+                        "best_metric": o.best_metric,
+                        "epochs_run": o.epochs_run,
+                    }
+                    for o in outcomes
+                ],
+            },
+            indent=1,
+        ),
+        encoding="utf-8",
+    )
+    echo(summary.headline())
+    echo(f"Report: {report}")
+    return summary
+
+
+def load_run_config(run_dir: Path | str) -> FinetuneConfig:
+    """The config a run was trained with, from its ``config.json``.
+
+    Raises
+    ------
+    FileNotFoundError
+        When the folder holds no run.
+    """
+    path = Path(run_dir) / CONFIG_JSON
+    if not path.is_file():
+        raise FileNotFoundError(f"not a fine-tuning run folder (no {CONFIG_JSON}): {run_dir}")
+    return FinetuneConfig.model_validate(json.loads(path.read_text(encoding="utf-8"))["config"])
+
+
+def read_summary(run_dir: Path | str) -> dict[str, Any]:
+    """A finished run's ``summary.json``.
+
+    Raises
+    ------
+    FileNotFoundError
+        When the run has not finished.
+    """
+    path = Path(run_dir) / SUMMARY_JSON
+    if not path.is_file():
+        raise FileNotFoundError(f"run not finished (no {SUMMARY_JSON}): {run_dir}")
+    summary: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return summary
+
+
+__all__ = ["RunSummary", "finetune", "load_run_config", "read_summary", "resolve_device"]
