@@ -21,10 +21,11 @@ from ipaddress import ip_address, ip_network
 from pathlib import Path
 from typing import Any, cast
 
-from pydicom.uid import AllTransferSyntaxes
-from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
+from pydicom.uid import AllTransferSyntaxes, ExplicitVRLittleEndian
+from pynetdicom import AE, AllStoragePresentationContexts, _config, evt, register_uid
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
+from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -200,10 +201,15 @@ def build_listener_ae(config: NodeConfig) -> AE:
     transfer syntax pydicom knows, Verification, the calling AE allow-list and timeouts."""
     node = config.node
     ae = AE(ae_title=node.ae_title)
-    transfer_syntaxes = list(AllTransferSyntaxes)
+    # Where a sender offers several, prefer Explicit VR Little Endian (keeps VRs).
+    transfer_syntaxes = [ExplicitVRLittleEndian] + [
+        ts for ts in AllTransferSyntaxes if ts != ExplicitVRLittleEndian
+    ]
     for context in AllStoragePresentationContexts:
         ae.add_supported_context(cast(str, context.abstract_syntax), transfer_syntaxes)
     for uid in node.private_sop_classes:
+        # pynetdicom serves a SOP class only once it knows its service class.
+        register_uid(uid, "PrivateStorage_" + uid.replace(".", "_"), StorageServiceClass)
         ae.add_supported_context(uid, transfer_syntaxes)
     ae.add_supported_context(VERIFICATION)
     ae.maximum_associations = node.max_associations
@@ -236,6 +242,7 @@ class Listener:
         self.handler = StoreHandler(config, sessions, spool)
         self.ae = build_listener_ae(config)
         self.server: ListenerServer | None = None
+        self._previous_tempdir: str | None = None
 
     @property
     def port(self) -> int:
@@ -254,6 +261,7 @@ class Listener:
         """
         # Incoming data streams to disk next to the spool, so the final move is a rename.
         _config.STORE_RECV_CHUNKED_DATASET = True
+        self._previous_tempdir = tempfile.tempdir
         tempfile.tempdir = str(self.spool.incoming_dir)
         self.spool.clear_incoming()
         node, security = self.config.node, self.config.security
@@ -297,4 +305,5 @@ class Listener:
         remaining = server.active_associations
         for assoc in remaining:
             assoc.abort()
+        tempfile.tempdir = self._previous_tempdir
         logger.info("listener stopped", extra={"aborted_associations": len(remaining)})

@@ -149,13 +149,14 @@ def open_association(
     except (OSError, ssl.SSLError) as exc:
         raise AssociationError(peer, f"TLS or socket error: {exc}") from exc
     if not assoc.is_established:
-        reason = (
-            "rejected"
-            if assoc.is_rejected
-            else "aborted"
-            if assoc.is_aborted
-            else "refused or timed out"
-        )
+        if assoc.is_rejected:
+            reason = "rejected"
+        elif assoc.is_aborted and assoc.rejected_contexts and not assoc.accepted_contexts:
+            reason = "the peer accepted none of the proposed SOP classes and transfer syntaxes"
+        elif assoc.is_aborted:
+            reason = "aborted"
+        else:
+            reason = "refused or timed out"
         raise AssociationError(peer, reason)
     try:
         yield assoc
@@ -212,7 +213,8 @@ def _contexts(planned: Sequence[_Planned]) -> list[PresentationContext]:
     for item in planned:
         if item.sop_class is None:
             continue
-        if item.transfer_syntax and item.transfer_syntax not in FALLBACK_SYNTAXES:
+        if item.transfer_syntax:
+            # Its own encoding in a context of its own, so the peer cannot pick another.
             contexts.setdefault(
                 (item.sop_class, item.transfer_syntax),
                 build_context(item.sop_class, [item.transfer_syntax]),

@@ -1,0 +1,249 @@
+"""Ingest benchmark: the node's listener against DCMTK storescp, Orthanc and storescu sending.
+
+Builds a 200-slice uncompressed 512x512 CT series, loads it into Orthanc (the PACS, on
+loopback ports with its own temp config), and has Orthanc C-STORE it to the node
+(``dicom-node serve``, SQLite index on, fsync on) and to DCMTK ``storescp`` in turn,
+several rounds; then the same with DCMTK ``storescu`` as the sender. Each node round
+starts a fresh node (empty spool and database), so every instance is a first receipt.
+Finally 16 associations send large instances to the node at once while its peak RSS is
+sampled: received data goes to disk as it arrives, so memory must stay flat.
+
+Run:  python benchmarks/ingest.py [--slices 200] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.conftest import get_free_port
+from tests.peers import Orthanc, run_orthanc, run_storescp, stop_process, wait_for_port
+
+STORESCU = "/usr/bin/storescu"
+NODE_AET = "AINODE"
+
+
+def write_series(folder: Path, slices: int, size: int = 512) -> list[Path]:
+    """An uncompressed CT series of ``slices`` ``size`` x ``size`` int16 slices."""
+    folder.mkdir(parents=True, exist_ok=True)
+    template = dcmread(get_testdata_file("CT_small.dcm"))
+    study, series = generate_uid(), generate_uid()
+    rng = np.random.default_rng(0)
+    paths = []
+    for index in range(slices):
+        ds = template.copy()
+        ds.file_meta = template.file_meta.copy()
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.InstanceNumber = index + 1
+        ds.ImagePositionPatient = [0, 0, float(index)]
+        ds.Rows = ds.Columns = size
+        pixels = rng.integers(-1000, 2000, (size, size), dtype=np.int16)
+        ds.PixelData = pixels.tobytes()
+        path = folder / f"ct{index:04d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def write_large(folder: Path, count: int, frames: int) -> list[Path]:
+    """``count`` multi-frame instances of ``frames`` 512x512 frames each (about 0.5 MB/frame)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    template = dcmread(get_testdata_file("CT_small.dcm"))
+    frame = np.zeros((frames, 512, 512), dtype=np.int16).tobytes()
+    paths = []
+    for index in range(count):
+        ds: Dataset = template.copy()
+        ds.file_meta = template.file_meta.copy()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.Rows = ds.Columns = 512
+        ds.NumberOfFrames = frames
+        ds.PixelData = frame
+        path = folder / f"large{index:02d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+@dataclass
+class Node:
+    process: subprocess.Popen[bytes]
+    port: int
+    root: Path
+
+    def peak_rss_mb(self) -> float:
+        return _status_kb(self.process.pid, "VmHWM") / 1024
+
+    def rss_mb(self) -> float:
+        return _status_kb(self.process.pid, "VmRSS") / 1024
+
+
+def _status_kb(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+class NodeRunner:
+    """Starts fresh nodes (empty spool and database) on one fixed port."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = get_free_port()
+        self.runs = 0
+
+    def start(self) -> Node:
+        self.runs += 1
+        root = self.workdir / f"node{self.runs}"
+        root.mkdir(parents=True)
+        config = root / "node.toml"
+        config.write_text(
+            f'[node]\nae_title = "{NODE_AET}"\nhost = "127.0.0.1"\nport = {self.port}\n'
+            'storage_dir = "spool"\ndatabase_url = "sqlite:///node.db"\n'
+            'max_associations = 32\nlog_level = "WARNING"\n'
+            "[completion]\nstable_seconds = 3600\n"
+        )
+        process = subprocess.Popen(
+            [sys.executable, "-m", "dicom_node", "serve", "-c", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=(root / "node.log").open("wb"),
+        )
+        wait_for_port(self.port, process, 30.0)
+        return Node(process, self.port, root)
+
+
+def timed(action: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    action()
+    return time.perf_counter() - start
+
+
+def storescu(port: int, aet: str, files: list[Path]) -> None:
+    subprocess.run(
+        [STORESCU, "-aet", "STORESCU", "-aec", aet, "127.0.0.1", str(port), *map(str, files)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def orthanc_rounds(
+    pacs: Orthanc, study_id: str, runner: NodeRunner, scp_name: str, rounds: int
+) -> dict[str, list[float]]:
+    times: dict[str, list[float]] = {"storescp": [], "node": []}
+    for _ in range(rounds):
+        times["storescp"].append(timed(lambda: pacs.store(scp_name, [study_id])))
+        node = runner.start()
+        try:
+            times["node"].append(timed(lambda: pacs.store("node", [study_id])))
+        finally:
+            stop_process(node.process)
+    return times
+
+
+def storescu_rounds(
+    files: list[Path], scp_port: int, runner: NodeRunner, rounds: int
+) -> dict[str, list[float]]:
+    times: dict[str, list[float]] = {"storescp": [], "node": []}
+    for _ in range(rounds):
+        times["storescp"].append(timed(lambda: storescu(scp_port, "STORESCP", files)))
+        node = runner.start()
+        try:
+            times["node"].append(timed(lambda: storescu(node.port, NODE_AET, files)))
+        finally:
+            stop_process(node.process)
+    return times
+
+
+def memory_under_load(runner: NodeRunner, files: list[Path]) -> tuple[float, float, float]:
+    """Node RSS before, peak RSS while len(files) associations send at once, total MB sent."""
+    node = runner.start()
+    try:
+        time.sleep(1.0)
+        before = node.rss_mb()
+        threads = [
+            threading.Thread(target=storescu, args=(node.port, NODE_AET, [f])) for f in files
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        peak = node.peak_rss_mb()
+    finally:
+        stop_process(node.process)
+    return before, peak, sum(f.stat().st_size for f in files) / 1e6
+
+
+def table(title: str, times: dict[str, list[float]], count: int, megabytes: float) -> None:
+    base = statistics.median(times["storescp"])
+    print(f"\n{title}: {count} instances, {megabytes:.0f} MB, median of {len(times['node'])}")
+    print(f"{'receiver':<10} {'seconds':>8} {'inst/s':>8} {'MB/s':>8} {'vs storescp':>12}")
+    for name in ("storescp", "node"):
+        seconds = statistics.median(times[name])
+        print(
+            f"{name:<10} {seconds:8.2f} {count / seconds:8.1f} {megabytes / seconds:8.1f} "
+            f"{base / seconds:11.1f}x"
+        )
+    print(
+        "  rounds: "
+        + "; ".join(f"{k} " + " ".join(f"{t:.2f}" for t in v) for k, v in times.items())
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--slices", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--associations", type=int, default=16)
+    parser.add_argument("--frames", type=int, default=100, help="frames per large instance")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="ingest-bench-") as tmp:
+        work = Path(tmp)
+        files = write_series(work / "series", args.slices)
+        megabytes = sum(f.stat().st_size for f in files) / 1e6
+        runner = NodeRunner(work)
+        with run_storescp(work / "storescp-out") as scp:
+            modalities = {
+                "node": (NODE_AET, "127.0.0.1", runner.port),
+                "storescp": (scp.aet, "127.0.0.1", scp.port),
+            }
+            with run_orthanc(work, modalities=modalities) as pacs:
+                pacs.upload(files)
+                [study_id] = pacs.study_ids()
+                by_orthanc = orthanc_rounds(pacs, study_id, runner, "storescp", args.rounds)
+            by_storescu = storescu_rounds(files, scp.port, runner, args.rounds)
+        table("Orthanc sends", by_orthanc, len(files), megabytes)
+        table("DCMTK storescu sends", by_storescu, len(files), megabytes)
+        large = write_large(work / "large", args.associations, args.frames)
+        before, peak, sent = memory_under_load(runner, large)
+        print(
+            f"\n{args.associations} associations at once, {sent:.0f} MB in all "
+            f"({sent / args.associations:.0f} MB each): node RSS {before:.0f} MB before, "
+            f"peak {peak:.0f} MB"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
