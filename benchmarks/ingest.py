@@ -170,7 +170,7 @@ def storescu_rounds(
         times["storescp"].append(timed(lambda: storescu(scp_port, "STORESCP", files)))
         node = runner.start()
         try:
-            times["node"].append(timed(lambda: storescu(node.port, NODE_AET, files)))
+            times["node"].append(timed(lambda: storescu(runner.port, NODE_AET, files)))
         finally:
             stop_process(node.process)
     return times
