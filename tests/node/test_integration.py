@@ -51,9 +51,9 @@ def test_dcmtk_echoscu_and_storescu(start_node: StartNode, tmp_path: Path) -> No
 @needs_dcmtk
 def test_dcmtk_echoscu_with_a_calling_ae_not_allowed(start_node: StartNode) -> None:
     node = start_node()
+    port = str(node.config.node.port)
     result = subprocess.run(
-        ["/usr/bin/echoscu", "-aet", "STRANGER", "-aec", NODE_AET, "127.0.0.1"]
-        + [str(node.config.node.port)],
+        ["/usr/bin/echoscu", "-aet", "STRANGER", "-aec", NODE_AET, "127.0.0.1", port],
         capture_output=True,
         text=True,
         timeout=30,
