@@ -1,8 +1,26 @@
 """The model lifecycle: model packages, preprocessing from DICOM, backends, predictions.
 
-`dicom_node` uses only what this module exports.
+`dicom_node` uses only what this module exports:
+
+* `load_model` starts a package on a backend and returns a `Model`, whose
+  `Model.predict` turns one series into a `Prediction`;
+* `validate_package` checks a package against its graph without starting a
+  backend (for ``dicom-node check-config``), returning a `ModelPackage` whose
+  ``spec`` (`ModelSpec`) holds name, version, task and modalities;
+* the errors: `InferenceError` and its subclasses `ModelPackageError` (broken
+  package), `UnsupportedSeriesError` (skip the job) and `BackendUnavailableError`;
+* the Prediction types shared with `sr_writer`.
 """
 
+from inference.devices import GpuGate
+from inference.errors import (
+    BackendUnavailableError,
+    InferenceError,
+    ModelPackageError,
+    UnsupportedSeriesError,
+)
+from inference.model import Model, load_model
+from inference.package import ModelPackage, validate_package
 from inference.prediction import (
     Box,
     Classification,
@@ -16,17 +34,29 @@ from inference.prediction import (
     Prediction,
     Segmentation,
 )
+from inference.spec import ModelSpec, Task
 
 __all__ = [
+    "BackendUnavailableError",
     "Box",
     "Classification",
     "CodedConcept",
     "Detection",
     "FrameRef",
+    "GpuGate",
     "Heatmap",
+    "InferenceError",
     "Label",
     "LabelScore",
+    "Model",
     "ModelIdentity",
+    "ModelPackage",
+    "ModelPackageError",
+    "ModelSpec",
     "Prediction",
     "Segmentation",
+    "Task",
+    "UnsupportedSeriesError",
+    "load_model",
+    "validate_package",
 ]

@@ -1,0 +1,282 @@
+"""A loaded model: `load_model` checks the package and starts a backend; `Model.predict`
+turns the instances of one series into a Prediction.
+
+What happens to a series the model cannot fully take:
+
+* nothing in it can run (wrong modality, no pixel data, no stack the model accepts,
+  every frame undecodable): `predict` raises `UnsupportedSeriesError` with the
+  reasons, and the caller marks the job skipped;
+* some of it can run: `predict` returns a Prediction for what ran, and its
+  ``skipped`` field holds one reason per instance, frame or stack left out.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import TracebackType
+
+from pydicom import Dataset
+
+from inference.backends.base import Array, Backend, BackendOptions
+from inference.backends.selection import create_backend
+from inference.devices import SHARED_GATE, GpuGate, resolve_device
+from inference.errors import UnsupportedSeriesError
+from inference.package import ModelPackage, validate_package
+from inference.postprocessing.classification import build_classification
+from inference.postprocessing.detection import build_detection
+from inference.postprocessing.segmentation import (
+    build_segmentation,
+    slice_probabilities,
+    volume_probabilities,
+)
+from inference.prediction import ModelIdentity, Prediction
+from inference.preprocessing.loader import (
+    FrameFailure,
+    PreparedFrame,
+    batches,
+    iter_prepared,
+    prepare_volume,
+)
+from inference.preprocessing.pixels import DecodeError
+from inference.preprocessing.plan import SeriesPlan, plan_series
+from inference.spec import ModelSpec, Task
+
+logger = logging.getLogger(__name__)
+
+
+class Model:
+    """A model package running on one backend; build it with `load_model`.
+
+    Attributes
+    ----------
+    package : ModelPackage
+        The checked package (``package.spec`` is the parsed ``model.toml``).
+    """
+
+    def __init__(
+        self, package: ModelPackage, backend: Backend, gate: GpuGate, preprocess_threads: int
+    ) -> None:
+        self.package = package
+        self._backend = backend
+        self._gate = gate
+        self._pool = ThreadPoolExecutor(
+            max_workers=preprocess_threads, thread_name_prefix=f"prep-{package.spec.model.name}"
+        )
+        self._cam_weights = package.cam_weight() if package.spec.output.cam is not None else None
+
+    @property
+    def spec(self) -> ModelSpec:
+        """The parsed ``model.toml``: name, version, task, modalities, labels ..."""
+        return self.package.spec
+
+    @property
+    def identity(self) -> ModelIdentity:
+        """Name, version and description written into every result."""
+        return self.package.spec.identity
+
+    @property
+    def backend_name(self) -> str:
+        """``tensorrt``, ``onnxruntime`` or ``torch``."""
+        return self._backend.name
+
+    @property
+    def device(self) -> str:
+        """``cpu`` or ``cuda:N``."""
+        return self._backend.device
+
+    def __repr__(self) -> str:
+        info = self.spec.model
+        where = f"{self.backend_name} on {self.device}"
+        return f"Model({info.name!r} {info.version}, {info.task.value}, {where})"
+
+    def predict(self, series: Sequence[Dataset], *, keep_probabilities: bool = False) -> Prediction:
+        """Run the model on the instances of one series.
+
+        Parameters
+        ----------
+        series : sequence of pydicom.Dataset
+            Every instance of the series, in any order; pixel data is decoded here, in
+            a thread pool ahead of the model.
+        keep_probabilities : bool
+            For segmentation, also return the source-grid probabilities (memory:
+            four bytes per voxel and label).
+
+        Returns
+        -------
+        Prediction
+            Classification, Segmentation or Detection, per the package's task, with
+            ``skipped`` naming anything left out.
+
+        Raises
+        ------
+        UnsupportedSeriesError
+            When nothing in the series can run; the reason says why.
+        """
+        plan = plan_series(series, self.spec)
+        task = self.spec.model.task
+        if task is Task.SEGMENTATION and self.spec.input.dimensions == 3:
+            return self._predict_volume(series, plan, keep_probabilities)
+        prepared: list[PreparedFrame] = []
+        failures: list[str] = []
+        outputs = self._run(
+            self._collect(
+                iter_prepared(series, plan.stacks, self.spec, self._pool), prepared, failures
+            )
+        )
+        skipped = plan.skipped + tuple(failures)
+        if not prepared:
+            raise UnsupportedSeriesError("; ".join(skipped), plan.series_instance_uid)
+        if task is Task.CLASSIFICATION:
+            return build_classification(
+                self.spec,
+                self.identity,
+                plan.series_instance_uid,
+                prepared,
+                outputs,
+                self._cam_weights,
+                skipped,
+            )
+        if task is Task.DETECTION:
+            return build_detection(
+                self.spec, self.identity, plan.series_instance_uid, prepared, outputs, skipped
+            )
+        probs = slice_probabilities(
+            self.spec, outputs[self.spec.output.name], [p.fit for p in prepared]
+        )
+        return build_segmentation(
+            self.spec,
+            self.identity,
+            plan.series_instance_uid,
+            plan.stacks[0],
+            [p.frame.ref for p in prepared],
+            probs,
+            skipped,
+            keep_probabilities,
+        )
+
+    def _collect(
+        self,
+        items: Iterator[PreparedFrame | FrameFailure],
+        prepared: list[PreparedFrame],
+        failures: list[str],
+    ) -> Iterator[Array]:
+        """Pass model inputs on, remembering which frame each was and which failed."""
+        for item in items:
+            if isinstance(item, FrameFailure):
+                logger.warning("%s", item.reason)
+                failures.append(item.reason)
+                continue
+            prepared.append(item)
+            yield item.input
+
+    def _run(self, inputs: Iterator[Array]) -> dict[str, Array]:
+        with self._gate.hold(self.device):
+            return self._backend.infer(batches(inputs, self.spec.runtime.max_batch))
+
+    def _predict_volume(
+        self, series: Sequence[Dataset], plan: SeriesPlan, keep_probabilities: bool
+    ) -> Prediction:
+        stack = plan.stacks[0]
+        try:
+            volume, fit = prepare_volume(series, stack, self.spec, self._pool)
+        except (DecodeError, ValueError) as exc:
+            raise UnsupportedSeriesError(
+                f"stack ({stack.description}): {exc}", plan.series_instance_uid
+            ) from exc
+        outputs = self._run(iter([volume]))
+        probs = volume_probabilities(self.spec, outputs[self.spec.output.name], fit)
+        return build_segmentation(
+            self.spec,
+            self.identity,
+            plan.series_instance_uid,
+            stack,
+            [f.ref for f in stack.frames],
+            probs,
+            plan.skipped,
+            keep_probabilities,
+        )
+
+    def close(self) -> None:
+        """Stop the preprocessing threads and release the backend."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._backend.close()
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def load_model(
+    path: Path | str,
+    backend: str = "auto",
+    device: str = "auto",
+    *,
+    cache_dir: Path | str | None = None,
+    intra_op_threads: int = 0,
+    inter_op_threads: int = 0,
+    preprocess_threads: int | None = None,
+    gpu_gate: GpuGate | None = None,
+) -> Model:
+    """Check a model package and start it on a backend.
+
+    Parameters
+    ----------
+    path : pathlib.Path or str
+        The package folder (``model.toml`` + ``model.onnx``).
+    backend : str
+        ``auto`` (TensorRT, then ONNX Runtime CUDA, then ONNX Runtime CPU; logs the
+        pick and why), ``tensorrt``, ``onnxruntime`` or ``torch``.
+    device : str
+        ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+    cache_dir : pathlib.Path or str, optional
+        Where TensorRT engines are cached (the node passes its storage dir); a
+        per-user cache folder by default.
+    intra_op_threads, inter_op_threads : int
+        ONNX Runtime (and PyTorch CPU) thread counts; 0 leaves the library default.
+    preprocess_threads : int, optional
+        Decoding threads; by default the CPU count, at most 8.
+    gpu_gate : GpuGate, optional
+        Bounds concurrent models per GPU; the process-wide gate by default.
+
+    Returns
+    -------
+    Model
+
+    Raises
+    ------
+    ModelPackageError
+        When the package is broken (names the file and field).
+    BackendUnavailableError
+        When the backend asked for cannot run here, or with ``auto`` none can.
+    ValueError
+        When ``backend`` or ``device`` is not a known name, or thread counts are
+        negative.
+    """
+    if min(intra_op_threads, inter_op_threads) < 0:
+        raise ValueError(
+            f"thread counts must be >= 0, got intra {intra_op_threads}, inter {inter_op_threads}"
+        )
+    package = validate_package(path)
+    options = BackendOptions(
+        device=resolve_device(device),
+        intra_op_threads=intra_op_threads,
+        inter_op_threads=inter_op_threads,
+        cache_dir=Path(cache_dir) if cache_dir is not None else None,
+    )
+    built = create_backend(package, backend, options)
+    threads = preprocess_threads or min(8, os.cpu_count() or 1)
+    return Model(package, built, gpu_gate or SHARED_GATE, threads)
+
+
+__all__ = ["Model", "load_model"]

@@ -1,0 +1,1 @@
+"""From raw model outputs to Predictions on the source grid."""

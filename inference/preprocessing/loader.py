@@ -1,0 +1,143 @@
+"""Decoding and preparing frames in a thread pool, ahead of the model.
+
+Instances are decoded in the pool in the order the model needs them, so that while
+the accelerator runs one batch the next ones are being decoded (JPEG 2000 decoding
+is the slow part of a CT series). Each frame becomes a model input (channels first,
+in the model's grid) together with the `Fit` that maps results back.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+from pydicom import Dataset
+
+from inference.preprocessing.intensity import normalize, voi_window
+from inference.preprocessing.pixels import DecodeError, decode, to_channels
+from inference.preprocessing.resize import Fit, plan_fit, to_model
+from inference.preprocessing.stacks import SourceFrame, Stack
+from inference.spec import ModelSpec
+
+logger = logging.getLogger(__name__)
+
+Array = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class PreparedFrame:
+    """One model input (channels, rows, columns) and the way back to its source frame."""
+
+    frame: SourceFrame
+    input: Array
+    fit: Fit
+
+
+@dataclass(frozen=True)
+class FrameFailure:
+    """A frame whose instance did not decode; the series goes on without it."""
+
+    frame: SourceFrame
+    reason: str
+
+
+def _physical_frames(ds: Dataset, spec: ModelSpec) -> tuple[Array, bool]:
+    decoded = decode(ds)
+    channels = np.stack([to_channels(f, spec.input.channels) for f in decoded.pixels])
+    return channels, decoded.monochrome1
+
+
+def _prepare_instance(
+    ds: Dataset, frames: Sequence[SourceFrame], spec: ModelSpec
+) -> list[PreparedFrame | FrameFailure]:
+    """Decode one instance and prepare the frames of it that the stack uses."""
+    try:
+        pixels, monochrome1 = _physical_frames(ds, spec)
+    except (DecodeError, ValueError) as exc:
+        return [FrameFailure(f, f"instance {f.ref.sop_instance_uid}: {exc}") for f in frames]
+    prepared: list[PreparedFrame | FrameFailure] = []
+    for frame in frames:
+        values = normalize(
+            pixels[frame.frame_index],
+            spec.input.intensity,
+            monochrome1=monochrome1,
+            dataset_window=voi_window(ds, frame.frame_index),
+        )
+        fit = plan_fit((frame.rows, frame.columns), spec.input.size, spec.input.resize)
+        model_input = np.ascontiguousarray(np.moveaxis(to_model(values, fit), -1, 0))
+        prepared.append(PreparedFrame(frame, model_input, fit))
+    return prepared
+
+
+def iter_prepared(
+    datasets: Sequence[Dataset], stacks: Sequence[Stack], spec: ModelSpec, pool: Executor
+) -> Iterator[PreparedFrame | FrameFailure]:
+    """Yield every frame of the stacks, in stack order, prepared for a 2D model.
+
+    Every instance is submitted to the pool at once, in the order of first use, so
+    decoding runs ahead of the consumer.
+    """
+    by_instance: dict[int, list[SourceFrame]] = {}
+    for stack in stacks:
+        for frame in stack.frames:
+            by_instance.setdefault(frame.dataset_index, []).append(frame)
+    futures: dict[int, Future[list[PreparedFrame | FrameFailure]]] = {
+        index: pool.submit(_prepare_instance, datasets[index], frames, spec)
+        for index, frames in by_instance.items()
+    }
+    results: dict[tuple[int, int], PreparedFrame | FrameFailure] = {}
+    for stack in stacks:
+        for frame in stack.frames:
+            key = (frame.dataset_index, frame.frame_index)
+            if key not in results:
+                for item in futures[frame.dataset_index].result():
+                    results[(item.frame.dataset_index, item.frame.frame_index)] = item
+            yield results.pop(key)
+
+
+def prepare_volume(
+    datasets: Sequence[Dataset], stack: Stack, spec: ModelSpec, pool: Executor
+) -> tuple[Array, Fit]:
+    """Decode a whole stack and prepare it as one 3D input (channels, slices, rows, cols).
+
+    Intensity statistics (z-score, min-max, percentile) are taken over the volume.
+
+    Raises
+    ------
+    DecodeError
+        When any instance of the stack does not decode: a volume with a hole is
+        not a volume.
+    """
+    indices = list(dict.fromkeys(f.dataset_index for f in stack.frames))
+    decoded = dict(
+        zip(indices, pool.map(lambda i: _physical_frames(datasets[i], spec), indices), strict=True)
+    )
+    volume = np.stack([decoded[f.dataset_index][0][f.frame_index] for f in stack.frames])
+    monochrome1 = decoded[stack.frames[0].dataset_index][1]
+    first = stack.frames[0]
+    values = normalize(
+        volume,
+        spec.input.intensity,
+        monochrome1=monochrome1,
+        dataset_window=voi_window(datasets[first.dataset_index], first.frame_index),
+    )
+    fit = plan_fit(
+        (len(stack.frames), first.rows, first.columns), spec.input.size, spec.input.resize
+    )
+    return np.ascontiguousarray(np.moveaxis(to_model(values, fit), -1, 0)), fit
+
+
+def batches(inputs: Iterator[Array], max_batch: int) -> Iterator[Array]:
+    """Group single inputs into float32 batches of at most ``max_batch``."""
+    pending: list[Array] = []
+    for item in inputs:
+        pending.append(item)
+        if len(pending) == max_batch:
+            yield np.stack(pending)
+            pending = []
+    if pending:
+        yield np.stack(pending)
