@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from dicom_node import queue_report
 from dicom_node.config import NodeConfig, load_config
 from dicom_node.db import create_db_engine, session_factory
 from dicom_node.errors import ConfigError
@@ -51,6 +52,10 @@ def spool_section(session: Session, config: NodeConfig) -> dict[str, Any]:
 SECTIONS: list[tuple[str, Section]] = [
     ("studies", studies_section),
     ("spool", spool_section),
+    # Orchestration: the queue (dicom_node.queue_report).
+    ("jobs", queue_report.jobs_section),
+    ("deliveries", queue_report.deliveries_section),
+    ("failures", queue_report.failures_section),
 ]
 
 

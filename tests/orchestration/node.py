@@ -184,13 +184,18 @@ def run_node(config: Path, role: str = "all", port: int | None = None) -> Iterat
 
 
 def wait_until(
-    predicate: Callable[[], Any], timeout: float, message: str, interval: float = 0.2
+    predicate: Callable[[], Any],
+    timeout: float,
+    message: str | Callable[[], str],
+    interval: float = 0.2,
 ) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail with ``message``."""
+    """Poll ``predicate`` until it returns something truthy; fail with ``message``
+    (a callable is called only then, e.g. to read a log)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s: {message}")
+    text = message() if callable(message) else message
+    raise AssertionError(f"timed out after {timeout} s: {text}")

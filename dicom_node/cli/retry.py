@@ -1,0 +1,61 @@
+"""``dicom-node retry -c CONFIG (--job ID | --failed)``: queue failed work again.
+
+``--job ID`` requeues that job if it failed or was skipped (it runs again and its
+results replace the earlier ones), and re-sends its failed deliveries if it is done.
+``--failed`` requeues every failed job and every failed delivery. Requeued work starts
+with a fresh attempt count; a running node picks it up at its next scan.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from dicom_node.config import load_config
+from dicom_node.db import create_db_engine, session_factory
+from dicom_node.delivery_queue import requeue_deliveries
+from dicom_node.errors import ConfigError
+from dicom_node.jobs import requeue_jobs
+from dicom_node.schema import Job, WorkState
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser("retry", help="requeue a failed job, or all failed work")
+    parser.add_argument("-c", "--config", required=True, help="path to the node's TOML config")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--job", type=int, metavar="ID", help="requeue this job (see status)")
+    which.add_argument(
+        "--failed", action="store_true", help="requeue every failed job and delivery"
+    )
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    engine = create_db_engine(config.node.database_url)
+    sessions = session_factory(engine)
+    try:
+        if args.failed:
+            jobs = requeue_jobs(sessions, failed=True)
+            deliveries = requeue_deliveries(sessions, failed=True)
+        else:
+            with sessions() as session:
+                job = session.get(Job, args.job)
+                done = job is not None and job.state == WorkState.DONE
+            if done:
+                jobs, deliveries = [], requeue_deliveries(sessions, job_id=args.job)
+            else:
+                jobs, deliveries = requeue_jobs(sessions, job_id=args.job), 0
+    except LookupError as exc:
+        print(f"retry: {exc.args[0]}", file=sys.stderr)
+        return 1
+    finally:
+        engine.dispose()
+    shown = ", ".join(str(i) for i in jobs) or "none"
+    print(f"requeued {len(jobs)} job(s) ({shown}) and {deliveries} delivery(ies)")
+    return 0
