@@ -1,0 +1,126 @@
+// Drive OHIF in Debian's headless chromium the way a radiologist would, and say what was seen.
+//
+//   node drive_ohif.mjs PLAN.json > RESULT.json
+//
+// PLAN: {url, chromium, screenshotDir, timeoutMs, steps: [{name, series, expect, within,
+// confirm, panel, layout, viewport}]}. The study opens at `url`; the first-visit tour and
+// the investigational-use banner are dismissed. Then, for each step: the viewport layout
+// `layout` is picked (a data-cy of the Layout menu's grid, e.g. Layout-1-0 for two side
+// by side); viewport number `viewport` (0-based) is made active; the study browser
+// thumbnail whose text holds `series` is double-clicked; a `confirm` button is pressed if
+// one shows (OHIF asks before loading a SEG); the side panel button `panel` (a data-cy)
+// is clicked; and the script waits until every text of `expect` is visible inside the
+// element `within` (a playwright selector; the whole page by default). It screenshots the
+// page and the viewport after each step. Assertions are the caller's
+// (tests/viewer/test_ohif.py): this script only reports, as JSON on stdout, what it found,
+// what it did not, and every page error, console error and error-boundary message.
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { chromium } from 'playwright-core';
+
+// playwright adds --headless (headless: true) and --user-data-dir (the fresh profile).
+const CHROMIUM_ARGS = [
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-quic',
+  '--no-first-run',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+];
+const VIEWPORT = { width: 1400, height: 900 };
+const THUMBNAIL = '[data-cy^="study-browser-thumbnail"]';
+const VIEWPORT_PANE = '[data-cy="viewport-pane"]';
+
+async function dismissOverlays(page, timeoutMs) {
+  // The tour and the banner come up a moment after the first image; either may be absent.
+  const skipTour = page.getByRole('button', { name: 'Skip all' });
+  const hideBanner = page.getByRole('button', { name: 'Confirm and hide' });
+  await skipTour.click({ timeout: timeoutMs }).catch(() => {});
+  await hideBanner.click({ timeout: 2000 }).catch(() => {});
+}
+
+async function waitForTexts(scope, texts, timeoutMs) {
+  const deadline = Date.now() + timeoutMs;
+  const found = new Set();
+  while (Date.now() < deadline && found.size < texts.length) {
+    for (const text of texts) {
+      if (!found.has(text) && (await scope.getByText(text, { exact: false }).first().isVisible())) {
+        found.add(text);
+      }
+    }
+    if (found.size < texts.length) await new Promise((done) => setTimeout(done, 250));
+  }
+  return { found: texts.filter((t) => found.has(t)), missing: texts.filter((t) => !found.has(t)) };
+}
+
+async function runStep(page, step, plan) {
+  if (step.layout) {
+    await page.locator('[data-cy="Layout"]').click({ timeout: plan.timeoutMs });
+    await page.locator(`[data-cy="${step.layout}"]`).click({ timeout: plan.timeoutMs });
+  }
+  const viewport = page.locator(VIEWPORT_PANE).nth(step.viewport ?? 0);
+  if (step.viewport !== undefined && step.viewport !== null) {
+    await viewport.click({ timeout: plan.timeoutMs });
+  }
+  const thumbnail = page.locator(THUMBNAIL).filter({ hasText: step.series }).first();
+  await thumbnail.dblclick({ timeout: plan.timeoutMs });
+  if (step.confirm) {
+    await page
+      .getByRole('button', { name: step.confirm, exact: true })
+      .click({ timeout: plan.timeoutMs })
+      .catch(() => {});
+  }
+  if (step.panel) {
+    const panel = page.locator(`[data-cy="${step.panel}"]`);
+    await panel.click({ timeout: plan.timeoutMs }).catch(() => {});
+  }
+  const scope = step.within ? page.locator(step.within).first() : page;
+  const result = await waitForTexts(scope, step.expect ?? [], plan.timeoutMs);
+  // Let the last frames render (labels are SVG; the image is a canvas drawn after them).
+  await page.waitForLoadState('networkidle', { timeout: plan.timeoutMs }).catch(() => {});
+  await page.waitForTimeout(1500);
+  const screenshot = path.join(plan.screenshotDir, `${step.name}.png`);
+  await page.screenshot({ path: screenshot });
+  const viewportShot = path.join(plan.screenshotDir, `${step.name}-viewport.png`);
+  await viewport.screenshot({ path: viewportShot });
+  return { name: step.name, ...result, screenshot, viewportScreenshot: viewportShot };
+}
+
+async function main() {
+  const plan = JSON.parse(fs.readFileSync(process.argv[2], 'utf8'));
+  fs.mkdirSync(plan.screenshotDir, { recursive: true });
+  const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'ohif-chromium-'));
+  const report = { steps: [], pageErrors: [], consoleErrors: [], failure: null };
+  const context = await chromium.launchPersistentContext(profile, {
+    executablePath: plan.chromium,
+    args: CHROMIUM_ARGS,
+    headless: true,
+    viewport: VIEWPORT,
+  });
+  try {
+    const page = context.pages()[0] ?? (await context.newPage());
+    page.on('pageerror', (error) => report.pageErrors.push(String(error.stack ?? error)));
+    page.on('console', (message) => {
+      const text = message.text();
+      if (message.type() === 'error' || text.includes('Error Boundary')) {
+        report.consoleErrors.push(`${message.type()}: ${text}`);
+      }
+    });
+    await page.goto(plan.url, { timeout: plan.timeoutMs, waitUntil: 'load' });
+    await page.locator(THUMBNAIL).first().waitFor({ timeout: plan.timeoutMs });
+    await dismissOverlays(page, plan.timeoutMs);
+    for (const step of plan.steps) {
+      report.steps.push(await runStep(page, step, plan));
+    }
+  } catch (error) {
+    report.failure = String(error.stack ?? error);
+  } finally {
+    await context.close();
+    fs.rmSync(profile, { recursive: true, force: true });
+  }
+  process.stdout.write(JSON.stringify(report, null, 2));
+}
+
+await main();
