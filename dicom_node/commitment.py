@@ -155,7 +155,7 @@ class CommitmentReportHandler:
                         Outcome.PERMANENT, code, f"archive did not commit (reason 0x{code:04X})"
                     )
                     state, retry_at = next_state(
-                        result, row.attempts, row.last_status, self.settings, now
+                        result, row.attempts, row.error, self.settings, now
                     )
                     row.state, row.error, row.last_status = state, result.error, code
                     row.next_attempt_at = retry_at or now

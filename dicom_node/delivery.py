@@ -186,7 +186,7 @@ class DeliveryScanner:
                     DELIVERIES_SENT.labels(peer=peer.name).inc()
                     logger.info("result delivered", extra={**log, "state": str(state)})
                 return ok
-            previous = session.get_one(Delivery, item.id).last_status
+            previous = session.get_one(Delivery, item.id).error
             state, retry_at = next_state(result, item.attempts, previous, self.config.delivery, now)
             ok = record_outcome(
                 session, item, state, status=result.status, error=result.error, retry_at=retry_at
@@ -224,7 +224,7 @@ class DeliveryScanner:
             )
             for row in rows:
                 state, retry_at = next_state(
-                    result, row.attempts, row.last_status, self.config.delivery, now
+                    result, row.attempts, row.error, self.config.delivery, now
                 )
                 row.state = state
                 row.error = result.error

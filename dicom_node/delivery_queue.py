@@ -134,11 +134,15 @@ def claim_batch(
         .order_by(Delivery.next_attempt_at, Delivery.id)
         .limit(limit)
         .with_for_update(skip_locked=True)
+        # Materialized: PostgreSQL may otherwise run a LIMIT ... SKIP LOCKED sub-select
+        # inside IN (...) more than once and claim more than ``limit`` rows.
+        .cte("due")
+        .prefix_with("MATERIALIZED")
     )
     with sessions.begin() as session:
         rows = session.execute(
             update(Delivery)
-            .where(Delivery.id.in_(due.scalar_subquery()), Delivery.state == WorkState.QUEUED)
+            .where(Delivery.id.in_(select(due.c.id)), Delivery.state == WorkState.QUEUED)
             .values(
                 state=WorkState.RUNNING,
                 worker_id=worker_id,

@@ -95,7 +95,7 @@ def backoff_seconds(attempts: int, settings: DeliverySection) -> float:
 def next_state(
     result: StoreResult,
     attempts: int,
-    previous_status: int | None,
+    previous_error: str | None,
     settings: DeliverySection,
     now: datetime,
 ) -> tuple[WorkState, datetime | None]:
@@ -104,10 +104,7 @@ def next_state(
     A permanent failure is retried once: if the previous attempt also failed
     permanently, the delivery fails now.
     """
-    previously_permanent = (
-        previous_status is not None
-        and classify_status(previous_status).outcome is Outcome.PERMANENT
-    )
+    previously_permanent = (previous_error or "").startswith(f"{Outcome.PERMANENT}:")
     if attempts >= settings.max_attempts or (
         result.outcome is Outcome.PERMANENT and previously_permanent
     ):

@@ -32,6 +32,7 @@ class Archive:
     gate: threading.Event = field(default_factory=threading.Event)
     waiting: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    associations: int = 0
 
     def __post_init__(self) -> None:
         self.gate.set()
@@ -44,6 +45,10 @@ class Archive:
             self.waiting.set()
             self.gate.wait(GATE_TIMEOUT_S)
         return self.status
+
+    def handle_accepted(self, event: Event) -> None:
+        with self.lock:
+            self.associations += 1
 
     def stored(self) -> set[str]:
         with self.lock:
@@ -60,7 +65,10 @@ def run_archive(ae_title: str = "ARCHIVE") -> Iterator[Archive]:
     server = ae.start_server(
         ("127.0.0.1", archive.port),
         block=False,
-        evt_handlers=[(evt.EVT_C_STORE, archive.handle_store)],
+        evt_handlers=[
+            (evt.EVT_C_STORE, archive.handle_store),
+            (evt.EVT_ACCEPTED, archive.handle_accepted),
+        ],
     )
     try:
         yield archive

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pydicom
 import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.orm import Session, sessionmaker
@@ -140,11 +141,16 @@ def add_study(
         instances = spec.get("instances", 1)
         paths = instances if isinstance(instances, list) else [None] * instances
         for number, path in enumerate(paths, start=1):
+            sop_uid = (
+                str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+                if path
+                else f"{row.series_instance_uid}.{number}"
+            )
             session.add(
                 Instance(
                     series_id=row.id,
                     study_id=study.id,
-                    sop_instance_uid=f"{row.series_instance_uid}.{number}",
+                    sop_instance_uid=sop_uid,
                     sop_class_uid=spec.get("sop_class", "1.2.840.10008.5.1.4.1.1.2"),
                     transfer_syntax_uid="1.2.840.10008.1.2.1",
                     instance_number=number,

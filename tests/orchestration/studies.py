@@ -17,7 +17,7 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 
-def testdata(name: str) -> Path:
+def pydicom_file(name: str) -> Path:
     """A file of pydicom's test data (bundled, or from pydicom-data's local store)."""
     found = get_testdata_file(name, download=False)
     if found is not None:
@@ -33,7 +33,7 @@ def ct_series(
     folder: Path, slices: int, template: str = "CT_small.dcm", study_uid: str | None = None
 ) -> list[Path]:
     """Write a CT series of ``slices`` slices 2.5 mm apart; returns the file paths."""
-    source = pydicom.dcmread(testdata(template))
+    source = pydicom.dcmread(pydicom_file(template))
     study_uid = study_uid or generate_uid()
     series_uid = generate_uid()
     frame_of_reference = generate_uid()
@@ -62,7 +62,7 @@ def ct_series(
 
 def radiograph(folder: Path, template: str = "RG1_UNCI.dcm") -> Path:
     """Write a CR radiograph as a new study; returns the file path."""
-    ds = pydicom.dcmread(testdata(template))
+    ds = pydicom.dcmread(pydicom_file(template))
     ds.StudyInstanceUID = generate_uid()
     ds.SeriesInstanceUID = generate_uid()
     ds.SOPInstanceUID = generate_uid()

@@ -74,10 +74,11 @@ def test_backoff_doubles_and_is_capped() -> None:
 def test_transient_failures_retry_until_max_attempts() -> None:
     now = utcnow()
     refused = classify_file(FileStatus(Path("x"), "1", None, "refused"), "1.2")
+    bad_before = classify_status(0xA900).error
     state, at = next_state(refused, 1, None, SETTINGS, now)
     assert state == WorkState.QUEUED and at == now + timedelta(seconds=10)
     # A transient failure after a permanent one is not held against it.
-    state, _ = next_state(refused, 4, 0xA900, SETTINGS, now)
+    state, _ = next_state(refused, 4, bad_before, SETTINGS, now)
     assert state == WorkState.QUEUED
     assert next_state(refused, 5, None, SETTINGS, now) == (WorkState.FAILED, None)
 
@@ -87,7 +88,10 @@ def test_permanent_failure_is_retried_once_then_failed() -> None:
     bad = classify_status(0xA900)
     state, at = next_state(bad, 1, None, SETTINGS, now)
     assert state == WorkState.QUEUED and at is not None
-    assert next_state(bad, 2, 0xA900, SETTINGS, now) == (WorkState.FAILED, None)
+    assert next_state(bad, 2, bad.error, SETTINGS, now) == (WorkState.FAILED, None)
+    # A permanent failure without a status (unreadable file) also gets one retry only.
+    unreadable = classify_file(FileStatus(Path("x"), None, None, "not a DICOM file: gone"), "1")
+    assert next_state(unreadable, 2, unreadable.error, SETTINGS, now) == (WorkState.FAILED, None)
     # After a transient failure the first permanent one still gets its one retry.
-    state, _ = next_state(bad, 2, 0xA700, SETTINGS, now)
+    state, _ = next_state(bad, 2, classify_status(0xA700).error, SETTINGS, now)
     assert state == WorkState.QUEUED
