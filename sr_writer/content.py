@@ -139,15 +139,17 @@ def measurement(
     name: Code | CodedConcept,
     value: float,
     unit: Code | CodedConcept,
-    model: ModelIdentity,
     source: SourceImageForMeasurement | None = None,
 ) -> Measurement:
-    """A numeric measurement (TID 300) credited to the model's algorithm."""
+    """A numeric measurement (TID 300).
+
+    The algorithm is named once on its measurement group, not on every measurement:
+    repeating it triples the items and the build time for nothing.
+    """
     return Measurement(
         name=name,
         value=float(value),
         unit=unit,
-        algorithm_id=algorithm(model),
         referenced_images=[source] if source is not None else None,
     )
 

@@ -191,14 +191,16 @@ def _pixel_array(
     """The SEG pixel array: C-contiguous (highdicom is ~7x slower on strided views)."""
     probabilities = prediction.probabilities
     if kind is SegmentationKindValues.FRACTIONAL and probabilities is not None:
-        values: npt.NDArray[np.generic] = probabilities[..., present]
-        dtype: type[np.generic] = np.float32
+        values: npt.NDArray[np.generic] = np.ascontiguousarray(
+            probabilities[..., present], dtype=np.float32
+        )
     else:
-        values = prediction.masks[..., present]
-        dtype = np.uint8
+        # Indexing with a list copies into a C-contiguous array; viewing the bools
+        # as uint8 then costs nothing.
+        values = np.ascontiguousarray(prediction.masks[..., present]).view(np.uint8)
     if positions == list(range(frame_count)):
-        return np.ascontiguousarray(values, dtype=dtype)
-    full = np.zeros((frame_count, *values.shape[1:]), dtype=dtype)
+        return values  # type: ignore[return-value]
+    full = np.zeros((frame_count, *values.shape[1:]), dtype=values.dtype)
     full[positions] = values
     return full
 

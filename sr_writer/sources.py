@@ -163,49 +163,12 @@ class SourceSeries:
             )
         return SourceFrame(dataset, ref.frame_number)
 
-    def library_views(self) -> list[Dataset]:
-        """What the SR image library describes of each source, one dataset each.
-
-        highdicom's image library reads geometry from the top level only, and fails
-        on enhanced multi-frame instances (geometry in functional groups) and on
-        cross-sectional images without it; these views lift the first frame's
-        geometry to the top level, and leave the descriptors out where the source
-        has none.
-        """
-        return [_library_view(ds) for ds in self.datasets]
-
     def frame_of_reference_problem(self) -> str | None:
         """Why the sources cannot carry spatial objects (SEG, Parametric Map), if so."""
         missing = [uid for uid, ds in self._by_uid.items() if "FrameOfReferenceUID" not in ds]
         if missing:
             return f"source has no Frame of Reference UID ({missing[0]})"
         return None
-
-
-_LIBRARY_KEYWORDS = ("SOPClassUID", "SOPInstanceUID", "Rows", "Columns", "FrameOfReferenceUID")
-_CROSS_SECTIONAL = ("CT", "MR", "PT")
-
-
-def _library_view(dataset: Dataset) -> Dataset:
-    view = Dataset()
-    for keyword in _LIBRARY_KEYWORDS:
-        if keyword in dataset:
-            view[keyword] = dataset[keyword]
-    frame = SourceFrame(dataset, 1)
-    geometry = {
-        "PixelSpacing": frame.pixel_spacing(),
-        "ImageOrientationPatient": frame.image_orientation(),
-        "ImagePositionPatient": frame.image_position(),
-        "SliceThickness": frame.slice_thickness(),
-    }
-    modality = str(dataset.get("Modality", ""))
-    if modality in _CROSS_SECTIONAL and all(value is not None for value in geometry.values()):
-        view.Modality = modality
-        for keyword, value in geometry.items():
-            setattr(view, keyword, list(value) if isinstance(value, tuple) else value)
-    else:
-        view.Modality = ""  # highdicom then writes no modality-specific descriptors
-    return view
 
 
 def _functional_item(dataset: Dataset, frame_number: int, keyword: str) -> Dataset | None:

@@ -8,29 +8,34 @@ POLYLINE on a key image, referencing the exact source instance and frame, with i
 numbers beside it:
 
 - segmentation: per segment, the outline of its largest connected region on the
-  slice where the segment is largest, with its area on that slice and its volume;
-  where a SEG was written, also a volumetric group referencing the SEG segment
-  (volume, and the area of every slice when the model gives no slice spacing);
+  slice where the segment is largest, with its area on that slice; where a SEG was
+  written, a volumetric group referencing the SEG segment carries the volume (for
+  2D models without slice spacing: the area of every other slice), otherwise the
+  outline group carries the volume;
 - detection: per box, the box as a closed polyline with its score;
 - classification: per positive label, the outline of the heatmap's hot region
   (values at or above half the map's maximum) on the heatmap's frame, or the whole
   key image where the model gives no heatmap, with "present", the probability and
   the threshold.
 
-Labels the model did not find get a measurement group saying "absent" (with the
-probability and threshold for classification). Probabilities, scores and thresholds
-are written in percent so that viewers that print one decimal show them usefully.
+OHIF merges measurement groups by Tracking UID and fails to load a report in which
+a merged finding has no region, so every group is drawable: the segment group
+shares its outline group's Tracking UID (they describe one finding), and labels
+that were not found are drawn too.
 
-No findings: when the model finds nothing at all, the report holds one planar group
-on the key image (the middle frame of the series the model read), whose region is
-the border of that whole image, whose finding is DCM 111241 "All algorithms
-succeeded; without findings", and whose qualitative evaluations say "absent" for
-every label. A text item is not drawn by OHIF; this region is, with its label, on
-the image that was read, so a reader sees that the model ran and found nothing.
+Absent labels and reports without findings: every label the model did not find
+gets a planar group on the key image (the middle frame of the series the model
+read) whose region is the border of that whole image, whose tracking identifier is
+"<label>: not found", and whose qualitative evaluation says the finding is "Absent"
+(SCT 272519000), with the probability and threshold for classification and a
+volume of 0 mm3 for segmentation. A report in which the model found nothing is
+therefore never empty: it shows, on the image that was read, one outlined frame per
+label saying it was not found. A text item would not do: OHIF does not draw it.
 
-Objects that could not be written (a SEG for sources without a Frame of Reference)
-make the report PARTIAL: the Completion Flag Description and a text comment in the
-report's qualitative evaluations say why.
+Probabilities, scores and thresholds are written in percent so that viewers that
+print one decimal show them usefully. Objects that could not be written (a SEG for
+sources without a Frame of Reference) make the report PARTIAL: the Completion Flag
+Description and a text comment in the report's qualitative evaluations say why.
 """
 
 from __future__ import annotations
@@ -46,7 +51,6 @@ from highdicom.sr import (
     CodedConcept,
     ImageRegion,
     Measurement,
-    MeasurementsAndQualitativeEvaluations,
     PlanarROIMeasurementsAndQualitativeEvaluations,
     QualitativeEvaluation,
     TrackingIdentifier,
@@ -60,6 +64,7 @@ from sr_writer.content import ascii_text, measurement, to_code
 from sr_writer.contour import largest_outline
 from sr_writer.enum import ObjectKind
 from sr_writer.errors import UnsupportedSourceError
+from sr_writer.library import image_library, insert_library
 from sr_writer.options import ResultOptions
 from sr_writer.seg import SegmentationResult
 from sr_writer.sources import SourceFrame, SourceSeries
@@ -72,7 +77,6 @@ HOT_FRACTION = 0.5
 """A heatmap's hot region: values at or above this fraction of its maximum."""
 
 _PERCENT = 100.0
-_NO_FINDINGS = codes.DCM.AllAlgorithmsSucceededWithoutFindings
 _QUALITATIVE_EVALUATIONS = CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
 _COMMENT = CodedConcept("121106", "DCM", "Comment")
 _LO_LENGTH = 64
@@ -80,7 +84,6 @@ _LO_LENGTH = 64
 Group = (
     PlanarROIMeasurementsAndQualitativeEvaluations
     | VolumetricROIMeasurementsAndQualitativeEvaluations
-    | MeasurementsAndQualitativeEvaluations
 )
 
 
@@ -133,33 +136,23 @@ class _Report:
 
     def absent(
         self, label: Label, measurements: Sequence[Measurement] = ()
-    ) -> MeasurementsAndQualitativeEvaluations:
-        return MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=self.tracking(f"{label.name} absent", label.name, "absent"),
-            finding_type=to_code(label.finding),
-            finding_category=to_code(label.category),
-            algorithm_id=content.algorithm(self.prediction.model),
-            measurements=list(measurements) or None,
-            qualitative_evaluations=[_evaluation(label, present=False)],
+    ) -> PlanarROIMeasurementsAndQualitativeEvaluations:
+        """A label not found: "absent", drawn as the border of the key image."""
+        frame = self.key_frame()
+        return self.planar(
+            self.tracking(f"{label.name}: not found", label.name, "absent"),
+            frame,
+            _frame_border(frame),
+            to_code(label.finding),
+            measurements,
+            [_evaluation(label, present=False)],
+            category=to_code(label.category),
         )
 
     def key_frame(self) -> SourceFrame:
-        """The image a report without findings is drawn on: the series' middle frame."""
+        """The image absent labels are drawn on: the middle frame the model read."""
         frames = self.prediction.frames
         return self.sources.frame(frames[len(frames) // 2])
-
-    def no_findings(
-        self, labels: Sequence[Label]
-    ) -> PlanarROIMeasurementsAndQualitativeEvaluations:
-        frame = self.key_frame()
-        return self.planar(
-            self.tracking(f"No findings ({self.prediction.model.name})", "no-findings"),
-            frame,
-            _frame_border(frame),
-            CodedConcept(_NO_FINDINGS.value, _NO_FINDINGS.scheme_designator, _NO_FINDINGS.meaning),
-            measurements=(),
-            evaluations=[_evaluation(label, present=False) for label in labels],
-        )
 
 
 def build_report(
@@ -199,22 +192,19 @@ def build_report(
     """
     report = _Report(prediction, sources, options)
     if isinstance(prediction, Classification):
-        groups, labels = _classification_groups(report, prediction), _scored_labels(prediction)
+        groups = _classification_groups(report, prediction)
     elif isinstance(prediction, Segmentation):
-        groups, labels = _segmentation_groups(report, prediction, segmentation), prediction.labels
+        groups = _segmentation_groups(report, prediction, segmentation)
     elif isinstance(prediction, Detection):
-        groups, labels = _detection_groups(report, prediction), prediction.labels
+        groups = _detection_groups(report, prediction)
     else:
         raise TypeError(f"unsupported prediction type {type(prediction).__name__}")
-    if not any(isinstance(g, PlanarROIMeasurementsAndQualitativeEvaluations) for g in groups):
-        groups.append(report.no_findings(labels))
     model = prediction.model
     measurement_report = hd.sr.MeasurementReport(
         observation_context=content.observation_context(model, options, report.uid("device")),
         procedure_reported=content.procedure_code(sources.reference),
         imaging_measurements=groups,
         title=codes.DCM.ImagingMeasurementReport,
-        referenced_images=sources.library_views(),
     )
     if omitted:
         _add_comments(measurement_report, [str(error) for error in omitted])
@@ -234,6 +224,7 @@ def build_report(
         series_description=content.series_description(model, "report"),
         specific_character_set=content.character_set(sources.reference),
     )
+    insert_library(sr, image_library(sources))
     if omitted:
         sr.CompletionFlagDescription = ascii_text("; ".join(map(str, omitted)))[:_LO_LENGTH]
     content.copy_deidentification(sr, sources.reference)
@@ -246,12 +237,8 @@ def _classification_groups(report: _Report, prediction: Classification) -> list[
     for score in prediction.scores:
         label = score.label
         numbers = [
-            measurement(
-                content.PROBABILITY, score.probability * _PERCENT, content.PERCENT, prediction.model
-            ),
-            measurement(
-                content.THRESHOLD, label.threshold * _PERCENT, content.PERCENT, prediction.model
-            ),
+            measurement(content.PROBABILITY, score.probability * _PERCENT, content.PERCENT),
+            measurement(content.THRESHOLD, label.threshold * _PERCENT, content.PERCENT),
         ]
         if not score.positive:
             groups.append(report.absent(label, numbers))
@@ -280,36 +267,28 @@ def _classification_groups(report: _Report, prediction: Classification) -> list[
 def _segmentation_groups(
     report: _Report, prediction: Segmentation, segmentation: SegmentationResult | None
 ) -> list[Group]:
+    """Per label: the outline group and, with a SEG, the segment group (same finding)."""
     groups: list[Group] = []
-    model = prediction.model
+    volume = prediction.voxel_volume_mm3
     for index, label in enumerate(prediction.labels):
         mask = prediction.masks[..., index]
-        per_frame = mask.sum(axis=(1, 2))
+        per_frame = np.count_nonzero(mask, axis=(1, 2))
         if not per_frame.any():
-            groups.append(report.absent(label))
+            nothing = [] if volume is None else [_volume(0, volume)]
+            groups.append(report.absent(label, nothing))
             continue
         key = int(np.argmax(per_frame))
         frame = report.sources.frame(prediction.frames[key])
         outline = largest_outline(mask[key])
         if outline is None:  # unreachable: the key slice holds the most pixels
             raise ValueError(f"no outline on key slice {key} of label {label.name!r}")
-        pixel_area = _pixel_area(prediction, frame)
-        volume = prediction.voxel_volume_mm3
-        numbers = []
-        if pixel_area is not None:
-            numbers.append(
-                measurement(
-                    content.AREA,
-                    per_frame[key] * pixel_area,
-                    content.SQUARE_MM,
-                    model,
-                    frame.measurement_source(),
-                )
-            )
-        if volume is not None:
-            numbers.append(
-                measurement(content.VOLUME, mask.sum() * volume, content.CUBIC_MM, model)
-            )
+        # Every slice's area only where the SEG group lists them (2D models).
+        all_slices = volume is None and segmentation is not None
+        positions = np.flatnonzero(per_frame).tolist() if all_slices else [key]
+        areas = _areas(report, prediction, per_frame, positions)
+        numbers = [areas.pop(key)] if key in areas else []
+        if segmentation is None and volume is not None:
+            numbers.append(_volume(int(per_frame.sum()), volume))
         groups.append(
             report.planar(
                 report.tracking(label.name, label.name),
@@ -322,40 +301,52 @@ def _segmentation_groups(
             )
         )
         if segmentation is not None:
-            groups.append(
-                _volumetric(report, prediction, segmentation, label, per_frame, pixel_area)
-            )
+            if volume is not None:
+                segment_numbers = [_volume(int(per_frame.sum()), volume)]
+            else:  # a 2D model: the area of every other slice
+                segment_numbers = list(areas.values())
+            groups.append(_volumetric(report, segmentation, label, segment_numbers))
     return groups
+
+
+def _volume(voxels: int, voxel_volume: float) -> Measurement:
+    return measurement(content.VOLUME, voxels * voxel_volume, content.CUBIC_MM)
+
+
+def _areas(
+    report: _Report,
+    prediction: Segmentation,
+    per_frame: npt.NDArray[np.intp],
+    positions: list[int],
+) -> dict[int, Measurement]:
+    """Area of the segment on the given frames, by frame position, where spacing is known."""
+    areas = {}
+    for position in positions:
+        frame = report.sources.frame(prediction.frames[position])
+        pixel_area = _pixel_area(prediction, frame)
+        if pixel_area is not None:
+            areas[position] = measurement(
+                content.AREA,
+                per_frame[position] * pixel_area,
+                content.SQUARE_MM,
+                frame.measurement_source(),
+            )
+    return areas
 
 
 def _volumetric(
     report: _Report,
-    prediction: Segmentation,
     segmentation: SegmentationResult,
     label: Label,
-    per_frame: npt.NDArray[np.int64],
-    pixel_area: float | None,
+    numbers: list[Measurement],
 ) -> VolumetricROIMeasurementsAndQualitativeEvaluations:
-    """The group that references the SEG segment, with the volume or per-slice areas."""
-    model = prediction.model
-    numbers = []
-    volume = prediction.voxel_volume_mm3
-    if volume is not None:
-        numbers.append(
-            measurement(content.VOLUME, per_frame.sum() * volume, content.CUBIC_MM, model)
-        )
-    elif pixel_area is not None:
-        for position in np.flatnonzero(per_frame):
-            frame = report.sources.frame(prediction.frames[position])
-            numbers.append(
-                measurement(
-                    content.AREA,
-                    per_frame[position] * pixel_area,
-                    content.SQUARE_MM,
-                    model,
-                    frame.measurement_source(),
-                )
-            )
+    """The group that references the SEG segment.
+
+    It shares the outline group's tracking identifier: OHIF merges groups by
+    Tracking UID and needs a drawable region in each merged finding, and both groups
+    describe the same finding. Its numbers (the volume, or for 2D models the areas
+    of the other slices) therefore complement the outline group's, never repeat them.
+    """
     # Built by hand: highdicom's ReferencedSegment.from_segmentation fails on a SEG
     # whose segment identification sits in the shared functional groups.
     seg = segmentation.dataset
@@ -368,11 +359,12 @@ def _volumetric(
         ),
     )
     return VolumetricROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=report.tracking(f"{label.name} segment", label.name, "segment"),
+        # The planar group's tracking identifier: one finding, drawn and measured.
+        tracking_identifier=report.tracking(label.name, label.name),
         referenced_segment=segment,
         finding_type=to_code(label.finding),
         finding_category=to_code(label.category),
-        algorithm_id=content.algorithm(model),
+        algorithm_id=content.algorithm(report.prediction.model),
         measurements=numbers or None,
         qualitative_evaluations=[_evaluation(label, present=True)],
     )
@@ -397,7 +389,6 @@ def _detection_groups(report: _Report, prediction: Detection) -> list[Group]:
             content.SCORE,
             box.score * _PERCENT,
             content.PERCENT,
-            prediction.model,
             frame.measurement_source(),
         )
         groups.append(
@@ -413,10 +404,6 @@ def _detection_groups(report: _Report, prediction: Detection) -> list[Group]:
         )
     groups.extend(report.absent(label) for label in prediction.labels if label.name not in found)
     return groups
-
-
-def _scored_labels(prediction: Classification) -> tuple[Label, ...]:
-    return tuple(score.label for score in prediction.scores)
 
 
 def _evaluation(label: Label, *, present: bool) -> QualitativeEvaluation:

@@ -76,7 +76,7 @@ def test_positive_label_is_drawn_as_the_heatmap_hot_region(
 
     dciodvfy(sr, "sr")
     report = read_report(sr, tmp_path)
-    (group,) = report.get_planar_roi_measurement_groups()
+    group, negative = report.get_planar_roi_measurement_groups()
     assert group.tracking_identifier == "lesion"
     assert region_reference(group) == (str(source.SOPInstanceUID), [])
     hot = largest_outline(heatmap.values >= 0.5 * heatmap.values.max())
@@ -85,7 +85,7 @@ def test_positive_label_is_drawn_as_the_heatmap_hot_region(
     assert value_of(group, codes.DCM.Probability) == pytest.approx(87.0)
     assert value_of(group, codes.DCM.ThresholdValue) == pytest.approx(40.0)
     assert evaluation_of(group, group.finding_type) == PRESENT  # type: ignore[arg-type]
-    (negative,) = report.get_image_measurement_groups()
+    assert negative.tracking_identifier == "nodule: not found"
     assert negative.finding_type.value == nodule.finding.value  # type: ignore[union-attr]
     assert evaluation_of(negative, negative.finding_type) == ABSENT  # type: ignore[arg-type]
     assert value_of(negative, codes.DCM.Probability) == pytest.approx(12.0)
@@ -135,7 +135,7 @@ def test_parametric_map_carries_the_raw_values(
     assert len({sr.SeriesInstanceUID, overlay.SeriesInstanceUID, read.SeriesInstanceUID}) == 3
 
 
-def test_negative_study_gets_a_visible_no_findings_region(
+def test_negative_study_draws_each_label_as_not_found(
     model: ModelIdentity, lesion: Label, dciodvfy: Validator, tmp_path: Path
 ) -> None:
     source = load("MR_small.dcm")
@@ -145,7 +145,9 @@ def test_negative_study_gets_a_visible_no_findings_region(
     assert [ds.Modality for ds in results] == ["SR"]
     dciodvfy(results[0], "sr")
     (group,) = read_report(results[0], tmp_path).get_planar_roi_measurement_groups()
-    assert group.finding_type.value == "111241"  # type: ignore[union-attr]
+    assert group.tracking_identifier == "lesion: not found"
+    assert evaluation_of(group, group.finding_type) == ABSENT  # type: ignore[arg-type]
+    assert value_of(group, codes.DCM.Probability) == pytest.approx(10.0)
     np.testing.assert_array_equal(group.roi.value, [[0, 0], [64, 0], [64, 64], [0, 64], [0, 0]])  # type: ignore[union-attr]
 
 

@@ -44,7 +44,7 @@ def test_boxes_are_closed_polylines_on_their_frames_with_scores(
     assert [ds.Modality for ds in results] == ["SR"]
     dciodvfy(results[0], "sr")
     report = read_report(results[0], tmp_path)
-    planar = report.get_planar_roi_measurement_groups()
+    *planar, absent = report.get_planar_roi_measurement_groups()
     assert [group.tracking_identifier for group in planar] == ["lesion #1", "lesion #2"]
     assert [region_reference(group) for group in planar] == [(uid, [3]), (uid, [7])]
     np.testing.assert_array_equal(
@@ -55,7 +55,7 @@ def test_boxes_are_closed_polylines_on_their_frames_with_scores(
         pytest.approx(91.0),
         pytest.approx(55.0),
     ]
-    (absent,) = report.get_image_measurement_groups()
+    assert absent.tracking_identifier == "liver: not found"
     assert absent.finding_type.value == organ.finding.value  # type: ignore[union-attr]
 
 
@@ -80,7 +80,7 @@ def test_box_beyond_the_frame_is_clipped_and_one_outside_is_left_out(
     assert "box 2 of lesion lies outside its frame" in caplog.text
 
 
-def test_no_boxes_gives_the_no_findings_region(
+def test_no_boxes_draws_the_label_as_not_found(
     model: ModelIdentity, lesion: Label, dciodvfy: Validator, tmp_path: Path
 ) -> None:
     source = load("emri_small.dcm")
@@ -89,6 +89,10 @@ def test_no_boxes_gives_the_no_findings_region(
 
     dciodvfy(sr, "sr")
     (group,) = read_report(sr, tmp_path).get_planar_roi_measurement_groups()
-    assert group.finding_type.value == "111241"  # type: ignore[union-attr]
-    assert group.tracking_identifier == "No findings (demo-ct-lesion)"
+    assert group.finding_type.value == lesion.finding.value  # type: ignore[union-attr]
+    assert group.tracking_identifier == "lesion: not found"
+    np.testing.assert_array_equal(
+        group.roi.value,  # type: ignore[union-attr]
+        [[0, 0], [64, 0], [64, 64], [0, 64], [0, 0]],
+    )
     assert region_reference(group) == (str(source.SOPInstanceUID), [6])  # middle frame

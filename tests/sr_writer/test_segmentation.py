@@ -117,11 +117,39 @@ def test_sr_draws_each_segment_outline_on_its_largest_slice(
         assert value_of(group, codes.SCT.Area) == pytest.approx(
             masks[key, ..., label_index].sum() * 0.25
         )
-        assert value_of(group, codes.SCT.Volume) == pytest.approx(
-            masks[..., label_index].sum() * 0.25 * 2.5
-        )
         assert group.finding_type.value == ("52988006", "10200004")[label_index]
     assert evaluation_of(planar[0], planar[0].finding_type) == PRESENT
+
+
+def test_segment_group_shares_the_outline_tracking_uid_and_holds_the_volume(
+    model: ModelIdentity,
+    lesion: Label,
+    ct_series: list[Dataset],
+    masks: np.ndarray,
+    tmp_path: Path,
+) -> None:
+    """OHIF merges groups by Tracking UID; one finding: outline + area, segment + volume."""
+    sr, _ = build_results(_prediction(model, ct_series, (lesion,), masks[..., :1]), ct_series)
+
+    report = read_report(sr, tmp_path)
+    (planar,) = report.get_planar_roi_measurement_groups()
+    (volumetric,) = report.get_volumetric_roi_measurement_groups()
+    assert planar.tracking_uid == volumetric.tracking_uid
+    assert [m.name.meaning for m in planar.get_measurements()] == ["Area"]
+    assert [m.name.meaning for m in volumetric.get_measurements()] == ["Volume"]
+    assert value_of(volumetric, codes.SCT.Volume) == pytest.approx(masks[..., 0].sum() * 0.25 * 2.5)
+
+
+def test_without_seg_the_outline_group_holds_the_volume(
+    model: ModelIdentity, lesion: Label, ct_series: list[Dataset], masks: np.ndarray, tmp_path: Path
+) -> None:
+    for ds in ct_series:
+        del ds.FrameOfReferenceUID
+
+    (sr,) = build_results(_prediction(model, ct_series, (lesion,), masks[..., :1]), ct_series)
+
+    (planar,) = read_report(sr, tmp_path).get_planar_roi_measurement_groups()
+    assert value_of(planar, codes.SCT.Volume) == pytest.approx(masks[..., 0].sum() * 0.25 * 2.5)
 
 
 def test_sr_references_the_seg_segments_with_their_volumes(
@@ -157,15 +185,20 @@ def test_2d_model_reports_area_per_slice(
 
     sr, _ = build_results(prediction, ct_series)
 
-    (group,) = read_report(sr, tmp_path).get_volumetric_roi_measurement_groups()
-    areas = {
-        m.referenced_images[0].referenced_sop_instance_uid: m.value
+    report = read_report(sr, tmp_path)
+    measured = [
+        (m.referenced_images[0].referenced_sop_instance_uid, m.value)
+        for group in (
+            *report.get_planar_roi_measurement_groups(),
+            *report.get_volumetric_roi_measurement_groups(),
+        )
         for m in group.get_measurements()
-    }
-    assert areas == {
+    ]
+    assert len(measured) == len(ct_series)
+    assert dict(measured) == {
         str(ds.SOPInstanceUID): pytest.approx(masks[index, ..., 0].sum() * 0.25)
         for index, ds in enumerate(ct_series)
-    }
+    }  # the key slice's on the outline, the others' on the segment group, none twice
 
 
 def test_empty_mask_is_reported_absent_and_left_out_of_the_seg(
@@ -184,13 +217,15 @@ def test_empty_mask_is_reported_absent_and_left_out_of_the_seg(
     assert [item.SegmentLabel for item in seg.SegmentSequence] == ["liver"]
     dciodvfy(seg, "seg")
     report = read_report(sr, tmp_path)
-    (absent,) = report.get_image_measurement_groups()
+    absent, liver = report.get_planar_roi_measurement_groups()
+    assert absent.tracking_identifier == "lesion: not found"
     assert absent.finding_type.value == lesion.finding.value
     assert evaluation_of(absent, absent.finding_type) == ABSENT
-    assert [g.tracking_identifier for g in report.get_planar_roi_measurement_groups()] == ["liver"]
+    assert value_of(absent, codes.SCT.Volume) == 0.0
+    assert liver.tracking_identifier == "liver"
 
 
-def test_all_masks_empty_gives_a_visible_no_findings_report_and_no_seg(
+def test_all_masks_empty_gives_a_visible_report_and_no_seg(
     model: ModelIdentity,
     lesion: Label,
     ct_series: list[Dataset],
@@ -204,7 +239,7 @@ def test_all_masks_empty_gives_a_visible_no_findings_report_and_no_seg(
     assert [ds.Modality for ds in results] == ["SR"]
     dciodvfy(results[0], "sr")
     (group,) = read_report(results[0], tmp_path).get_planar_roi_measurement_groups()
-    assert group.finding_type.value == "111241"  # all algorithms succeeded; without findings
+    assert group.tracking_identifier == "lesion: not found"
     assert region_reference(group) == (str(ct_series[1].SOPInstanceUID), [])
     np.testing.assert_array_equal(group.roi.value, [[0, 0], [128, 0], [128, 128], [0, 128], [0, 0]])
     finding = lesion.finding
