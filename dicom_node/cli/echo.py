@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from dicom_node.cli.peer_args import add_peer_options, local_and_peer
+from dicom_node.errors import ConfigError
 from dicom_node.scu import AssociationError, echo
 
 
@@ -18,7 +19,11 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    local, peer = local_and_peer(args, args.peer)
+    try:
+        local, peer = local_and_peer(args, args.peer)
+    except (ConfigError, ValueError) as exc:
+        print(exc, file=sys.stderr)
+        return 2
     try:
         status = echo(local, peer)
     except AssociationError as exc:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from dicom_node.config import NodeConfig, PeerConfig, load_config
-from dicom_node.errors import ConfigError
 from dicom_node.scu import LocalAE, resolve_peer
 
 
@@ -19,16 +17,17 @@ def add_peer_options(parser: argparse.ArgumentParser) -> None:
 
 
 def local_and_peer(args: argparse.Namespace, spec: str) -> tuple[LocalAE, PeerConfig]:
-    """Our identity and the peer named by ``spec``; exits with status 2 on a bad config
-    or peer, as argparse does for bad arguments."""
-    config: NodeConfig | None = None
-    try:
-        if args.config:
-            config = load_config(args.config)
-        peer = resolve_peer(spec, config)
-    except (ConfigError, ValueError) as exc:
-        print(exc, file=sys.stderr)
-        raise SystemExit(2) from None
+    """Our identity (config, then ``--aet``/``--timeout``) and the peer named by ``spec``.
+
+    Raises
+    ------
+    ConfigError
+        When ``--config`` is given and invalid.
+    ValueError
+        When ``spec`` is neither a peer name in the config nor ``AET@host:port``.
+    """
+    config: NodeConfig | None = load_config(args.config) if args.config else None
+    peer = resolve_peer(spec, config)
     local = LocalAE.from_config(config) if config else LocalAE()
     if args.aet:
         local = LocalAE(args.aet, local.timeout, local.tls)

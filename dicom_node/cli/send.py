@@ -11,6 +11,7 @@ from typing import Any
 from tqdm import tqdm
 
 from dicom_node.cli.peer_args import add_peer_options, local_and_peer
+from dicom_node.errors import ConfigError
 from dicom_node.scu import FileStatus, send_files
 
 
@@ -53,10 +54,10 @@ def describe(status: FileStatus) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    local, peer = local_and_peer(args, args.to)
     try:
+        local, peer = local_and_peer(args, args.to)
         files = collect(args.paths)
-    except FileNotFoundError as exc:
+    except (ConfigError, ValueError, FileNotFoundError) as exc:
         print(exc, file=sys.stderr)
         return 2
     if not files:
