@@ -9,7 +9,7 @@
 // by side); viewport number `viewport` (0-based) is made active; the study browser
 // thumbnail whose text holds `series` is double-clicked; a `confirm` button is pressed if
 // one shows (OHIF asks before loading a SEG); the side panel button `panel` (a data-cy)
-// is clicked; and the script waits until every text of `expect` is visible inside the
+// is clicked if the texts do not show by themselves; and the script waits until every text of `expect` is visible inside the
 // element `within` (a playwright selector; the whole page by default). It screenshots the
 // page and the viewport after each step. Assertions are the caller's
 // (tests/viewer/test_ohif.py): this script only reports, as JSON on stdout, what it found,
@@ -29,7 +29,9 @@ const CHROMIUM_ARGS = [
   '--disable-component-update',
   '--disable-sync',
 ];
-const VIEWPORT = { width: 1400, height: 900 };
+const WINDOW = { width: 1920, height: 1080 };
+const PANEL_GRACE_MS = 3000;
+const CONFIRM_WAIT_MS = 15000;
 const THUMBNAIL = '[data-cy^="study-browser-thumbnail"]';
 const VIEWPORT_PANE = '[data-cy="viewport-pane"]';
 
@@ -69,15 +71,18 @@ async function runStep(page, step, plan) {
   if (step.confirm) {
     await page
       .getByRole('button', { name: step.confirm, exact: true })
-      .click({ timeout: plan.timeoutMs })
+      .click({ timeout: CONFIRM_WAIT_MS })
       .catch(() => {});
   }
-  if (step.panel) {
-    const panel = page.locator(`[data-cy="${step.panel}"]`);
-    await panel.click({ timeout: plan.timeoutMs }).catch(() => {});
-  }
   const scope = step.within ? page.locator(step.within).first() : page;
-  const result = await waitForTexts(scope, step.expect ?? [], plan.timeoutMs);
+  let result = await waitForTexts(scope, step.expect ?? [], PANEL_GRACE_MS);
+  if (result.missing.length && step.panel) {
+    // The panel may be closed (a click opens it) or already open (a click would close it).
+    await page.locator(`[data-cy="${step.panel}"]`).click({ timeout: plan.timeoutMs });
+  }
+  if (result.missing.length) {
+    result = await waitForTexts(scope, step.expect ?? [], plan.timeoutMs);
+  }
   // Let the last frames render (labels are SVG; the image is a canvas drawn after them).
   await page.waitForLoadState('networkidle', { timeout: plan.timeoutMs }).catch(() => {});
   await page.waitForTimeout(1500);
@@ -97,7 +102,7 @@ async function main() {
     executablePath: plan.chromium,
     args: CHROMIUM_ARGS,
     headless: true,
-    viewport: VIEWPORT,
+    viewport: WINDOW,
   });
   try {
     const page = context.pages()[0] ?? (await context.newPage());
