@@ -114,11 +114,12 @@ class _Report:
         tracking: TrackingIdentifier,
         frame: SourceFrame,
         points: npt.NDArray[np.float64],
-        finding: CodedConcept,
+        label: Label,
         measurements: Sequence[Measurement],
-        evaluations: Sequence[QualitativeEvaluation],
-        category: CodedConcept | None = None,
+        *,
+        present: bool,
     ) -> PlanarROIMeasurementsAndQualitativeEvaluations:
+        """A finding drawn on one frame: a closed polyline with its numbers."""
         region = ImageRegion(
             graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
             graphic_data=points,
@@ -127,11 +128,11 @@ class _Report:
         return PlanarROIMeasurementsAndQualitativeEvaluations(
             tracking_identifier=tracking,
             referenced_region=region,
-            finding_type=finding,
-            finding_category=category,
+            finding_type=to_code(label.finding),
+            finding_category=to_code(label.category),
             algorithm_id=content.algorithm(self.prediction.model),
             measurements=list(measurements),
-            qualitative_evaluations=list(evaluations),
+            qualitative_evaluations=[_evaluation(label, present=present)],
         )
 
     def absent(
@@ -143,15 +144,22 @@ class _Report:
             self.tracking(f"{label.name}: not found", label.name, "absent"),
             frame,
             _frame_border(frame),
-            to_code(label.finding),
+            label,
             measurements,
-            [_evaluation(label, present=False)],
-            category=to_code(label.category),
+            present=False,
         )
 
     def key_frame(self) -> SourceFrame:
-        """The image absent labels are drawn on: the middle frame the model read."""
+        """The image absent labels are drawn on: the middle frame the model read.
+
+        Raises
+        ------
+        ValueError
+            If the prediction names no frames.
+        """
         frames = self.prediction.frames
+        if not frames:
+            raise ValueError(f"prediction of model {self.prediction.model.name} names no frames")
         return self.sources.frame(frames[len(frames) // 2])
 
 
@@ -255,10 +263,9 @@ def _classification_groups(report: _Report, prediction: Classification) -> list[
                 report.tracking(label.name, label.name),
                 frame,
                 points,
-                to_code(label.finding),
+                label,
                 numbers,
-                [_evaluation(label, present=True)],
-                category=to_code(label.category),
+                present=True,
             )
         )
     return groups
@@ -294,10 +301,9 @@ def _segmentation_groups(
                 report.tracking(label.name, label.name),
                 frame,
                 outline.points,
-                to_code(label.finding),
+                label,
                 numbers,
-                [_evaluation(label, present=True)],
-                category=to_code(label.category),
+                present=True,
             )
         )
         if segmentation is not None:
@@ -396,10 +402,9 @@ def _detection_groups(report: _Report, prediction: Detection) -> list[Group]:
                 report.tracking(f"{box.label.name} #{number}", box.label.name, str(number)),
                 frame,
                 points,
-                to_code(box.label.finding),
+                box.label,
                 [score],
-                [_evaluation(box.label, present=True)],
-                category=to_code(box.label.category),
+                present=True,
             )
         )
     groups.extend(report.absent(label) for label in prediction.labels if label.name not in found)

@@ -68,3 +68,10 @@ def test_unknown_segmentation_kind_is_refused(model: ModelIdentity, lesion: Labe
 
     with pytest.raises(ValueError, match="'SOFT' is not a valid SegmentationKindValues"):
         build_results(prediction, [source], segmentation_kind="SOFT")
+
+
+def test_prediction_without_frames_is_refused(model: ModelIdentity, lesion: Label) -> None:
+    source = load("CT_small.dcm")
+
+    with pytest.raises(ValueError, match="prediction of model demo-ct-lesion names no frames"):
+        build_results(Detection(model, "1.2", (), (lesion,), ()), [source])
