@@ -128,9 +128,16 @@ def add_study(
     session.add(study)
     session.flush()
     for index, spec in enumerate(series):
+        instances = spec.get("instances", 1)
+        paths = instances if isinstance(instances, list) else [None] * instances
+        default_uid = (
+            str(pydicom.dcmread(paths[0], stop_before_pixels=True).SeriesInstanceUID)
+            if paths and paths[0]
+            else f"{study_uid}.{index + 1}"
+        )
         row = Series(
             study_id=study.id,
-            series_instance_uid=spec.get("uid", f"{study_uid}.{index + 1}"),
+            series_instance_uid=spec.get("uid", default_uid),
             modality=spec.get("modality", "CT"),
             series_number=spec.get("number", index + 1),
             series_description=spec.get("description"),
@@ -138,8 +145,6 @@ def add_study(
         )
         session.add(row)
         session.flush()
-        instances = spec.get("instances", 1)
-        paths = instances if isinstance(instances, list) else [None] * instances
         for number, path in enumerate(paths, start=1):
             sop_uid = (
                 str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)

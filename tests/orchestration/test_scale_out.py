@@ -1,0 +1,97 @@
+"""Scale-out on PostgreSQL: three ``serve --role worker`` processes drain one queue.
+
+50 complete studies are routed into 50 jobs in a fresh database; three worker
+processes claim them with ``SELECT ... FOR UPDATE SKIP LOCKED`` and deliver the
+results to one archive. Every job must run exactly once (one attempt, one "job
+started" line in all the logs together) and every result must arrive exactly once.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from contextlib import ExitStack
+from pathlib import Path
+
+import pydicom
+import pytest
+from sqlalchemy import select
+
+from dicom_node.config import parse_config
+from dicom_node.db import create_db_engine, session_factory
+from dicom_node.routing import route_complete_studies
+from dicom_node.schema import Delivery, Job, WorkState
+from tests.orchestration.archive import run_archive
+from tests.orchestration.conftest import add_study
+from tests.orchestration.node import MODELS, node_document, run_node, wait_until, write_config
+from tests.orchestration.studies import ct_series
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+JOBS = 50
+WORKERS = 3
+STARTED = re.compile(r"job started .*job_id=(\d+)")
+
+
+def test_three_worker_processes_run_each_of_50_jobs_exactly_once(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    engine = create_db_engine(postgres_url)
+    sessions = session_factory(engine)
+    with sessions.begin() as session:  # what the listener would have recorded
+        for n in range(JOBS):
+            files = ct_series(tmp_path / "spool" / f"s{n}", 1)
+            study_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+            add_study(session, study_uid, [{"modality": "CT", "instances": files}])
+    model = {"name": "ct-model", "path": MODELS / "demo-ct-bone", "backend": "onnxruntime"}
+    route = {
+        "name": "ct",
+        "models": ["ct-model"],
+        "match": {"Modality": "CT"},
+        "destinations": ["pacs"],
+    }
+    with run_archive("ARCHIVE") as archive, ExitStack() as stack:
+        peer = {"name": "pacs", "ae_title": "ARCHIVE", "host": "127.0.0.1", "port": archive.port}
+        document = node_document(
+            tmp_path,
+            pacs=None,
+            database_url=postgres_url,
+            peers=[peer],
+            models=[model],
+            routes=[route],
+            worker={"count": 1, "poll_seconds": 0.1, "intra_op_threads": 1},
+        )
+        # The listener process would route; here the test does, before the workers start.
+        assert route_complete_studies(sessions, parse_config(document, "test", tmp_path)) == JOBS
+        workers = [
+            stack.enter_context(
+                run_node(write_config(tmp_path / f"worker{i}.toml", document), role="worker")
+            )
+            for i in range(WORKERS)
+        ]
+
+        def drained() -> bool:
+            with sessions() as session:
+                jobs = session.scalars(select(Job)).all()
+                deliveries = session.scalars(select(Delivery)).all()
+            return (
+                all(j.state == WorkState.DONE for j in jobs)
+                and len(deliveries) >= JOBS
+                and all(d.state == WorkState.DONE for d in deliveries)
+            )
+
+        wait_until(
+            drained, 300, lambda: "\n".join(w.log_text()[-2000:] for w in workers), interval=0.5
+        )
+        started = Counter(m.group(1) for w in workers for m in STARTED.finditer(w.log_text()))
+        per_process = [len(STARTED.findall(w.log_text())) for w in workers]
+        receipts = Counter(archive.receipts)
+    with sessions() as session:
+        jobs = session.scalars(select(Job)).all()
+        deliveries = session.scalars(select(Delivery)).all()
+    engine.dispose()
+    assert len(jobs) == JOBS and {j.attempts for j in jobs} == {1}
+    assert len(started) == JOBS and set(started.values()) == {1}, started
+    assert sum(1 for n in per_process if n) >= 2, per_process  # the work was shared
+    assert sorted(receipts) == sorted(d.sop_instance_uid for d in deliveries)
+    assert set(receipts.values()) == {1}, receipts
