@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from pydicom import Dataset
 from pydicom.uid import PYDICOM_ROOT_UID
 
-from inference import Classification, Prediction, Segmentation
+from inference import Classification, Heatmap, ModelIdentity, Prediction, Segmentation
 from sr_writer.content import copied_names_accepted
 from sr_writer.enum import SegmentationKindValues
 from sr_writer.errors import UnsupportedSourceError
@@ -120,18 +120,17 @@ def _heatmap_objects(
     omitted: list[UnsupportedSourceError],
 ) -> list[Dataset]:
     """Overlays for every heatmap; Parametric Maps too where asked and possible."""
+    builders: list[Callable[[Heatmap, SourceSeries, ModelIdentity, ResultOptions, int], Dataset]]
+    builders = [build_overlay]
+    if options.parametric_map:
+        builders.append(build_parametric_map)
     objects: list[Dataset] = []
-    for number, heatmap in enumerate(prediction.heatmaps, start=1):
-        objects.append(build_overlay(heatmap, sources, prediction.model, options, number))
-    if not options.parametric_map:
-        return objects
-    for number, heatmap in enumerate(prediction.heatmaps, start=1):
-        try:
-            objects.append(
-                build_parametric_map(heatmap, sources, prediction.model, options, number)
-            )
-        except UnsupportedSourceError as error:
-            logger.warning("model %s: %s", prediction.model.name, error)
-            omitted.append(error)
-            break
+    for build in builders:
+        for number, heatmap in enumerate(prediction.heatmaps, start=1):
+            try:
+                objects.append(build(heatmap, sources, prediction.model, options, number))
+            except UnsupportedSourceError as error:
+                logger.warning("model %s: %s", prediction.model.name, error)
+                omitted.append(error)
+                break  # the same sources fail the same way for the other heatmaps
     return objects

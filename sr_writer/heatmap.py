@@ -74,8 +74,10 @@ def build_overlay(
 
     Raises
     ------
+    UnsupportedSourceError
+        If the frame's pixels cannot be decoded.
     SourceMismatchError
-        If the heatmap's frame is not among the sources or cannot be decoded.
+        If the heatmap's frame is not among the sources.
     ValueError
         If the heatmap's shape differs from its frame's.
     """

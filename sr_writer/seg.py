@@ -37,6 +37,19 @@ logger = logging.getLogger(__name__)
 
 SEG_SERIES_NUMBER = 9102
 _CONTENT_LABEL_LENGTH = 16
+SEGMENT_COLORS = (
+    (230, 25, 75),
+    (60, 180, 75),
+    (255, 225, 25),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+)
+"""sRGB display colours by segment number (cycled): distinct on grey images. Viewers
+show a segment without a Recommended Display CIELab Value in a colour of their own
+choosing, and OHIF warns the reader about it on every load."""
 
 
 @dataclass(frozen=True)
@@ -217,4 +230,7 @@ def _description(
         algorithm_identification=algorithm_sequence(model),
         tracking_uid=derive_uid(options.uid_root, study_uid, model, ObjectKind.SEG, label.name),
         tracking_id=ascii_text(label.name)[:64],
+        display_color=hd.color.CIELabColor.from_rgb(
+            *SEGMENT_COLORS[(number - 1) % len(SEGMENT_COLORS)]
+        ),
     )

@@ -15,9 +15,10 @@ import numpy as np
 import numpy.typing as npt
 from highdicom.sr import SourceImageForMeasurement, SourceImageForRegion
 from pydicom import Dataset
+from pydicom.pixels import apply_rescale, pixel_array
 
 from inference import FrameRef
-from sr_writer.errors import SourceMismatchError
+from sr_writer.errors import SourceMismatchError, UnsupportedSourceError
 
 
 @dataclass(frozen=True)
@@ -96,17 +97,17 @@ class SourceFrame:
 
         Raises
         ------
-        SourceMismatchError
-            If the pixel data cannot be decoded (missing, or no decoder installed).
+        UnsupportedSourceError
+            If the pixel data cannot be decoded (missing, or no decoder installed):
+            an image fused over the source cannot be made, the rest can.
         """
-        from pydicom.pixels import apply_rescale, pixel_array
-
         try:
             index = self.frame_number - 1 if self.is_multi_frame else None
             stored = pixel_array(self.dataset, index=index)
         except (AttributeError, ValueError, RuntimeError, NotImplementedError) as exc:
-            raise SourceMismatchError(
-                self.sop_instance_uid, self.frame_number, f"cannot decode pixels: {exc}"
+            raise UnsupportedSourceError(
+                "heatmap overlay",
+                f"cannot decode pixels of {self.sop_instance_uid} #{self.frame_number}: {exc}",
             ) from exc
         return np.asarray(apply_rescale(stored, self.dataset), dtype=np.float64)
 

@@ -219,3 +219,18 @@ def test_heatmap_of_wrong_shape_is_refused(model: ModelIdentity, lesion: Label) 
 
     with pytest.raises(ValueError, match=r"heatmap of 'lesion' has shape \(64, 64\)"):
         build_results(_classification(model, [source], [(lesion, 0.9)], (heatmap,)), [source])
+
+
+def test_source_without_pixels_still_gets_its_report(
+    model: ModelIdentity, lesion: Label, dciodvfy: Validator
+) -> None:
+    source = load("CT_small.dcm")
+    heatmap = _heatmap(lesion, source)
+    del source.PixelData
+
+    results = build_results(_classification(model, [source], [(lesion, 0.9)], (heatmap,)), [source])
+
+    assert [ds.Modality for ds in results] == ["SR"]
+    assert results[0].CompletionFlag == "PARTIAL"
+    assert results[0].CompletionFlagDescription.startswith("heatmap overlay not written")
+    dciodvfy(results[0], "sr")
