@@ -149,3 +149,25 @@ def test_nothing_found_is_drawable(model: ModelIdentity, lesion: Label) -> None:
     sr = build_results(prediction, [source])[0]
 
     assert _findings_without_region(sr) == []
+
+
+def test_segments_carry_distinct_display_colours(
+    model: ModelIdentity, lesion: Label, organ: Label
+) -> None:
+    """OHIF warns on every load of a SEG whose segments have no recommended colour."""
+    series = single_frame_series("CT_small.dcm", 2)
+    masks = np.zeros((2, 128, 128, 2), dtype=bool)
+    masks[:, 40:60, 40:60, 0] = True
+    masks[:, 80:90, 80:90, 1] = True
+    prediction = Segmentation(
+        model=model,
+        series_instance_uid=str(series[0].SeriesInstanceUID),
+        frames=frame_refs(series),
+        labels=(lesion, organ),
+        masks=masks,
+    )
+
+    seg = build_results(prediction, series)[1]
+
+    colours = [tuple(s.RecommendedDisplayCIELabValue) for s in seg.SegmentSequence]
+    assert len(colours) == 2 and len(set(colours)) == 2
