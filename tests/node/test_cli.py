@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import shlex
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,16 @@ from tests.conftest import REPO_ROOT, get_free_port
 from tests.node.conftest import SENDER_AET, RunningNode, node_settings, write_series, write_toml
 
 StartNode = Callable[..., RunningNode]
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    """``main`` configures logging onto this test's stderr; undo it afterwards."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 def test_echo_by_address(start_node: StartNode, capsys: pytest.CaptureFixture[str]) -> None:
