@@ -66,6 +66,8 @@ def node_document(
             "storage_dir": workdir / "storage",
             "database_url": database_url or f"sqlite:///{workdir / 'node.db'}",
             "min_free_disk_mb": 0,
+            # A probe connection that never associates must not hold up a stop.
+            "network_timeout_seconds": 5,
             "log_level": "INFO",
         },
         "security": {"allowed_calling_aets": ["ORTHANC", "TESTSCU"]},
