@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 from highdicom.sr import SourceImageForMeasurement, SourceImageForRegion
 from pydicom import Dataset
-from pydicom.pixels import apply_rescale, pixel_array
+from pydicom.pixels import apply_color_lut, apply_rescale, pixel_array
 
 from inference import FrameRef
 from sr_writer.errors import SourceMismatchError, UnsupportedSourceError
@@ -93,7 +93,7 @@ class SourceFrame:
         )
 
     def pixels(self) -> npt.NDArray[np.float64]:
-        """The frame's stored values after the modality rescale, as float64.
+        """The frame's values after the modality rescale (or palette), as float64.
 
         Raises
         ------
@@ -109,6 +109,8 @@ class SourceFrame:
                 "heatmap overlay",
                 f"cannot decode pixels of {self.sop_instance_uid} #{self.frame_number}: {exc}",
             ) from exc
+        if self.dataset.get("PhotometricInterpretation") == "PALETTE COLOR":
+            return np.asarray(apply_color_lut(stored, self.dataset), dtype=np.float64)
         return np.asarray(apply_rescale(stored, self.dataset), dtype=np.float64)
 
 

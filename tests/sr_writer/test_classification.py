@@ -8,6 +8,7 @@ import highdicom as hd
 import numpy as np
 import pytest
 from pydicom import Dataset
+from pydicom.pixels import apply_color_lut
 from pydicom.sr.codedict import codes
 
 from inference import Classification, FrameRef, Heatmap, Label, LabelScore, ModelIdentity
@@ -234,3 +235,20 @@ def test_source_without_pixels_still_gets_its_report(
     assert results[0].CompletionFlag == "PARTIAL"
     assert results[0].CompletionFlagDescription.startswith("heatmap overlay not written")
     dciodvfy(results[0], "sr")
+
+
+def test_palette_colour_source_shows_its_colours_not_its_indices(
+    model: ModelIdentity, lesion: Label, dciodvfy: Validator
+) -> None:
+    source = load("OBXXXX1A.dcm")  # ultrasound, PALETTE COLOR, no Frame of Reference
+    heatmap = _heatmap(lesion, source)
+    heatmap.values[:] = 0.0  # nothing overlaid: the image must be the palette's colours
+
+    _, overlay = build_results(
+        _classification(model, [source], [(lesion, 0.9)], (heatmap,)), [source]
+    )
+
+    dciodvfy(overlay, "overlay")
+    shown = overlay.pixel_array.astype(float).mean(axis=-1)
+    luminance = apply_color_lut(source.pixel_array, source).astype(float).mean(axis=-1)
+    assert np.corrcoef(shown.ravel(), luminance.ravel())[0, 1] > 0.95  # indices: 0.75
