@@ -30,6 +30,7 @@ SIDE_BY_SIDE = "Layout-1-0"
 VIEWPORT_TITLE = '[data-cy="viewport-overlay-top-left"]'
 RIGHT_PANEL = "#viewerLayoutResizableRightPanel"
 SEGMENTATION_PANEL_BUTTON = "panelSegmentation-btn"
+_ALARMING = ("warning", "error")
 
 
 def missing_tools() -> str | None:
@@ -83,7 +84,12 @@ class Session:
     steps: dict[str, StepSeen]
     page_errors: list[str]
     console_errors: list[str]
+    notifications: list[tuple[str, str]]
     failure: str | None
+
+    def warnings(self) -> list[str]:
+        """Warning and error notifications OHIF showed the reader, as ``type: text``."""
+        return [f"{kind}: {text}" for kind, text in self.notifications if kind in _ALARMING]
 
 
 def open_study(site: str, study_instance_uid: str, steps: list[Step], screenshots: Path) -> Session:
@@ -132,5 +138,6 @@ def open_study(site: str, study_instance_uid: str, steps: list[Step], screenshot
         },
         page_errors=report["pageErrors"],
         console_errors=report["consoleErrors"],
+        notifications=[(toast["type"], toast["text"]) for toast in report["toasts"]],
         failure=report["failure"],
     )

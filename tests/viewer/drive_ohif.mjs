@@ -13,7 +13,8 @@
 // element `within` (a playwright selector; the whole page by default). It screenshots the
 // page and the viewport after each step. Assertions are the caller's
 // (tests/viewer/test_ohif.py): this script only reports, as JSON on stdout, what it found,
-// what it did not, and every page error, console error and error-boundary message.
+// what it did not, every page error, console error and error-boundary message, and every
+// notification (toast) OHIF showed, with its type (info, success, warning, error).
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -34,6 +35,24 @@ const PANEL_GRACE_MS = 3000;
 const CONFIRM_WAIT_MS = 15000;
 const THUMBNAIL = '[data-cy^="study-browser-thumbnail"]';
 const VIEWPORT_PANE = '[data-cy="viewport-pane"]';
+
+// Installed before OHIF loads: records every notification toast (sonner) it shows.
+function recordToasts() {
+  window.__ohifToasts = [];
+  const record = (toast) =>
+    setTimeout(() => {
+      window.__ohifToasts.push({ type: toast.getAttribute('data-type'), text: toast.innerText });
+    }, 100);
+  new MutationObserver((mutations) => {
+    for (const mutation of mutations) {
+      for (const node of mutation.addedNodes) {
+        if (node.nodeType !== Node.ELEMENT_NODE) continue;
+        if (node.matches('[data-sonner-toast]')) record(node);
+        node.querySelectorAll('[data-sonner-toast]').forEach(record);
+      }
+    }
+  }).observe(document, { childList: true, subtree: true });
+}
 
 async function dismissOverlays(page, timeoutMs) {
   // The tour and the banner come up a moment after the first image; either may be absent.
@@ -97,7 +116,7 @@ async function main() {
   const plan = JSON.parse(fs.readFileSync(process.argv[2], 'utf8'));
   fs.mkdirSync(plan.screenshotDir, { recursive: true });
   const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'ohif-chromium-'));
-  const report = { steps: [], pageErrors: [], consoleErrors: [], failure: null };
+  const report = { steps: [], pageErrors: [], consoleErrors: [], toasts: [], failure: null };
   const context = await chromium.launchPersistentContext(profile, {
     executablePath: plan.chromium,
     args: CHROMIUM_ARGS,
@@ -113,12 +132,14 @@ async function main() {
         report.consoleErrors.push(`${message.type()}: ${text}`);
       }
     });
+    await page.addInitScript(recordToasts);
     await page.goto(plan.url, { timeout: plan.timeoutMs, waitUntil: 'load' });
     await page.locator(THUMBNAIL).first().waitFor({ timeout: plan.timeoutMs });
     await dismissOverlays(page, plan.timeoutMs);
     for (const step of plan.steps) {
       report.steps.push(await runStep(page, step, plan));
     }
+    report.toasts = await page.evaluate(() => window.__ohifToasts);
   } catch (error) {
     report.failure = String(error.stack ?? error);
   } finally {
