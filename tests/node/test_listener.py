@@ -61,7 +61,7 @@ def test_store_writes_raw_bytes_and_indexes_them(start_node: StartNode) -> None:
 def test_calling_ae_not_allowed_is_rejected(start_node: StartNode) -> None:
     node = start_node()
     # The node answers A-ASSOCIATE-RJ and closes; a busy requestor may see the close first.
-    with pytest.raises(AssociationError, match="rejected|aborted"):
+    with pytest.raises(AssociationError, match=r"rejected|aborted"):
         echo(LocalAE(ae_title="INTRUDER", timeout=5), node.peer)
 
 
