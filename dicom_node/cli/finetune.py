@@ -37,6 +37,7 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--lr", type=float, help="learning rate of the new layers")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     parser.add_argument("--export", metavar="PACKAGE", help="also export the best fold here")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(run=run)
@@ -67,7 +68,15 @@ def run(args: argparse.Namespace) -> int:
     }
     try:
         config = read_config(args.config, overrides)
-        finetune(config, args.data, args.out, args.labels, args.device, not args.no_progress)
+        finetune(
+            config,
+            args.data,
+            args.out,
+            args.labels,
+            args.device,
+            not args.no_progress,
+            threads=args.threads,
+        )
         if args.export:
             export_package(args.out, args.export, overwrite=True)
     except (ModelPackageError, ExportError, LabelFileError, FileNotFoundError, ValueError) as exc:

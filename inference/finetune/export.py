@@ -71,8 +71,8 @@ def _export_graph(
     with warnings.catch_warnings():
         # The TorchScript-based exporter needs nothing beyond torch; the newer
         # torch.export-based one needs onnxscript, which the train extra does not pull.
-        warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*legacy")
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(
             model,
             (example,),

@@ -29,6 +29,7 @@ class Backbone(StrEnum):
     RESNET18 = "resnet18"
     RESNET50 = "resnet50"
     DENSENET121 = "densenet121"
+    SHUFFLENET_V2_X0_5 = "shufflenet_v2_x0_5"  # 0.35 M parameters: small packages
     UNET_RESNET18 = "unet_resnet18"
     UNET_RESNET34 = "unet_resnet34"
 
@@ -150,6 +151,16 @@ def _densenet_stages(model: torchvision.models.DenseNet) -> list[nn.Module]:
     ]
 
 
+def _shufflenet_stages(model: torchvision.models.ShuffleNetV2) -> list[nn.Module]:
+    return [
+        nn.Sequential(model.conv1, model.maxpool),
+        model.stage2,
+        model.stage3,
+        model.stage4,
+        model.conv5,
+    ]
+
+
 def _torchvision_model(name: str) -> nn.Module:
     factory = getattr(torchvision.models, name)
     model: nn.Module = factory(weights=None)
@@ -241,7 +252,8 @@ def build_network(
     Parameters
     ----------
     backbone : Backbone or str
-        ``resnet18``, ``resnet50``, ``densenet121`` (classifiers) or
+        ``resnet18``, ``resnet50``, ``densenet121``, ``shufflenet_v2_x0_5``
+        (classifiers) or
         ``unet_resnet18``, ``unet_resnet34`` (segmentation).
     labels : int
         Number of labels (segmentation adds a background channel).
@@ -283,7 +295,11 @@ def build_network(
         model.features.conv0 = _adapt_input(model.features.conv0, channels)
         stages = _densenet_stages(model)
         width = model.classifier.in_features
-    else:  # pragma: no cover - Backbone lists only the two families
+    elif isinstance(model, torchvision.models.ShuffleNetV2):
+        model.conv1[0] = _adapt_input(model.conv1[0], channels)
+        stages = _shufflenet_stages(model)
+        width = model.fc.in_features
+    else:  # pragma: no cover - Backbone lists only these families
         raise ValueError(f"backbone {kind} has no stage split")
     if kind.segmentation:
         assert isinstance(model, torchvision.models.ResNet)  # Backbone: unet_resnet* only

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
 CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 GENERIC_CLASSES = ("disc", "square", "ring", "cross")
 _UID_ROOT = "1.2.826.0.1.3680043.10.1234."
 
@@ -89,10 +91,10 @@ def generic_images(
             kind = int(rng.integers(0, len(GENERIC_CLASSES)))
             mask = _shape_mask(kind, rows, cols, tuple(rng.uniform(0, size, 2)), rng.uniform(2, 4))
             image += mask * rng.uniform(-0.15, 0.15, 3)[:, None, None]
-        radius = rng.uniform(size * 0.06, size * 0.25)
+        radius = rng.uniform(size * 0.12, size * 0.3)
         center = tuple(rng.uniform(radius, size - radius, 2))
         mask = _shape_mask(int(classes[n]), rows, cols, center, radius)
-        contrast = rng.uniform(0.15, 0.6, 3) * rng.choice([-1.0, 1.0], 3)
+        contrast = rng.choice([-1.0, 1.0]) * rng.uniform(0.25, 0.5) + rng.uniform(-0.1, 0.1, 3)
         image += mask * contrast[:, None, None]
         image += rng.normal(0, 0.05, image.shape)
         images[n] = image
@@ -100,50 +102,62 @@ def generic_images(
 
 
 @dataclass(frozen=True)
+class Finding:
+    """A kind of lesion: its label name, radius (fraction of the image) and contrast."""
+
+    name: str
+    radius: tuple[float, float]
+    contrast: tuple[float, float]
+    prevalence: float
+
+
+OPACITY = Finding("opacity", (0.03, 0.05), (0.08, 0.12), 0.3)  # faint: the transfer task
+NODULE = Finding("nodule", (0.03, 0.05), (0.15, 0.25), 0.4)
+MASS = Finding("mass", (0.10, 0.14), (0.15, 0.25), 0.4)
+
+
+@dataclass(frozen=True)
 class ChestCase:
-    """One generated study: who, and whether (and where) it holds the finding."""
+    """One generated study: who, and which findings it holds."""
 
     patient_id: str
     sex: str
     age: int
-    positive: bool
+    findings: tuple[str, ...]
     study_uid: str
     series_uid: str
     sop_uid: str
 
 
 def chest_image(
-    rng: np.random.Generator, size: int, positive: bool, contrast: float = 0.35
-) -> tuple[npt.NDArray[np.uint16], npt.NDArray[np.bool_]]:
-    """A radiograph-like 12-bit image and the mask of its opacity (empty if negative)."""
+    rng: np.random.Generator, size: int, present: Sequence[Finding]
+) -> npt.NDArray[np.uint16]:
+    """A radiograph-like 12-bit image holding the given findings inside the lungs."""
     rows, cols = _grid(size)
-    body = 0.55 + 0.08 * _smooth_noise(rng, size, 3)
+    image = 0.55 + 0.08 * _smooth_noise(rng, size, 3)
     lungs = np.zeros((size, size))
-    centers = []
+    fields = []
     for side in (-1, 1):
         center = (size * rng.uniform(0.45, 0.55), size * (0.5 + side * rng.uniform(0.18, 0.24)))
         axes = (size * rng.uniform(0.28, 0.34), size * rng.uniform(0.12, 0.16))
         inside = ((rows - center[0]) / axes[0]) ** 2 + ((cols - center[1]) / axes[1]) ** 2 <= 1
         lungs = np.maximum(lungs, inside)
-        centers.append((center, axes))
-    image = body - 0.3 * lungs
+        fields.append((center, axes))
+    image -= 0.3 * lungs
     period = size / rng.uniform(7, 9)
     image += 0.05 * lungs * np.sin(2 * np.pi * (rows + 0.15 * cols) / period)  # ribs
-    mask = np.zeros((size, size), dtype=bool)
-    if positive:
-        (center, axes) = centers[int(rng.integers(0, 2))]
-        angle = rng.uniform(0, 2 * np.pi)
-        reach = rng.uniform(0, 0.6)
+    for finding in present:
+        center, axes = fields[int(rng.integers(0, 2))]
+        angle, reach = rng.uniform(0, 2 * np.pi), rng.uniform(0, 0.6)
         spot = (
             center[0] + reach * axes[0] * np.sin(angle),
             center[1] + reach * axes[1] * np.cos(angle),
         )
-        sigma = size * rng.uniform(0.03, 0.05)
+        sigma = size * rng.uniform(*finding.radius) / 1.5
         blob = np.exp(-((rows - spot[0]) ** 2 + (cols - spot[1]) ** 2) / (2 * sigma**2))
-        image += contrast * 0.3 * blob
-        mask = blob > 0.5
+        image += rng.uniform(*finding.contrast) * blob
     image += 0.04 * _smooth_noise(rng, size, 16) + rng.normal(0, 0.03, (size, size))
-    return np.clip(image * 4095, 0, 4095).astype(np.uint16), mask
+    return np.clip(image * 4095, 0, 4095).astype(np.uint16)
 
 
 def _cr_dataset(case: ChestCase, pixels: npt.NDArray[np.uint16], study_date: dt.date) -> Dataset:
@@ -176,13 +190,12 @@ def _cr_dataset(case: ChestCase, pixels: npt.NDArray[np.uint16], study_date: dt.
 def write_chest_set(
     folder: Path | str,
     patients: int,
-    prevalence: float = 0.3,
+    findings: Sequence[Finding] = (OPACITY,),
     size: int = 128,
     seed: int = 0,
-    contrast: float = 0.35,
     studies_per_patient: int = 1,
 ) -> list[ChestCase]:
-    """Write a labelled CR set as DICOM files plus ``labels.csv`` (per study).
+    """Write a labelled CR set as DICOM files plus ``labels.csv`` (one row per study).
 
     Parameters
     ----------
@@ -190,14 +203,12 @@ def write_chest_set(
         Created if needed; files go to ``folder/dicom`` and ``folder/labels.csv``.
     patients : int
         Number of patients.
-    prevalence : float
-        Share of positive studies.
+    findings : sequence of Finding
+        The labels; each study holds each finding with its prevalence.
     size : int
         Rows and columns of the images.
     seed : int
         Everything (images, patients, UIDs) follows from it.
-    contrast : float
-        Strength of the opacity; lower is harder.
     studies_per_patient : int
         Studies per patient (patient-level splits keep them together).
 
@@ -214,22 +225,137 @@ def write_chest_set(
         age = int(rng.integers(20, 90))
         for s in range(studies_per_patient):
             prefix = f"{_UID_ROOT}{seed}.{p}.{s}"
+            present = [f for f in findings if rng.random() < f.prevalence]
             case = ChestCase(
                 patient_id=f"SYN{seed:03d}{p:05d}",
                 sex=sex,
                 age=age,
-                positive=bool(rng.random() < prevalence),
+                findings=tuple(f.name for f in present),
                 study_uid=f"{prefix}.1",
                 series_uid=f"{prefix}.2",
                 sop_uid=f"{prefix}.3",
             )
-            pixels, _ = chest_image(rng, size, case.positive, contrast)
+            pixels = chest_image(rng, size, present)
             ds = _cr_dataset(case, pixels, dt.date(2024, 1, 1) + dt.timedelta(days=30 * s))
             ds.save_as(root / "dicom" / f"{case.patient_id}_{s}.dcm", enforce_file_format=True)
             cases.append(case)
     with (root / "labels.csv").open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["StudyInstanceUID", "opacity"])
+        writer.writerow(["StudyInstanceUID", *(f.name for f in findings)])
         for case in cases:
-            writer.writerow([case.study_uid, int(case.positive)])
+            writer.writerow([case.study_uid, *(int(f.name in case.findings) for f in findings)])
+    return cases
+
+
+def _ct_slice(
+    series: ChestCase,
+    index: int,
+    position: float,
+    pixels: npt.NDArray[np.int16],
+    frame_of_reference: str,
+) -> Dataset:
+    sop_uid = f"{series.series_uid}.{index + 1}"
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UID(CT_IMAGE_STORAGE)
+    meta.MediaStorageSOPInstanceUID = UID(sop_uid)
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = CT_IMAGE_STORAGE, sop_uid
+    ds.PatientID, ds.PatientName = series.patient_id, f"Synthetic^{series.patient_id}"
+    ds.PatientSex, ds.PatientAge, ds.PatientBirthDate = series.sex, f"{series.age:03d}Y", ""
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = series.study_uid, series.series_uid
+    ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20240101", "120000", "1", ""
+    ds.ReferringPhysicianName = ""
+    ds.Modality, ds.Manufacturer, ds.BodyPartExamined = "CT", "Synthetic", "CHEST"
+    ds.SeriesNumber, ds.InstanceNumber = 1, index + 1
+    ds.FrameOfReferenceUID, ds.PositionReferenceIndicator = frame_of_reference, ""
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.ImagePositionPatient = [0.0, 0.0, position]
+    ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    ds.PixelSpacing, ds.SliceThickness = [1.0, 1.0], 2.0
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = 0, 1, "HU"
+    ds.KVP = 120
+    ds.PixelData = pixels.tobytes()
+    return ds
+
+
+def write_segmentation_set(
+    folder: Path | str, patients: int, slices: int = 6, size: int = 64, seed: int = 0
+) -> list[ChestCase]:
+    """Write CT series with a dense round lesion on some slices, and a SEG per series.
+
+    The SEG (highdicom, binary, one segment labelled ``lesion``) marks the lesion's
+    pixels (HU above 100 inside it), as a reader's annotation would.
+
+    Returns
+    -------
+    list of ChestCase
+        One per series; ``findings`` is ``("lesion",)`` where any slice holds one.
+    """
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    root = Path(folder)
+    (root / "dicom").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    rows, cols = _grid(size)
+    cases = []
+    for p in range(patients):
+        prefix = f"{_UID_ROOT}{seed}.9{p}"
+        center = rng.uniform(size * 0.35, size * 0.65, 2)
+        radius = rng.uniform(size * 0.06, size * 0.14)
+        middle, extent = rng.uniform(1, slices - 1), rng.uniform(0.5, 2.5)
+        series = ChestCase(
+            f"SEG{seed:03d}{p:05d}",
+            str(rng.choice(["F", "M"])),
+            int(rng.integers(20, 90)),
+            ("lesion",),
+            f"{prefix}.1",
+            f"{prefix}.2",
+            f"{prefix}.3",
+        )
+        datasets, masks = [], []
+        for index in range(slices):
+            hu = np.full((size, size), -1000.0)
+            body = ((rows - size / 2) / (size * 0.45)) ** 2 + (
+                (cols - size / 2) / (size * 0.4)
+            ) ** 2
+            hu[body <= 1] = 40.0
+            shrink = max(0.0, 1 - ((index - middle) / extent) ** 2)
+            lesion = np.hypot(rows - center[0], cols - center[1]) <= radius * np.sqrt(shrink)
+            hu[lesion] = 180.0
+            hu += rng.normal(0, 15, hu.shape)
+            masks.append(lesion)
+            ds = _ct_slice(series, index, 2.0 * index, hu.astype(np.int16), f"{prefix}.4")
+            datasets.append(ds)
+            ds.save_as(
+                root / "dicom" / f"{series.patient_id}_{index:03d}.dcm", enforce_file_format=True
+            )
+        description = hd.seg.SegmentDescription(
+            segment_number=1,
+            segment_label="lesion",
+            segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+            segmented_property_type=codes.SCT.Neoplasm,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+        )
+        seg = hd.seg.Segmentation(
+            source_images=datasets,
+            pixel_array=np.stack(masks),
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=[description],
+            series_instance_uid=f"{prefix}.5",
+            series_number=2,
+            sop_instance_uid=f"{prefix}.6",
+            instance_number=1,
+            manufacturer="Synthetic",
+            manufacturer_model_name="Annotation",
+            software_versions="1",
+            device_serial_number="1",
+        )
+        seg.save_as(root / "dicom" / f"{series.patient_id}_seg.dcm")
+        cases.append(series)
     return cases

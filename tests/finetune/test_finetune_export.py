@@ -1,0 +1,225 @@
+"""Proof: fine-tune a small backbone on generated DICOM, export it, and the node's own
+`inference.load_model` gives the same predictions as PyTorch; the package is listed by
+``dicom-node models``; a killed fold resumes to the same result.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import torch
+
+from dicom_node.cli import main
+from inference import Classification, load_model
+from inference.finetune.config import read_config
+from inference.finetune.data import load_training_data
+from inference.finetune.export import load_fold_model
+from inference.finetune.run import finetune
+from inference.finetune.splits import patient_splits
+from inference.finetune.synthetic import NODULE, write_chest_set
+from inference.finetune.training import train_fold
+
+pytestmark = pytest.mark.slow
+
+CONFIG = """
+[model]
+name = "test-nodule"
+version = "0.3.0"
+task = "classification"
+intended_use = "Tests: flags a nodule on generated radiographs."
+
+[input]
+modalities = ["CR", "DX"]
+size = [32, 32]
+channels = 1
+resize = "letterbox"
+intensity = { method = "percentile" }
+
+[output]
+activation = "sigmoid"
+
+[[output.labels]]
+name = "nodule"
+finding = { value = "27925004", scheme = "SCT", meaning = "Nodule" }
+category = { value = "404684003", scheme = "SCT", meaning = "Clinical finding" }
+
+[runtime]
+max_batch = 4
+
+[training]
+backbone = "shufflenet_v2_x0_5"
+epochs = 2
+batch_size = 8
+folds = 2
+bootstrap = 50
+"""
+
+
+@pytest.fixture(scope="module")
+def chest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("chest")
+    write_chest_set(folder, 14, (NODULE,), size=48, seed=5)
+    (folder / "train.toml").write_text(CONFIG, encoding="utf-8")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def trained(chest: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Fine-tune and export through the command line, as a data scientist would."""
+    out = tmp_path_factory.mktemp("out")
+    run, package = out / "run", out / "package"
+    torch.set_num_threads(1)
+    status = main(
+        [
+            "finetune",
+            "--config",
+            str(chest / "train.toml"),
+            "--data",
+            str(chest / "dicom"),
+            "--labels",
+            str(chest / "labels.csv"),
+            "--out",
+            str(run),
+            "--export",
+            str(package),
+            "--no-progress",
+            "--threads",
+            "1",
+        ]
+    )
+    assert status == 0
+    return run, package
+
+
+def test_report_has_every_figure_and_its_data(trained: tuple[Path, Path]) -> None:
+    run, _ = trained
+    report = run / "report"
+    text = (report / "report.md").read_text(encoding="utf-8")
+    assert "initialisation: random (no pretrained weights given)" in text
+    assert "Equalized-odds gap" in text and "| sex |" in text and "| age_band |" in text
+    figures = json.loads((report / "figures.json").read_text(encoding="utf-8"))
+    assert set(figures) == {"roc_nodule", "calibration_nodule", "confusion_nodule"}
+    for figure in figures.values():
+        assert (report / figure["file"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    html = (report / "report.html").read_text(encoding="utf-8")
+    assert html.count("data:image/png;base64,") == 3  # self-contained
+    results = json.loads((report / "results.json").read_text(encoding="utf-8"))
+    pooled = results["labels"][0]["pooled"]
+    assert pooled["n"] == 14 and len(results["labels"][0]["folds"]) == 2
+    assert sum(map(sum, pooled["confusion"])) == 14
+
+
+def test_package_spec_carries_threshold_and_cam(trained: tuple[Path, Path]) -> None:
+    run, package = trained
+    spec = tomllib.loads((package / "model.toml").read_text(encoding="utf-8"))
+    summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+    assert spec["output"]["labels"][0]["threshold"] == pytest.approx(summary["thresholds"][0])
+    assert spec["output"]["cam"] == {"feature_output": "features", "weight": "head.weight"}
+    assert spec["model"]["version"] == "0.3.0"
+
+
+def test_node_predictions_equal_pytorch(chest: Path, trained: tuple[Path, Path]) -> None:
+    run, package = trained
+    config = read_config(chest / "train.toml")
+    fold = json.loads((run / "summary.json").read_text(encoding="utf-8"))["best_fold"]
+    network = load_fold_model(run, fold, config)
+    data = load_training_data(chest / "dicom", config.spec, (18, 40, 65), chest / "labels.csv")
+    with torch.no_grad():
+        logits, _ = network(torch.from_numpy(data.images))
+    ours = torch.sigmoid(logits).numpy()[:, 0]
+    with load_model(package, backend="onnxruntime", device="cpu") as model:
+        assert model.spec.runtime.max_batch == 4
+        for path in sorted((chest / "dicom").glob("*.dcm")):
+            ds = pydicom.dcmread(path)
+            prediction = model.predict([ds])
+            assert isinstance(prediction, Classification)
+            case = next(i for i, c in enumerate(data.cases) if c.key == ds.StudyInstanceUID)
+            expected = float(ours[data.case_of == case].max())
+            assert prediction.scores[0].probability == pytest.approx(expected, abs=1e-5)
+            if prediction.scores[0].positive:
+                assert prediction.heatmaps[0].values.shape == (48, 48)
+
+
+def test_dicom_node_models_lists_the_package(
+    trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, package = trained
+    config = tmp_path / "node.toml"
+    config.write_text(
+        f"""
+[node]
+storage_dir = "{tmp_path / "spool"}"
+database_url = "sqlite:///{tmp_path / "node.db"}"
+
+[[peers]]
+name = "pacs"
+ae_title = "ORTHANC"
+host = "127.0.0.1"
+port = 4242
+
+[[models]]
+name = "nodule"
+path = "{package}"
+backend = "onnxruntime"
+device = "cpu"
+
+[[routes]]
+name = "cr"
+models = ["nodule"]
+match = {{ Modality = "CR" }}
+destinations = ["pacs"]
+""",
+        encoding="utf-8",
+    )
+    assert main(["models", "-c", str(config), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows == [
+        {
+            "name": "nodule",
+            "path": str(package),
+            "model": "test-nodule",
+            "version": "0.3.0",
+            "task": "classification",
+            "backend": "onnxruntime",
+            "device": "cpu",
+        }
+    ]
+
+
+def test_killed_fold_resumes_to_the_same_result(chest: Path, tmp_path: Path) -> None:
+    config = read_config(chest / "train.toml", {"epochs": 3, "patience": 3})
+    data = load_training_data(chest / "dicom", config.spec, (18, 40, 65), chest / "labels.csv")
+    split = patient_splits([c.patient for c in data.cases], ["" for _ in data.cases], 2, 0)[0]
+    device = torch.device("cpu")
+    torch.set_num_threads(1)
+    whole = train_fold(config, data, split, tmp_path / "whole", device, progress=False)
+
+    def kill_after_first(epoch: int, loss: float, metric: float) -> None:
+        if epoch == 0:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_fold(config, data, split, tmp_path / "resumed", device, False, kill_after_first)
+    assert (tmp_path / "resumed" / "checkpoint.pt").is_file()
+    assert not (tmp_path / "resumed" / "done.json").exists()
+    resumed = train_fold(config, data, split, tmp_path / "resumed", device, progress=False)
+    assert resumed.epochs_run == whole.epochs_run == 3
+    assert resumed.best_epoch == whole.best_epoch
+    np.testing.assert_allclose(resumed.scores, whole.scores, rtol=0, atol=1e-6)
+    # A finished fold is reloaded, not retrained; another config is refused.
+    again = train_fold(config, data, split, tmp_path / "resumed", device, progress=False)
+    np.testing.assert_array_equal(again.scores, resumed.scores)
+    other = read_config(chest / "train.toml", {"epochs": 4})
+    with pytest.raises(ValueError, match="another configuration"):
+        train_fold(other, data, split, tmp_path / "resumed", device, progress=False)
+
+
+def test_finetune_refuses_missing_weights(chest: Path, tmp_path: Path) -> None:
+    config = read_config(chest / "train.toml", {"weights": str(tmp_path / "absent.pt")})
+    with pytest.raises(FileNotFoundError, match="pretrained weights not found"):
+        finetune(config, chest / "dicom", tmp_path / "run", chest / "labels.csv", progress=False)
