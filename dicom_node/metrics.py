@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.config import MetricsSection
 from dicom_node.schema import Delivery, Instance, Job, WorkState, utcnow
+from dicom_node.timestamps import as_utc
 
 logger = logging.getLogger(__name__)
 
@@ -90,11 +91,7 @@ class QueueCollector(Collector):
 def _age_seconds(created: datetime | str | None) -> float:
     if created is None:
         return 0.0
-    if isinstance(created, str):  # SQLite aggregates skip the column type's conversion
-        created = datetime.fromisoformat(created)
-    if created.tzinfo is None:
-        created = created.replace(tzinfo=utcnow().tzinfo)
-    return max(0.0, (utcnow() - created).total_seconds())
+    return max(0.0, (utcnow() - as_utc(created)).total_seconds())
 
 
 def _count_instance(_mapper: Any, _connection: Any, _target: Instance) -> None:

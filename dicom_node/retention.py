@@ -24,12 +24,13 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import delete, exists, select
+from sqlalchemy import delete, exists, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.config import NodeConfig
 from dicom_node.outbox import Outbox
 from dicom_node.schema import Delivery, Instance, Job, Study, StudyState, WorkState, utcnow
+from dicom_node.timestamps import as_utc
 
 logger = logging.getLogger(__name__)
 
@@ -96,15 +97,14 @@ def _jobs_to_clean(session: Session, config: NodeConfig) -> list[int]:
     pending = exists().where(Delivery.job_id == Job.id, Delivery.state.in_(ACTIVE))
     not_done = exists().where(Delivery.job_id == Job.id, Delivery.state != WorkState.DONE)
     rows = session.execute(
-        select(Job.id, Job.finished_at, not_done.label("not_done")).where(
-            Job.state.in_((WorkState.DONE, WorkState.FAILED, WorkState.SKIPPED)), ~pending
-        )
+        select(
+            Job.id, func.coalesce(Job.finished_at, Job.created_at), not_done.label("not_done")
+        ).where(Job.state.in_((WorkState.DONE, WorkState.FAILED, WorkState.SKIPPED)), ~pending)
     ).all()
     return [
         job_id
         for job_id, finished, any_not_done in rows
-        if (finished is not None and finished <= cutoff)
-        or (config.retention.delete_when_done and not any_not_done)
+        if as_utc(finished) <= cutoff or (config.retention.delete_when_done and not any_not_done)
     ]
 
 

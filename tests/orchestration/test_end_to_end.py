@@ -207,3 +207,33 @@ def test_kill_9_mid_inference_results_arrive_exactly_once(setup: Setup) -> None:
     assert "job requeued" in again.log_text()
     assert set(sent.values()) == {1} and len(sent) == len(deliveries)
     assert results(pacs, study_uid)["SR"] == 1
+
+
+def test_storage_commitment_marks_deliveries_done_when_orthanc_commits(tmp_path: Path) -> None:
+    port = get_free_port()
+    url = f"sqlite:///{tmp_path / 'node.db'}"
+    with run_orthanc(tmp_path, modalities={"node": ("AINODE", "127.0.0.1", port)}) as pacs:
+        peer = {
+            "name": "pacs",
+            "ae_title": pacs.aet,
+            "host": "127.0.0.1",
+            "port": pacs.dicom_port,
+            "storage_commitment": True,
+        }
+        document = node_document(tmp_path, pacs=pacs, port=port, database_url=url, peers=[peer])
+        config = write_config(tmp_path / "node.toml", document)
+        files = ct_series(tmp_path / "ct", 2)
+        with run_node(config, port=port) as node:
+            pacs.store("node", pacs.upload(files))
+            wait_until(
+                lambda: (d := rows(url)[1]) and all(x.state == WorkState.DONE for x in d),
+                RESULT_TIMEOUT_S,
+                lambda: f"deliveries committed; log:\n{node.log_text()}",
+            )
+            log = node.log_text()
+        study_uid, _ = uids(files[0])
+        assert results(pacs, study_uid)["SR"] == 1
+    _, deliveries = rows(url)
+    assert all(d.commitment_transaction_uid for d in deliveries)
+    assert "storage commitment requested" in log
+    assert re.search(rf"storage commitment report committed={len(deliveries)} failed=0", log), log
