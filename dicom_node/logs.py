@@ -37,5 +37,7 @@ def configure_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # pynetdicom logs every PDU at INFO; keep its chatter for debugging only.
-    logging.getLogger("pynetdicom").setLevel(max(root.level, logging.WARNING))
+    # pynetdicom logs every PDU and highdicom every copied module at INFO; keep their
+    # chatter for debugging only, so that an INFO log is one line per node event.
+    for chatty in ("pynetdicom", "highdicom"):
+        logging.getLogger(chatty).setLevel(max(root.level, logging.WARNING))
