@@ -1,6 +1,6 @@
 """Time result building for a 300-slice 512x512 CT: SEG, SR, heatmap, classification SR.
 
-Run: ``python benchmarks/results.py [--slices 300] [--repeats 5]``
+Run from the repository root: ``python -m benchmarks.results [--slices 300] [--repeats 5]``
 
 The source series is generated from CT_small's headers (512x512 slices, new UIDs
 and positions), and the baseline is highdicom's plain ``Segmentation`` call on the
