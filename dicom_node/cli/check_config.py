@@ -8,6 +8,7 @@ from typing import Any
 
 from dicom_node.config import load_config
 from dicom_node.errors import ConfigError
+from inference import ModelPackageError, validate_package
 
 
 def add_parser(subparsers: Any) -> None:
@@ -18,14 +19,27 @@ def add_parser(subparsers: Any) -> None:
     parser.set_defaults(run=run)
 
 
+def _report(path: str, problems: list[tuple[str, str]]) -> int:
+    print(f"{path}: {len(problems)} problem(s)", file=sys.stderr)
+    for key, message in problems:
+        print(f"  {key}: {message}", file=sys.stderr)
+    return 1
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as exc:
-        print(f"{exc.path}: {len(exc.problems)} problem(s)", file=sys.stderr)
-        for key, message in exc.problems:
-            print(f"  {key}: {message}", file=sys.stderr)
-        return 1
+        return _report(exc.path, exc.problems)
+    # Orchestration: each model package checked against its graph, without starting it.
+    problems = []
+    for index, model in enumerate(config.models):
+        try:
+            validate_package(model.path)
+        except ModelPackageError as exc:
+            problems.append((f"models[{index}].path", str(exc)))
+    if problems:
+        return _report(args.config, problems)
     print(
         f"{args.config}: OK ({len(config.peers)} peers, {len(config.models)} models, "
         f"{len(config.routes)} routes)"

@@ -1,0 +1,100 @@
+"""The orchestration side of the CLI: models, status, retry, and model checks in check-config."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from dicom_node.cli import main
+from dicom_node.config import load_config
+from dicom_node.db import create_db_engine, session_factory
+from dicom_node.jobs import claim_job, retry_or_fail
+from dicom_node.routing import route_complete_studies
+from tests.orchestration.conftest import add_study
+from tests.orchestration.node import MODELS, dump_toml
+
+
+def write(tmp_path: Path, models: list[dict[str, object]]) -> Path:
+    config = tmp_path / "node.toml"
+    config.write_text(
+        dump_toml(
+            {
+                "node": {
+                    "storage_dir": str(tmp_path / "storage"),
+                    "database_url": f"sqlite:///{tmp_path / 'node.db'}",
+                },
+                "peers": [{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": 4242}],
+                "models": models,
+                "routes": [
+                    {
+                        "name": "ct",
+                        "models": ["ct"],
+                        "match": {"Modality": "CT"},
+                        "destinations": ["pacs"],
+                    }
+                ],
+            }
+        )
+    )
+    return config
+
+
+def test_check_config_names_a_broken_model_package(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model.toml").write_text("[model]\nname = 'ct'\n")
+    config = write(tmp_path, [{"name": "ct", "path": str(broken)}])
+    assert main(["check-config", "-c", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert "models[0].path: " in err and str(broken) in err
+
+
+def test_models_lists_version_task_backend_and_device(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write(
+        tmp_path,
+        [
+            {"name": "ct", "path": str(MODELS / "demo-ct-bone")},
+            {"name": "gone", "path": str(tmp_path / "gone")},
+        ],
+    )
+    assert main(["models", "-c", str(config), "--json"]) == 1  # one of them cannot start
+    ok, missing = json.loads(capsys.readouterr().out)
+    assert (ok["model"], ok["version"], ok["task"]) == ("demo-ct-bone", "1.0.0", "segmentation")
+    assert (ok["backend"], ok["device"]) == ("onnxruntime", "cpu")  # what auto picks on this CPU
+    assert missing["name"] == "gone" and "gone" in missing["error"]
+
+
+def test_status_shows_the_queue_and_failures_and_retry_requeues(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write(tmp_path, [{"name": "ct", "path": str(MODELS / "demo-ct-bone")}])
+    loaded = load_config(config)
+    engine = create_db_engine(loaded.node.database_url)
+    sessions = session_factory(engine)
+    with sessions.begin() as session:
+        for n in range(3):
+            add_study(session, f"1.5.{n}", [{"modality": "CT"}])
+    route_complete_studies(sessions, loaded)
+    job = claim_job(sessions, "w", 60)
+    assert job is not None
+    retry_or_fail(sessions, job, "RuntimeError: boom", max_attempts=1, backoff_seconds=0)
+    engine.dispose()
+    assert main(["status", "-c", str(config), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["jobs"]["queued"] == 2 and report["jobs"]["failed"] == 1
+    assert report["jobs"]["oldest_queued_seconds"] >= 0
+    assert report["deliveries"] == {s: 0 for s in report["deliveries"]}
+    assert report["failures"] == {f"job {job.id} (ct)": "RuntimeError: boom"}
+    assert main(["status", "-c", str(config)]) == 0
+    text = capsys.readouterr().out
+    assert "jobs:" in text and "failed" in text and "RuntimeError: boom" in text
+    assert main(["retry", "-c", str(config), "--job", str(job.id)]) == 0
+    assert capsys.readouterr().out.strip() == f"requeued 1 job(s) ({job.id}) and 0 delivery(ies)"
+    assert main(["retry", "-c", str(config), "--job", "999"]) == 1
+    assert "no job with id 999" in capsys.readouterr().err
