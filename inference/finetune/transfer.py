@@ -51,6 +51,7 @@ def pretrain_generic(
     size: int = 64,
     epochs: int = 4,
     batch_size: int = 64,
+    lr: float = 4e-3,
     seed: int = 0,
     progress: bool = True,
 ) -> float:
@@ -67,6 +68,8 @@ def pretrain_generic(
         Where the state dict is written.
     images, size, epochs, batch_size, seed : int
         The generic dataset and its training.
+    lr : float
+        Peak learning rate of the one-cycle schedule.
     progress : bool
         Show a progress bar.
 
@@ -88,9 +91,9 @@ def pretrain_generic(
     x, y = generic_images(images, size, seed)
     x_test, y_test = generic_images(max(200, images // 10), size, seed + 1)
     data_x, data_y = torch.from_numpy(x), torch.from_numpy(y)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     steps = epochs * (len(x) // batch_size)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-3, total_steps=steps)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps)
     generator = torch.Generator().manual_seed(seed)
     bar = tqdm(total=steps, desc=f"pretrain {kind.value}", disable=not progress)
     model.train()
