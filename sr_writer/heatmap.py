@@ -2,7 +2,10 @@
 
 The Secondary Capture is the source frame, windowed as the source says, with the
 map fused over it in colour (transparent where the map is low), in its own series
-described as an AI overlay. Every viewer, from a PACS web viewer to a workstation,
+described as an AI overlay. On images of at least 256 pixels a side, the label,
+the model and "NOT FOR CLINICAL USE" (where the model says so) are also burned into
+the top left corner, so that the image says what it is even when printed, exported
+or shown without its header. Every viewer, from a PACS web viewer to a workstation,
 shows it without special support. The optional Parametric Map carries the raw
 values (0 to 1) on the source frame's geometry for viewers that overlay it
 themselves; it needs a Frame of Reference.
@@ -13,6 +16,7 @@ from __future__ import annotations
 import highdicom as hd
 import numpy as np
 import numpy.typing as npt
+from PIL import Image, ImageDraw, ImageFont
 from pydicom import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sr.codedict import codes
@@ -39,6 +43,8 @@ OVERLAY_OPACITY = 0.5
 """Opacity of the colour map where the heatmap is at its maximum."""
 OVERLAY_FLOOR = 0.2
 """Heatmap values below this stay fully transparent, so the anatomy shows."""
+BURN_IN_MINIMUM = 256
+"""Smallest image side, in pixels, that gets the burned-in caption."""
 
 _AXIS_LETTERS = (("L", "R"), ("P", "A"), ("H", "F"))
 """Patient axes (LPS): letter for the positive and the negative direction."""
@@ -85,6 +91,7 @@ def build_overlay(
     _check_shape(heatmap, frame)
     study = sources.study_instance_uid
     rgb = fuse(_display_gray(frame), heatmap.values)
+    burned = burn_in(rgb, _caption(heatmap, model))
     image = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=frame.dataset,
         pixel_array=rgb,
@@ -118,7 +125,7 @@ def build_overlay(
         f"AI overlay: class activation map of {heatmap.label.name} by {model.name} "
         f"{model.version}, fused over the source image"
     )[:10240]
-    image.BurnedInAnnotation = "NO"
+    image.BurnedInAnnotation = "YES" if burned else "NO"
     copy_laterality(image, frame.dataset)
     image.SourceImageSequence = [_source_reference(frame)]
     copy_deidentification(image, frame.dataset)
@@ -257,6 +264,55 @@ def fuse(gray: npt.NDArray[np.float64], values: npt.NDArray[np.float32]) -> npt.
     alpha = alpha[..., np.newaxis]
     blended = gray[..., np.newaxis] * (1.0 - alpha) + colour * alpha
     return np.ascontiguousarray(np.round(blended * 255.0), dtype=np.uint8)
+
+
+def burn_in(rgb: npt.NDArray[np.uint8], lines: list[str]) -> bool:
+    """Write text lines into the top left corner of an RGB image, in place.
+
+    White on a dark outline, sized to the image, so it reads over any anatomy.
+
+    Parameters
+    ----------
+    rgb: numpy.ndarray
+        uint8, shape (rows, columns, 3), C-contiguous; changed in place.
+    lines: list[str]
+        The text, one entry a line.
+
+    Returns
+    -------
+    bool
+        Whether the text was written: images under ``BURN_IN_MINIMUM`` pixels a
+        side are left alone, the text would hide them.
+
+    Raises
+    ------
+    ValueError
+        If ``rgb`` is not an RGB uint8 image.
+    """
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"burn_in needs an RGB uint8 image, got {rgb.dtype} {rgb.shape}")
+    rows, columns = rgb.shape[:2]
+    if min(rows, columns) < BURN_IN_MINIMUM:
+        return False
+    size = max(10, min(rows, columns) // 36)
+    image = Image.fromarray(rgb)
+    ImageDraw.Draw(image).multiline_text(
+        (size // 2, size // 2),
+        "\n".join(ascii_text(line) for line in lines),
+        fill=(255, 255, 255),
+        font=ImageFont.load_default(size=size),
+        stroke_width=max(1, size // 8),
+        stroke_fill=(0, 0, 0),
+    )
+    rgb[...] = np.asarray(image)
+    return True
+
+
+def _caption(heatmap: Heatmap, model: ModelIdentity) -> list[str]:
+    lines = [f"AI overlay: {heatmap.label.name}", f"{model.name} {model.version}"]
+    if model.not_for_clinical_use:
+        lines.append("NOT FOR CLINICAL USE")
+    return lines
 
 
 def _check_shape(heatmap: Heatmap, frame: SourceFrame) -> None:

@@ -249,6 +249,21 @@ def test_palette_colour_source_shows_its_colours_not_its_indices(
     )
 
     dciodvfy(overlay, "overlay")
-    shown = overlay.pixel_array.astype(float).mean(axis=-1)
-    luminance = apply_color_lut(source.pixel_array, source).astype(float).mean(axis=-1)
+    below_caption = slice(120, None)
+    shown = overlay.pixel_array[below_caption].astype(float).mean(axis=-1)
+    luminance = apply_color_lut(source.pixel_array, source)[below_caption].mean(axis=-1)
     assert np.corrcoef(shown.ravel(), luminance.ravel())[0, 1] > 0.95  # indices: 0.75
+
+
+def test_overlay_burns_its_caption_in_when_the_image_is_big_enough(
+    model: ModelIdentity, lesion: Label
+) -> None:
+    big, small = load("693_UNCI.dcm"), load("CT_small.dcm")  # 512 and 128 pixels a side
+    overlays = [
+        build_results(_classification(model, [s], [(lesion, 0.9)], (_heatmap(lesion, s),)), [s])[1]
+        for s in (big, small)
+    ]
+
+    assert [o.BurnedInAnnotation for o in overlays] == ["YES", "NO"]
+    corner = overlays[0].pixel_array[:60, :200].astype(int)
+    assert (corner >= 230).all(axis=-1).sum() > 100  # white caption text
