@@ -37,6 +37,7 @@ from dicom_node.delivery_queue import (
     due_peers,
     reclaim_abandoned_deliveries,
     record_outcome,
+    renew_leases,
 )
 from dicom_node.metrics import DELIVERIES_SENT, DELIVERY_FAILURES
 from dicom_node.ownership import owner_id
@@ -91,7 +92,7 @@ class DeliveryScanner:
 
     @property
     def lease_seconds(self) -> float:
-        # Renewed after every object; one object may take a full timeout to answer.
+        # Renewed after every object (see _record); one object may take a full timeout.
         return self.config.worker.lease_seconds + 3 * self.config.delivery.timeout_seconds
 
     def scan(self) -> int:
@@ -168,6 +169,8 @@ class DeliveryScanner:
         log = {"delivery_id": item.id, "peer": peer.name, "sop_uid": item.sop_instance_uid}
         now = utcnow()
         with self.sessions.begin() as session:
+            # A slow peer must not let the rest of the batch look abandoned.
+            renew_leases(session, item.worker_id, self.lease_seconds)
             if result.outcome is Outcome.STORED:
                 state = WorkState.WAITING_COMMITMENT if transaction_uid else WorkState.DONE
                 # While waiting for commitment, next_attempt_at is the report's deadline.

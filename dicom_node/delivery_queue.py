@@ -198,6 +198,17 @@ def record_outcome(
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
+def renew_leases(session: Session, worker_id: str, lease_seconds: float) -> int:
+    """Extend the lease of every delivery ``worker_id`` still sends, in the caller's
+    transaction; returns how many."""
+    result = session.execute(
+        update(Delivery)
+        .where(Delivery.worker_id == worker_id, Delivery.state == WorkState.RUNNING)
+        .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
 def reclaim_abandoned_deliveries(sessions: sessionmaker[Session]) -> int:
     """Re-queue running deliveries whose sender died (lease expired, or gone from this host).
 

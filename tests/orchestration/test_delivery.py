@@ -15,7 +15,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.cli import main
 from dicom_node.delivery import DeliveryScanner
-from dicom_node.delivery_queue import ResultObject, queue_deliveries
+from dicom_node.delivery_queue import (
+    ResultObject,
+    claim_batch,
+    queue_deliveries,
+    record_outcome,
+    renew_leases,
+)
 from dicom_node.schema import Delivery, Job, WorkState, utcnow
 from dicom_node.scu import LocalAE
 from tests.conftest import get_free_port
@@ -212,3 +218,17 @@ def test_deliveries_of_a_dead_sender_are_requeued(
         )
     assert scanner_for(tmp_path, sessions, archive.port).scan() == 2
     assert all(d.state == WorkState.DONE for d in deliveries(sessions))
+
+
+def test_each_recorded_outcome_renews_the_lease_of_the_rest_of_the_batch(
+    sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    queue_results(sessions, tmp_path, 2)
+    first, second = claim_batch(sessions, "pacs", "me", 10, lease_seconds=1)
+    with sessions.begin() as session:
+        assert renew_leases(session, "me", 600) == 2
+        record_outcome(session, first, WorkState.DONE, status=0, error=None)
+    (_, other) = deliveries(sessions)
+    assert other.id == second.id and other.state == WorkState.RUNNING
+    assert other.lease_expires_at is not None
+    assert other.lease_expires_at > utcnow() + timedelta(seconds=500)
