@@ -58,7 +58,9 @@ def copied_names_accepted() -> Iterator[None]:
 
     Names are copied from the source as the archive holds them (e.g. a
     de-identified "CQ500-CT-310"); warning about them on every job would only bury
-    real problems in the log.
+    real problems in the log. ``warnings.catch_warnings`` swaps the process-wide
+    filter list: a warning raised by another thread during a build may be
+    filtered by this context too (Python 3.14's context-aware warnings lift this).
     """
     with warnings.catch_warnings():
         warnings.filterwarnings(

@@ -16,6 +16,13 @@ class SegmentationKindValues(Enum):
     BINARY = "BINARY"
     FRACTIONAL = "FRACTIONAL"
 
+    @classmethod
+    def _missing_(cls, value: object) -> SegmentationKindValues | None:
+        """Accept the lower case a config file is likely to use."""
+        if isinstance(value, str) and value.upper() in cls.__members__:
+            return cls[value.upper()]
+        return None
+
 
 class ObjectKind(Enum):
     """The kinds of result object; each gets its own deterministic series."""

@@ -283,7 +283,7 @@ def test_fractional_seg_keeps_probabilities(
         model, ct_series, (lesion,), masks[..., :1], probabilities=probabilities
     )
 
-    _, seg = build_results(prediction, ct_series, segmentation_kind="FRACTIONAL")
+    _, seg = build_results(prediction, ct_series, segmentation_kind="fractional")
 
     assert seg.SegmentationType == "FRACTIONAL"
     dciodvfy(seg, "seg")
