@@ -27,10 +27,12 @@ Absent labels and reports without findings: every label the model did not find
 gets a planar group on the key image (the middle frame of the series the model
 read) whose region is the border of that whole image, whose tracking identifier is
 "<label>: not found", and whose qualitative evaluation says the finding is "Absent"
-(SCT 272519000), with the probability and threshold for classification and a
-volume of 0 mm3 for segmentation. A report in which the model found nothing is
-therefore never empty: it shows, on the image that was read, one outlined frame per
-label saying it was not found. A text item would not do: OHIF does not draw it.
+(SCT 272519000), with the probability and threshold for classification, a volume
+of 0 mm3 for segmentation and "Number of similar findings" 0 for detection (so
+that the drawn frame has a label line in viewers that label by measurement). A
+report in which the model found nothing is therefore never empty: it shows, on the
+image that was read, one outlined frame per label saying it was not found. A text
+item would not do: OHIF does not draw it.
 
 Probabilities, scores and thresholds are written in percent so that viewers that
 print one decimal show them usefully. Objects that could not be written (a SEG for
@@ -407,7 +409,11 @@ def _detection_groups(report: _Report, prediction: Detection) -> list[Group]:
                 present=True,
             )
         )
-    groups.extend(report.absent(label) for label in prediction.labels if label.name not in found)
+    groups.extend(
+        report.absent(label, [measurement(content.FINDING_COUNT, 0, content.FINDINGS)])
+        for label in prediction.labels
+        if label.name not in found
+    )
     return groups
 
 
