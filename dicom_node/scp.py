@@ -24,11 +24,12 @@ from typing import Any, cast
 
 from pydicom.uid import AllTransferSyntaxes, ExplicitVRLittleEndian
 from pynetdicom import AE, AllStoragePresentationContexts, _config, evt, register_uid
+from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.service_class import StorageServiceClass
-from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -136,6 +137,9 @@ class StoreHandler:
         return SUCCESS
 
 
+_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
+
+
 def set_low_latency(sock: socket.socket) -> None:
     """TCP_NODELAY and TCP_QUICKACK: ingest is bound by per-message latency, not bandwidth.
 
@@ -143,17 +147,42 @@ def set_low_latency(sock: socket.socket) -> None:
     loopback (see FACTS.md: about 7x slower for Orthanc sending 300 CT slices).
     """
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    if hasattr(socket, "TCP_QUICKACK"):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+    if _QUICKACK is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
 
 
-class QuickAckSocket(socket.socket):
-    """A socket that re-arms TCP_QUICKACK after each read (Linux drops it by itself)."""
+class BulkReadSocket(AssociationSocket):
+    """pynetdicom's association socket, reading a PDU in as few system calls as possible.
 
-    def recv(self, bufsize: int, flags: int = 0) -> bytes:
-        data = super().recv(bufsize, flags)
-        self.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
-        return data
+    pynetdicom reads 4 KiB per ``recv`` in a Python loop (256 rounds for a 1 MiB PDU);
+    this reads straight into one buffer of the PDU's size, and re-arms TCP_QUICKACK after
+    each read (Linux leaves quick-ACK mode by itself), so that the sender's next segment
+    is never held back by a delayed ACK.
+    """
+
+    def recv(self, nr_bytes: int) -> bytearray:
+        sock = cast(socket.socket, self.socket)
+        buffer = bytearray(nr_bytes)
+        view = memoryview(buffer)
+        read = 0
+        while read < nr_bytes:
+            count = sock.recv_into(view[read:])
+            if count == 0:  # connection closed: return what there is, as pynetdicom does
+                del view
+                return buffer[:read]
+            read += count
+            if _QUICKACK is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
+        return buffer
+
+
+class ListenerRequestHandler(RequestHandler):
+    """Creates each association with a :class:`BulkReadSocket`."""
+
+    def _create_association(self) -> Association:
+        assoc = super()._create_association()
+        assoc.dul.socket.__class__ = BulkReadSocket
+        return assoc
 
 
 class SharedContexts(list[PresentationContext]):
@@ -192,8 +221,6 @@ class ListenerServer(ThreadedAssociationServer):
         assert self.socket is not None
         client, address = self.socket.accept()
         set_low_latency(client)
-        if hasattr(socket, "TCP_QUICKACK"):
-            client = QuickAckSocket(client.family, client.type, client.proto, client.detach())
         if self.ssl_context:
             client = self.ssl_context.wrap_socket(client, server_side=True)
         return client, address
@@ -291,6 +318,7 @@ class Listener:
             ssl_context=ssl_context,
             evt_handlers=[(evt.EVT_C_STORE, self.handler)],
             server_class=ListenerServer,
+            request_handler=ListenerRequestHandler,
         )
         assert isinstance(server, ListenerServer)
         server.contexts = SharedContexts(server.contexts)
