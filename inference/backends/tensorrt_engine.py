@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,7 @@ class TensorRTBackend(Backend):
         ]
         self._outputs = [n for n in names if n not in self._inputs]
         self._stream = torch.cuda.Stream(device=options.device)
+        self._lock = threading.Lock()  # an execution context runs one series at a time
 
     def _profile(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
         spec = self.package.spec
@@ -196,7 +198,7 @@ class TensorRTBackend(Backend):
         input_name = self._inputs[0]
         input_dtype = _torch_dtype(torch, trt.nptype(self._engine.get_tensor_dtype(input_name)))
         parts: dict[str, list[Any]] = {name: [] for name in self._outputs}
-        with torch.cuda.stream(self._stream):
+        with self._lock, torch.cuda.stream(self._stream):
             for batch in batches:
                 device_in = (
                     torch.from_numpy(np.ascontiguousarray(batch))

@@ -10,6 +10,7 @@ series has run, then come back to the host in one copy.
 from __future__ import annotations
 
 import logging
+import threading
 import warnings
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -75,6 +76,7 @@ class TorchBackend(Backend):
         )
         module = load_torch_module(str(package.torch_path), options.device)
         self._module = module.to(self._dtype) if self._on_gpu else module
+        self._lock = threading.Lock()  # one series at a time through the static buffers
         self._graph: torch.cuda.CUDAGraph | None = None
         self._static_in: torch.Tensor | None = None
         self._static_out: tuple[torch.Tensor, ...] = ()
@@ -132,7 +134,7 @@ class TorchBackend(Backend):
         torch = self._torch
         names = self.package.output_names
         parts: list[list[Any]] = [[] for _ in names]
-        with torch.inference_mode():
+        with self._lock, torch.inference_mode():
             for batch in batches:
                 tensor = torch.from_numpy(np.ascontiguousarray(batch))
                 if self._on_gpu:

@@ -12,6 +12,7 @@ from io import BytesIO
 import numpy as np
 import numpy.typing as npt
 from pydicom import Dataset, dcmread
+from pydicom.data import get_testdata_file
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import (
     UID,
@@ -24,6 +25,14 @@ from pydicom.uid import (
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 SAGITTAL = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
 CORONAL = (1.0, 0.0, 0.0, 0.0, 0.0, -1.0)
+
+
+def testdata(name: str) -> Dataset:
+    """Read one of pydicom's bundled test files (or pydicom-data's) by name."""
+    path = get_testdata_file(name)
+    if not isinstance(path, str):
+        raise FileNotFoundError(f"pydicom test file {name} not found")
+    return dcmread(path)
 
 
 def roundtrip(ds: Dataset) -> Dataset:
