@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 from pydicom.data import get_charset_files, get_testdata_file
-from pydicom.uid import generate_uid
+from pydicom.uid import HTJ2KLossless, generate_uid
 from pynetdicom.dsutils import split_dataset
 from sqlalchemy import func, select
 
@@ -183,3 +183,20 @@ def test_private_sop_class_only_when_configured(start_node: StartNode, tmp_path:
     [stored] = send_files(SENDER, configured.peer, [path])
     assert stored.status == 0
     assert scalar(configured.sessions, select(Instance.sop_class_uid)) == private
+
+
+def test_htj2k_accepted_as_sent(start_node: StartNode, tmp_path: Path) -> None:
+    # A JPEG 2000 Part 1 codestream is valid in HTJ2K Lossless (HTJ2K decoders read both).
+    ds = dcmread(get_testdata_file("MR_small_jp2klossless.dcm"))
+    ds.file_meta.TransferSyntaxUID = HTJ2KLossless
+    path = tmp_path / "htj2k.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    node = start_node()
+    [result] = send_files(SENDER, node.peer, [path])
+    assert result.status == 0
+    [instance] = rows(node.sessions, select(Instance))
+    assert instance.transfer_syntax_uid == HTJ2KLossless
+    stored = dcmread(instance.path)
+    assert stored.file_meta.TransferSyntaxUID == HTJ2KLossless
+    assert dataset_bytes(Path(instance.path)) == dataset_bytes(path)
+    assert stored.pixel_array.shape == (ds.Rows, ds.Columns)
