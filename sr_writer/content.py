@@ -43,8 +43,6 @@ CUBIC_MM = codes.UCUM.CubicMillimeter
 PRESENT = codes.SCT.Present
 ABSENT = codes.SCT.Absent
 PERCENT = codes.UCUM.Percent
-FINDING_COUNT = codes.DCM.NumberOfSimilarFindings
-FINDINGS = CodedConcept("{findings}", "UCUM", "findings")
 
 _PROCEDURES = {
     "CT": codes.LN.CTUnspecifiedBodyRegion,

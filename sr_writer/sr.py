@@ -27,15 +27,16 @@ Absent labels and reports without findings: every label the model did not find
 gets a planar group on the key image (the middle frame of the series the model
 read) whose region is the border of that whole image, whose tracking identifier is
 "<label>: not found", and whose qualitative evaluation says the finding is "Absent"
-(SCT 272519000), with the probability and threshold for classification, a volume
-of 0 mm3 for segmentation and "Number of similar findings" 0 for detection (so
-that the drawn frame has a label line in viewers that label by measurement). A
-report in which the model found nothing is therefore never empty: it shows, on the
-image that was read, one outlined frame per label saying it was not found. A text
-item would not do: OHIF does not draw it.
+(SCT 272519000), with the threshold the label fell short of (and for classification
+its probability). A report in which the model found nothing is therefore never
+empty: on the image the model read, one frame per label is drawn, labelled with
+its numbers, and the "not found" identifier and "Absent" evaluation state the
+result for readers that list them. OHIF labels a region with its NUM items only
+and prints a zero as an empty value, so no zero volume or count is written; a text
+item would not do either: OHIF does not draw it.
 
 Probabilities, scores and thresholds are written in percent so that viewers that
-print one decimal show them usefully. Objects that could not be written (a SEG for
+print one or two decimals show them usefully. Objects that could not be written (a SEG for
 sources without a Frame of Reference) make the report PARTIAL: the Completion Flag
 Description and a text comment in the report's qualitative evaluations say why.
 """
@@ -59,6 +60,7 @@ from highdicom.sr import (
     VolumetricROIMeasurementsAndQualitativeEvaluations,
 )
 from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
 
 from inference import Classification, Detection, Label, Prediction, Segmentation
 from sr_writer import content
@@ -138,16 +140,24 @@ class _Report:
         )
 
     def absent(
-        self, label: Label, measurements: Sequence[Measurement] = ()
+        self, label: Label, probability: float | None = None
     ) -> PlanarROIMeasurementsAndQualitativeEvaluations:
-        """A label not found: "absent", drawn as the border of the key image."""
+        """A label not found: "absent", drawn as the border of the key image.
+
+        Its numbers are the probability (where the model gives one) and the
+        threshold it fell short of: OHIF labels a region by its numbers only and
+        prints a zero as an empty value, so a zero volume or count would show as
+        "Volume:  mm3".
+        """
         frame = self.key_frame()
+        numbers = [] if probability is None else [_percent(content.PROBABILITY, probability)]
+        numbers.append(_percent(content.THRESHOLD, label.threshold))
         return self.planar(
             self.tracking(f"{label.name}: not found", label.name, "absent"),
             frame,
             _frame_border(frame),
             label,
-            measurements,
+            numbers,
             present=False,
         )
 
@@ -246,13 +256,13 @@ def _classification_groups(report: _Report, prediction: Classification) -> list[
     groups: list[Group] = []
     for score in prediction.scores:
         label = score.label
-        numbers = [
-            measurement(content.PROBABILITY, score.probability * _PERCENT, content.PERCENT),
-            measurement(content.THRESHOLD, label.threshold * _PERCENT, content.PERCENT),
-        ]
         if not score.positive:
-            groups.append(report.absent(label, numbers))
+            groups.append(report.absent(label, score.probability))
             continue
+        numbers = [
+            _percent(content.PROBABILITY, score.probability),
+            _percent(content.THRESHOLD, label.threshold),
+        ]
         heatmap = heatmaps.get(label.name)
         if heatmap is None:
             frame = report.key_frame()
@@ -283,8 +293,7 @@ def _segmentation_groups(
         mask = prediction.masks[..., index]
         per_frame = np.count_nonzero(mask, axis=(1, 2))
         if not per_frame.any():
-            nothing = [] if volume is None else [_volume(0, volume)]
-            groups.append(report.absent(label, nothing))
+            groups.append(report.absent(label))
             continue
         key = int(np.argmax(per_frame))
         frame = report.sources.frame(prediction.frames[key])
@@ -315,6 +324,10 @@ def _segmentation_groups(
                 segment_numbers = list(areas.values())
             groups.append(_volumetric(report, segmentation, label, segment_numbers))
     return groups
+
+
+def _percent(name: Code, fraction: float) -> Measurement:
+    return measurement(name, fraction * _PERCENT, content.PERCENT)
 
 
 def _volume(voxels: int, voxel_volume: float) -> Measurement:
@@ -409,11 +422,7 @@ def _detection_groups(report: _Report, prediction: Detection) -> list[Group]:
                 present=True,
             )
         )
-    groups.extend(
-        report.absent(label, [measurement(content.FINDING_COUNT, 0, content.FINDINGS)])
-        for label in prediction.labels
-        if label.name not in found
-    )
+    groups.extend(report.absent(label) for label in prediction.labels if label.name not in found)
     return groups
 
 

@@ -91,7 +91,7 @@ def test_no_boxes_draws_the_label_as_not_found(
     (group,) = read_report(sr, tmp_path).get_planar_roi_measurement_groups()
     assert group.finding_type.value == lesion.finding.value  # type: ignore[union-attr]
     assert group.tracking_identifier == "lesion: not found"
-    assert value_of(group, codes.DCM.NumberOfSimilarFindings) == 0
+    assert value_of(group, codes.DCM.ThresholdValue) == pytest.approx(40.0)
     np.testing.assert_array_equal(
         group.roi.value,  # type: ignore[union-attr]
         [[0, 0], [64, 0], [64, 64], [0, 64], [0, 0]],

@@ -221,7 +221,8 @@ def test_empty_mask_is_reported_absent_and_left_out_of_the_seg(
     assert absent.tracking_identifier == "lesion: not found"
     assert absent.finding_type.value == lesion.finding.value
     assert evaluation_of(absent, absent.finding_type) == ABSENT
-    assert value_of(absent, codes.SCT.Volume) == 0.0
+    assert value_of(absent, codes.DCM.ThresholdValue) == pytest.approx(40.0)
+    assert [m.name.meaning for m in absent.get_measurements()] == ["Threshold Value"]
     assert liver.tracking_identifier == "liver"
 
 
