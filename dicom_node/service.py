@@ -121,11 +121,15 @@ class Service:
         )
 
     def stop(self) -> None:
-        """Stop accepting, finish what is in flight, stop the rest (reverse order)."""
+        """Stop accepting associations and finish the C-STOREs in flight first, then the
+        scheduler's running jobs, then the other components (reverse order)."""
+        if self.listener is not None:
+            self.listener.stop()
         if self.scheduler.running:
             self.scheduler.shutdown(wait=True)
         for component in reversed(self.components):
-            component.stop()
+            if component is not self.listener:
+                component.stop()
         self.engine.dispose()
         logger.info("node stopped", extra={"role": self.role})
 
