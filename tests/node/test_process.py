@@ -75,7 +75,7 @@ def test_sigkill_during_transfer_loses_nothing_answered_success(
 def test_sigterm_finishes_in_flight_stores_and_exits_zero(
     spawn_node: SpawnNode, tmp_path: Path
 ) -> None:
-    files = write_series(tmp_path / "series", 60)
+    files = write_series(tmp_path / "series", 30)
     node = spawn_node()
     sender = Sender(node, files)
     sender.start()
