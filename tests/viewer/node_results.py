@@ -58,6 +58,10 @@ class ViewerStudy:
         produced = ", ".join(str(ds.Modality) for ds in self.results)
         raise LookupError(f"no {modality} among the node's results ({produced})")
 
+    def has(self, modality: str) -> bool:
+        """Whether the node produced a result object of this modality."""
+        return any(dataset.Modality == modality for dataset in self.results)
+
     def write(self, folder: Path) -> list[Path]:
         """Write sources and results as Part 10 files; their paths, sources first."""
         folder.mkdir(parents=True, exist_ok=True)

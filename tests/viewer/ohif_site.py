@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 DICOMWEB_PREFIX = "/dicom-web/"
 APP_CONFIG = Path(__file__).resolve().parent / "app-config.js"
 PROXY_TIMEOUT_S = 60.0
+SHUTDOWN_POLL_S = 0.05
 # Request headers passed on to Orthanc, and response headers passed back.
 FORWARDED_REQUEST_HEADERS = ("Accept", "Content-Type")
 FORWARDED_RESPONSE_HEADERS = ("Content-Type", "Content-Length")
@@ -133,7 +134,9 @@ def serve_ohif(
     if not (dist / "index.html").is_file():
         raise FileNotFoundError(f"no OHIF build at {dist}: run npm ci --prefix tests/viewer")
     server = OhifSiteServer(port, dist, app_config, upstream)
-    thread = threading.Thread(target=server.serve_forever, name="ohif-site", daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, args=(SHUTDOWN_POLL_S,), name="ohif-site", daemon=True
+    )
     thread.start()
     try:
         yield f"http://127.0.0.1:{port}"

@@ -59,7 +59,7 @@ def site(tmp_path: Path) -> Iterator[str]:
     (dist / "assets" / "app.js").write_text("console.log(1);")
     (tmp_path / "secret.txt").write_text("outside dist")
     upstream = ThreadingHTTPServer(("127.0.0.1", get_free_port()), _Upstream)
-    thread = threading.Thread(target=upstream.serve_forever, daemon=True)
+    thread = threading.Thread(target=upstream.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         with serve_ohif(dist, f"http://127.0.0.1:{upstream.server_port}", get_free_port()) as url:
