@@ -9,9 +9,9 @@ numbers beside it:
 
 - segmentation: per segment, the outline of its largest connected region on the
   slice where the segment is largest, with its area on that slice; where a SEG was
-  written, a volumetric group referencing the SEG segment carries the volume (for
-  2D models without slice spacing: the area of every other slice), otherwise the
-  outline group carries the volume;
+  written, a volumetric group referencing the SEG segment carries the volume,
+  otherwise the outline group does. A 2D model (no slice spacing, so no volume)
+  gets an outline with its area on every slice where the segment is present;
 - detection: per box, the box as a closed polyline with its score;
 - classification: per positive label, the outline of the heatmap's hot region
   (values at or above half the map's maximum) on the heatmap's frame, or the whole
@@ -286,7 +286,12 @@ def _classification_groups(report: _Report, prediction: Classification) -> list[
 def _segmentation_groups(
     report: _Report, prediction: Segmentation, segmentation: SegmentationResult | None
 ) -> list[Group]:
-    """Per label: the outline group and, with a SEG, the segment group (same finding)."""
+    """Per label: its outline where it is largest, and with a SEG its segment group.
+
+    A 2D model (no slice spacing, so no volume) gets an outline with its area on
+    every slice where the label is present, each its own finding, so that a viewer
+    shows each area on its own slice.
+    """
     groups: list[Group] = []
     volume = prediction.voxel_volume_mm3
     for index, label in enumerate(prediction.labels):
@@ -296,34 +301,56 @@ def _segmentation_groups(
             groups.append(report.absent(label))
             continue
         key = int(np.argmax(per_frame))
-        frame = report.sources.frame(prediction.frames[key])
-        outline = largest_outline(mask[key])
-        if outline is None:  # unreachable: the key slice holds the most pixels
-            raise ValueError(f"no outline on key slice {key} of label {label.name!r}")
-        # Every slice's area only where the SEG group lists them (2D models).
-        all_slices = volume is None and segmentation is not None
-        positions = np.flatnonzero(per_frame).tolist() if all_slices else [key]
-        areas = _areas(report, prediction, per_frame, positions)
-        numbers = [areas.pop(key)] if key in areas else []
-        if segmentation is None and volume is not None:
-            numbers.append(_volume(int(per_frame.sum()), volume))
+        total = None if volume is None else _volume(int(per_frame.sum()), volume)
+        key_extra = [total] if total is not None and segmentation is None else []
         groups.append(
-            report.planar(
-                report.tracking(label.name, label.name),
-                frame,
-                outline.points,
-                label,
-                numbers,
-                present=True,
-            )
+            _outline(report, prediction, label, mask[key], key, label.name, (), key_extra)
         )
+        if total is None:
+            groups.extend(
+                _outline(
+                    report, prediction, label, mask[p], p, f"{label.name} ({p + 1})", (str(p),)
+                )
+                for p in np.flatnonzero(per_frame).tolist()
+                if p != key
+            )
         if segmentation is not None:
-            if volume is not None:
-                segment_numbers = [_volume(int(per_frame.sum()), volume)]
-            else:  # a 2D model: the area of every other slice
-                segment_numbers = list(areas.values())
-            groups.append(_volumetric(report, segmentation, label, segment_numbers))
+            groups.append(
+                _volumetric(report, segmentation, label, [] if total is None else [total])
+            )
     return groups
+
+
+def _outline(
+    report: _Report,
+    prediction: Segmentation,
+    label: Label,
+    mask: npt.NDArray[np.bool_],
+    position: int,
+    identifier: str,
+    parts: tuple[str, ...],
+    extra: Sequence[Measurement] = (),
+) -> PlanarROIMeasurementsAndQualitativeEvaluations:
+    """The outline of a label's largest region on one frame, with the label's area there."""
+    frame = report.sources.frame(prediction.frames[position])
+    outline = largest_outline(mask)
+    if outline is None:  # unreachable: only frames holding the label come here
+        raise ValueError(f"label {label.name!r} is empty on frame {position + 1}")
+    numbers = []
+    pixel_area = _pixel_area(prediction, frame)
+    if pixel_area is not None:
+        area = int(np.count_nonzero(mask)) * pixel_area
+        numbers.append(
+            measurement(content.AREA, area, content.SQUARE_MM, frame.measurement_source())
+        )
+    return report.planar(
+        report.tracking(identifier, label.name, *parts),
+        frame,
+        outline.points,
+        label,
+        [*numbers, *extra],
+        present=True,
+    )
 
 
 def _percent(name: Code, fraction: float) -> Measurement:
@@ -332,27 +359,6 @@ def _percent(name: Code, fraction: float) -> Measurement:
 
 def _volume(voxels: int, voxel_volume: float) -> Measurement:
     return measurement(content.VOLUME, voxels * voxel_volume, content.CUBIC_MM)
-
-
-def _areas(
-    report: _Report,
-    prediction: Segmentation,
-    per_frame: npt.NDArray[np.intp],
-    positions: list[int],
-) -> dict[int, Measurement]:
-    """Area of the segment on the given frames, by frame position, where spacing is known."""
-    areas = {}
-    for position in positions:
-        frame = report.sources.frame(prediction.frames[position])
-        pixel_area = _pixel_area(prediction, frame)
-        if pixel_area is not None:
-            areas[position] = measurement(
-                content.AREA,
-                per_frame[position] * pixel_area,
-                content.SQUARE_MM,
-                frame.measurement_source(),
-            )
-    return areas
 
 
 def _volumetric(
@@ -365,8 +371,8 @@ def _volumetric(
 
     It shares the outline group's tracking identifier: OHIF merges groups by
     Tracking UID and needs a drawable region in each merged finding, and both groups
-    describe the same finding. Its numbers (the volume, or for 2D models the areas
-    of the other slices) therefore complement the outline group's, never repeat them.
+    describe the same finding. Its number (the volume, where known) therefore
+    complements the outline group's area, never repeats it.
     """
     # Built by hand: highdicom's ReferencedSegment.from_segmentation fails on a SEG
     # whose segment identification sits in the shared functional groups.

@@ -178,7 +178,7 @@ def test_sr_references_the_seg_segments_with_their_volumes(
     assert evidence == {ct_series[0].SeriesInstanceUID, seg.SeriesInstanceUID}
 
 
-def test_2d_model_reports_area_per_slice(
+def test_2d_model_draws_each_slice_with_its_area(
     model: ModelIdentity, lesion: Label, ct_series: list[Dataset], masks: np.ndarray, tmp_path: Path
 ) -> None:
     prediction = _prediction(model, ct_series, (lesion,), masks[..., :1], slice_spacing=None)
@@ -186,19 +186,18 @@ def test_2d_model_reports_area_per_slice(
     sr, _ = build_results(prediction, ct_series)
 
     report = read_report(sr, tmp_path)
-    measured = [
-        (m.referenced_images[0].referenced_sop_instance_uid, m.value)
-        for group in (
-            *report.get_planar_roi_measurement_groups(),
-            *report.get_volumetric_roi_measurement_groups(),
-        )
-        for m in group.get_measurements()
-    ]
-    assert len(measured) == len(ct_series)
-    assert dict(measured) == {
-        str(ds.SOPInstanceUID): pytest.approx(masks[index, ..., 0].sum() * 0.25)
-        for index, ds in enumerate(ct_series)
-    }  # the key slice's on the outline, the others' on the segment group, none twice
+    planar = report.get_planar_roi_measurement_groups()
+    assert [g.tracking_identifier for g in planar] == ["lesion", "lesion (1)", "lesion (3)"]
+    assert len({g.tracking_uid for g in planar}) == 3  # three findings, one per slice
+    for group, index in zip(planar, (1, 0, 2), strict=True):
+        assert region_reference(group) == (str(ct_series[index].SOPInstanceUID), [])
+        outline = largest_outline(masks[index, ..., 0])
+        assert outline is not None
+        np.testing.assert_array_equal(group.roi.value, outline.points)
+        assert value_of(group, codes.SCT.Area) == pytest.approx(masks[index, ..., 0].sum() * 0.25)
+    (volumetric,) = report.get_volumetric_roi_measurement_groups()
+    assert volumetric.tracking_uid == planar[0].tracking_uid
+    assert volumetric.get_measurements() == []  # no volume without slice spacing
 
 
 def test_empty_mask_is_reported_absent_and_left_out_of_the_seg(
