@@ -2,7 +2,7 @@
 
 pynetdicom streams each incoming dataset into a temp file in the spool's ``incoming/``
 folder (``STORE_RECV_CHUNKED_DATASET``), so memory stays flat however large the
-instance and however many associations. ``handle_store`` then reads only the header,
+instance and however many associations. :class:`StoreHandler` then reads only the header,
 moves the file into the spool (fsync, rename), commits its rows, and only then answers
 Success. Nothing is decoded or re-encoded, and no inference runs on this thread.
 """
@@ -168,7 +168,6 @@ class BulkReadSocket(AssociationSocket):
         while read < nr_bytes:
             count = sock.recv_into(view[read:])
             if count == 0:  # connection closed: return what there is, as pynetdicom does
-                del view
                 return buffer[:read]
             read += count
             if _QUICKACK is not None:
