@@ -65,8 +65,9 @@ class Backend(ABC):
 
 
 def concatenate(parts: dict[str, list[Array]]) -> dict[str, Array]:
-    """Join per-batch outputs along the batch axis, as float32."""
+    """Join per-batch outputs along the batch axis, as float32; empty when nothing ran."""
     return {
         name: np.concatenate(chunks, axis=0).astype(np.float32, copy=False)
         for name, chunks in parts.items()
+        if chunks
     }

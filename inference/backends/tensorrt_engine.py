@@ -218,7 +218,9 @@ class TensorRTBackend(Backend):
                         f"TensorRT execution failed for {self.package.spec.model.name}"
                     )
             result = {
-                name: torch.cat(chunks).float().cpu().numpy() for name, chunks in parts.items()
+                name: torch.cat(chunks).float().cpu().numpy()
+                for name, chunks in parts.items()
+                if chunks
             }
         self._stream.synchronize()
         return result

@@ -149,4 +149,5 @@ class TorchBackend(Backend):
             return {
                 name: torch.cat(chunks).float().cpu().numpy()
                 for name, chunks in zip(names, parts, strict=True)
+                if chunks
             }

@@ -2,33 +2,33 @@
 
 Probabilities are mapped back (crop the letterbox, resize linearly to the source
 grid) before thresholding, so that mask edges fall between source pixels where the
-model put them rather than on the coarse model grid.
+model put them rather than on the coarse model grid. Frames are mapped and
+thresholded one at a time: a 300-slice CT never holds its float probabilities at
+source resolution unless the caller asks for them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import numpy.typing as npt
 
 from inference.postprocessing.activation import Array, probabilities
 from inference.prediction import FrameRef, ModelIdentity, Segmentation
-from inference.preprocessing.resize import Fit, to_source
+from inference.preprocessing.resize import Fit, crop_content, resize, resize_axis, to_source
 from inference.preprocessing.stacks import Stack
 from inference.spec import Activation, ModelSpec
 
 
 def _masks(spec: ModelSpec, probs: Array) -> npt.NDArray[np.bool_]:
     """probs is (..., labels); softmax labels are exclusive (arg-max), sigmoid ones not."""
-    thresholds = np.asarray([label.threshold for label in spec.labels], dtype=np.float32)
-    masks = probs >= thresholds
     if spec.output.activation is Activation.SOFTMAX:
         background = 1.0 - probs.sum(axis=-1, keepdims=True)
         winner = np.argmax(np.concatenate([background, probs], axis=-1), axis=-1)
-        labels = np.arange(1, probs.shape[-1] + 1)
-        masks = winner[..., np.newaxis] == labels
-    return np.ascontiguousarray(masks)
+        return np.asarray(winner[..., np.newaxis] == np.arange(1, probs.shape[-1] + 1))
+    thresholds = np.asarray([label.threshold for label in spec.labels], dtype=np.float32)
+    return np.asarray(probs >= thresholds)
 
 
 def build_segmentation(
@@ -37,11 +37,11 @@ def build_segmentation(
     series_uid: str,
     stack: Stack,
     frames: Sequence[FrameRef],
-    source_probs: Array,
+    source_probs: Iterator[Array],
     skipped: tuple[str, ...],
     keep_probabilities: bool,
 ) -> Segmentation:
-    """Threshold source-grid probabilities (frames, rows, cols, labels) into masks.
+    """Threshold source-grid probabilities, frame by frame, into masks.
 
     Parameters
     ----------
@@ -50,12 +50,12 @@ def build_segmentation(
     series_uid : str
         The source series.
     stack : Stack
-        The stack that ran (for spacing).
+        The stack that ran (for its matrix and spacing).
     frames : sequence of FrameRef
         The frames that ran, in slice order; fewer than the stack's when some did
         not decode, in which case slice spacing is not given.
-    source_probs : numpy.ndarray
-        float32 (frames, rows, columns, labels) on the source grid.
+    source_probs : iterator of numpy.ndarray
+        float32 (rows, columns, labels) on the source grid, one per frame in order.
     skipped : tuple of str
         Reasons for parts of the series left out.
     keep_probabilities : bool
@@ -65,32 +65,39 @@ def build_segmentation(
     -------
     Segmentation
     """
+    shape = (len(frames), *stack.shape, len(spec.labels))
+    masks = np.empty(shape, dtype=np.bool_)
+    kept = np.empty(shape, dtype=np.float32) if keep_probabilities else None
+    for index, probs in enumerate(source_probs):
+        masks[index] = _masks(spec, probs)
+        if kept is not None:
+            kept[index] = probs
     complete = len(frames) == len(stack.frames)
     return Segmentation(
         model=identity,
         series_instance_uid=series_uid,
         frames=tuple(frames),
         labels=spec.labels,
-        masks=_masks(spec, source_probs),
+        masks=masks,
         pixel_spacing_mm=stack.pixel_spacing_mm,
         slice_spacing_mm=stack.slice_spacing_mm if complete and stack.regular else None,
-        probabilities=np.ascontiguousarray(source_probs) if keep_probabilities else None,
+        probabilities=kept,
         skipped=skipped,
     )
 
 
-def slice_probabilities(spec: ModelSpec, raw: Array, fits: Sequence[Fit]) -> Array:
-    """2D outputs (N, channels, h, w) to source-grid probabilities (N, rows, cols, labels)."""
-    probs = probabilities(raw, spec.output.activation, axis=1)
-    return np.stack(
-        [
-            np.moveaxis(to_source(p, fit, first_axis=1), 0, -1)
-            for p, fit in zip(probs, fits, strict=True)
-        ]
-    )
+def slice_probabilities(spec: ModelSpec, raw: Array, fits: Sequence[Fit]) -> Iterator[Array]:
+    """2D outputs (N, channels, h, w) to source probabilities (rows, cols, labels) per frame."""
+    for output, fit in zip(raw, fits, strict=True):
+        probs = probabilities(output[np.newaxis], spec.output.activation, axis=1)[0]
+        yield np.moveaxis(to_source(probs, fit, first_axis=1), 0, -1)
 
 
-def volume_probabilities(spec: ModelSpec, raw: Array, fit: Fit) -> Array:
-    """A 3D output (1, channels, d, h, w) to source probabilities (slices, rows, cols, labels)."""
-    probs = probabilities(raw, spec.output.activation, axis=1)[0]
-    return np.ascontiguousarray(np.moveaxis(to_source(probs, fit, first_axis=1), 0, -1))
+def volume_probabilities(spec: ModelSpec, raw: Array, fit: Fit) -> Iterator[Array]:
+    """A 3D output (1, channels, d, h, w) to source-grid probabilities, slice by slice."""
+    probs = probabilities(raw, spec.output.activation, axis=1)[0]  # (labels, d, h, w)
+    # Slices are resampled at model resolution; each slice then goes to source size.
+    content = resize_axis(crop_content(probs, fit, first_axis=1), 1, fit.source[0])
+    for index in range(fit.source[0]):
+        plane = resize(content[:, index], fit.source[1:], first_axis=1)
+        yield np.moveaxis(plane, 0, -1)

@@ -140,6 +140,18 @@ def to_model(
     return np.pad(content, pad)
 
 
+def crop_content(
+    array: npt.NDArray[np.float32], fit: Fit, first_axis: int = 0
+) -> npt.NDArray[np.float32]:
+    """Bring model-grid data (any resolution covering the model grid) to the model grid
+    and cut the letterbox padding away, leaving the content at model resolution."""
+    out = resize(array.astype(np.float32, copy=False), fit.model, first_axis)
+    index: list[slice] = [slice(None)] * out.ndim
+    for i, (c, o) in enumerate(zip(fit.content, fit.offset, strict=True)):
+        index[first_axis + i] = slice(o, o + c)
+    return out[tuple(index)]
+
+
 def to_source(
     array: npt.NDArray[np.float32], fit: Fit, first_axis: int = 0
 ) -> npt.NDArray[np.float32]:
@@ -149,11 +161,7 @@ def to_source(
     brought to the model grid, then the letterbox is cropped and the content resized
     to the source shape.
     """
-    out = resize(array.astype(np.float32, copy=False), fit.model, first_axis)
-    index: list[slice] = [slice(None)] * out.ndim
-    for i, (c, o) in enumerate(zip(fit.content, fit.offset, strict=True)):
-        index[first_axis + i] = slice(o, o + c)
-    return resize(out[tuple(index)], fit.source, first_axis)
+    return resize(crop_content(array, fit, first_axis), fit.source, first_axis)
 
 
 def box_to_source(

@@ -27,7 +27,7 @@ SAGITTAL = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
 CORONAL = (1.0, 0.0, 0.0, 0.0, 0.0, -1.0)
 
 
-def testdata(name: str) -> Dataset:
+def read_testdata(name: str) -> Dataset:
     """Read one of pydicom's bundled test files (or pydicom-data's) by name."""
     path = get_testdata_file(name)
     if not isinstance(path, str):

@@ -203,3 +203,12 @@ def test_detection_boxes_after_nms_in_source_pixels(tmp_path: Path) -> None:
     assert [b.score for b in prediction.boxes] == sorted(
         (b.score for b in prediction.boxes), reverse=True
     )
+
+
+def test_series_where_nothing_decodes_is_unsupported(tmp_path: Path) -> None:
+    series = ct_series(np.full((2, 16, 16), 500.0))
+    for ds in series:
+        ds.PixelData = ds.PixelData[:10]
+    package = segmenter_package(tmp_path / "seg2d", size=(16, 16))
+    with load_model(package) as model, pytest.raises(UnsupportedSeriesError, match="not decodable"):
+        model.predict(series)
