@@ -28,6 +28,11 @@ def add_parser(subparsers: Any) -> None:
         help="largest allowed |PyTorch - ONNX Runtime| (default 1e-3)",
     )
     parser.add_argument("--force", action="store_true", help="replace an existing package")
+    parser.add_argument(
+        "--torch-program",
+        action="store_true",
+        help="also write model.pt2 (torch.export) for the PyTorch backend",
+    )
     parser.set_defaults(run=run)
 
 
@@ -48,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
             version=args.version,
             tolerance=args.tolerance,
             overwrite=args.force,
+            torch_program=args.torch_program,
         )
     except (ExportError, ModelPackageError, FileNotFoundError, FileExistsError) as exc:
         print(f"export: {exc}", file=sys.stderr)

@@ -58,6 +58,7 @@ class TrainingSection(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     backbone: Backbone = Backbone.RESNET18
+    output_stride: Literal[8, 16, 32] = 32  # 8 or 16: a finer CAM (classifiers)
     weights: str = ""  # local torchvision-layout state dict; empty: random initialisation
     epochs: Annotated[int, Field(ge=1)] = 20
     batch_size: Annotated[int, Field(ge=1)] = 16

@@ -86,6 +86,13 @@ def _export_graph(
         )
 
 
+def _export_program(model: nn.Module, example: torch.Tensor, path: Path, max_batch: int) -> None:
+    """A ``torch.export`` program with a dynamic batch axis, for the PyTorch backend."""
+    batch = torch.export.Dim("batch", min=1, max=max(64, max_batch))
+    program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+    torch.export.save(program, str(path))
+
+
 def _cam_weight_name(path: Path) -> str:
     """The initializer of the head's weight: the Gemm producing the logits."""
     graph = onnx.load(str(path)).graph
@@ -144,7 +151,10 @@ def load_fold_model(run_dir: Path, fold: int, config: FinetuneConfig) -> nn.Modu
     if not best.is_file():
         raise FileNotFoundError(f"no trained weights for fold {fold}: {best}")
     labels = len(config.spec.output.labels)
-    model = build_network(config.training.backbone, labels, config.spec.input.channels)
+    t = config.training
+    model = build_network(
+        t.backbone, labels, config.spec.input.channels, output_stride=t.output_stride
+    )
     model.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["model"])
     return model.eval()
 
@@ -158,6 +168,7 @@ def export_package(
     version: str | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
     overwrite: bool = False,
+    torch_program: bool = False,
     echo: Callable[[str], None] = print,
 ) -> ExportResult:
     """Export a fine-tuning run as a model package and check it.
@@ -177,6 +188,9 @@ def export_package(
         Largest allowed absolute difference between PyTorch and ONNX Runtime.
     overwrite : bool
         Replace an existing package folder.
+    torch_program : bool
+        Also write ``model.pt2`` (a ``torch.export`` program) so that the node's
+        PyTorch backend can run the package; checked against PyTorch too.
     echo : callable
         Where the parity line is printed.
 
@@ -219,11 +233,21 @@ def export_package(
     )
     spec = spec.model_copy(update={"model": info})
     header = (
-        f"{info.name} {info.version}: written by `dicom-node export` from {run.resolve()}\n"
-        f"fold {chosen}, backbone {config.training.backbone.value}; see {PROVENANCE_FILE}"
+        f"{info.name} {info.version}: written by `dicom-node export` from fold {chosen} of a "
+        f"fine-tuning run\n(backbone {config.training.backbone.value}); provenance and "
+        f"validation in {PROVENANCE_FILE}"
     )
     (target / SPEC_FILE).write_text(dumps(spec.model_dump(mode="json"), header), encoding="utf-8")
     diffs = parity_check(model, onnx_path, images, input_name, outputs)
+    if torch_program:
+        program_path = target / spec.runtime.torch_file
+        _export_program(model, torch.from_numpy(images[:2]), program_path, spec.runtime.max_batch)
+        loaded = torch.export.load(str(program_path)).module()
+        reference = _outputs(model, torch.from_numpy(images))
+        for name, ours, theirs in zip(
+            outputs, reference, _outputs(loaded, torch.from_numpy(images)), strict=True
+        ):
+            diffs[f"{name} (torch program)"] = float(np.max(np.abs(ours - theirs)))
     result = ExportResult(validate_package(target), chosen, len(images), diffs)
     echo(result.parity_line())
     worst = max(diffs.values())

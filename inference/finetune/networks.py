@@ -244,8 +244,30 @@ def _adapt_input(conv: nn.Conv2d, channels: int) -> nn.Conv2d:
     return new
 
 
+def _reduce_stride(stages: Sequence[nn.Module], output_stride: int) -> None:
+    """Turn the last stride-2 convolutions into stride 1 so the feature map is finer.
+
+    A 128-pixel input gives a 4 x 4 map at output stride 32, too coarse for a class
+    activation map to point at a small finding; stride 8 gives 16 x 16. The weights
+    keep their shapes, so pretrained weights still load.
+    """
+    factor = 32 // output_stride
+    for stage in reversed(stages[1:]):  # the deepest downsampling stages first
+        if factor == 1:
+            break
+        strided = [m for m in stage.modules() if isinstance(m, nn.Conv2d) and m.stride == (2, 2)]
+        for module in strided:
+            module.stride = (1, 1)
+        if strided:
+            factor //= 2
+
+
 def build_network(
-    backbone: Backbone | str, labels: int, channels: int, weights: Path | None = None
+    backbone: Backbone | str,
+    labels: int,
+    channels: int,
+    weights: Path | None = None,
+    output_stride: int = 32,
 ) -> nn.Module:
     """Build a network for the task, optionally from local pretrained weights.
 
@@ -262,6 +284,9 @@ def build_network(
     weights : pathlib.Path, optional
         A torchvision-layout state dict for the backbone; ``None``: random
         initialisation.
+    output_stride : int
+        32 (the backbone as designed), 16 or 8: a finer last feature map for CAM
+        (ResNet and ShuffleNet classifiers only).
 
     Returns
     -------
@@ -284,6 +309,10 @@ def build_network(
         ) from exc
     if labels < 1:
         raise ValueError(f"labels must be at least 1, got {labels}")
+    if output_stride not in (8, 16, 32):
+        raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
+    if output_stride != 32 and (kind.segmentation or kind is Backbone.DENSENET121):
+        raise ValueError(f"output_stride {output_stride} applies to ResNet/ShuffleNet classifiers")
     model = _torchvision_model(kind.encoder_name)
     if weights is not None:
         load_pretrained(model, weights)
@@ -301,6 +330,7 @@ def build_network(
         width = model.fc.in_features
     else:  # pragma: no cover - Backbone lists only these families
         raise ValueError(f"backbone {kind} has no stage split")
+    _reduce_stride(stages, output_stride)
     if kind.segmentation:
         assert isinstance(model, torchvision.models.ResNet)  # Backbone: unet_resnet* only
         return UNet(stages, _resnet_widths(model), labels)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -160,7 +160,8 @@ def chest_image(
     return np.clip(image * 4095, 0, 4095).astype(np.uint16)
 
 
-def _cr_dataset(case: ChestCase, pixels: npt.NDArray[np.uint16], study_date: dt.date) -> Dataset:
+def cr_dataset(case: ChestCase, pixels: npt.NDArray[np.uint16], study_date: dt.date) -> Dataset:
+    """A CR instance (MONOCHROME2, 12 bits stored) with the case's patient and study."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = UID(CR_IMAGE_STORAGE)
     meta.MediaStorageSOPInstanceUID = UID(case.sop_uid)
@@ -187,11 +188,15 @@ def _cr_dataset(case: ChestCase, pixels: npt.NDArray[np.uint16], study_date: dt.
     return ds
 
 
-def write_chest_set(
+Drawer = Callable[[np.random.Generator, Sequence[str]], npt.NDArray[np.generic]]
+
+
+def write_cr_set(
     folder: Path | str,
     patients: int,
-    findings: Sequence[Finding] = (OPACITY,),
-    size: int = 128,
+    labels: Sequence[str],
+    prevalence: Sequence[float],
+    draw: Drawer,
     seed: int = 0,
     studies_per_patient: int = 1,
 ) -> list[ChestCase]:
@@ -202,11 +207,13 @@ def write_chest_set(
     folder : pathlib.Path or str
         Created if needed; files go to ``folder/dicom`` and ``folder/labels.csv``.
     patients : int
-        Number of patients.
-    findings : sequence of Finding
-        The labels; each study holds each finding with its prevalence.
-    size : int
-        Rows and columns of the images.
+        Number of patients, each with a sex and an age.
+    labels : sequence of str
+        The label names (CSV columns).
+    prevalence : sequence of float
+        Per label, the share of studies that hold it.
+    draw : callable
+        ``draw(rng, present_labels)`` returns the image (stored values 0-4095).
     seed : int
         Everything (images, patients, UIDs) follows from it.
     studies_per_patient : int
@@ -225,26 +232,53 @@ def write_chest_set(
         age = int(rng.integers(20, 90))
         for s in range(studies_per_patient):
             prefix = f"{_UID_ROOT}{seed}.{p}.{s}"
-            present = [f for f in findings if rng.random() < f.prevalence]
+            present = tuple(
+                n for n, share in zip(labels, prevalence, strict=True) if rng.random() < share
+            )
             case = ChestCase(
                 patient_id=f"SYN{seed:03d}{p:05d}",
                 sex=sex,
                 age=age,
-                findings=tuple(f.name for f in present),
+                findings=present,
                 study_uid=f"{prefix}.1",
                 series_uid=f"{prefix}.2",
                 sop_uid=f"{prefix}.3",
             )
-            pixels = chest_image(rng, size, present)
-            ds = _cr_dataset(case, pixels, dt.date(2024, 1, 1) + dt.timedelta(days=30 * s))
+            pixels = np.clip(np.rint(draw(rng, present)), 0, 4095).astype(np.uint16)
+            ds = cr_dataset(case, pixels, dt.date(2024, 1, 1) + dt.timedelta(days=30 * s))
             ds.save_as(root / "dicom" / f"{case.patient_id}_{s}.dcm", enforce_file_format=True)
             cases.append(case)
     with (root / "labels.csv").open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["StudyInstanceUID", *(f.name for f in findings)])
+        writer.writerow(["StudyInstanceUID", *labels])
         for case in cases:
-            writer.writerow([case.study_uid, *(int(f.name in case.findings) for f in findings)])
+            writer.writerow([case.study_uid, *(int(n in case.findings) for n in labels)])
     return cases
+
+
+def write_chest_set(
+    folder: Path | str,
+    patients: int,
+    findings: Sequence[Finding] = (OPACITY,),
+    size: int = 128,
+    seed: int = 0,
+    studies_per_patient: int = 1,
+) -> list[ChestCase]:
+    """Write `chest_image` radiographs holding the given findings; see `write_cr_set`."""
+    by_name = {f.name: f for f in findings}
+
+    def draw(rng: np.random.Generator, present: Sequence[str]) -> npt.NDArray[np.generic]:
+        return chest_image(rng, size, [by_name[n] for n in present])
+
+    return write_cr_set(
+        folder,
+        patients,
+        [f.name for f in findings],
+        [f.prevalence for f in findings],
+        draw,
+        seed,
+        studies_per_patient,
+    )
 
 
 def _ct_slice(

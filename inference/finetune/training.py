@@ -196,7 +196,11 @@ def train_fold(
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     model = build_network(
-        t.backbone, len(data.labels), config.spec.input.channels, config.weights_path
+        t.backbone,
+        len(data.labels),
+        config.spec.input.channels,
+        config.weights_path,
+        t.output_stride,
     ).to(device)
     encoder, new = head_parameters(model)
     base_rates = (t.lr * t.encoder_lr_factor, t.lr)

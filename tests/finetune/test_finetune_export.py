@@ -18,7 +18,7 @@ from dicom_node.cli import main
 from inference import Classification, load_model
 from inference.finetune.config import read_config
 from inference.finetune.data import load_training_data
-from inference.finetune.export import load_fold_model
+from inference.finetune.export import export_package, load_fold_model
 from inference.finetune.run import finetune
 from inference.finetune.splits import patient_splits
 from inference.finetune.synthetic import NODULE, write_chest_set
@@ -143,6 +143,23 @@ def test_node_predictions_equal_pytorch(chest: Path, trained: tuple[Path, Path])
             assert prediction.scores[0].probability == pytest.approx(expected, abs=1e-5)
             if prediction.scores[0].positive:
                 assert prediction.heatmaps[0].values.shape == (48, 48)
+
+
+def test_torch_program_runs_on_the_torch_backend_like_onnxruntime(
+    chest: Path, trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    run, _ = trained
+    result = export_package(run, tmp_path / "package", torch_program=True, echo=lambda _: None)
+    assert (tmp_path / "package" / "model.pt2").is_file()
+    assert result.max_abs_diff["logits (torch program)"] < 1e-5
+    ds = pydicom.dcmread(sorted((chest / "dicom").glob("*.dcm"))[0])
+    scores = []
+    for backend in ("onnxruntime", "torch"):
+        with load_model(tmp_path / "package", backend=backend, device="cpu") as model:
+            prediction = model.predict([ds])
+            assert isinstance(prediction, Classification)
+            scores.append(prediction.scores[0].probability)
+    assert scores[0] == pytest.approx(scores[1], abs=1e-5)
 
 
 def test_dicom_node_models_lists_the_package(
