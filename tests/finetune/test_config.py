@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+import inference.finetune as finetune_package
 from inference import ModelPackageError, ModelSpec
 from inference.finetune.config import exported_spec, read_config
 from inference.finetune.toml_writer import dumps
@@ -48,6 +49,14 @@ def test_reads_a_config_with_defaults_and_relative_weights(tmp_path: Path) -> No
     assert config.spec.output.name == "logits"
     assert config.spec.input.name == "image"
     assert config.weights_path == tmp_path / "weights" / "backbone.pt"
+
+
+def test_the_documented_example_config_is_valid() -> None:
+    example = Path(finetune_package.__file__).parent / "example_config.toml"
+    config = read_config(example)
+    assert config.training.backbone.value == "resnet18"
+    assert config.weights_path == example.parent / "weights" / "resnet18.pt"
+    assert config.spec.output.labels[0].finding.meaning == "Pneumothorax"
 
 
 def test_unknown_training_key_is_named(tmp_path: Path) -> None:
