@@ -20,6 +20,14 @@ from inference.preprocessing.stacks import list_frames
 SITE = Path(pydicom.__file__).resolve().parent.parent
 FOLDERS = [SITE / "pydicom" / "data" / "test_files", SITE / "data_store" / "data"]
 FILES = sorted(p for folder in FOLDERS for p in folder.glob("*.dcm"))
+SLOW_DECODE = {"color3d_jpeg_baseline.dcm"}  # 120 colour JPEG frames: about 10 s here
+
+
+def _cases() -> list[object]:
+    return [
+        pytest.param(p, id=p.name, marks=[pytest.mark.slow] if p.name in SLOW_DECODE else [])
+        for p in FILES
+    ]
 
 
 def _path(name: str) -> Path:
@@ -34,7 +42,7 @@ def test_test_data_is_present() -> None:
 @pytest.mark.filterwarnings("ignore:Invalid value for VR:UserWarning")
 @pytest.mark.filterwarnings("ignore:Expected explicit VR:UserWarning")
 @pytest.mark.filterwarnings("ignore:End of file reached:UserWarning")
-@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", _cases())
 def test_each_file_decodes_or_is_skipped_with_a_reason(path: Path) -> None:
     try:
         ds = dcmread(path, force=True)
