@@ -19,9 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import REPO_ROOT, get_free_port
+from tests.orchestration.studies import MODELS
 from tests.peers import Orthanc, stop_process, wait_for_port
-
-MODELS = REPO_ROOT / "models"
 
 
 def _toml_value(value: Any) -> str:

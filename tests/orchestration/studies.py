@@ -2,19 +2,28 @@
 
 A CT series is the real 512 x 512 slice ``693_UNCI.dcm`` (or the 128 x 128
 ``CT_small.dcm``) repeated along z with fresh UIDs, so that the demo bone model has
-real anatomy to find; a radiograph is the real ``RG1_UNCI.dcm``.
+real anatomy to find; a radiograph keeps the real ``RG1_UNCI.dcm`` header around the
+demo models' own synthetic chest image with a mass, so that the classifier finds it.
 """
 
 from __future__ import annotations
 
 import copy
+import importlib.util
 import site
+import sys
 from pathlib import Path
+from types import ModuleType
 
+import numpy as np
 import pydicom
 from pydicom import Dataset
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
+
+from tests.conftest import REPO_ROOT
+
+MODELS = REPO_ROOT / "models"
 
 
 def pydicom_file(name: str) -> Path:
@@ -60,9 +69,30 @@ def ct_series(
     return paths
 
 
-def radiograph(folder: Path, template: str = "RG1_UNCI.dcm") -> Path:
-    """Write a CR radiograph as a new study; returns the file path."""
+def _demo_builder() -> ModuleType:
+    """``models/build_demo_models.py``, for its synthetic radiographs (no torch needed)."""
+    name = "build_demo_models"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, MODELS / f"{name}.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def radiograph(folder: Path, seed: int = 5, template: str = "RG1_UNCI.dcm") -> Path:
+    """Write a CR study: the real header of ``template`` around a synthetic chest
+    radiograph with a mass (what the demo classifier finds), as a new study."""
+    image, _ = _demo_builder().radiograph(
+        np.random.default_rng(seed), 512, 448, nodule=False, mass=True
+    )
+    pixels = np.clip(image, 0, 4095).astype(np.uint16)
     ds = pydicom.dcmread(pydicom_file(template))
+    ds.Rows, ds.Columns = pixels.shape
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.PixelData = pixels.tobytes()
     ds.StudyInstanceUID = generate_uid()
     ds.SeriesInstanceUID = generate_uid()
     ds.SOPInstanceUID = generate_uid()

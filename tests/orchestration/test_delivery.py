@@ -232,3 +232,29 @@ def test_each_recorded_outcome_renews_the_lease_of_the_rest_of_the_batch(
     assert other.id == second.id and other.state == WorkState.RUNNING
     assert other.lease_expires_at is not None
     assert other.lease_expires_at > utcnow() + timedelta(seconds=500)
+
+
+def test_reprocessed_result_requeues_its_delivery_instead_of_adding_one(
+    sessions: sessionmaker[Session], archive: Archive, tmp_path: Path
+) -> None:
+    (uid,) = queue_results(sessions, tmp_path, 1)
+    scanner = scanner_for(tmp_path, sessions, archive.port)
+    scanner.scan()
+    (first,) = deliveries(sessions)
+    assert first.state == WorkState.DONE
+    with sessions.begin() as session:  # the study re-opened: a new job made the same UID
+        job = Job(study_id=1, generation=1, route_name="r", model_name="m", state=WorkState.DONE)
+        session.add(job)
+        session.flush()
+        queue_deliveries(
+            session, job.id, [ResultObject(first.path, uid, first.sop_class_uid)], ["pacs"]
+        )
+    (again,) = deliveries(sessions)
+    assert (again.id, again.job_id, again.state, again.attempts) == (
+        first.id,
+        job.id,
+        WorkState.QUEUED,
+        0,
+    )
+    scanner.scan()
+    assert archive.receipts[uid] == 2  # sent again: the archive replaces it (same UID)
