@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -217,6 +218,8 @@ def main() -> None:
             False,
         ),
     ]
+    load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
+    print(f"load average {load} on {os.cpu_count()} CPUs: compare ratios, not times")
     print(f"warm_up() at process start: {first_warm_up * 1000:.0f} ms")
     print(f"{'what':52} {'median ms':>10} {'best ms':>9} {'median/baseline':>16}")
     baseline = None
