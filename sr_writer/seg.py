@@ -209,8 +209,11 @@ def _pixel_array(
         )
     else:
         # Indexing with a list copies into a C-contiguous array; viewing the bools
-        # as uint8 then costs nothing.
-        values = np.ascontiguousarray(prediction.masks[..., present]).view(np.uint8)
+        # as uint8 then costs nothing (masks of another dtype are thresholded first).
+        selected = prediction.masks[..., present]
+        if selected.dtype != np.bool_:
+            selected = selected != 0
+        values = np.ascontiguousarray(selected).view(np.uint8)
     if positions == list(range(frame_count)):
         return values  # type: ignore[return-value]
     full = np.zeros((frame_count, *values.shape[1:]), dtype=values.dtype)

@@ -368,3 +368,18 @@ def test_retried_job_gets_identical_uids_and_another_version_does_not(
     assert uids[0] == uids[1]
     assert not set(uids[0]) & set(uids[2])
     assert len({uid for pair in uids[0] for uid in pair}) == 4
+
+
+def test_integer_masks_are_written_as_binary(
+    model: ModelIdentity, lesion: Label, ct_series: list[Dataset], masks: np.ndarray, tmp_path: Path
+) -> None:
+    labelled = masks[..., :1].astype(np.int64) * 7  # a model giving label values, not bools
+    prediction = _prediction(model, ct_series, (lesion,), labelled)  # type: ignore[arg-type]
+
+    _, seg = build_results(prediction, ct_series)
+
+    read = hd.seg.segread(saved(seg, tmp_path, "seg"))
+    pixels = read.get_pixels_by_source_instance(
+        [str(ds.SOPInstanceUID) for ds in ct_series], combine_segments=False
+    )
+    np.testing.assert_array_equal(pixels, masks[..., :1].astype(pixels.dtype))
