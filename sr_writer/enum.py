@@ -25,7 +25,11 @@ class SegmentationKindValues(Enum):
 
 
 class ObjectKind(Enum):
-    """The kinds of result object; each gets its own deterministic series."""
+    """The kinds of result object; each gets its own deterministic series.
+
+    The values are hashed into the derived UIDs: changing one would make the next
+    run of a job add objects beside the archived ones instead of replacing them.
+    """
 
     SR = "SR"
     SEG = "SEG"
