@@ -84,6 +84,9 @@ def test_seg_from_single_frame_series_is_valid_and_reads_back(
         [str(ds.SOPInstanceUID) for ds in ct_series], combine_segments=False
     )
     np.testing.assert_array_equal(pixels.astype(bool), masks)
+    assert sorted(read.get_source_image_uids()) == sorted(
+        (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID) for ds in ct_series
+    )
     assert read.SeriesDescription == (
         "AI segmentation - demo-ct-lesion 1.2.0 - not for clinical use"
     )
