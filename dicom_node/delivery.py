@@ -126,7 +126,14 @@ class DeliveryScanner:
     def send_batch(self, peer_name: str, batch: list[ClaimedDelivery]) -> tuple[int, bool]:
         """Send one claimed batch over one association and record every outcome.
 
-        Returns (objects stored, whether the peer was reachable).
+        Returns (objects stored, whether the peer was reachable). Network failures are
+        outcomes recorded on the rows, not exceptions.
+
+        Raises
+        ------
+        sqlalchemy.exc.SQLAlchemyError
+            When the database fails while recording; unrecorded objects stay RUNNING
+            and are requeued when their lease expires.
         """
         try:
             peer = self.config.peer(peer_name)
@@ -239,7 +246,13 @@ class DeliveryScanner:
         )
 
     def expire_commitments(self) -> int:
-        """Re-queue deliveries whose commitment report did not come in time; how many."""
+        """Re-queue deliveries whose commitment report did not come in time; how many.
+
+        Raises
+        ------
+        sqlalchemy.exc.SQLAlchemyError
+            When the database fails.
+        """
         with self.sessions() as session:
             stale = session.execute(
                 select(Delivery.commitment_transaction_uid, func.count())

@@ -52,6 +52,10 @@ def queue_deliveries(
     """Add (or re-queue) one delivery per (object, peer) in the caller's transaction.
 
     Returns the number of rows written.
+    Raises
+    ------
+    sqlalchemy.exc.SQLAlchemyError
+        When the database fails.
     """
     if not objects or not peers:
         return 0
@@ -98,7 +102,12 @@ def queue_deliveries(
 
 
 def due_peers(sessions: sessionmaker[Session]) -> list[str]:
-    """Peers with at least one queued delivery due now."""
+    """Peers with at least one queued delivery due now.
+    Raises
+    ------
+    sqlalchemy.exc.SQLAlchemyError
+        When the database fails.
+    """
     with sessions() as session:
         return list(
             session.scalars(
@@ -182,7 +191,12 @@ def record_outcome(
     commitment_uid: str | None = None,
 ) -> bool:
     """Record one send in the caller's transaction; False when the row is not ours anymore
-    (re-queued by a newer job, or reclaimed after our lease expired)."""
+    (re-queued by a newer job, or reclaimed after our lease expired).
+    Raises
+    ------
+    sqlalchemy.exc.SQLAlchemyError
+        When the database fails.
+    """
     values: dict[str, object] = {
         "state": state,
         "last_status": status,
@@ -200,7 +214,12 @@ def record_outcome(
 
 def renew_leases(session: Session, worker_id: str, lease_seconds: float) -> int:
     """Extend the lease of every delivery ``worker_id`` still sends, in the caller's
-    transaction; returns how many."""
+    transaction; returns how many.
+    Raises
+    ------
+    sqlalchemy.exc.SQLAlchemyError
+        When the database fails.
+    """
     result = session.execute(
         update(Delivery)
         .where(Delivery.worker_id == worker_id, Delivery.state == WorkState.RUNNING)

@@ -137,6 +137,10 @@ def end_job(
 
     The caller adds the job's deliveries in the same transaction when ``state`` is DONE,
     so that results are recorded exactly when the job is.
+    Raises
+    ------
+    sqlalchemy.exc.SQLAlchemyError
+        When the database fails.
     """
     values: dict[str, object] = {
         "state": state,

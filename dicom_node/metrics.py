@@ -115,7 +115,13 @@ class MetricsServer:
 
     @property
     def port(self) -> int:
-        """The bound port (the configured one, or the one the OS chose for port 0)."""
+        """The bound port.
+
+        Raises
+        ------
+        RuntimeError
+            When the server is not running.
+        """
         if self._server is None:
             raise RuntimeError("metrics server is not running")
         return int(self._server.server_port)

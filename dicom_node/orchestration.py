@@ -54,6 +54,13 @@ class WorkerPool:
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
+        """Requeue what a dead process left running, then start the worker threads.
+
+        Raises
+        ------
+        sqlalchemy.exc.SQLAlchemyError
+            When the database cannot be reached: the node does not start half-way.
+        """
         sessions = self.service.sessions
         jobs = reclaim_abandoned(sessions)
         deliveries = reclaim_abandoned_deliveries(sessions)
@@ -86,6 +93,7 @@ class WorkerPool:
                 logger.error("model cannot load", extra={"model": name, "error": exc})
 
     def stop(self) -> None:
+        """Let running jobs finish for a grace period, then release the models."""
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout=WORKER_STOP_GRACE_SECONDS)
@@ -113,6 +121,13 @@ class CommitmentReports:
         )
 
     def start(self) -> None:
+        """Route N-EVENT-REPORTs on the running listener to the handler.
+
+        Raises
+        ------
+        RuntimeError
+            When the listener has not been started first (a wiring error).
+        """
         listener = self.service.listener
         if listener is None or listener.server is None:
             raise RuntimeError("the listener must start before storage commitment reports")

@@ -42,6 +42,7 @@ class Outbox:
         self.root = Path(storage_dir) / "outbox"
 
     def job_dir(self, job_id: int) -> Path:
+        """The folder of one job's results."""
         return self.root / str(job_id)
 
     def write(self, job_id: int, datasets: Sequence[Dataset]) -> list[OutboxFile]:

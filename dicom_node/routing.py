@@ -112,7 +112,12 @@ def plan_routing(
 
 
 def study_facts(session: Session, study: Study) -> dict[str, Facts]:
-    """Facts per series UID, from the rows only (see `dicom_node.route_match`)."""
+    """Facts per series UID, from the rows only (see `dicom_node.route_match`).
+    Raises
+    ------
+    sqlalchemy.exc.SQLAlchemyError
+        When the database fails.
+    """
     study_level = {
         "StudyInstanceUID": study.study_instance_uid,
         "PatientID": study.patient_id,
@@ -160,6 +165,10 @@ def route_study(session: Session, config: NodeConfig, study_id: int, generation:
 
     Returns False (and changes nothing) when the study is no longer COMPLETE at this
     generation: another scheduler routed it, or the listener re-opened it.
+    Raises
+    ------
+    sqlalchemy.exc.SQLAlchemyError
+        When the database fails.
     """
     claimed = session.execute(
         update(Study)

@@ -55,6 +55,7 @@ def describe(config: NodeConfig, entry: ModelConfig) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Print each model's identity, backend and device; 1 when any cannot start."""
     try:
         config = load_config(args.config)
     except ConfigError as exc:

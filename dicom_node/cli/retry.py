@@ -32,6 +32,7 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Requeue and print what was requeued; 1 when the job does not exist or is active."""
     try:
         config = load_config(args.config)
     except ConfigError as exc:
