@@ -26,6 +26,7 @@ from inference.spec import ModelSpec
 logger = logging.getLogger(__name__)
 
 Array = npt.NDArray[np.float32]
+DEFAULT_LOOKAHEAD = 32  # instances decoded ahead of the model
 
 
 @dataclass(frozen=True)
@@ -74,27 +75,41 @@ def _prepare_instance(
 
 
 def iter_prepared(
-    datasets: Sequence[Dataset], stacks: Sequence[Stack], spec: ModelSpec, pool: Executor
+    datasets: Sequence[Dataset],
+    stacks: Sequence[Stack],
+    spec: ModelSpec,
+    pool: Executor,
+    lookahead: int = DEFAULT_LOOKAHEAD,
 ) -> Iterator[PreparedFrame | FrameFailure]:
     """Yield every frame of the stacks, in stack order, prepared for a 2D model.
 
-    Every instance is submitted to the pool at once, in the order of first use, so
-    decoding runs ahead of the consumer.
+    Instances are submitted to the pool in the order of first use, up to
+    ``lookahead`` instances ahead of the consumer: decoding runs ahead of the model,
+    and memory stays bounded however long the series.
     """
-    by_instance: dict[int, list[SourceFrame]] = {}
+    frames_of: dict[int, list[SourceFrame]] = {}
     for stack in stacks:
         for frame in stack.frames:
-            by_instance.setdefault(frame.dataset_index, []).append(frame)
-    futures: dict[int, Future[list[PreparedFrame | FrameFailure]]] = {
-        index: pool.submit(_prepare_instance, datasets[index], frames, spec)
-        for index, frames in by_instance.items()
-    }
+            frames_of.setdefault(frame.dataset_index, []).append(frame)
+    order = list(frames_of)
+    position = {index: i for i, index in enumerate(order)}
+    futures: dict[int, Future[list[PreparedFrame | FrameFailure]]] = {}
+    submitted = 0
+
+    def submit_until(limit: int) -> None:
+        nonlocal submitted
+        while submitted < min(limit, len(order)):
+            index = order[submitted]
+            futures[index] = pool.submit(_prepare_instance, datasets[index], frames_of[index], spec)
+            submitted += 1
+
     results: dict[tuple[int, int], PreparedFrame | FrameFailure] = {}
     for stack in stacks:
         for frame in stack.frames:
             key = (frame.dataset_index, frame.frame_index)
             if key not in results:
-                for item in futures[frame.dataset_index].result():
+                submit_until(position[frame.dataset_index] + 1 + lookahead)
+                for item in futures.pop(frame.dataset_index).result():
                     results[(item.frame.dataset_index, item.frame.frame_index)] = item
             yield results.pop(key)
 
