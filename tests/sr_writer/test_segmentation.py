@@ -386,3 +386,20 @@ def test_integer_masks_are_written_as_binary(
         [str(ds.SOPInstanceUID) for ds in ct_series], combine_segments=False
     )
     np.testing.assert_array_equal(pixels, masks[..., :1].astype(pixels.dtype))
+
+
+def test_source_highdicom_rejects_still_gets_an_sr_saying_why(
+    model: ModelIdentity, lesion: Label, dciodvfy: Validator, tmp_path: Path
+) -> None:
+    source = load("emri_small.dcm")  # enhanced MR without functional groups
+    masks = np.zeros((10, 64, 64, 1), dtype=bool)
+    masks[4, 10:30, 20:40, 0] = True
+
+    results = build_results(_prediction(model, [source], (lesion,), masks), [source])
+
+    assert [ds.Modality for ds in results] == ["SR"]
+    assert results[0].CompletionFlagDescription.startswith("SEG not written: highdicom rejects")
+    dciodvfy(results[0], "sr")
+    (group,) = read_report(results[0], tmp_path).get_planar_roi_measurement_groups()
+    assert region_reference(group) == (str(source.SOPInstanceUID), [5])
+    assert value_of(group, codes.SCT.Volume) == pytest.approx(400 * 0.25 * 2.5)
