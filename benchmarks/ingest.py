@@ -14,6 +14,7 @@ Run:  python benchmarks/ingest.py [--slices 200] [--rounds 3]
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -192,7 +193,23 @@ def memory_under_load(runner: NodeRunner, files: list[Path]) -> tuple[float, flo
         peak = node.peak_rss_mb()
     finally:
         stop_process(node.process)
+    stored = len(list((node.root / "spool" / "instances").rglob("*.dcm")))
+    if stored != len(files):
+        raise RuntimeError(f"the node stored {stored} of {len(files)} large instances")
     return before, peak, sum(f.stat().st_size for f in files) / 1e6
+
+
+def fsync_latency_ms(folder: Path, count: int = 50, size: int = 512 * 1024) -> float:
+    """Mean time to write and fsync a ``size`` file here: the floor of a durable store."""
+    folder.mkdir(parents=True, exist_ok=True)
+    data = os.urandom(size)
+    start = time.perf_counter()
+    for index in range(count):
+        with (folder / f"{index}.bin").open("wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+    return (time.perf_counter() - start) / count * 1000
 
 
 def table(title: str, times: dict[str, list[float]], count: int, megabytes: float) -> None:
@@ -233,6 +250,11 @@ def main() -> int:
                 [study_id] = pacs.study_ids()
                 by_orthanc = orthanc_rounds(pacs, study_id, runner, "storescp", args.rounds)
             by_storescu = storescu_rounds(files, scp.port, runner, args.rounds)
+        print(
+            f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; "
+            f"write+fsync of 512 KB here: {fsync_latency_ms(work / 'fsync'):.1f} ms "
+            "(the node does 3 fsyncs per instance: file, folder, SQLite WAL)"
+        )
         table("Orthanc sends", by_orthanc, len(files), megabytes)
         table("DCMTK storescu sends", by_storescu, len(files), megabytes)
         large = write_large(work / "large", args.associations, args.frames)
