@@ -37,7 +37,6 @@ THRESHOLD = codes.DCM.ThresholdValue
 SCORE = codes.SCT.Score
 AREA = codes.SCT.Area
 VOLUME = codes.SCT.Volume
-NO_UNITS = codes.UCUM.NoUnits
 SQUARE_MM = codes.UCUM.SquareMillimeter
 CUBIC_MM = codes.UCUM.CubicMillimeter
 PRESENT = codes.SCT.Present
@@ -99,7 +98,7 @@ def manufacturer(model: ModelIdentity, options: ResultOptions) -> str:
 
 
 def algorithm(model: ModelIdentity) -> AlgorithmIdentification:
-    """The model as TID 4019 algorithm identification, attached to measurements."""
+    """The model as TID 4019 algorithm identification, named on each measurement group."""
     return AlgorithmIdentification(name=model.name, version=model.version)
 
 

@@ -30,8 +30,11 @@ class SourceFrame:
 
     @property
     def is_multi_frame(self) -> bool:
-        """Whether the instance holds several frames (references then name the frame)."""
-        return "NumberOfFrames" in self.dataset
+        """Whether the instance holds several frames (references then name the frame).
+
+        An instance of a multi-frame class holding one frame counts as single-frame.
+        """
+        return int(self.dataset.get("NumberOfFrames", 1) or 1) > 1
 
     @property
     def sop_instance_uid(self) -> str:
