@@ -267,3 +267,26 @@ def test_overlay_burns_its_caption_in_when_the_image_is_big_enough(
     assert [o.BurnedInAnnotation for o in overlays] == ["YES", "NO"]
     corner = overlays[0].pixel_array[:60, :200].astype(int)
     assert (corner >= 230).all(axis=-1).sum() > 100  # white caption text
+
+
+def test_parametric_map_on_a_frame_of_a_multi_frame_source(
+    model: ModelIdentity, lesion: Label, dciodvfy: Validator, tmp_path: Path
+) -> None:
+    source = load("eCT_Supplemental.dcm")  # enhanced CT, 2 frames, functional groups
+    heatmap = _heatmap(lesion, source, frame_number=2)
+
+    sr, overlay, parametric_map = build_results(
+        _classification(model, [source], [(lesion, 0.9)], (heatmap,)), [source], parametric_map=True
+    )
+
+    dciodvfy(parametric_map, "pm")
+    assert sr.CompletionFlag == "COMPLETE"
+    read = hd.imread(saved(parametric_map, tmp_path, "pm"))
+    np.testing.assert_allclose(read.pixel_array, heatmap.values)
+    frame_two = source.PerFrameFunctionalGroupsSequence[1].PlanePositionSequence[0]
+    written = read.PerFrameFunctionalGroupsSequence[0].PlanePositionSequence[0]
+    np.testing.assert_allclose(
+        [float(v) for v in written.ImagePositionPatient],
+        [float(v) for v in frame_two.ImagePositionPatient],
+    )
+    assert overlay.SourceImageSequence[0].ReferencedFrameNumber == 2
