@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.config import NodeConfig, parse_config
 from dicom_node.db import create_db_engine, session_factory
-from dicom_node.schema import Instance, Series, Study, StudyState, utcnow
+from dicom_node.schema import Base, Instance, Series, Study, StudyState, utcnow
 
 POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
@@ -46,9 +46,9 @@ def drop_postgres_database(url: str, admin: Engine) -> None:
     admin.dispose()
 
 
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """A fresh PostgreSQL database on 127.0.0.1:5432, dropped after the test."""
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    """A uniquely named PostgreSQL database for this test run, dropped at the end."""
     if not postgres_available():
         pytest.skip("no PostgreSQL server on 127.0.0.1:5432")
     url, admin = create_postgres_database()
@@ -56,6 +56,19 @@ def postgres_url() -> Iterator[str]:
         yield url
     finally:
         drop_postgres_database(url, admin)
+
+
+@pytest.fixture
+def postgres_url(postgres_database: str) -> str:
+    """The run's PostgreSQL database with the node's tables empty (ids restart at 1)."""
+    engine = create_db_engine(postgres_database)
+    try:
+        with engine.begin() as connection:
+            tables = ", ".join(table.name for table in Base.metadata.sorted_tables)
+            connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    finally:
+        engine.dispose()
+    return postgres_database
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

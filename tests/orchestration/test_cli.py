@@ -53,6 +53,7 @@ def test_check_config_names_a_broken_model_package(
     assert "models[0].path: " in err and str(broken) in err
 
 
+@pytest.mark.slow  # starts a real model
 def test_models_lists_version_task_backend_and_device(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
