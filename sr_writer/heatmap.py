@@ -91,6 +91,7 @@ def build_overlay(
     _check_shape(heatmap, frame)
     study = sources.study_instance_uid
     rgb = fuse(_display_gray(frame), heatmap.values)
+    orientation = _patient_orientation(frame)
     burned = burn_in(rgb, _caption(heatmap, model))
     image = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=frame.dataset,
@@ -114,7 +115,8 @@ def build_overlay(
         instance_number=instance_number,
         manufacturer=ascii_text(manufacturer(model, options)),
         pixel_spacing=frame.pixel_spacing(),  # type: ignore[arg-type]  # annotated int, takes mm
-        patient_orientation=_patient_orientation(frame),
+        # highdicom takes one letter per direction; the full value is set below.
+        patient_orientation=(orientation[0][:1], orientation[1][:1]) if orientation else ("L", "F"),
         series_description=series_description(model, "overlay"),
         specific_character_set=character_set(frame.dataset),
         institution_name=options.institution_name,
@@ -126,6 +128,8 @@ def build_overlay(
         f"{model.version}, fused over the source image"
     )[:10240]
     image.BurnedInAnnotation = "YES" if burned else "NO"
+    # Oblique letters as they are; empty (Type 2: unknown) rather than a guess.
+    image.PatientOrientation = list(orientation) if orientation else []
     copy_laterality(image, frame.dataset)
     image.SourceImageSequence = [_source_reference(frame)]
     copy_deidentification(image, frame.dataset)
@@ -359,17 +363,19 @@ def _first(value: object) -> float:
     return float(value[0] if isinstance(value, MultiValue) else value)  # type: ignore[arg-type]
 
 
-def _patient_orientation(frame: SourceFrame) -> tuple[str, str]:
-    """Patient Orientation letters for rows and columns, from the orientation cosines."""
+def _patient_orientation(frame: SourceFrame) -> tuple[str, str] | None:
+    """Patient Orientation for rows and columns: from the cosines, else as stated.
+
+    Oblique directions get several letters, most significant first ("LP").
+    ``None`` where the source says nothing about orientation.
+    """
     cosines = frame.image_orientation()
-    if cosines is None:
-        stated = frame.dataset.get("PatientOrientation")
-        if stated is not None and len(stated) == 2:
-            return str(stated[0]), str(stated[1])
-        # An image without any orientation is read as displayed: rows run to the
-        # patient's left, columns to the feet, the usual axial convention.
-        return "L", "F"
-    return _letters(cosines[:3]), _letters(cosines[3:])
+    if cosines is not None:
+        return _letters(cosines[:3]), _letters(cosines[3:])
+    stated = frame.dataset.get("PatientOrientation")
+    if stated is not None and len(stated) == 2:
+        return str(stated[0]), str(stated[1])
+    return None
 
 
 def _letters(vector: tuple[float, ...]) -> str:

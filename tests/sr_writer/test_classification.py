@@ -290,3 +290,31 @@ def test_parametric_map_on_a_frame_of_a_multi_frame_source(
         [float(v) for v in frame_two.ImagePositionPatient],
     )
     assert overlay.SourceImageSequence[0].ReferencedFrameNumber == 2
+
+
+@pytest.mark.parametrize(
+    ("cosines", "expected"),
+    [
+        ([0.866025, 0.5, 0.0, -0.5, 0.866025, 0.0], ["LP", "PR"]),  # axial, rotated 30 degrees
+        (None, []),  # no orientation at all: unknown, not guessed
+    ],
+)
+def test_overlay_patient_orientation(
+    cosines: list[float] | None,
+    expected: list[str] | str,
+    model: ModelIdentity,
+    lesion: Label,
+    dciodvfy: Validator,
+) -> None:
+    source = load("CT_small.dcm")
+    if cosines is None:
+        del source.ImageOrientationPatient
+    else:
+        source.ImageOrientationPatient = cosines
+
+    _, overlay = build_results(
+        _classification(model, [source], [(lesion, 0.9)], (_heatmap(lesion, source),)), [source]
+    )
+
+    assert overlay.PatientOrientation == expected
+    dciodvfy(overlay, "overlay")
