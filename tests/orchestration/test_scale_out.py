@@ -1,4 +1,4 @@
-"""Scale-out on PostgreSQL: three ``serve --role worker`` processes drain one queue.
+"""Scale-out on PostgreSQL: separate listener and worker processes, several workers.
 
 50 complete studies are routed into 50 jobs in a fresh database; three worker
 processes claim them with ``SELECT ... FOR UPDATE SKIP LOCKED`` and deliver the
@@ -21,10 +21,13 @@ from dicom_node.config import parse_config
 from dicom_node.db import create_db_engine, session_factory
 from dicom_node.routing import route_complete_studies
 from dicom_node.schema import Delivery, Job, WorkState
+from tests.conftest import get_free_port
 from tests.orchestration.archive import run_archive
 from tests.orchestration.conftest import add_study
 from tests.orchestration.node import MODELS, node_document, run_node, wait_until, write_config
+from tests.orchestration.pacs import series_by_modality
 from tests.orchestration.studies import ct_series
+from tests.peers import have_orthanc, run_orthanc
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -95,3 +98,30 @@ def test_three_worker_processes_run_each_of_50_jobs_exactly_once(
     assert sum(1 for n in per_process if n) >= 2, per_process  # the work was shared
     assert sorted(receipts) == sorted(d.sop_instance_uid for d in deliveries)
     assert set(receipts.values()) == {1}, receipts
+
+
+@pytest.mark.skipif(not have_orthanc(), reason="Orthanc is not installed")
+def test_listener_and_worker_processes_share_database_and_spool(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    port = get_free_port()
+    with run_orthanc(tmp_path, modalities={"node": ("AINODE", "127.0.0.1", port)}) as pacs:
+        document = node_document(tmp_path, pacs=pacs, port=port, database_url=postgres_url)
+        listener_config = write_config(tmp_path / "listener.toml", document)
+        worker_config = write_config(tmp_path / "worker.toml", document)
+        files = ct_series(tmp_path / "ct", 3)
+        study_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+        with (
+            run_node(listener_config, role="listener", port=port) as listener,
+            run_node(worker_config, role="worker") as worker,
+        ):
+            pacs.store("node", pacs.upload(files))
+            wait_until(
+                lambda: "SR" in series_by_modality(pacs, study_uid),
+                120,
+                lambda: f"listener:\n{listener.log_text()}\nworker:\n{worker.log_text()}",
+            )
+            listener_log, worker_log = listener.log_text(), worker.log_text()
+    assert "study routed" in listener_log and "job started" not in listener_log
+    assert "job done" in worker_log and "result delivered" in worker_log
+    assert "study routed" not in worker_log and "listening" not in worker_log
