@@ -137,6 +137,15 @@ class StoreHandler:
         return SUCCESS
 
 
+def log_rejected(event: Event) -> None:
+    """Tell the administrator who was turned away (pynetdicom logs it only at DEBUG)."""
+    requestor = event.assoc.requestor
+    logger.warning(
+        "association rejected: calling AE title not allowed",
+        extra={"calling_aet": requestor.ae_title, "client": requestor.address},
+    )
+
+
 _QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
 
 
@@ -315,7 +324,7 @@ class Listener:
         server = self.ae.make_server(
             (node.host, node.port),
             ssl_context=ssl_context,
-            evt_handlers=[(evt.EVT_C_STORE, self.handler)],
+            evt_handlers=[(evt.EVT_C_STORE, self.handler), (evt.EVT_REJECTED, log_rejected)],
             server_class=ListenerServer,
             request_handler=ListenerRequestHandler,
         )

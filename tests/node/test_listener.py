@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from dicom_node.completion import CompletionScanner
 from dicom_node.schema import Instance, Series, Study, StudyState
 from dicom_node.scu import AssociationError, LocalAE, echo, send_files
-from tests.node.conftest import SENDER, RunningNode, rows, scalar, write_series
+from tests.node.conftest import SENDER, RunningNode, rows, scalar, wait_for, write_series
 
 StartNode = Callable[..., RunningNode]
 
@@ -58,11 +58,20 @@ def test_store_writes_raw_bytes_and_indexes_them(start_node: StartNode) -> None:
     assert list(node.config.node.storage_dir.joinpath("incoming").iterdir()) == []
 
 
-def test_calling_ae_not_allowed_is_rejected(start_node: StartNode) -> None:
+def test_calling_ae_not_allowed_is_rejected(
+    start_node: StartNode, caplog: pytest.LogCaptureFixture
+) -> None:
     node = start_node()
     # The node answers A-ASSOCIATE-RJ and closes; a busy requestor may see the close first.
     with pytest.raises(AssociationError, match=r"rejected|aborted"):
         echo(LocalAE(ae_title="INTRUDER", timeout=5), node.peer)
+    assert wait_for(
+        lambda: any(
+            r.message.startswith("association rejected") and r.calling_aet == "INTRUDER"
+            for r in caplog.records
+        ),
+        timeout=5,
+    )
 
 
 def test_client_address_not_allowed_is_refused(start_node: StartNode) -> None:
