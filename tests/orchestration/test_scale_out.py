@@ -9,6 +9,7 @@ started" line in all the logs together) and every result must arrive exactly onc
 from __future__ import annotations
 
 import re
+import urllib.request
 from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
@@ -100,15 +101,26 @@ def test_three_worker_processes_run_each_of_50_jobs_exactly_once(
     assert set(receipts.values()) == {1}, receipts
 
 
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        return str(response.read().decode())
+
+
 @pytest.mark.skipif(not have_orthanc(), reason="Orthanc is not installed")
 def test_listener_and_worker_processes_share_database_and_spool(
     postgres_url: str, tmp_path: Path
 ) -> None:
-    port = get_free_port()
+    port, listener_metrics, worker_metrics = get_free_port(), get_free_port(), get_free_port()
     with run_orthanc(tmp_path, modalities={"node": ("AINODE", "127.0.0.1", port)}) as pacs:
         document = node_document(tmp_path, pacs=pacs, port=port, database_url=postgres_url)
-        listener_config = write_config(tmp_path / "listener.toml", document)
-        worker_config = write_config(tmp_path / "worker.toml", document)
+        listener_config = write_config(
+            tmp_path / "listener.toml",
+            {**document, "metrics": {"enabled": True, "port": listener_metrics}},
+        )
+        worker_config = write_config(
+            tmp_path / "worker.toml",
+            {**document, "metrics": {"enabled": True, "port": worker_metrics}},
+        )
         files = ct_series(tmp_path / "ct", 3)
         study_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
         with (
@@ -121,7 +133,17 @@ def test_listener_and_worker_processes_share_database_and_spool(
                 120,
                 lambda: f"listener:\n{listener.log_text()}\nworker:\n{worker.log_text()}",
             )
+            wait_until(lambda: "result delivered" in worker.log_text(), 30, worker.log_text)
             listener_log, worker_log = listener.log_text(), worker.log_text()
+            on_listener, on_worker = scrape(listener_metrics), scrape(worker_metrics)
     assert "study routed" in listener_log and "job started" not in listener_log
     assert "job done" in worker_log and "result delivered" in worker_log
-    assert "study routed" not in worker_log and "listening" not in worker_log
+    assert "study routed" not in worker_log and "dicom_node.scp listening" not in worker_log
+    # Counters count what each process did; queue gauges are read from the shared database.
+    assert "dicom_node_instances_received_total 3.0" in on_listener
+    assert "dicom_node_studies_completed_total 1.0" in on_listener
+    assert 'dicom_node_inference_seconds_count{model="demo-ct-bone"} 1.0' in on_worker
+    assert 'dicom_node_deliveries_sent_total{peer="pacs"}' in on_worker
+    for text in (on_listener, on_worker):
+        assert 'dicom_node_jobs{model="demo-ct-bone",state="done"} 1.0' in text
+        assert "dicom_node_queue_depth 0.0" in text
