@@ -41,11 +41,16 @@ _PEER_SPEC = re.compile(r"^(?P<aet>[^@]{1,16})@(?P<host>[^:]+|\[[0-9a-fA-F:]+\])
 
 
 class AssociationError(DicomNodeError):
-    """No association with ``peer``: refused, rejected, aborted or timed out."""
+    """No association with ``peer``: refused, rejected, aborted or timed out.
 
-    def __init__(self, peer: PeerConfig, reason: str) -> None:
+    ``no_context`` is True when the peer accepted none of the proposed presentation
+    contexts: it does not support those SOP classes (or transfer syntaxes) at all.
+    """
+
+    def __init__(self, peer: PeerConfig, reason: str, no_context: bool = False) -> None:
         self.peer = peer
         self.reason = reason
+        self.no_context = no_context
         super().__init__(
             f"no association with {peer.name} ({peer.ae_title}@{peer.host}:{peer.port}): {reason}"
         )
@@ -152,7 +157,9 @@ def open_association(
         if assoc.is_rejected:
             reason = "rejected"
         elif assoc.is_aborted and assoc.rejected_contexts and not assoc.accepted_contexts:
-            reason = "the peer accepted none of the proposed SOP classes and transfer syntaxes"
+            raise AssociationError(
+                peer, "the peer accepted none of the proposed presentation contexts", True
+            )
         elif assoc.is_aborted:
             reason = "aborted"
         else:
@@ -237,6 +244,10 @@ def _batches(planned: list[_Planned]) -> Iterator[list[_Planned]]:
         yield batch
 
 
+def _no_context(item: _Planned) -> str:
+    return f"peer accepted no context for {item.sop_class} in {item.transfer_syntax}"
+
+
 def _send_one(assoc: Association, item: _Planned, message_id: int) -> FileStatus:
     accepted = {
         (str(cx.abstract_syntax), str(ts))
@@ -253,12 +264,7 @@ def _send_one(assoc: Association, item: _Planned, message_id: int) -> FileStatus
             dataset.decompress()
         response = assoc.send_c_store(dataset, msg_id=message_id)
     else:
-        return FileStatus(
-            item.path,
-            item.sop_instance,
-            None,
-            f"peer accepted no context for {sop_class} in {item.transfer_syntax}",
-        )
+        return FileStatus(item.path, item.sop_instance, None, _no_context(item))
     if "Status" not in response:
         return FileStatus(item.path, item.sop_instance, None, "no C-STORE response")
     return FileStatus(item.path, item.sop_instance, int(response.Status))
@@ -290,7 +296,8 @@ def _send_batch(
     except AssociationError as exc:
         for item in batch:
             if item.path not in done:
-                once(FileStatus(item.path, item.sop_instance, None, exc.reason))
+                reason = _no_context(item) if exc.no_context else exc.reason
+                once(FileStatus(item.path, item.sop_instance, None, reason))
 
 
 def send_files(

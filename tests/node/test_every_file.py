@@ -93,7 +93,7 @@ def test_every_bundled_file(spawn_node: Callable[..., NodeProcess]) -> None:
             warnings.simplefilter("ignore")  # pydicom on the odd files, sender side
             [result] = send_files(SENDER, node.peer, [path])
         if result.status is None:
-            if not (supported(path) is False and "accepted none" in result.reason):
+            if supported(path) or not result.reason.startswith("peer accepted no context"):
                 unanswered.append(f"{path.name}: {result.reason}")
             continue  # else refused at association: not a storage SOP class we know
         if not well_formed(path):

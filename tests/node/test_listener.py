@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 from pydicom.data import get_charset_files, get_testdata_file
-from pydicom.uid import HTJ2KLossless, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, HTJ2KLossless, generate_uid
 from pynetdicom.dsutils import split_dataset
 from sqlalchemy import func, select
 
@@ -187,7 +187,7 @@ def test_private_sop_class_only_when_configured(start_node: StartNode, tmp_path:
     plain = start_node()
     [refused] = send_files(SENDER, plain.peer, [path])
     assert refused.status is None
-    assert "accepted none of the proposed SOP classes" in refused.reason
+    assert refused.reason == f"peer accepted no context for {private} in {ExplicitVRLittleEndian}"
     configured = start_node(node={"private_sop_classes": [private]})
     [stored] = send_files(SENDER, configured.peer, [path])
     assert stored.status == 0
