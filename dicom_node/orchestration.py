@@ -26,7 +26,7 @@ from dicom_node.jobs import reclaim_abandoned
 from dicom_node.metrics import MetricsServer
 from dicom_node.model_cache import ModelCache
 from dicom_node.retention import apply_retention
-from dicom_node.routing import route_complete_studies
+from dicom_node.routing import route_complete_studies, unmatchable_conditions
 from dicom_node.worker import Worker
 from sr_writer import warm_up
 
@@ -139,6 +139,8 @@ class CommitmentReports:
 
 def add_routing(service: Service) -> None:
     """Route complete studies into jobs, as often as completion scans."""
+    for key, message in unmatchable_conditions(service.config):
+        logger.warning("route condition never holds", extra={"key": key, "reason": message})
     job = functools.partial(route_complete_studies, service.sessions, service.config)
     service.add_job(job, service.config.completion.scan_interval_seconds, "routing")
 

@@ -24,6 +24,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.config import NodeConfig, RouteConfig
+from dicom_node.headers import SERIES_KEYWORDS, STUDY_KEYWORDS
 from dicom_node.metrics import STUDIES_COMPLETED
 from dicom_node.route_match import Facts, route_matches, split_values
 from dicom_node.schema import Instance, Job, Series, Study, StudyState, WorkState, utcnow
@@ -109,6 +110,45 @@ def plan_routing(
         for p in plans.values()
     )
     return RoutingPlan(list(plans.values()), f"jobs: {summary}")
+
+
+# Keywords study_facts fills from the rows, besides what the listener keeps in headers.
+ROW_KEYWORDS = frozenset(
+    {
+        "StudyInstanceUID",
+        "PatientID",
+        "PatientName",
+        "AccessionNumber",
+        "StudyDate",
+        "StudyDescription",
+        "SeriesInstanceUID",
+        "Modality",
+        "SeriesNumber",
+        "SeriesDescription",
+        "BodyPartExamined",
+        "SOPClassUID",
+        "CallingAETitle",
+    }
+)
+MATCHABLE_KEYWORDS = ROW_KEYWORDS | set(STUDY_KEYWORDS) | set(SERIES_KEYWORDS)
+
+
+def unmatchable_conditions(config: NodeConfig) -> list[tuple[str, str]]:
+    """``(key path, message)`` for each ``match`` keyword the index does not keep.
+
+    Such a condition can never hold (routing never re-reads files), so the route
+    never matches: worth a warning at start-up and in ``check-config``.
+    """
+    return [
+        (
+            f"routes[{index}].match.{keyword}",
+            "not kept by the listener's index, so this route never matches "
+            f"(matchable: {', '.join(sorted(MATCHABLE_KEYWORDS))})",
+        )
+        for index, route in enumerate(config.routes)
+        for keyword in route.match
+        if keyword not in MATCHABLE_KEYWORDS
+    ]
 
 
 def study_facts(session: Session, study: Study) -> dict[str, Facts]:

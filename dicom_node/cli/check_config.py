@@ -8,6 +8,7 @@ from typing import Any
 
 from dicom_node.config import load_config
 from dicom_node.errors import ConfigError
+from dicom_node.routing import unmatchable_conditions
 from inference import ModelPackageError, validate_package
 
 
@@ -40,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
             problems.append((f"models[{index}].path", str(exc)))
     if problems:
         return _report(args.config, problems)
+    for key, message in unmatchable_conditions(config):
+        print(f"warning: {key}: {message}", file=sys.stderr)
     print(
         f"{args.config}: OK ({len(config.peers)} peers, {len(config.models)} models, "
         f"{len(config.routes)} routes)"

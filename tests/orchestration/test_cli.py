@@ -41,6 +41,18 @@ def write(tmp_path: Path, models: list[dict[str, object]]) -> Path:
     return config
 
 
+def test_check_config_warns_about_a_condition_that_never_holds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write(tmp_path, [{"name": "ct", "path": str(MODELS / "demo-ct-bone")}])
+    text = config.read_text().replace(
+        'match = { Modality = "CT" }', "match = { PatientWeight = 80 }"
+    )
+    config.write_text(text)
+    assert main(["check-config", "-c", str(config)]) == 0
+    assert "warning: routes[0].match.PatientWeight: not kept" in capsys.readouterr().err
+
+
 def test_check_config_names_a_broken_model_package(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

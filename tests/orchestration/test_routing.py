@@ -7,7 +7,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node.routing import route_complete_studies
+from dicom_node.routing import route_complete_studies, unmatchable_conditions
 from dicom_node.schema import Job, Study, StudyState, WorkState
 from tests.orchestration.conftest import add_study, make_config
 
@@ -151,3 +151,20 @@ def test_reopened_study_gets_new_jobs_and_supersedes_queued_ones(
         assert (old.generation, old.state) == (0, WorkState.SKIPPED)
         assert old.error == "superseded by generation 1"
         assert (new.generation, new.state) == (1, WorkState.QUEUED)
+
+
+def test_conditions_on_keywords_the_index_does_not_keep_are_reported(tmp_path: Path) -> None:
+    config = make_config(
+        tmp_path,
+        routes=[
+            {
+                "name": "heavy",
+                "models": ["ct-model"],
+                "match": {"Modality": "CT", "PatientWeight": {"min": 100}},
+                "destinations": ["pacs"],
+            }
+        ],
+    )
+    ((key, message),) = unmatchable_conditions(config)
+    assert key == "routes[0].match.PatientWeight"
+    assert message.startswith("not kept by the listener's index, so this route never matches")
