@@ -37,8 +37,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.log_level is None:
         configure_logging(config.node.log_level)
-    # APScheduler logs every run of every job at INFO.
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    # APScheduler logs every run at INFO and, at WARNING, every run it skips because the
+    # previous one still runs (by design: one run at a time). Its ERRORs (a job raised)
+    # still show.
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)
     # Library warnings (pydicom on odd headers) become log lines, not stderr noise.
     logging.captureWarnings(True)
     try:
