@@ -1,0 +1,62 @@
+"""The spool's layout and its durable move, including across file systems."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+
+from dicom_node.spool import Spool
+
+
+def test_layout_is_study_series_instance(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    path = spool.path_for("1.2.3", "1.2.3.4", "1.2.3.4.5")
+    assert path == tmp_path / "instances" / "1.2.3" / "1.2.3.4" / "1.2.3.4.5.dcm"
+
+
+@pytest.mark.parametrize("uid", ["../../etc", "..", "a/b", "1.2\\3", " 1.2 "])
+def test_hostile_uids_stay_inside_the_spool(tmp_path: Path, uid: str) -> None:
+    spool = Spool(tmp_path)
+    path = spool.path_for(uid, uid, uid)
+    assert path.resolve().is_relative_to(spool.instances_dir.resolve())
+    assert len(path.relative_to(spool.instances_dir).parts) == 3
+
+
+def test_commit_moves_and_replaces(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    dest = spool.path_for("1", "2", "3")
+    for content in (b"first", b"second!"):
+        source = spool.incoming_dir / "part.dcm"
+        source.write_bytes(content)
+        assert spool.commit(source, dest) == len(content)
+        assert not source.exists()
+    assert dest.read_bytes() == b"second!"
+
+
+def test_commit_across_file_systems_copies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spool = Spool(tmp_path / "spool")
+    source = tmp_path / "elsewhere.dcm"
+    source.write_bytes(b"x" * 3_000_000)
+    real_replace = os.replace
+
+    def replace(src: str | Path, dst: str | Path) -> None:
+        if Path(src) == source:
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    dest = spool.path_for("1", "2", "3")
+    assert spool.commit(source, dest) == 3_000_000
+    assert dest.read_bytes() == b"x" * 3_000_000
+    assert not source.exists()
+    assert [p.name for p in dest.parent.iterdir()] == ["3.dcm"]  # no temp file left
+
+
+def test_clear_incoming_removes_unfinished_transfers(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    (spool.incoming_dir / "tmpabc.dcm").write_bytes(b"half")
+    assert spool.clear_incoming() == 1
+    assert list(spool.incoming_dir.iterdir()) == []
