@@ -33,7 +33,7 @@ from sr_writer.content import (
 from sr_writer.enum import ObjectKind
 from sr_writer.errors import UnsupportedSourceError
 from sr_writer.options import ResultOptions
-from sr_writer.seg import content_label
+from sr_writer.seg import HIGHDICOM_REJECTIONS, content_label
 from sr_writer.sources import SourceFrame, SourceSeries
 from sr_writer.uids import derive_uid
 
@@ -172,11 +172,13 @@ def build_parametric_map(
     ValueError
         If the heatmap's shape differs from its frame's.
     """
-    problem = sources.frame_of_reference_problem()
+    problem = sources.spatial_problem()
     if problem is not None:
         raise UnsupportedSourceError("Parametric Map", problem)
     frame = sources.frame(heatmap.frame)
     _check_shape(heatmap, frame)
+    if frame.slice_thickness() is None:
+        raise UnsupportedSourceError("Parametric Map", "source has no Slice Thickness")
     study = sources.study_instance_uid
     mapping = hd.pm.RealWorldValueMapping(
         lut_label="CAM",
@@ -228,9 +230,9 @@ def build_parametric_map(
             plane_orientation=orientation,
             pixel_measures=measures,
         )
-    except ValueError as exc:
+    except HIGHDICOM_REJECTIONS as exc:
         raise UnsupportedSourceError(
-            "Parametric Map", f"highdicom rejects the sources: {exc}"
+            "Parametric Map", f"highdicom rejects the sources: {exc!r}"
         ) from exc
     copy_laterality(parametric_map, frame.dataset)
     copy_deidentification(parametric_map, frame.dataset)

@@ -36,6 +36,8 @@ from sr_writer.uids import derive_uid
 logger = logging.getLogger(__name__)
 
 SEG_SERIES_NUMBER = 9102
+HIGHDICOM_REJECTIONS = (ValueError, RuntimeError, KeyError, AttributeError, TypeError)
+"""What highdicom raises for sources it cannot build on (checked, not crashed on)."""
 _CONTENT_LABEL_LENGTH = 16
 SEGMENT_COLORS = (
     (230, 25, 75),
@@ -94,7 +96,7 @@ def build_segmentation(
     if not present:
         logger.info("all %d masks empty: no SEG written", len(prediction.labels))
         return None
-    problem = sources.frame_of_reference_problem()
+    problem = sources.spatial_problem()
     if problem is not None:
         raise UnsupportedSourceError("SEG", problem)
     frames = [sources.frame(ref) for ref in prediction.frames]
@@ -107,6 +109,7 @@ def build_segmentation(
         for number, index in enumerate(present, start=1)
     ]
     uid = sources.study_instance_uid
+    source_images = _with_thickness(prediction, frames, source_images)
     try:
         seg = hd.seg.Segmentation(
             source_images=source_images,
@@ -128,8 +131,8 @@ def build_segmentation(
             institution_name=options.institution_name,
             omit_empty_frames=True,
         )
-    except ValueError as exc:
-        raise UnsupportedSourceError("SEG", f"highdicom rejects the sources: {exc}") from exc
+    except HIGHDICOM_REJECTIONS as exc:
+        raise UnsupportedSourceError("SEG", f"highdicom rejects the sources: {exc!r}") from exc
     copy_deidentification(seg, sources.reference)
     numbers = {prediction.labels[index].name: n for n, index in enumerate(present, start=1)}
     return SegmentationResult(dataset=seg, segment_numbers=numbers)
@@ -174,6 +177,34 @@ def _layout(frames: list[SourceFrame]) -> tuple[list[Dataset], list[int]]:
     if len(set(positions)) != len(positions):
         raise UnsupportedSourceError("SEG", "the prediction names a source frame twice")
     return [frames[0].dataset], positions
+
+
+def _with_thickness(
+    prediction: Segmentation, frames: list[SourceFrame], source_images: list[Dataset]
+) -> list[Dataset]:
+    """The source images, given a slice thickness where they lack one.
+
+    Slice Thickness is Type 2 in CT and MR (may be empty); highdicom copies it
+    into the SEG, where it is required. The model's slice spacing stands in, on
+    copies, never on the caller's datasets; without it no SEG is written.
+    """
+    if all(frame.slice_thickness() is not None for frame in frames):
+        return source_images
+    thickness = prediction.slice_spacing_mm
+    if thickness is None:
+        raise UnsupportedSourceError(
+            "SEG", "source has no Slice Thickness and the model gives no slice spacing"
+        )
+    views = []
+    for dataset in source_images:
+        view = Dataset()
+        view.update(dataset)
+        file_meta = getattr(dataset, "file_meta", None)
+        if file_meta is not None:
+            view.file_meta = file_meta
+        view.SliceThickness = thickness
+        views.append(view)
+    return views
 
 
 def _frame_count(source_images: list[Dataset]) -> int:

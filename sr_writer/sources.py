@@ -52,7 +52,8 @@ class SourceFrame:
         for holder in (item, self.dataset):
             if holder is not None and "PixelSpacing" in holder:
                 row, column = (float(value) for value in holder.PixelSpacing)
-                return row, column
+                # Some writers put 0\0 for "unknown"; it must not reach a result.
+                return (row, column) if row > 0 and column > 0 else None
         return None
 
     def image_orientation(self) -> tuple[float, ...] | None:
@@ -169,11 +170,18 @@ class SourceSeries:
             )
         return SourceFrame(dataset, ref.frame_number)
 
-    def frame_of_reference_problem(self) -> str | None:
-        """Why the sources cannot carry spatial objects (SEG, Parametric Map), if so."""
-        missing = [uid for uid, ds in self._by_uid.items() if "FrameOfReferenceUID" not in ds]
-        if missing:
-            return f"source has no Frame of Reference UID ({missing[0]})"
+    def spatial_problem(self) -> str | None:
+        """Why the sources cannot carry spatial objects (SEG, Parametric Map), if so.
+
+        Those objects place every frame in the patient: they need the Frame of
+        Reference and the image orientation (projection images, secondary
+        captures and some NM files have neither).
+        """
+        for uid, dataset in self._by_uid.items():
+            if "FrameOfReferenceUID" not in dataset:
+                return f"source has no Frame of Reference UID ({uid})"
+            if SourceFrame(dataset, 1).image_orientation() is None:
+                return f"source has no Image Orientation (Patient) ({uid})"
         return None
 
 

@@ -388,7 +388,7 @@ def test_integer_masks_are_written_as_binary(
     np.testing.assert_array_equal(pixels, masks[..., :1].astype(pixels.dtype))
 
 
-def test_source_highdicom_rejects_still_gets_an_sr_saying_why(
+def test_multi_frame_source_without_geometry_still_gets_an_sr_saying_why(
     model: ModelIdentity, lesion: Label, dciodvfy: Validator, tmp_path: Path
 ) -> None:
     source = load("emri_small.dcm")  # enhanced MR without functional groups
@@ -398,8 +398,40 @@ def test_source_highdicom_rejects_still_gets_an_sr_saying_why(
     results = build_results(_prediction(model, [source], (lesion,), masks), [source])
 
     assert [ds.Modality for ds in results] == ["SR"]
-    assert results[0].CompletionFlagDescription.startswith("SEG not written: highdicom rejects")
+    assert results[0].CompletionFlagDescription.startswith(
+        "SEG not written: source has no Image Orientation"
+    )
     dciodvfy(results[0], "sr")
     (group,) = read_report(results[0], tmp_path).get_planar_roi_measurement_groups()
     assert region_reference(group) == (str(source.SOPInstanceUID), [5])
     assert value_of(group, codes.SCT.Volume) == pytest.approx(400 * 0.25 * 2.5)
+
+
+def test_source_without_slice_thickness_takes_the_model_spacing(
+    model: ModelIdentity,
+    lesion: Label,
+    ct_series: list[Dataset],
+    masks: np.ndarray,
+    dciodvfy: Validator,
+) -> None:
+    for ds in ct_series:
+        del ds.SliceThickness
+
+    _, seg = build_results(_prediction(model, ct_series, (lesion,), masks[..., :1]), ct_series)
+
+    measures = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    assert float(measures.SliceThickness) == 2.5
+    dciodvfy(seg, "seg")
+
+
+def test_no_slice_thickness_anywhere_means_no_seg(
+    model: ModelIdentity, lesion: Label, ct_series: list[Dataset], masks: np.ndarray
+) -> None:
+    for ds in ct_series:
+        del ds.SliceThickness
+    prediction = _prediction(model, ct_series, (lesion,), masks[..., :1], slice_spacing=None)
+
+    results = build_results(prediction, ct_series)
+
+    assert [ds.Modality for ds in results] == ["SR"]
+    assert "no Slice Thickness" in results[0].CompletionFlagDescription
