@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import highdicom as hd
+from highdicom.enum import SpecificCharacterSetValues
 from highdicom.sr import (
     AlgorithmIdentification,
     CodedConcept,
@@ -48,6 +49,7 @@ _PROCEDURES = {
     "MR": codes.LN.MRIUnspecifiedBodyRegion,
 }
 _LO_LENGTH = 64
+_HIGHDICOM_CHARACTER_SETS = {term.value for term in SpecificCharacterSetValues}
 _UNSTATED_DEIDENTIFICATION = "Identity removed upstream; method not stated by source"
 
 
@@ -69,12 +71,19 @@ def copied_names_accepted() -> Iterator[None]:
 
 
 def character_set(source: Dataset) -> str | list[str] | None:
-    """The source's Specific Character Set in a form highdicom accepts.
+    """The Specific Character Set to hand highdicom: the source's, where it takes it.
 
     With code extensions, an empty first value means the default repertoire;
     highdicom wants it spelled out as "ISO 2022 IR 6", which the standard treats
-    as the same thing. Names written in the source's repertoire then survive.
+    as the same thing. Terms highdicom does not know (e.g. Korean, ISO 2022 IR 149)
+    give ``None`` here; `copy_source_context` then writes the source's value.
     """
+    value = _normalized_character_set(source)
+    terms = [value] if isinstance(value, str) else value or []
+    return value if all(term in _HIGHDICOM_CHARACTER_SETS for term in terms) else None
+
+
+def _normalized_character_set(source: Dataset) -> str | list[str] | None:
     value = source.get("SpecificCharacterSet")
     if isinstance(value, MultiValue | list):
         return [str(term) or "ISO 2022 IR 6" for term in value]
@@ -175,13 +184,17 @@ def ascii_text(text: str) -> str:
     return text.encode("ascii", "replace").decode("ascii")
 
 
-def copy_deidentification(result: Dataset, source: Dataset) -> None:
-    """Carry the source's de-identification state into a result object.
+def copy_source_context(result: Dataset, source: Dataset) -> None:
+    """Carry the source's character set and de-identification state into a result.
 
-    A result about a de-identified patient is de-identified too, and the standard
-    then requires the method: copied where the source states it, otherwise written
-    as unknown rather than left out.
+    The character set is the source's, so that its names survive (also where
+    highdicom does not know it). A result about a de-identified patient is
+    de-identified too, and the standard then requires the method: copied where the
+    source states it, otherwise written as unknown rather than left out.
     """
+    value = _normalized_character_set(source)
+    if value is not None:
+        result.SpecificCharacterSet = value
     if str(source.get("PatientIdentityRemoved", "")).upper() != "YES":
         return
     result.PatientIdentityRemoved = "YES"

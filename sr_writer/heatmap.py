@@ -25,8 +25,8 @@ from inference import Heatmap, ModelIdentity
 from sr_writer.content import (
     ascii_text,
     character_set,
-    copy_deidentification,
     copy_laterality,
+    copy_source_context,
     manufacturer,
     series_description,
 )
@@ -132,7 +132,7 @@ def build_overlay(
     image.PatientOrientation = list(orientation) if orientation else []
     copy_laterality(image, frame.dataset)
     image.SourceImageSequence = [_source_reference(frame)]
-    copy_deidentification(image, frame.dataset)
+    copy_source_context(image, frame.dataset)
     return image
 
 
@@ -235,7 +235,7 @@ def build_parametric_map(
             "Parametric Map", f"highdicom rejects the sources: {exc!r}"
         ) from exc
     copy_laterality(parametric_map, frame.dataset)
-    copy_deidentification(parametric_map, frame.dataset)
+    copy_source_context(parametric_map, frame.dataset)
     return parametric_map
 
 

@@ -22,7 +22,7 @@ from sr_writer.content import (
     algorithm_sequence,
     ascii_text,
     character_set,
-    copy_deidentification,
+    copy_source_context,
     manufacturer,
     series_description,
     to_code,
@@ -133,7 +133,7 @@ def build_segmentation(
         )
     except HIGHDICOM_REJECTIONS as exc:
         raise UnsupportedSourceError("SEG", f"highdicom rejects the sources: {exc!r}") from exc
-    copy_deidentification(seg, sources.reference)
+    copy_source_context(seg, sources.reference)
     numbers = {prediction.labels[index].name: n for n, index in enumerate(present, start=1)}
     return SegmentationResult(dataset=seg, segment_numbers=numbers)
 

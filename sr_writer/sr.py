@@ -247,7 +247,7 @@ def build_report(
     insert_library(sr, image_library(sources))
     if omitted:
         sr.CompletionFlagDescription = ascii_text("; ".join(map(str, omitted)))[:_LO_LENGTH]
-    content.copy_deidentification(sr, sources.reference)
+    content.copy_source_context(sr, sources.reference)
     return sr
 
 

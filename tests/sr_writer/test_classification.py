@@ -318,3 +318,18 @@ def test_overlay_patient_orientation(
 
     assert overlay.PatientOrientation == expected
     dciodvfy(overlay, "overlay")
+
+
+def test_korean_character_set_highdicom_does_not_know_survives(
+    model: ModelIdentity, lesion: Label, dciodvfy: Validator, tmp_path: Path
+) -> None:
+    source = load("chrI2.dcm")  # ISO 2022 IR 149, not in highdicom's list
+
+    results = build_results(
+        _classification(model, [source], [(lesion, 0.9)], (_heatmap(lesion, source),)), [source]
+    )
+
+    for index, dataset in enumerate(results):
+        assert dataset.SpecificCharacterSet == ["ISO 2022 IR 6", "ISO 2022 IR 149"]
+        dciodvfy(dataset, f"korean-{index}")
+        assert hd.imread(saved(dataset, tmp_path, f"{index}")).PatientName == source.PatientName
