@@ -30,7 +30,7 @@ from sr_writer.content import (
 from sr_writer.enum import ObjectKind, SegmentationKindValues
 from sr_writer.errors import UnsupportedSourceError
 from sr_writer.options import ResultOptions
-from sr_writer.sources import SourceFrame, SourceSeries
+from sr_writer.sources import SourceFrame, SourceSeries, with_values
 from sr_writer.uids import derive_uid
 
 logger = logging.getLogger(__name__)
@@ -195,16 +195,7 @@ def _with_thickness(
         raise UnsupportedSourceError(
             "SEG", "source has no Slice Thickness and the model gives no slice spacing"
         )
-    views = []
-    for dataset in source_images:
-        view = Dataset()
-        view.update(dataset)
-        file_meta = getattr(dataset, "file_meta", None)
-        if file_meta is not None:
-            view.file_meta = file_meta
-        view.SliceThickness = thickness
-        views.append(view)
-    return views
+    return [with_values(dataset, {"SliceThickness": thickness}) for dataset in source_images]
 
 
 def _frame_count(source_images: list[Dataset]) -> int:

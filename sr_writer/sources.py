@@ -144,11 +144,8 @@ class SourceSeries:
             raise ValueError("source datasets repeat a SOP Instance UID")
         self.datasets = list(datasets)
         self.study_instance_uid = studies.pop()
-
-    @property
-    def reference(self) -> Dataset:
+        self.reference = _with_type2_attributes(self.datasets[0])
         """The dataset whose patient and study modules the results copy."""
-        return self.datasets[0]
 
     def frame(self, ref: FrameRef) -> SourceFrame:
         """Return the source frame a prediction names.
@@ -183,6 +180,45 @@ class SourceSeries:
             if SourceFrame(dataset, 1).image_orientation() is None:
                 return f"source has no Image Orientation (Patient) ({uid})"
         return None
+
+
+_PATIENT_STUDY_TYPE2 = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
+"""Type 2 attributes highdicom's SR reads from its first evidence unconditionally."""
+
+
+def _with_type2_attributes(dataset: Dataset) -> Dataset:
+    """The dataset, or a copy of it with missing Type 2 patient/study attributes empty.
+
+    Archives do hold instances without e.g. a Patient ID; the result then says
+    "unknown" (empty), as the standard allows, instead of failing.
+    """
+    missing = [keyword for keyword in _PATIENT_STUDY_TYPE2 if keyword not in dataset]
+    return with_values(dataset, dict.fromkeys(missing, "")) if missing else dataset
+
+
+def with_values(dataset: Dataset, values: dict[str, object]) -> Dataset:
+    """A copy of a dataset's top level (elements shared) with some values set.
+
+    For handing highdicom what it requires without touching the caller's datasets.
+    """
+    view = Dataset()
+    view.update(dataset)
+    file_meta = getattr(dataset, "file_meta", None)
+    if file_meta is not None:
+        view.file_meta = file_meta
+    for keyword, value in values.items():
+        setattr(view, keyword, value)
+    return view
 
 
 def _functional_item(dataset: Dataset, frame_number: int, keyword: str) -> Dataset | None:

@@ -228,7 +228,7 @@ def build_report(
     )
     if omitted:
         _add_comments(measurement_report, [str(error) for error in omitted])
-    evidence = list(sources.datasets)
+    evidence = [sources.reference, *sources.datasets[1:]]
     if segmentation is not None:
         evidence.append(segmentation.dataset)
     sr = hd.sr.Comprehensive3DSR(

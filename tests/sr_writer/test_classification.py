@@ -333,3 +333,18 @@ def test_korean_character_set_highdicom_does_not_know_survives(
         assert dataset.SpecificCharacterSet == ["ISO 2022 IR 6", "ISO 2022 IR 149"]
         dciodvfy(dataset, f"korean-{index}")
         assert hd.imread(saved(dataset, tmp_path, f"{index}")).PatientName == source.PatientName
+
+
+def test_source_without_type2_patient_attributes_gets_its_report(
+    model: ModelIdentity, lesion: Label, dciodvfy: Validator
+) -> None:
+    source = load("CT_small.dcm")
+    del source.PatientID, source.StudyID, source.AccessionNumber
+
+    sr, _ = build_results(
+        _classification(model, [source], [(lesion, 0.9)], (_heatmap(lesion, source),)), [source]
+    )
+
+    assert (sr.PatientID, sr.StudyID, sr.AccessionNumber) == ("", "", "")
+    assert "PatientID" not in source  # the caller's dataset is untouched
+    dciodvfy(sr, "sr")
