@@ -1,0 +1,111 @@
+"""The shipped demo models, run through the whole pipeline on real and synthetic DICOM.
+
+The CT model must agree with the HU-threshold truth on pydicom's real CT images
+(which proves windowing, resizing and mapping back), and the radiograph classifier's
+CAM must peak on the lesion it keys on.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import sys
+from types import ModuleType
+
+import numpy as np
+import pytest
+
+from inference import Classification, Model, Segmentation
+from tests.conftest import REPO_ROOT
+from tests.inference.dicom_factory import radiograph_dataset, read_testdata
+
+BONE_HU = 300.0
+
+
+@functools.cache
+def _builder() -> ModuleType:
+    """The build script, for its radiograph generator (it imports torch only to train)."""
+    name = "build_demo_models"
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "models" / f"{name}.py")
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load models/{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # its dataclasses look their module up while being built
+    spec.loader.exec_module(module)
+    return module
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return float(2 * (a & b).sum() / (a.sum() + b.sum()))
+
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", "693_J2KI.dcm", "693_J2KR.dcm"])
+def test_ct_bone_agrees_with_the_hu_threshold(ct_model: Model, name: str) -> None:
+    ds = read_testdata(name)
+    hu = ds.pixel_array.astype(np.float64) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    truth = hu >= BONE_HU
+    prediction = ct_model.predict([ds])
+    assert isinstance(prediction, Segmentation)
+    assert prediction.frames[0].sop_instance_uid == ds.SOPInstanceUID
+    assert prediction.masks.shape == (1, ds.Rows, ds.Columns, 1)
+    assert prediction.pixel_spacing_mm == pytest.approx(tuple(float(v) for v in ds.PixelSpacing))
+    assert prediction.slice_spacing_mm == pytest.approx(float(ds.SliceThickness))
+    assert prediction.model.not_for_clinical_use
+    assert _dice(prediction.masks[0, ..., 0], truth) >= 0.9
+
+
+def test_ct_bone_on_a_series_of_slices(ct_model: Model) -> None:
+    """Two stacks of one series: the largest runs, the other is reported."""
+    small = read_testdata("CT_small.dcm")
+    big = read_testdata("693_J2KI.dcm")
+    big.SeriesInstanceUID = small.SeriesInstanceUID
+    prediction = ct_model.predict([small, big])
+    assert isinstance(prediction, Segmentation)
+    assert len(prediction.frames) == 1 and len(prediction.skipped) == 1
+    assert "a segmentation covers one stack" in prediction.skipped[0]
+
+
+def _lesion_mask(shape: tuple[int, int], row: float, col: float, radius: float) -> np.ndarray:
+    r, c = np.mgrid[0 : shape[0], 0 : shape[1]]
+    return np.asarray((r - row) ** 2 + (c - col) ** 2 <= radius**2)
+
+
+def test_cam_peaks_on_the_nodule(cr_model: Model) -> None:
+    builder = _builder()
+    rng = np.random.default_rng(2024)  # not a training seed
+    found = 0
+    for _ in range(10):
+        rows, cols = int(rng.integers(200, 360)), int(rng.integers(180, 360))
+        image, lesions = builder.radiograph(rng, rows, cols, nodule=True, mass=False)
+        ((_, row, col, radius),) = lesions
+        ds = radiograph_dataset(image)
+        prediction = cr_model.predict([ds])
+        assert isinstance(prediction, Classification)
+        nodule = next(s for s in prediction.scores if s.label.name == "nodule")
+        if not nodule.positive:
+            continue
+        found += 1
+        heatmap = next(h for h in prediction.heatmaps if h.label.name == "nodule")
+        assert heatmap.values.shape == (rows, cols)
+        assert heatmap.frame.sop_instance_uid == ds.SOPInstanceUID
+        peak = np.unravel_index(np.argmax(heatmap.values), heatmap.values.shape)
+        # Within the lesion, give or take one cell of the 16 x 16 feature map.
+        cell = max(rows, cols) / 16
+        assert np.hypot(peak[0] - row, peak[1] - col) <= radius + cell
+        inside = _lesion_mask((rows, cols), row, col, radius)
+        assert heatmap.values[inside].mean() > 3 * heatmap.values[~inside].mean()
+    assert found >= 7  # the demo finds most nodules; every one it finds, the CAM shows
+
+
+def test_classifier_decisions_on_clear_cases(cr_model: Model) -> None:
+    builder = _builder()
+    rng = np.random.default_rng(77)
+    results = []
+    for nodule, mass in [(False, False), (True, False), (False, True)] * 3:
+        image, _ = builder.radiograph(rng, 280, 240, nodule=nodule, mass=mass)
+        prediction = cr_model.predict([radiograph_dataset(image)])
+        assert isinstance(prediction, Classification)
+        decided = {s.label.name: s.positive for s in prediction.scores}
+        results.append(decided == {"nodule": nodule, "mass": mass})
+        assert {h.label.name for h in prediction.heatmaps} == {n for n, p in decided.items() if p}
+    assert sum(results) >= 8
