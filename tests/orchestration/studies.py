@@ -81,7 +81,7 @@ def _demo_builder() -> ModuleType:
     return sys.modules[name]
 
 
-def radiograph(folder: Path, seed: int = 5, template: str = "RG1_UNCI.dcm") -> Path:
+def radiograph(folder: Path, seed: int = 7, template: str = "RG1_UNCI.dcm") -> Path:
     """Write a CR study: the real header of ``template`` around a synthetic chest
     radiograph with a mass (what the demo classifier finds), as a new study."""
     image, _ = _demo_builder().radiograph(
