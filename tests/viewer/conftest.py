@@ -17,10 +17,15 @@ import pytest
 
 from tests.conftest import REPO_ROOT, get_free_port
 from tests.orchestration.node import NodeProcess, node_document, run_node, write_config
-from tests.orchestration.studies import ct_series, radiograph
+from tests.orchestration.studies import ct_series
 from tests.peers import DICOMWEB_PLUGIN, Orthanc, run_orthanc
 from tests.viewer.browser import OHIF_DIST, missing_tools
-from tests.viewer.node_results import NODE_MODALITY, ViewerStudy, through_the_node
+from tests.viewer.node_results import (
+    NODE_MODALITY,
+    ViewerStudy,
+    chest_radiograph,
+    through_the_node,
+)
 from tests.viewer.ohif_site import serve_ohif
 
 ARTIFACTS = REPO_ROOT / "test-artifacts" / "viewer"
@@ -76,5 +81,5 @@ def ct(site: Site) -> ViewerStudy:
 @pytest.fixture(scope="module")
 def cr(site: Site) -> ViewerStudy:
     """A chest radiograph and the classifier's SR and heatmap, as the node sent them."""
-    files = [radiograph(site.workdir / "cr")]
+    files = [chest_radiograph(site.workdir / "cr")]
     return site.through_the_node(files, {"SR", "OT"}, "cr-results")

@@ -7,9 +7,8 @@ exactly what a hospital's archive receives. The studies:
 
 * a CT series: ``CT_small.dcm`` (a real 128 x 128 slice through a vertebra) stacked
   into slices with consistent geometry, read by ``models/demo-ct-bone``: SR and SEG;
-* a chest radiograph: RG1's real CR header around the synthetic radiograph with a mass
-  that the demo classifier was built for (``models/demo-cr-classifier``): SR and
-  heatmap Secondary Capture.
+* a chest radiograph: pydicom-data's ``RG1_UNCR.dcm`` (a real PA chest CR with round
+  opacities), read by ``models/demo-cr-classifier``: SR and heatmap Secondary Capture.
 """
 
 from __future__ import annotations
@@ -24,8 +23,10 @@ from pydicom import Dataset
 
 from tests.orchestration.node import wait_until
 from tests.orchestration.pacs import instance, series_by_modality
+from tests.orchestration.studies import pydicom_file
 from tests.peers import Orthanc
 
+CHEST_RADIOGRAPH = "RG1_UNCR.dcm"
 NODE_MODALITY = "node"
 """The node's name in Orthanc's DicomModalities."""
 RESULT_TIMEOUT_S = 180.0
@@ -58,6 +59,23 @@ class ViewerStudy:
     def has(self, modality: str) -> bool:
         """Whether the node produced a result object of this modality."""
         return any(dataset.Modality == modality for dataset in self.results)
+
+
+def chest_radiograph(folder: Path) -> Path:
+    """RG1 as a CR modality would send it: without its zero Pixel Spacing.
+
+    The file says PixelSpacing 0.000\\0.000, which no modality writes (Pixel Spacing
+    must be positive) and which makes OHIF's cornerstone compute NaN coordinates: the
+    image and everything drawn on it stay black. Without it, it is a CR without
+    calibrated spacing, as many are.
+    """
+    radiograph = pydicom.dcmread(pydicom_file(CHEST_RADIOGRAPH))
+    if not all(float(v) > 0 for v in radiograph.get("PixelSpacing", [1.0])):
+        del radiograph.PixelSpacing
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / CHEST_RADIOGRAPH
+    radiograph.save_as(path, enforce_file_format=True)
+    return path
 
 
 def through_the_node(
