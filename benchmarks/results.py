@@ -5,7 +5,8 @@ Run from the repository root: ``python -m benchmarks.results [--slices 300] [--r
 The source series is generated from CT_small's headers (512x512 slices, new UIDs
 and positions), and the baseline is highdicom's plain ``Segmentation`` call on the
 same mask, measured in the same run: compare ratios, not absolute times, across
-machines. Every timing is the median of ``--repeats`` runs after one warm-up.
+machines. Cases run round-robin, ``--repeats`` rounds after one warm-up round;
+the table shows each case's median and best.
 """
 
 from __future__ import annotations
@@ -148,15 +149,21 @@ def plain_highdicom_seg(sources: list[Dataset], prediction: Segmentation) -> hd.
     )
 
 
-def timed(function: Callable[[], object], repeats: int) -> tuple[float, float]:
-    """(median, best) wall time of ``repeats`` calls after one warm-up call."""
-    function()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def timed(functions: list[Callable[[], object]], repeats: int) -> list[list[float]]:
+    """Wall times of each function, ``repeats`` rounds after one warm-up round.
+
+    Round-robin, so that load from other processes falls on every case alike and
+    the ratios stay meaningful on a busy machine.
+    """
+    for function in functions:
         function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), min(times)
+    times: list[list[float]] = [[] for _ in functions]
+    for _ in range(repeats):
+        for function, spent in zip(functions, times, strict=True):
+            start = time.perf_counter()
+            function()
+            spent.append(time.perf_counter() - start)
+    return times
 
 
 def main() -> None:
@@ -221,13 +228,13 @@ def main() -> None:
     load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
     print(f"load average {load} on {os.cpu_count()} CPUs: compare ratios, not times")
     print(f"warm_up() at process start: {first_warm_up * 1000:.0f} ms")
+    times = timed([function for _, function, _ in cases], args.repeats)
+    baseline = statistics.median(times[0])
     print(f"{'what':52} {'median ms':>10} {'best ms':>9} {'median/baseline':>16}")
-    baseline = None
-    for name, function, compare in cases:
-        median, best = timed(function, args.repeats)
-        baseline = baseline or median
+    for (name, _, compare), spent in zip(cases, times, strict=True):
+        median = statistics.median(spent)
         ratio = f"{median / baseline:.2f}x" if compare else "-"
-        print(f"{name:52} {median * 1000:10.1f} {best * 1000:9.1f} {ratio:>16}")
+        print(f"{name:52} {median * 1000:10.1f} {min(spent) * 1000:9.1f} {ratio:>16}")
 
 
 if __name__ == "__main__":
