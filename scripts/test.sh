@@ -1,8 +1,26 @@
 #!/usr/bin/env bash
-# Install the project with its test extras into .venv, then lint, type-check, check the
-# package boundaries and run every test (slow and integration ones included).
+# The README's test command: install everything the tests need on a fresh machine
+# (Debian's DICOM peers and chromium, the viewer's npm packages, the Python project
+# with torch), then lint, type-check, check the package boundaries and run every
+# test, slow and integration ones included. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+debian_packages=(dcmtk orthanc orthanc-dicomweb dicom3tools chromium)
+missing=()
+for package in "${debian_packages[@]}"; do
+  dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -q
+  $sudo apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The OHIF viewer and playwright-core for tests/viewer (the lock file pins them).
+npm ci --prefix tests/viewer --no-audit --no-fund
 
 python3 -m venv .venv
 . .venv/bin/activate
