@@ -374,7 +374,16 @@ def set_frozen(model: nn.Module, frozen_stages: int) -> None:
 
 
 def head_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    """Split parameters into (encoder, new layers) for two learning rates."""
+    """Split parameters into (encoder, new layers) for two learning rates.
+
+    The pretrained encoder learns at a lower rate than the randomly initialised
+    head (and decoder), so that fine-tuning adapts rather than overwrites it.
+
+    Raises
+    ------
+    TypeError
+        When the model was not built by `build_network`.
+    """
     encoder_ids = {id(p) for p in encoder_stages(model).parameters()}
     encoder = [p for p in model.parameters() if id(p) in encoder_ids]
     new = [p for p in model.parameters() if id(p) not in encoder_ids]

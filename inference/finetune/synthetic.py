@@ -111,7 +111,7 @@ class Finding:
     prevalence: float
 
 
-OPACITY = Finding("opacity", (0.03, 0.05), (0.08, 0.12), 0.3)  # faint: the transfer task
+OPACITY = Finding("opacity", (0.06, 0.1), (0.12, 0.2), 0.3)  # the transfer task
 NODULE = Finding("nodule", (0.03, 0.05), (0.15, 0.25), 0.4)
 MASS = Finding("mass", (0.10, 0.14), (0.15, 0.25), 0.4)
 
@@ -153,9 +153,9 @@ def chest_image(
             center[0] + reach * axes[0] * np.sin(angle),
             center[1] + reach * axes[1] * np.cos(angle),
         )
-        sigma = size * rng.uniform(*finding.radius) / 1.5
-        blob = np.exp(-((rows - spot[0]) ** 2 + (cols - spot[1]) ** 2) / (2 * sigma**2))
-        image += rng.uniform(*finding.contrast) * blob
+        radius = size * rng.uniform(*finding.radius)
+        distance = np.hypot(rows - spot[0], cols - spot[1]) / radius
+        image += rng.uniform(*finding.contrast) * np.clip(1 - distance**4, 0, 1)  # round, soft rim
     image += 0.04 * _smooth_noise(rng, size, 16) + rng.normal(0, 0.03, (size, size))
     return np.clip(image * 4095, 0, 4095).astype(np.uint16)
 

@@ -208,7 +208,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--test-patients", type=int, default=300)
     parser.add_argument("--generic-images", type=int, default=6000)
     parser.add_argument("--pretrain-epochs", type=int, default=6)
-    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--epochs", type=int, default=60)
+    parser.add_argument("--unfreeze-every", type=int, default=10)
     parser.add_argument("--folds", type=int, default=3)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
@@ -247,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             **common,
             "weights": str(weights.resolve()),
             "freeze_stages": 3,
-            "unfreeze_every": 3,
+            "unfreeze_every": args.unfreeze_every,
             "lr": 3e-3,
             "encoder_lr_factor": 0.1,
         },
