@@ -72,7 +72,7 @@ from sr_writer.library import image_library, insert_library
 from sr_writer.options import ResultOptions
 from sr_writer.seg import SegmentationResult
 from sr_writer.sources import SourceFrame, SourceSeries
-from sr_writer.uids import derive_uid
+from sr_writer.uids import derive_uid, device_uid
 
 logger = logging.getLogger(__name__)
 
@@ -221,7 +221,9 @@ def build_report(
         raise TypeError(f"unsupported prediction type {type(prediction).__name__}")
     model = prediction.model
     measurement_report = hd.sr.MeasurementReport(
-        observation_context=content.observation_context(model, options, report.uid("device")),
+        observation_context=content.observation_context(
+            model, options, device_uid(options.uid_root, options.device_name, model)
+        ),
         procedure_reported=content.procedure_code(sources.reference),
         imaging_measurements=groups,
         title=codes.DCM.ImagingMeasurementReport,

@@ -55,3 +55,13 @@ def derive_uid(
     # pydicom joins the sources without a separator: join them ourselves, so that
     # ("ab", "c") and ("a", "bc") stay apart.
     return generate_uid(prefix=root, entropy_srcs=[_SEPARATOR.join(sources)])
+
+
+def device_uid(root: str, device_name: str, model: ModelIdentity) -> UID:
+    """The Device Observer UID of a model running on a node: one per (node, model).
+
+    It names the observer, not the study, so the same model on the same node has the
+    same UID in every report, and a reader can gather a device's reports by it.
+    """
+    sources = [device_name, model.name, model.version, "device"]
+    return generate_uid(prefix=root, entropy_srcs=[_SEPARATOR.join(sources)])

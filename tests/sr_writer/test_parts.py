@@ -9,7 +9,7 @@ from inference import ModelIdentity
 from sr_writer.content import series_description
 from sr_writer.contour import largest_outline
 from sr_writer.enum import ObjectKind
-from sr_writer.uids import derive_uid
+from sr_writer.uids import derive_uid, device_uid
 
 ROOT = "1.2.826.0.1.3680043.8.498."
 
@@ -118,3 +118,11 @@ def test_series_description_for_a_clinical_model_has_no_warning() -> None:
     model = ModelIdentity("ct-liver", "2.0", not_for_clinical_use=False)
 
     assert series_description(model, "report") == "AI report - ct-liver 2.0"
+
+
+def test_device_uid_names_the_model_on_the_node_not_the_study() -> None:
+    model = ModelIdentity("m", "1")
+
+    assert device_uid(ROOT, "AINODE", model) == device_uid(ROOT, "AINODE", model)
+    assert device_uid(ROOT, "AINODE", model) != device_uid(ROOT, "OTHER", model)
+    assert device_uid(ROOT, "AINODE", model) != device_uid(ROOT, "AINODE", ModelIdentity("m", "2"))
