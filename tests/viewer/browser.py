@@ -67,14 +67,44 @@ class Step:
 
 
 @dataclass(frozen=True)
+class TextBox:
+    """An SVG text (e.g. an SR label box) and where it was drawn, in page pixels."""
+
+    text: str
+    left: float
+    top: float
+    right: float
+    bottom: float
+
+    def overlaps(self, other: TextBox) -> bool:
+        return (
+            self.left < other.right
+            and other.left < self.right
+            and self.top < other.bottom
+            and other.top < self.bottom
+        )
+
+
+@dataclass(frozen=True)
 class StepSeen:
     """What the page showed after a step."""
 
     name: str
     found: list[str]
     missing: list[str]
+    text_boxes: list[TextBox]
     screenshot: Path
     viewport_screenshot: Path
+
+    def overlapping_texts(self) -> list[tuple[str, str]]:
+        """Pairs of texts drawn over each other (unreadable)."""
+        boxes = self.text_boxes
+        return [
+            (a.text, b.text)
+            for index, a in enumerate(boxes)
+            for b in boxes[index + 1 :]
+            if a.overlaps(b)
+        ]
 
 
 @dataclass(frozen=True)
@@ -124,6 +154,7 @@ def open_study(site: str, study_instance_uid: str, steps: list[Step], screenshot
         raise RuntimeError(
             f"{DRIVER.name} exited with {completed.returncode}: {completed.stderr[-4000:]}"
         )
+    (screenshots / "report.json").write_text(completed.stdout)
     report: dict[str, Any] = json.loads(completed.stdout)
     return Session(
         steps={
@@ -131,6 +162,16 @@ def open_study(site: str, study_instance_uid: str, steps: list[Step], screenshot
                 name=seen["name"],
                 found=seen["found"],
                 missing=seen["missing"],
+                text_boxes=[
+                    TextBox(
+                        item["text"],
+                        item["box"]["left"],
+                        item["box"]["top"],
+                        item["box"]["right"],
+                        item["box"]["bottom"],
+                    )
+                    for item in seen["textBoxes"]
+                ],
                 screenshot=Path(seen["screenshot"]),
                 viewport_screenshot=Path(seen["viewportScreenshot"]),
             )

@@ -11,7 +11,7 @@
 // one shows (OHIF asks before loading a SEG); the side panel button `panel` (a data-cy)
 // is clicked if the texts do not show by themselves; and the script waits until every text of `expect` is visible inside the
 // element `within` (a playwright selector; the whole page by default). It screenshots the
-// page and the viewport after each step. Assertions are the caller's
+// page and the viewport after each step, and reports where each SVG text line was drawn. Assertions are the caller's
 // (tests/viewer/test_ohif.py): this script only reports, as JSON on stdout, what it found,
 // what it did not, every page error, console error and error-boundary message, and every
 // notification (toast) OHIF showed, with its type (info, success, warning, error).
@@ -105,11 +105,19 @@ async function runStep(page, step, plan) {
   // Let the last frames render (labels are SVG; the image is a canvas drawn after them).
   await page.waitForLoadState('networkidle', { timeout: plan.timeoutMs }).catch(() => {});
   await page.waitForTimeout(1500);
+  // Where each SVG text line sits on screen: labels drawn over each other are unreadable.
+  const textBoxes = await scope
+    .locator('svg text')
+    .evaluateAll((nodes) =>
+      nodes
+        .map((node) => ({ text: node.textContent, box: node.getBoundingClientRect().toJSON() }))
+        .filter((item) => item.text && item.box.width > 0),
+    );
   const screenshot = path.join(plan.screenshotDir, `${step.name}.png`);
   await page.screenshot({ path: screenshot });
   const viewportShot = path.join(plan.screenshotDir, `${step.name}-viewport.png`);
   await viewport.screenshot({ path: viewportShot });
-  return { name: step.name, ...result, screenshot, viewportScreenshot: viewportShot };
+  return { name: step.name, ...result, textBoxes, screenshot, viewportScreenshot: viewportShot };
 }
 
 async function main() {

@@ -115,6 +115,16 @@ def test_sr_measurement_labels_are_drawn_on_the_image(
     assert _lit_fraction(seen.steps[step].viewport_screenshot) > MIN_LIT_FRACTION
 
 
+@pytest.mark.parametrize(("session", "step"), [("ct_session", "ct-sr"), ("cr_session", "cr-sr")])
+def test_sr_labels_are_not_drawn_over_each_other(
+    session: str, step: str, request: pytest.FixtureRequest
+) -> None:
+    seen: Session = request.getfixturevalue(session)
+    _seen(seen, step)
+    assert seen.steps[step].text_boxes, f"{step}: no label box found in the viewport's SVG"
+    assert not seen.steps[step].overlapping_texts()
+
+
 def test_segment_label_is_listed(ct: ViewerStudy, ct_session: Session) -> None:
     ct.result("SEG")
     _seen(ct_session, "ct-seg")
