@@ -32,7 +32,7 @@ const CHROMIUM_ARGS = [
 ];
 const WINDOW = { width: 1920, height: 1080 };
 const PANEL_GRACE_MS = 3000;
-const CONFIRM_WAIT_MS = 15000;
+const CONFIRM_WAIT_MS = 30000;
 const THUMBNAIL = '[data-cy^="study-browser-thumbnail"]';
 const VIEWPORT_PANE = '[data-cy="viewport-pane"]';
 
