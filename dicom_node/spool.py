@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -51,8 +52,20 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, someone else's
+    return True
+
+
 class Spool:
-    """Instances under ``root/instances/<study>/<series>/<sop>.dcm``; temp files in ``incoming``.
+    """Instances under ``root/instances/<study>/<series>/<sop>.dcm``; transfers in progress
+    under ``root/incoming/<host>-<pid>/``, one folder per listener process, so that
+    listeners sharing a spool never clear each other's.
 
     Parameters
     ----------
@@ -63,7 +76,8 @@ class Spool:
     def __init__(self, storage_dir: Path) -> None:
         self.root = Path(storage_dir)
         self.instances_dir = self.root / "instances"
-        self.incoming_dir = self.root / "incoming"
+        self.incoming_root = self.root / "incoming"
+        self.incoming_dir = self.incoming_root / f"{socket.gethostname()}-{os.getpid()}"
         self.instances_dir.mkdir(parents=True, exist_ok=True)
         self.incoming_dir.mkdir(parents=True, exist_ok=True)
         self._fsync_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="spool-fsync")
@@ -82,12 +96,21 @@ class Spool:
         return shutil.disk_usage(self.root).free
 
     def clear_incoming(self) -> int:
-        """Remove temp files a killed process left behind; never answered Success, so safe."""
+        """Remove transfers left by dead listener processes of this host (and any files
+        of ours); never answered Success, so safe. Other hosts' folders are theirs.
+        """
         removed = 0
-        for path in self.incoming_dir.iterdir():
-            if path.is_file():
-                path.unlink(missing_ok=True)
-                removed += 1
+        host = socket.gethostname()
+        for folder in self.incoming_root.iterdir():
+            owner, _, pid = folder.name.rpartition("-")
+            if not folder.is_dir() or owner != host or not pid.isdigit():
+                continue
+            if folder == self.incoming_dir or not _process_alive(int(pid)):
+                for path in folder.iterdir():
+                    path.unlink(missing_ok=True)
+                    removed += 1
+                if folder != self.incoming_dir:
+                    folder.rmdir()
         if removed:
             logger.info("removed unfinished incoming files", extra={"count": removed})
         return removed

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -140,6 +141,10 @@ class NodeProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def incoming_name(self) -> str:
+        """The folder of this process's transfers in progress."""
+        return f"{socket.gethostname()}-{self.process.pid}"
 
 
 @pytest.fixture

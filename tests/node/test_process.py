@@ -62,7 +62,9 @@ def test_sigkill_during_transfer_loses_nothing_answered_success(
     assert set(answered) <= set(stored)
     for sop_uid, source in answered.items():
         assert _body(stored[sop_uid]) == _body(source)
-    assert not list((node.config.node.storage_dir / "incoming").iterdir())
+    incoming = node.config.node.storage_dir / "incoming"
+    assert not [p for p in incoming.rglob("*") if p.is_file()]  # the dead one's are gone
+    assert [p.name for p in incoming.iterdir()] == [restarted.incoming_name()]
 
     def complete() -> bool:
         with sessions() as session:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -55,8 +57,23 @@ def test_commit_across_file_systems_copies(tmp_path: Path, monkeypatch: pytest.M
     assert [p.name for p in dest.parent.iterdir()] == ["3.dcm"]  # no temp file left
 
 
-def test_clear_incoming_removes_unfinished_transfers(tmp_path: Path) -> None:
+def test_clear_incoming_removes_only_dead_listeners_transfers(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
-    (spool.incoming_dir / "tmpabc.dcm").write_bytes(b"half")
-    assert spool.clear_incoming() == 1
+    host = socket.gethostname()
+    dead = spool.incoming_root / f"{host}-{dead_pid()}"
+    alive = spool.incoming_root / f"{host}-1"  # init: alive, not ours
+    other_host = spool.incoming_root / f"elsewhere-{dead_pid()}"
+    for folder in (dead, alive, other_host, spool.incoming_dir):
+        folder.mkdir(exist_ok=True)
+        (folder / "tmpabc.dcm").write_bytes(b"half")
+    assert spool.clear_incoming() == 2
+    assert not dead.exists()
     assert list(spool.incoming_dir.iterdir()) == []
+    assert (alive / "tmpabc.dcm").exists() and (other_host / "tmpabc.dcm").exists()
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited."""
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
