@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 OPSET = 17
 PROVENANCE_FILE = "training.json"
 DEFAULT_TOLERANCE = 1e-3
+HEAD_WEIGHT = "head.weight"  # the Classifier head's weight, kept by name in the graph
 
 
 class ExportError(ModelPackageError):
@@ -93,20 +94,13 @@ def _export_program(model: nn.Module, example: torch.Tensor, path: Path, max_bat
     torch.export.save(program, str(path))
 
 
-def _cam_weight_name(path: Path) -> str:
-    """The initializer of the head's weight: the Gemm producing the logits."""
+def _cam_weight_name(path: Path, labels: int) -> str:
+    """The initializer of the head's weight, (labels, channels), as the node reads it."""
     graph = onnx.load(str(path)).graph
-    initializers = {init.name for init in graph.initializer}
-    for node in graph.node:
-        if (
-            node.op_type == "Gemm"
-            and LOGITS_OUTPUT in node.output
-            and node.input[1] in initializers
-        ):
-            trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
-            if trans_b == 1:
-                return str(node.input[1])
-    raise ExportError(path, "graph", "no Gemm with a (labels, channels) weight makes the logits")
+    for init in graph.initializer:
+        if init.name == HEAD_WEIGHT and len(init.dims) == 2 and init.dims[0] == labels:
+            return HEAD_WEIGHT
+    raise ExportError(path, "graph", f"no ({labels}, channels) initializer {HEAD_WEIGHT!r}")
 
 
 def _outputs(model: nn.Module, images: torch.Tensor) -> list[npt.NDArray[np.float32]]:
@@ -153,7 +147,11 @@ def load_fold_model(run_dir: Path, fold: int, config: FinetuneConfig) -> nn.Modu
     labels = len(config.spec.output.labels)
     t = config.training
     model = build_network(
-        t.backbone, labels, config.spec.input.channels, output_stride=t.output_stride
+        t.backbone,
+        labels,
+        config.spec.input.channels,
+        output_stride=t.output_stride,
+        pooling=t.pooling,
     )
     model.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["model"])
     return model.eval()
@@ -226,7 +224,8 @@ def export_package(
     outputs = [LOGITS_OUTPUT, FEATURES_OUTPUT] if classifier else [LOGITS_OUTPUT]
     onnx_path = target / ONNX_FILE
     _export_graph(model, torch.from_numpy(images[:2]), onnx_path, input_name, outputs)
-    cam_weight = _cam_weight_name(onnx_path) if classifier else None
+    labels = len(config.spec.output.labels)
+    cam_weight = _cam_weight_name(onnx_path, labels) if classifier else None
     spec = exported_spec(config, list(summary["thresholds"]), cam_weight)
     info = spec.model.model_copy(
         update={k: v for k, v in (("name", name), ("version", version)) if v is not None}

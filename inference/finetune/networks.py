@@ -48,7 +48,14 @@ _HEAD_PREFIXES = ("fc.", "classifier.")
 
 
 class Classifier(nn.Module):
-    """Encoder, global average pooling and a linear head; returns logits and features.
+    """Encoder, global pooling and a linear head; returns logits and the feature map.
+
+    With ``pooling = "avg"`` the logits are the linear head on the spatially averaged
+    features (Zhou et al. 2016). With ``"max"`` the head is applied at every location
+    and the logit is the highest of these (Oquab et al. 2015): the class activation
+    map the node draws, ``head.weight @ features``, is then exactly the per-location
+    logit, so its peak is where the finding was seen rather than anywhere in the
+    broad context a deep network's receptive field covers.
 
     Parameters
     ----------
@@ -58,20 +65,29 @@ class Classifier(nn.Module):
         Width of the last feature map.
     labels : int
         Number of outputs of the new head.
+    pooling : str
+        ``avg`` or ``max``.
     """
 
-    def __init__(self, stages: Sequence[nn.Module], channels: int, labels: int) -> None:
+    def __init__(
+        self, stages: Sequence[nn.Module], channels: int, labels: int, pooling: str = "avg"
+    ) -> None:
         super().__init__()
+        if pooling not in ("avg", "max"):
+            raise ValueError(f"pooling must be 'avg' or 'max', got {pooling!r}")
         self.stages = nn.ModuleList(stages)
         self.head = nn.Linear(channels, labels)
+        self.pooling = pooling
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (logits (N, labels), last feature map (N, channels, h, w))."""
         features = image
         for stage in self.stages:
             features = stage(features)
-        logits = self.head(features.mean(dim=(2, 3)))
-        return logits, features
+        if self.pooling == "max":
+            cam = torch.einsum("nchw,lc->nlhw", features, self.head.weight)
+            return cam.amax(dim=(2, 3)) + self.head.bias, features
+        return self.head(features.mean(dim=(2, 3))), features
 
 
 class _Decode(nn.Module):
@@ -268,6 +284,7 @@ def build_network(
     channels: int,
     weights: Path | None = None,
     output_stride: int = 32,
+    pooling: str = "avg",
 ) -> nn.Module:
     """Build a network for the task, optionally from local pretrained weights.
 
@@ -287,6 +304,8 @@ def build_network(
     output_stride : int
         32 (the backbone as designed), 16 or 8: a finer last feature map for CAM
         (ResNet and ShuffleNet classifiers only).
+    pooling : str
+        A classifier's global pooling, ``avg`` or ``max`` (see `Classifier`).
 
     Returns
     -------
@@ -334,7 +353,7 @@ def build_network(
     if kind.segmentation:
         assert isinstance(model, torchvision.models.ResNet)  # Backbone: unet_resnet* only
         return UNet(stages, _resnet_widths(model), labels)
-    return Classifier(stages, width, labels)
+    return Classifier(stages, width, labels, pooling)
 
 
 def _resnet_widths(model: torchvision.models.ResNet) -> list[int]:

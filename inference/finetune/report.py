@@ -31,6 +31,10 @@ def _fmt(value: object, digits: int = 3) -> str:
     return str(value)
 
 
+def _row_name(fold: object) -> str:
+    return f"fold {fold}" if isinstance(fold, int) else str(fold)
+
+
 def _save(figure: Figure, path: Path) -> str:
     figure.tight_layout()
     figure.savefig(path, dpi=100)
@@ -127,7 +131,7 @@ def _classification_section(label: Json, level: str, folder: Path, figures: Json
         ci = row["auc_ci95"]
         cm = row["confusion"]
         lines.append(
-            f"| fold {row['fold']} | {row['n']} | {row['positives']} | {_fmt(row['auc'])} | "
+            f"| {_row_name(row['fold'])} | {row['n']} | {row['positives']} | {_fmt(row['auc'])} | "
             f"{_fmt(ci[0])}-{_fmt(ci[1])} | {_fmt(row['sensitivity'])} | "
             f"{_fmt(row['specificity'])} | {cm[0][0]} {cm[0][1]} {cm[1][0]} {cm[1][1]} |"
         )
@@ -171,7 +175,7 @@ def _segmentation_section(label: Json, folder: Path, figures: Json) -> list[str]
     ]
     for row in [*label["folds"], {"fold": "pooled", **pooled}]:
         lines.append(
-            f"| fold {row['fold']} | {row['n']} | {_fmt(row['dice_mean'])} | "
+            f"| {_row_name(row['fold'])} | {row['n']} | {_fmt(row['dice_mean'])} | "
             f"{_fmt(row['dice_median'])} | {_fmt(row['hausdorff95_mean'])} | "
             f"{_fmt(row['hausdorff_max_mean'])} | {row['hausdorff_undefined']} |"
         )

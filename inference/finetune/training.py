@@ -201,6 +201,7 @@ def train_fold(
         config.spec.input.channels,
         config.weights_path,
         t.output_stride,
+        t.pooling,
     ).to(device)
     encoder, new = head_parameters(model)
     base_rates = (t.lr * t.encoder_lr_factor, t.lr)

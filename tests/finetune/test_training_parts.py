@@ -33,6 +33,20 @@ def test_classifier_returns_logits_and_last_feature_map() -> None:
     assert torch.allclose(logits, expected)
 
 
+def test_max_pooling_logit_is_the_peak_of_the_class_activation_map() -> None:
+    model = build_network(
+        "shufflenet_v2_x0_5", labels=2, channels=1, output_stride=8, pooling="max"
+    ).eval()
+    logits, features = model(torch.randn(2, 1, 64, 64))
+    assert features.shape == (2, 1024, 8, 8)
+    cam = torch.einsum("nchw,lc->nlhw", features, model.head.weight)
+    assert torch.allclose(logits, cam.amax(dim=(2, 3)) + model.head.bias, atol=1e-5)
+    with pytest.raises(ValueError, match="pooling must be 'avg' or 'max'"):
+        build_network("resnet18", labels=1, channels=1, pooling="sum")
+    with pytest.raises(ValueError, match="output_stride 8 applies to ResNet/ShuffleNet"):
+        build_network("densenet121", labels=1, channels=1, output_stride=8)
+
+
 def test_unet_output_has_background_channel_at_input_resolution() -> None:
     model = build_network("unet_resnet18", labels=2, channels=1)
     assert isinstance(model, UNet)
