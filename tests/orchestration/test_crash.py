@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from dicom_node.config import PeerConfig
 from dicom_node.db import create_db_engine, session_factory
-from dicom_node.schema import Delivery, WorkState
+from dicom_node.schema import Delivery, Job, WorkState
 from dicom_node.scu import LocalAE, send_files
 from tests.conftest import get_free_port
 from tests.orchestration.archive import run_archive
@@ -34,6 +34,22 @@ def deliveries(url: str) -> list[Delivery]:
             return list(session.scalars(select(Delivery)))
     finally:
         engine.dispose()
+
+
+def all_results_delivered(url: str, jobs: int) -> bool:
+    """Every job is done and every delivery it created is done.
+
+    The number of result objects per job depends on what the model finds (SR alone, or
+    SR and SEG), so the test waits for the jobs, not for a count of deliveries.
+    """
+    engine = create_db_engine(url)
+    try:
+        with session_factory(engine)() as session:
+            done = session.scalars(select(Job).where(Job.state == WorkState.DONE)).all()
+            rows = session.scalars(select(Delivery)).all()
+    finally:
+        engine.dispose()
+    return len(done) == jobs and bool(rows) and all(d.state == WorkState.DONE for d in rows)
 
 
 def test_kill_9_mid_delivery_every_result_arrives(tmp_path: Path) -> None:
@@ -59,9 +75,7 @@ def test_kill_9_mid_delivery_every_result_arrives(tmp_path: Path) -> None:
         archive.gate.set()
         with run_node(config, port=port) as again:
             wait_until(
-                lambda: (
-                    len(d := deliveries(url)) == 2 and all(x.state == WorkState.DONE for x in d)
-                ),
+                lambda: all_results_delivered(url, jobs=len(studies)),
                 120,
                 lambda: again.log_text(),
             )
