@@ -39,7 +39,6 @@ from dicom_node.schema import Instance, Series, WorkState, utcnow
 from inference import (
     BackendUnavailableError,
     ModelPackageError,
-    Prediction,
     UnsupportedSeriesError,
 )
 from sr_writer import ResultBuildError, build_results
@@ -247,7 +246,9 @@ class Worker:
             if prediction.skipped:
                 problems.append(f"series {series_uid}: skipped " + "; ".join(prediction.skipped))
             with timings.phase("results"):
-                results.extend(self._build(prediction, datasets, results, problems))
+                results.extend(
+                    build_results(prediction, datasets, device_name=self.config.node.ae_title)
+                )
             if lost():
                 raise LeaseLost()
         if not results:
@@ -256,20 +257,3 @@ class Worker:
             files = self.outbox.write(job.id, results)
         objects = [ResultObject(str(f.path), f.sop_instance_uid, f.sop_class_uid) for f in files]
         return objects, problems
-
-    def _build(
-        self,
-        prediction: Prediction,
-        datasets: list[Dataset],
-        earlier: list[Dataset],
-        problems: list[str],
-    ) -> list[Dataset]:
-        built = build_results(prediction, datasets, device_name=self.config.node.ae_title)
-        taken = {str(ds.SOPInstanceUID) for ds in earlier}
-        kept = [ds for ds in built if str(ds.SOPInstanceUID) not in taken]
-        if len(kept) < len(built):
-            problems.append(
-                f"{len(built) - len(kept)} result(s) of series {datasets[0].SeriesInstanceUID} "
-                "share UIDs with an earlier series of this job and were not kept"
-            )
-        return kept

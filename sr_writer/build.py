@@ -38,8 +38,9 @@ def build_results(
     non-empty mask) and heatmap objects (classification with CAMs) follow. An object
     the sources cannot carry (e.g. a SEG for sources without a Frame of Reference)
     is left out, and the SR is marked partial and says why. UIDs derive from the
-    source study, the model's name and version and the object kind, so a retried
-    job produces the same UIDs and the archive replaces rather than duplicates.
+    source study and series, the model's name and version and the object kind, so
+    a retried job produces the same UIDs and the archive replaces rather than
+    duplicates, and results for two series of one study never share a UID.
 
     Parameters
     ----------
@@ -84,7 +85,7 @@ def build_results(
         parametric_map=parametric_map,
         uid_root=uid_root,
     )
-    sources = SourceSeries(source_datasets)
+    sources = SourceSeries(source_datasets, prediction.series_instance_uid)
     with copied_names_accepted():
         return _build(prediction, sources, options)
 

@@ -89,7 +89,7 @@ def build_overlay(
     """
     frame = sources.frame(heatmap.frame)
     _check_shape(heatmap, frame)
-    study = sources.study_instance_uid
+    study, series = sources.study_instance_uid, sources.series_instance_uid
     rgb = fuse(_display_gray(frame), heatmap.values)
     orientation = _patient_orientation(frame)
     burned = burn_in(rgb, _caption(heatmap, model))
@@ -100,12 +100,13 @@ def build_overlay(
         bits_allocated=8,
         coordinate_system=hd.CoordinateSystemNames.PATIENT,
         series_instance_uid=derive_uid(
-            options.uid_root, study, model, ObjectKind.HEATMAP_SC, "series"
+            options.uid_root, study, series, model, ObjectKind.HEATMAP_SC, "series"
         ),
         series_number=SC_SERIES_NUMBER,
         sop_instance_uid=derive_uid(
             options.uid_root,
             study,
+            series,
             model,
             ObjectKind.HEATMAP_SC,
             heatmap.label.name,
@@ -179,7 +180,7 @@ def build_parametric_map(
     _check_shape(heatmap, frame)
     if frame.slice_thickness() is None:
         raise UnsupportedSourceError("Parametric Map", "source has no Slice Thickness")
-    study = sources.study_instance_uid
+    study, series = sources.study_instance_uid, sources.series_instance_uid
     mapping = hd.pm.RealWorldValueMapping(
         lut_label="CAM",
         lut_explanation=ascii_text(f"class activation map of {heatmap.label.name}")[:64],
@@ -194,12 +195,13 @@ def build_parametric_map(
             source_images=[frame.dataset],
             pixel_array=np.ascontiguousarray(heatmap.values, dtype=np.float32)[np.newaxis],
             series_instance_uid=derive_uid(
-                options.uid_root, study, model, ObjectKind.PARAMETRIC_MAP, "series"
+                options.uid_root, study, series, model, ObjectKind.PARAMETRIC_MAP, "series"
             ),
             series_number=PM_SERIES_NUMBER,
             sop_instance_uid=derive_uid(
                 options.uid_root,
                 study,
+                series,
                 model,
                 ObjectKind.PARAMETRIC_MAP,
                 heatmap.label.name,

@@ -105,10 +105,10 @@ def build_segmentation(
     pixels = _pixel_array(prediction, kind, present, positions, _frame_count(source_images))
     model = prediction.model
     descriptions = [
-        _description(number, prediction.labels[index], model, sources.study_instance_uid, options)
+        _description(number, prediction.labels[index], model, sources, options)
         for number, index in enumerate(present, start=1)
     ]
-    uid = sources.study_instance_uid
+    study, series = sources.study_instance_uid, sources.series_instance_uid
     source_images = _with_thickness(prediction, frames, source_images)
     try:
         seg = hd.seg.Segmentation(
@@ -116,9 +116,13 @@ def build_segmentation(
             pixel_array=pixels,
             segmentation_type=kind.value,
             segment_descriptions=descriptions,
-            series_instance_uid=derive_uid(options.uid_root, uid, model, ObjectKind.SEG, "series"),
+            series_instance_uid=derive_uid(
+                options.uid_root, study, series, model, ObjectKind.SEG, "series"
+            ),
             series_number=SEG_SERIES_NUMBER,
-            sop_instance_uid=derive_uid(options.uid_root, uid, model, ObjectKind.SEG, "instance"),
+            sop_instance_uid=derive_uid(
+                options.uid_root, study, series, model, ObjectKind.SEG, "instance"
+            ),
             instance_number=1,
             manufacturer=ascii_text(manufacturer(model, options)),
             manufacturer_model_name=ascii_text(model.name),
@@ -244,7 +248,7 @@ def _pixel_array(
 
 
 def _description(
-    number: int, label: Label, model: ModelIdentity, study_uid: str, options: ResultOptions
+    number: int, label: Label, model: ModelIdentity, sources: SourceSeries, options: ResultOptions
 ) -> hd.seg.SegmentDescription:
     return hd.seg.SegmentDescription(
         segment_number=number,
@@ -253,7 +257,14 @@ def _description(
         segmented_property_type=to_code(label.finding),
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
         algorithm_identification=algorithm_sequence(model),
-        tracking_uid=derive_uid(options.uid_root, study_uid, model, ObjectKind.SEG, label.name),
+        tracking_uid=derive_uid(
+            options.uid_root,
+            sources.study_instance_uid,
+            sources.series_instance_uid,
+            model,
+            ObjectKind.SEG,
+            label.name,
+        ),
         tracking_id=ascii_text(label.name)[:64],
         display_color=hd.color.CIELabColor.from_rgb(
             *SEGMENT_COLORS[(number - 1) % len(SEGMENT_COLORS)]

@@ -125,6 +125,9 @@ class SourceSeries:
     ----------
     datasets: Sequence[pydicom.Dataset]
         The source instances, all of one study.
+    series_instance_uid: str | None
+        The series the prediction was made on (``Prediction.series_instance_uid``);
+        ``None`` or empty takes the first dataset's. Result UIDs derive from it.
 
     Raises
     ------
@@ -133,7 +136,7 @@ class SourceSeries:
         repeat a SOP Instance UID.
     """
 
-    def __init__(self, datasets: Sequence[Dataset]) -> None:
+    def __init__(self, datasets: Sequence[Dataset], series_instance_uid: str | None = None) -> None:
         if not datasets:
             raise ValueError("source_datasets must hold at least one dataset")
         studies = {str(ds.StudyInstanceUID) for ds in datasets}
@@ -144,6 +147,10 @@ class SourceSeries:
             raise ValueError("source datasets repeat a SOP Instance UID")
         self.datasets = list(datasets)
         self.study_instance_uid = studies.pop()
+        self.series_instance_uid = series_instance_uid or str(
+            datasets[0].get("SeriesInstanceUID", "")
+        )
+        """The source series: with the study, what every result UID derives from."""
         self.reference = _with_type2_attributes(self.datasets[0])
         """The dataset whose patient and study modules the results copy."""
 

@@ -103,6 +103,7 @@ class _Report:
         return derive_uid(
             self.options.uid_root,
             self.sources.study_instance_uid,
+            self.sources.series_instance_uid,
             self.prediction.model,
             ObjectKind.SR,
             *parts,

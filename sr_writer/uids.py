@@ -1,8 +1,11 @@
 """Deterministic UIDs: the same job always names its results the same way.
 
 A retried job must replace its earlier results in the archive, not add duplicates,
-so every UID is a hash of what identifies the result: the source study, the model's
-name and version, the object kind, and the role of the UID within the object.
+so every UID is a hash of what identifies the result: the source study and series,
+the model's name and version, the object kind, and the role of the UID within the
+object. The series is part of it because one job may run a model on several series of
+a study (a route matching two CT series): each series' results must have UIDs of their
+own, or the archive would keep only one series' results.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ _SEPARATOR = "\x1f"
 def derive_uid(
     root: str,
     study_instance_uid: str,
+    series_instance_uid: str,
     model: ModelIdentity,
     kind: ObjectKind,
     *parts: str,
@@ -31,6 +35,8 @@ def derive_uid(
         UID root ending in ``"."``.
     study_instance_uid: str
         The source study.
+    series_instance_uid: str
+        The source series the prediction was made on.
     model: ModelIdentity
         The model that made the result.
     kind: ObjectKind
@@ -46,12 +52,21 @@ def derive_uid(
     Raises
     ------
     ValueError
-        If ``study_instance_uid`` is empty: a UID derived from nothing would collide
-        across studies.
+        If ``study_instance_uid`` or ``series_instance_uid`` is empty: a UID derived
+        from nothing would collide across studies or series.
     """
     if not study_instance_uid:
         raise ValueError("study_instance_uid must not be empty for a derived UID")
-    sources = [study_instance_uid, model.name, model.version, kind.value, *parts]
+    if not series_instance_uid:
+        raise ValueError("series_instance_uid must not be empty for a derived UID")
+    sources = [
+        study_instance_uid,
+        series_instance_uid,
+        model.name,
+        model.version,
+        kind.value,
+        *parts,
+    ]
     # pydicom joins the sources without a separator: join them ourselves, so that
     # ("ab", "c") and ("a", "bc") stay apart.
     return generate_uid(prefix=root, entropy_srcs=[_SEPARATOR.join(sources)])

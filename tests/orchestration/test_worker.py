@@ -95,6 +95,36 @@ def test_job_writes_results_and_one_delivery_per_object_and_destination(
         )
 
 
+def test_two_series_of_one_study_in_one_job_keep_all_their_results(
+    sessions: sessionmaker[Session], config: NodeConfig, models: ModelCache, tmp_path: Path
+) -> None:
+    """A route matching two CT series runs both; neither series' results replace the other's."""
+    first = ct_series(tmp_path / "ct1", 3)
+    study_uid = str(pydicom.dcmread(first[0], stop_before_pixels=True).StudyInstanceUID)
+    second = ct_series(tmp_path / "ct2", 3, study_uid=study_uid)
+    with sessions.begin() as session:
+        add_study(session, study_uid, [{"instances": first}, {"instances": second}])
+    route_complete_studies(sessions, config)
+    assert Worker(config, sessions, models).run_once("w1")
+    job = job_row(sessions)
+    assert len(job.series_uids) == 2
+    assert job.state == WorkState.DONE and job.error is None, job.error
+    outbox = sorted((config.node.storage_dir / "outbox" / str(job.id)).glob("*.dcm"))
+    results = [pydicom.dcmread(path, stop_before_pixels=True) for path in outbox]
+    reports = [ds for ds in results if ds.Modality == "SR"]
+    evidence = {
+        str(
+            ds.CurrentRequestedProcedureEvidenceSequence[0]
+            .ReferencedSeriesSequence[0]
+            .SeriesInstanceUID
+        )
+        for ds in reports
+    }
+    assert evidence == set(job.series_uids)
+    # One result series per (source series, object kind): none shared across series.
+    assert len({str(ds.SeriesInstanceUID) for ds in results}) == len(results)
+
+
 def test_series_the_model_cannot_take_skips_the_job(
     sessions: sessionmaker[Session], config: NodeConfig, models: ModelCache, tmp_path: Path
 ) -> None:

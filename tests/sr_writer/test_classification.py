@@ -16,7 +16,7 @@ from sr_writer import build_results
 from sr_writer.contour import largest_outline
 from tests.sr_writer.conftest import Validator
 from tests.sr_writer.reading import evaluation_of, read_report, region_reference, saved, value_of
-from tests.sr_writer.samples import concept, frame_refs, load
+from tests.sr_writer.samples import concept, frame_refs, load, single_frame_series
 
 PRESENT, ABSENT = "52101004", "272519000"
 
@@ -348,3 +348,29 @@ def test_source_without_type2_patient_attributes_gets_its_report(
     assert (sr.PatientID, sr.StudyID, sr.AccessionNumber) == ("", "", "")
     assert "PatientID" not in source  # the caller's dataset is untouched
     dciodvfy(sr, "sr")
+
+
+def test_heatmaps_of_two_series_of_one_study_get_uids_of_their_own(
+    model: ModelIdentity, lesion: Label
+) -> None:
+    """SR, overlay and Parametric Map of each series: distinct, and stable on a re-run."""
+    first = single_frame_series("CT_small.dcm", 1)
+    second = single_frame_series("CT_small.dcm", 2)
+    assert first[0].StudyInstanceUID == second[0].StudyInstanceUID
+
+    def run(sources: list[Dataset]) -> list[Dataset]:
+        heatmap = _heatmap(lesion, sources[0])
+        prediction = _classification(model, sources, [(lesion, 0.9)], (heatmap,))
+        return build_results(prediction, sources, parametric_map=True)
+
+    first_results, second_results, again = run(first), run(second), run(first)
+
+    assert [ds.SOPClassUID.name for ds in first_results] == [
+        "Comprehensive 3D SR Storage",
+        "Secondary Capture Image Storage",
+        "Parametric Map Storage",
+    ]
+    for kind, (a, b, c) in enumerate(zip(first_results, second_results, again, strict=True)):
+        assert a.SOPInstanceUID != b.SOPInstanceUID, kind
+        assert a.SeriesInstanceUID != b.SeriesInstanceUID, kind
+        assert (a.SOPInstanceUID, a.SeriesInstanceUID) == (c.SOPInstanceUID, c.SeriesInstanceUID)

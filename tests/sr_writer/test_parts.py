@@ -78,30 +78,38 @@ def test_outline_wants_a_2d_mask() -> None:
 
 def test_uids_are_stable_and_differ_by_every_input() -> None:
     model = ModelIdentity("m", "1")
-    base = derive_uid(ROOT, "1.2.3", model, ObjectKind.SR, "instance")
+    base = derive_uid(ROOT, "1.2.3", "1.2.3.1", model, ObjectKind.SR, "instance")
 
-    assert base == derive_uid(ROOT, "1.2.3", model, ObjectKind.SR, "instance")
+    assert base == derive_uid(ROOT, "1.2.3", "1.2.3.1", model, ObjectKind.SR, "instance")
     assert base.startswith(ROOT) and len(base) <= 64 and base.is_valid
     variants = {
-        derive_uid(ROOT, "1.2.4", model, ObjectKind.SR, "instance"),
-        derive_uid(ROOT, "1.2.3", ModelIdentity("m", "2"), ObjectKind.SR, "instance"),
-        derive_uid(ROOT, "1.2.3", ModelIdentity("n", "1"), ObjectKind.SR, "instance"),
-        derive_uid(ROOT, "1.2.3", model, ObjectKind.SEG, "instance"),
-        derive_uid(ROOT, "1.2.3", model, ObjectKind.SR, "series"),
+        derive_uid(ROOT, "1.2.4", "1.2.3.1", model, ObjectKind.SR, "instance"),
+        derive_uid(ROOT, "1.2.3", "1.2.3.2", model, ObjectKind.SR, "instance"),
+        derive_uid(ROOT, "1.2.3", "1.2.3.1", ModelIdentity("m", "2"), ObjectKind.SR, "instance"),
+        derive_uid(ROOT, "1.2.3", "1.2.3.1", ModelIdentity("n", "1"), ObjectKind.SR, "instance"),
+        derive_uid(ROOT, "1.2.3", "1.2.3.1", model, ObjectKind.SEG, "instance"),
+        derive_uid(ROOT, "1.2.3", "1.2.3.1", model, ObjectKind.SR, "series"),
     }
-    assert base not in variants and len(variants) == 5
+    assert base not in variants and len(variants) == 6
 
 
 def test_uid_parts_do_not_run_together() -> None:
-    a = derive_uid(ROOT, "1.2.3", ModelIdentity("ab", "c"), ObjectKind.SR)
-    b = derive_uid(ROOT, "1.2.3", ModelIdentity("a", "bc"), ObjectKind.SR)
+    a = derive_uid(ROOT, "1.2.3", "1.2.3.1", ModelIdentity("ab", "c"), ObjectKind.SR)
+    b = derive_uid(ROOT, "1.2.3", "1.2.3.1", ModelIdentity("a", "bc"), ObjectKind.SR)
+    c = derive_uid(ROOT, "1.2.3", "1.2.3.1a", ModelIdentity("bc", "1"), ObjectKind.SR)
+    d = derive_uid(ROOT, "1.2.3", "1.2.3.1", ModelIdentity("abc", "1"), ObjectKind.SR)
 
-    assert a != b
+    assert a != b and c != d
 
 
 def test_uid_needs_a_study() -> None:
     with pytest.raises(ValueError, match="study_instance_uid must not be empty"):
-        derive_uid(ROOT, "", ModelIdentity("m", "1"), ObjectKind.SR)
+        derive_uid(ROOT, "", "1.2.3.1", ModelIdentity("m", "1"), ObjectKind.SR)
+
+
+def test_uid_needs_a_series() -> None:
+    with pytest.raises(ValueError, match="series_instance_uid must not be empty"):
+        derive_uid(ROOT, "1.2.3", "", ModelIdentity("m", "1"), ObjectKind.SR)
 
 
 def test_series_description_keeps_kind_and_warning_within_64_characters() -> None:

@@ -435,3 +435,36 @@ def test_no_slice_thickness_anywhere_means_no_seg(
 
     assert [ds.Modality for ds in results] == ["SR"]
     assert "no Slice Thickness" in results[0].CompletionFlagDescription
+
+
+def _result_uids(results: list[Dataset]) -> set[str]:
+    """Every UID a result names as its own: SOP instance, series and segment tracking."""
+    uids = {str(ds.SOPInstanceUID) for ds in results} | {
+        str(ds.SeriesInstanceUID) for ds in results
+    }
+    for ds in results:
+        uids |= {str(segment.TrackingUID) for segment in ds.get("SegmentSequence", [])}
+    return uids
+
+
+def test_two_series_of_one_study_get_results_of_their_own(
+    model: ModelIdentity, lesion: Label
+) -> None:
+    """One job may run a model on two series of a study: no result may replace another."""
+    first = single_frame_series("CT_small.dcm", 3)
+    second = single_frame_series("CT_small.dcm", 2)
+    assert first[0].StudyInstanceUID == second[0].StudyInstanceUID
+    assert first[0].SeriesInstanceUID != second[0].SeriesInstanceUID
+    first_masks = np.zeros((3, 128, 128, 1), dtype=bool)
+    first_masks[:, 40:60, 40:60, 0] = True
+    second_masks = first_masks[:2].copy()
+
+    first_results = build_results(_prediction(model, first, (lesion,), first_masks), first)
+    second_results = build_results(_prediction(model, second, (lesion,), second_masks), second)
+    again = build_results(_prediction(model, first, (lesion,), first_masks), first)
+
+    assert [ds.Modality for ds in first_results] == ["SR", "SEG"]
+    assert [ds.Modality for ds in second_results] == ["SR", "SEG"]
+    assert not _result_uids(first_results) & _result_uids(second_results)
+    assert [ds.SOPInstanceUID for ds in again] == [ds.SOPInstanceUID for ds in first_results]
+    assert _result_uids(again) == _result_uids(first_results)
