@@ -8,8 +8,8 @@ from typing import Any
 
 from dicom_node.config import load_config
 from dicom_node.errors import ConfigError
+from dicom_node.package_check import model_package_problems
 from dicom_node.routing import unmatchable_conditions
-from inference import ModelPackageError, validate_package
 
 
 def add_parser(subparsers: Any) -> None:
@@ -32,13 +32,7 @@ def run(args: argparse.Namespace) -> int:
         config = load_config(args.config)
     except ConfigError as exc:
         return _report(exc.path, exc.problems)
-    # Orchestration: each model package checked against its graph, without starting it.
-    problems = []
-    for index, model in enumerate(config.models):
-        try:
-            validate_package(model.path)
-        except ModelPackageError as exc:
-            problems.append((f"models[{index}].path", str(exc)))
+    problems = model_package_problems(config)
     if problems:
         return _report(args.config, problems)
     for key, message in unmatchable_conditions(config):

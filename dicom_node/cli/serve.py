@@ -10,6 +10,7 @@ from typing import Any
 from dicom_node.config import load_config
 from dicom_node.errors import ConfigError
 from dicom_node.logs import configure_logging
+from dicom_node.package_check import model_package_problems
 from dicom_node.service import ROLES, Service
 
 logger = logging.getLogger(__name__)
@@ -34,6 +35,10 @@ def run(args: argparse.Namespace) -> int:
         config = load_config(args.config)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
+        return 2
+    problems = model_package_problems(config)
+    if problems:
+        print(ConfigError(args.config, problems), file=sys.stderr)
         return 2
     if args.log_level is None:
         configure_logging(config.node.log_level)

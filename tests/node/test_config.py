@@ -178,3 +178,23 @@ def test_not_toml(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(path)
     assert tomllib  # the stdlib parser is what the node uses
+
+
+def test_serve_refuses_a_broken_model_package(tmp_path: Path) -> None:
+    path = tmp_path / "node.toml"
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "model.toml").write_text('[model]\nname = "broken"\n')
+    path.write_text(
+        f'[node]\nport = 1\ndatabase_url = "sqlite:///{tmp_path}/node.db"\n'
+        '[[models]]\nname = "broken"\npath = "broken"\n'
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "dicom_node", "serve", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "models[0].path" in result.stderr
+    assert "model.toml" in result.stderr

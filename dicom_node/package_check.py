@@ -1,0 +1,21 @@
+"""Every configured model package checked against its ONNX graph, before anything listens.
+
+Shared by ``check-config`` and ``serve``: a broken package is a start-up error naming
+the config key and the file, not a failure at the first study.
+"""
+
+from __future__ import annotations
+
+from dicom_node.config import NodeConfig
+from inference import ModelPackageError, validate_package
+
+
+def model_package_problems(config: NodeConfig) -> list[tuple[str, str]]:
+    """``(key path, message)`` for each model package that does not validate."""
+    problems = []
+    for index, model in enumerate(config.models):
+        try:
+            validate_package(model.path)
+        except ModelPackageError as exc:
+            problems.append((f"models[{index}].path", str(exc)))
+    return problems
