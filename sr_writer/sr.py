@@ -14,9 +14,9 @@ numbers beside it:
   gets an outline with its area on every slice where the segment is present;
 - detection: per box, the box as a closed polyline with its score;
 - classification: per positive label, the outline of the heatmap's hot region
-  (values at or above half the map's maximum) on the heatmap's frame, or the whole
-  key image where the model gives no heatmap, with "present", the probability and
-  the threshold.
+  (values at or above half the map's maximum) on the heatmap's frame, or a frame
+  around the key image (as for absent labels, below) where the model gives no
+  heatmap, with "present", the probability and the threshold.
 
 OHIF merges measurement groups by Tracking UID and fails to load a report in which
 a merged finding has no region, so every group is drawable: the segment group
@@ -25,7 +25,7 @@ that were not found are drawn too.
 
 Absent labels and reports without findings: every label the model did not find
 gets a planar group on the key image (the middle frame of the series the model
-read) whose region is the border of that whole image, whose tracking identifier is
+read) whose region is a frame around that image, whose tracking identifier is
 "<label>: not found", and whose qualitative evaluation says the finding is "Absent"
 (SCT 272519000), with the threshold the label fell short of (and for classification
 its probability). A report in which the model found nothing is therefore never
@@ -34,6 +34,18 @@ its numbers, and the "not found" identifier and "Absent" evaluation state the
 result for readers that list them. OHIF labels a region with its NUM items only
 and prints a zero as an empty value, so no zero volume or count is written; a text
 item would not do either: OHIF does not draw it.
+
+Frames around the key image must stay readable when there are several (a normal
+study has one per label): identical frames would coincide, and OHIF, which anchors
+a region's label box at the middle of its right side, would print their label
+boxes over each other. So the n frames on one key image differ: the first is the
+border of the whole image; each next one lies inside the one before, its left,
+right and bottom sides inset by a small step (the shorter side / 8n^2) and its
+top lowered so that the middle of its right side, and with it the label box, sits
+lower by half the image height / n. Outlines and label boxes are thus apart at
+the viewer's fit-to-window zoom for a handful of labels (more need zooming in).
+The order is the model's label order; positive classification labels without a
+heatmap take their place in it.
 
 Probabilities, scores and thresholds are written in percent so that viewers that
 print one or two decimals show them usefully. Objects that could not be written (a SEG for
@@ -89,6 +101,8 @@ Group = (
     PlanarROIMeasurementsAndQualitativeEvaluations
     | VolumetricROIMeasurementsAndQualitativeEvaluations
 )
+Slot = tuple[int, int]
+"""(position, count) of a frame among the frames drawn around one key image."""
 
 
 @dataclass(frozen=True)
@@ -141,10 +155,12 @@ class _Report:
         )
 
     def absent(
-        self, label: Label, probability: float | None = None
+        self, label: Label, slot: Slot, probability: float | None = None
     ) -> PlanarROIMeasurementsAndQualitativeEvaluations:
-        """A label not found: "absent", drawn as the border of the key image.
+        """A label not found: "absent", drawn as a frame around the key image.
 
+        ``slot`` is (position, count) among the frames around the key image, which
+        makes each one's outline and label box its own (see `_key_image_frame`).
         Its numbers are the probability (where the model gives one) and the
         threshold it fell short of: OHIF labels a region by its numbers only and
         prints a zero as an empty value, so a zero volume or count would show as
@@ -156,7 +172,7 @@ class _Report:
         return self.planar(
             self.tracking(f"{label.name}: not found", label.name, "absent"),
             frame,
-            _frame_border(frame),
+            _key_image_frame(frame, slot),
             label,
             numbers,
             present=False,
@@ -256,11 +272,17 @@ def build_report(
 
 def _classification_groups(report: _Report, prediction: Classification) -> list[Group]:
     heatmaps = {heatmap.label.name: heatmap for heatmap in prediction.heatmaps}
+    # Drawn around the key image: absent labels, and positive ones without a heatmap.
+    around = [
+        index
+        for index, score in enumerate(prediction.scores)
+        if not score.positive or score.label.name not in heatmaps
+    ]
     groups: list[Group] = []
-    for score in prediction.scores:
+    for index, score in enumerate(prediction.scores):
         label = score.label
         if not score.positive:
-            groups.append(report.absent(label, score.probability))
+            groups.append(report.absent(label, _slot(around, index), score.probability))
             continue
         numbers = [
             _percent(content.PROBABILITY, score.probability),
@@ -269,7 +291,7 @@ def _classification_groups(report: _Report, prediction: Classification) -> list[
         heatmap = heatmaps.get(label.name)
         if heatmap is None:
             frame = report.key_frame()
-            points = _frame_border(frame)
+            points = _key_image_frame(frame, _slot(around, index))
         else:
             frame = report.sources.frame(heatmap.frame)
             points = _hot_region(heatmap.values, frame)
@@ -297,11 +319,12 @@ def _segmentation_groups(
     """
     groups: list[Group] = []
     volume = prediction.voxel_volume_mm3
+    empty = [i for i in range(len(prediction.labels)) if not prediction.masks[..., i].any()]
     for index, label in enumerate(prediction.labels):
         mask = prediction.masks[..., index]
         per_frame = np.count_nonzero(mask, axis=(1, 2))
         if not per_frame.any():
-            groups.append(report.absent(label))
+            groups.append(report.absent(label, _slot(empty, index)))
             continue
         key = int(np.argmax(per_frame))
         total = None if volume is None else _volume(int(per_frame.sum()), volume)
@@ -431,7 +454,10 @@ def _detection_groups(report: _Report, prediction: Detection) -> list[Group]:
                 present=True,
             )
         )
-    groups.extend(report.absent(label) for label in prediction.labels if label.name not in found)
+    missing = [label for label in prediction.labels if label.name not in found]
+    groups.extend(
+        report.absent(label, (position, len(missing))) for position, label in enumerate(missing)
+    )
     return groups
 
 
@@ -449,7 +475,44 @@ def _pixel_area(prediction: Segmentation, frame: SourceFrame) -> float | None:
 
 def _frame_border(frame: SourceFrame) -> npt.NDArray[np.float64]:
     rows, columns = frame.shape
-    return np.array([[0, 0], [columns, 0], [columns, rows], [0, rows], [0, 0]], dtype=np.float64)
+    return _rectangle(0.0, 0.0, float(columns), float(rows))
+
+
+def _key_image_frame(frame: SourceFrame, slot: Slot) -> npt.NDArray[np.float64]:
+    """The ``position``-th of ``count`` frames around one image, each apart from the others.
+
+    The first is the image's border. Each next one lies inside the one before: its
+    left, right and bottom sides move in by ``inset`` and its top comes down by
+    ``inset + 2 * step``, so the middle of its right side (where OHIF anchors a
+    region's label box) is ``step``, half the height / ``count``, lower than the one
+    before. With ``inset`` the shorter side / ``8 * count**2``, even the last frame
+    keeps a positive width and height.
+    """
+    position, count = slot
+    if not 0 <= position < count:
+        raise ValueError(f"slot {position} of {count} frames around the key image")
+    rows, columns = frame.shape
+    step = rows / (2 * count)
+    inset = min(rows, columns) / (8 * count**2)
+    return _rectangle(
+        left=position * inset,
+        top=position * (inset + 2 * step),
+        right=columns - position * inset,
+        bottom=rows - position * inset,
+    )
+
+
+def _slot(members: list[int], index: int) -> Slot:
+    """The slot of one of the labels drawn around the key image (``members``)."""
+    return members.index(index), len(members)
+
+
+def _rectangle(left: float, top: float, right: float, bottom: float) -> npt.NDArray[np.float64]:
+    """A closed (column, row) polyline, clockwise on the screen from the top left."""
+    return np.array(
+        [[left, top], [right, top], [right, bottom], [left, bottom], [left, top]],
+        dtype=np.float64,
+    )
 
 
 def _box_polyline(

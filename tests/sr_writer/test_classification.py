@@ -374,3 +374,33 @@ def test_heatmaps_of_two_series_of_one_study_get_uids_of_their_own(
         assert a.SOPInstanceUID != b.SOPInstanceUID, kind
         assert a.SeriesInstanceUID != b.SeriesInstanceUID, kind
         assert (a.SOPInstanceUID, a.SeriesInstanceUID) == (c.SOPInstanceUID, c.SeriesInstanceUID)
+
+
+def test_labels_drawn_around_the_key_image_do_not_coincide(
+    model: ModelIdentity,
+    lesion: Label,
+    nodule: Label,
+    organ: Label,
+    dciodvfy: Validator,
+    tmp_path: Path,
+) -> None:
+    """A positive label without a heatmap and two negatives: three frames, three label rows."""
+    source = load("MR_small.dcm")  # 64 x 64
+    prediction = _classification(model, [source], [(lesion, 0.9), (nodule, 0.1), (organ, 0.2)])
+
+    (sr,) = build_results(prediction, [source])
+
+    dciodvfy(sr, "sr")
+    groups = read_report(sr, tmp_path).get_planar_roi_measurement_groups()
+    assert [g.tracking_identifier for g in groups] == [
+        "lesion",
+        "nodule: not found",
+        "liver: not found",
+    ]
+    regions = [np.asarray(g.roi.value, dtype=np.float64) for g in groups]  # type: ignore[union-attr]
+    assert not np.array_equal(regions[0], regions[1])
+    assert not np.array_equal(regions[1], regions[2])
+    assert not np.array_equal(regions[0], regions[2])
+    # OHIF anchors each label box at the middle of the region's right side.
+    middles = [(r[:, 1].min() + r[:, 1].max()) / 2 for r in regions]
+    assert np.diff(middles) == pytest.approx([64 / 6, 64 / 6])

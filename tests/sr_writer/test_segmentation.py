@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from sr_writer import build_results
 from sr_writer.contour import largest_outline
 from tests.sr_writer.conftest import Validator
 from tests.sr_writer.reading import evaluation_of, read_report, region_reference, saved, value_of
-from tests.sr_writer.samples import frame_refs, load, single_frame_series
+from tests.sr_writer.samples import concept, frame_refs, load, single_frame_series
 
 PRESENT, ABSENT = "52101004", "272519000"
 
@@ -468,3 +469,46 @@ def test_two_series_of_one_study_get_results_of_their_own(
     assert not _result_uids(first_results) & _result_uids(second_results)
     assert [ds.SOPInstanceUID for ds in again] == [ds.SOPInstanceUID for ds in first_results]
     assert _result_uids(again) == _result_uids(first_results)
+
+
+def _label_anchor(points: np.ndarray) -> tuple[float, float]:
+    """Where OHIF anchors a region's label box: the middle of its right side."""
+    return float(points[:, 0].max()), float((points[:, 1].min() + points[:, 1].max()) / 2)
+
+
+def test_labels_not_found_on_one_image_get_regions_and_label_boxes_of_their_own(
+    model: ModelIdentity,
+    lesion: Label,
+    organ: Label,
+    ct_series: list[Dataset],
+    dciodvfy: Validator,
+    tmp_path: Path,
+) -> None:
+    """A normal study: three frames on the key image, none on another, labels stacked."""
+    bone = Label("bone", concept(codes.SCT.Bone), concept(codes.SCT.Tissue))
+    masks = np.zeros((3, 128, 128, 3), dtype=bool)
+
+    (sr,) = build_results(_prediction(model, ct_series, (lesion, organ, bone), masks), ct_series)
+
+    dciodvfy(sr, "sr")
+    groups = read_report(sr, tmp_path).get_planar_roi_measurement_groups()
+    assert [g.tracking_identifier for g in groups] == [
+        "lesion: not found",
+        "liver: not found",
+        "bone: not found",
+    ]
+    key_image = (str(ct_series[1].SOPInstanceUID), [])
+    assert [region_reference(g) for g in groups] == [key_image] * 3
+    regions = [np.asarray(g.roi.value, dtype=np.float64) for g in groups]  # type: ignore[union-attr]
+    np.testing.assert_array_equal(regions[0], [[0, 0], [128, 0], [128, 128], [0, 128], [0, 0]])
+    for index, region in enumerate(regions):
+        for other in regions[index + 1 :]:
+            assert not np.array_equal(region, other)
+    for outer, inner in itertools.pairwise(regions):
+        # Each frame strictly inside the one before: no two outlines share a side.
+        assert inner[:, 0].min() > outer[:, 0].min() and inner[:, 0].max() < outer[:, 0].max()
+        assert inner[:, 1].min() > outer[:, 1].min() and inner[:, 1].max() < outer[:, 1].max()
+    anchors = [_label_anchor(region) for region in regions]
+    rows = [row for _, row in anchors]
+    # Label boxes a sixth of the image apart (half the height / 3 labels), top to bottom.
+    assert np.diff(rows) == pytest.approx([128 / 6, 128 / 6])
