@@ -10,12 +10,13 @@ from __future__ import annotations
 import functools
 import importlib.util
 import sys
+from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import pytest
 
-from inference import Classification, Model, Segmentation
+from inference import Classification, Model, Segmentation, validate_package
 from tests.conftest import REPO_ROOT
 from tests.inference.dicom_factory import radiograph_dataset, read_testdata
 
@@ -109,3 +110,15 @@ def test_classifier_decisions_on_clear_cases(cr_model: Model) -> None:
         results.append(decided == {"nodule": nodule, "mass": mass})
         assert {h.label.name for h in prediction.heatmaps} == {n for n, p in decided.items() if p}
     assert sum(results) >= 8
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="building needs PyTorch")
+def test_build_script_writes_valid_packages(tmp_path: Path) -> None:
+    """A tiny run of the build script: both packages validate and say what they are."""
+    _builder().main(["--out", str(tmp_path), "--scale", "0.01"])
+    for name in ("demo-ct-bone", "demo-cr-classifier"):
+        package = validate_package(tmp_path / name)
+        assert package.spec.model.name == name and package.torch_path is not None
+        shipped = (REPO_ROOT / "models" / name / "model.toml").read_text()
+        assert (tmp_path / name / "model.toml").read_text() == shipped
