@@ -53,7 +53,9 @@ def _demo_builder() -> ModuleType:
     return module
 
 
-def training_config(builder: ModuleType, weights: Path, scale: float) -> dict[str, Any]:
+def training_config(
+    builder: ModuleType, weights: Path, scale: float, pooling: str = "lse"
+) -> dict[str, Any]:
     """The demo's package sections from ``CR_TOML`` plus the ``[training]`` section."""
     raw: dict[str, Any] = tomllib.loads(builder.CR_TOML)
     raw["output"].pop("cam", None)  # export names the CAM head of the trained graph
@@ -67,7 +69,8 @@ def training_config(builder: ModuleType, weights: Path, scale: float) -> dict[st
     raw["training"] = {
         "backbone": "shufflenet_v2_x0_5",
         "output_stride": 8,  # a 16 x 16 feature map at 128 x 128: CAM at lesion scale
-        "pooling": "max",  # the logit is the CAM's peak: the map points at the finding
+        "pooling": pooling,  # lse: the logit is a smooth peak of the CAM, which then
+        # points at the finding rather than at the whole lung around it
         "weights": str(weights),
         "epochs": max(2, round(14 * scale)),
         "batch_size": 32,
@@ -86,7 +89,9 @@ def training_config(builder: ModuleType, weights: Path, scale: float) -> dict[st
     return raw
 
 
-def build(out: Path, work: Path, scale: float, weights: Path | None, threads: int) -> Path:
+def build(
+    out: Path, work: Path, scale: float, weights: Path | None, threads: int, pooling: str = "lse"
+) -> Path:
     """Pretrain (unless given weights), generate, fine-tune and export; return the package."""
     import torch
 
@@ -118,7 +123,7 @@ def build(out: Path, work: Path, scale: float, weights: Path | None, threads: in
 
     data = work / "data"
     write_cr_set(data, max(40, int(1200 * scale)), labels, [0.45] * len(labels), draw, seed=30)
-    config = parse_config(training_config(builder, weights, scale), work / "train.toml")
+    config = parse_config(training_config(builder, weights, scale, pooling), work / "train.toml")
     finetune(config, data / "dicom", work / "run", data / "labels.csv", device="cpu")
     package = out / PACKAGE
     export_package(work / "run", package, overwrite=True, torch_program=True)
@@ -133,11 +138,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--weights", type=Path, help="a pretrained state dict (skip pretraining)")
     parser.add_argument("--keep", type=Path, help="keep data, run and report in this folder")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--pooling", default="lse", choices=["avg", "max", "lse"])
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     work = args.keep or Path(tempfile.mkdtemp(prefix="demo-classifier-"))
     try:
-        package = build(args.out, work, args.scale, args.weights, args.threads)
+        package = build(args.out, work, args.scale, args.weights, args.threads, args.pooling)
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -11,6 +11,7 @@ that file is dropped because the task's labels replace it.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from enum import StrEnum
 from pathlib import Path
@@ -45,6 +46,7 @@ class Backbone(StrEnum):
 
 
 _HEAD_PREFIXES = ("fc.", "classifier.")
+_LSE_SHARPNESS = 4.0  # log-mean-exp pooling: larger is closer to the maximum
 
 
 class Classifier(nn.Module):
@@ -66,15 +68,16 @@ class Classifier(nn.Module):
     labels : int
         Number of outputs of the new head.
     pooling : str
-        ``avg`` or ``max``.
+        ``avg``, ``max``, or ``lse`` (log-mean-exp, a smooth maximum that trains
+        more easily than ``max`` and localizes like it).
     """
 
     def __init__(
         self, stages: Sequence[nn.Module], channels: int, labels: int, pooling: str = "avg"
     ) -> None:
         super().__init__()
-        if pooling not in ("avg", "max"):
-            raise ValueError(f"pooling must be 'avg' or 'max', got {pooling!r}")
+        if pooling not in ("avg", "max", "lse"):
+            raise ValueError(f"pooling must be 'avg', 'max' or 'lse', got {pooling!r}")
         self.stages = nn.ModuleList(stages)
         self.head = nn.Linear(channels, labels)
         self.pooling = pooling
@@ -84,10 +87,14 @@ class Classifier(nn.Module):
         features = image
         for stage in self.stages:
             features = stage(features)
+        if self.pooling == "avg":
+            return self.head(features.mean(dim=(2, 3))), features
+        cam = torch.einsum("nchw,lc->nlhw", features, self.head.weight).flatten(2)
         if self.pooling == "max":
-            cam = torch.einsum("nchw,lc->nlhw", features, self.head.weight)
-            return cam.amax(dim=(2, 3)) + self.head.bias, features
-        return self.head(features.mean(dim=(2, 3))), features
+            return cam.amax(dim=2) + self.head.bias, features
+        # Log-mean-exp: a smooth maximum, so every location gets some gradient.
+        pooled = torch.logsumexp(cam * _LSE_SHARPNESS, dim=2) - math.log(cam.shape[2])
+        return pooled / _LSE_SHARPNESS + self.head.bias, features
 
 
 class _Decode(nn.Module):
@@ -305,7 +312,7 @@ def build_network(
         32 (the backbone as designed), 16 or 8: a finer last feature map for CAM
         (ResNet and ShuffleNet classifiers only).
     pooling : str
-        A classifier's global pooling, ``avg`` or ``max`` (see `Classifier`).
+        A classifier's global pooling, ``avg``, ``max`` or ``lse`` (see `Classifier`).
 
     Returns
     -------

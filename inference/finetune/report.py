@@ -261,7 +261,7 @@ def write_report(results: Json, run: Json, folder: Path) -> Path:
         f"{run['folds']} fold(s), patient-level splits, seed {run['seed']}; "
         f"{run['device']}{' with mixed precision' if run['amp'] else ''}.",
         "",
-        "Data: " + run["data"].replace("\n", "; "),
+        "Data: " + "; ".join(line.strip() for line in run["data"].splitlines()) + ".",
         "",
     ]
     figures: Json = {}

@@ -207,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--patients", type=int, default=60, help="the small labelled set")
     parser.add_argument("--test-patients", type=int, default=300)
     parser.add_argument("--generic-images", type=int, default=6000)
-    parser.add_argument("--pretrain-epochs", type=int, default=6)
+    parser.add_argument("--pretrain-epochs", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--unfreeze-every", type=int, default=10)
     parser.add_argument("--folds", type=int, default=3)

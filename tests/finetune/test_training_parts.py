@@ -41,7 +41,7 @@ def test_max_pooling_logit_is_the_peak_of_the_class_activation_map() -> None:
     assert features.shape == (2, 1024, 8, 8)
     cam = torch.einsum("nchw,lc->nlhw", features, model.head.weight)
     assert torch.allclose(logits, cam.amax(dim=(2, 3)) + model.head.bias, atol=1e-5)
-    with pytest.raises(ValueError, match="pooling must be 'avg' or 'max'"):
+    with pytest.raises(ValueError, match="pooling must be 'avg', 'max' or 'lse'"):
         build_network("resnet18", labels=1, channels=1, pooling="sum")
     with pytest.raises(ValueError, match="output_stride 8 applies to ResNet/ShuffleNet"):
         build_network("densenet121", labels=1, channels=1, output_stride=8)
