@@ -54,7 +54,7 @@ def _demo_builder() -> ModuleType:
 
 
 def training_config(
-    builder: ModuleType, weights: Path, scale: float, pooling: str = "lse"
+    builder: ModuleType, weights: Path, scale: float, shape: tuple[int, int, str]
 ) -> dict[str, Any]:
     """The demo's package sections from ``CR_TOML`` plus the ``[training]`` section."""
     raw: dict[str, Any] = tomllib.loads(builder.CR_TOML)
@@ -68,15 +68,17 @@ def training_config(
     )
     raw["training"] = {
         "backbone": "shufflenet_v2_x0_5",
-        "output_stride": 8,  # a 16 x 16 feature map at 128 x 128: CAM at lesion scale
-        "pooling": pooling,  # lse: the logit is a smooth peak of the CAM, which then
-        # points at the finding rather than at the whole lung around it
+        # The first stages only, with a 16 x 16 feature map at 128 x 128: a deep
+        # encoder's context spreads the CAM over the whole lung around a finding.
+        "encoder_depth": shape[0],
+        "output_stride": shape[1],
+        "pooling": shape[2],
         "weights": str(weights),
         "epochs": max(2, round(14 * scale)),
         "batch_size": 32,
         "lr": 3e-3,
         "encoder_lr_factor": 0.3,
-        "freeze_stages": 2,
+        "freeze_stages": 1,
         "unfreeze_every": 2,
         "loss": "focal",
         "focal_gamma": 1.0,
@@ -90,7 +92,12 @@ def training_config(
 
 
 def build(
-    out: Path, work: Path, scale: float, weights: Path | None, threads: int, pooling: str = "lse"
+    out: Path,
+    work: Path,
+    scale: float,
+    weights: Path | None,
+    threads: int,
+    shape: tuple[int, int, str] = (2, 32, "avg"),
 ) -> Path:
     """Pretrain (unless given weights), generate, fine-tune and export; return the package."""
     import torch
@@ -123,7 +130,7 @@ def build(
 
     data = work / "data"
     write_cr_set(data, max(40, int(1200 * scale)), labels, [0.45] * len(labels), draw, seed=30)
-    config = parse_config(training_config(builder, weights, scale, pooling), work / "train.toml")
+    config = parse_config(training_config(builder, weights, scale, shape), work / "train.toml")
     finetune(config, data / "dicom", work / "run", data / "labels.csv", device="cpu")
     package = out / PACKAGE
     export_package(work / "run", package, overwrite=True, torch_program=True)
@@ -138,12 +145,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--weights", type=Path, help="a pretrained state dict (skip pretraining)")
     parser.add_argument("--keep", type=Path, help="keep data, run and report in this folder")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--pooling", default="lse", choices=["avg", "max", "lse"])
+    parser.add_argument("--depth", type=int, default=2, help="encoder stages kept")
+    parser.add_argument("--output-stride", type=int, default=32, choices=[8, 16, 32])
+    parser.add_argument("--pooling", default="avg", choices=["avg", "max", "lse"])
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     work = args.keep or Path(tempfile.mkdtemp(prefix="demo-classifier-"))
     try:
-        package = build(args.out, work, args.scale, args.weights, args.threads, args.pooling)
+        package = build(
+            args.out,
+            work,
+            args.scale,
+            args.weights,
+            args.threads,
+            (args.depth, args.output_stride, args.pooling),
+        )
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -60,6 +60,7 @@ class TrainingSection(BaseModel):
     backbone: Backbone = Backbone.RESNET18
     output_stride: Literal[8, 16, 32] = 32  # 8 or 16: a finer CAM (classifiers)
     pooling: Literal["avg", "max", "lse"] = "avg"  # max, lse: CAM peaks at the finding
+    encoder_depth: Annotated[int, Field(ge=1, le=5)] = 5  # fewer stages: a more local CAM
     weights: str = ""  # local torchvision-layout state dict; empty: random initialisation
     epochs: Annotated[int, Field(ge=1)] = 20
     batch_size: Annotated[int, Field(ge=1)] = 16

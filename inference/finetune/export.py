@@ -152,6 +152,7 @@ def load_fold_model(run_dir: Path, fold: int, config: FinetuneConfig) -> nn.Modu
         config.spec.input.channels,
         output_stride=t.output_stride,
         pooling=t.pooling,
+        depth=t.encoder_depth,
     )
     model.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["model"])
     return model.eval()

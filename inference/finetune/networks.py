@@ -292,6 +292,7 @@ def build_network(
     weights: Path | None = None,
     output_stride: int = 32,
     pooling: str = "avg",
+    depth: int = 5,
 ) -> nn.Module:
     """Build a network for the task, optionally from local pretrained weights.
 
@@ -313,6 +314,9 @@ def build_network(
         (ResNet and ShuffleNet classifiers only).
     pooling : str
         A classifier's global pooling, ``avg``, ``max`` or ``lse`` (see `Classifier`).
+    depth : int
+        How many of the 5 encoder stages a classifier keeps (ResNet, ShuffleNet): a
+        shallower encoder sees less context, so its CAM stays at the finding.
 
     Returns
     -------
@@ -337,6 +341,8 @@ def build_network(
         raise ValueError(f"labels must be at least 1, got {labels}")
     if output_stride not in (8, 16, 32):
         raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
+    if not 1 <= depth <= 5 or (depth < 5 and (kind.segmentation or kind is Backbone.DENSENET121)):
+        raise ValueError(f"depth {depth}: 1-5 stages, below 5 for ResNet/ShuffleNet classifiers")
     if output_stride != 32 and (kind.segmentation or kind is Backbone.DENSENET121):
         raise ValueError(f"output_stride {output_stride} applies to ResNet/ShuffleNet classifiers")
     model = _torchvision_model(kind.encoder_name)
@@ -345,7 +351,7 @@ def build_network(
     if isinstance(model, torchvision.models.ResNet):
         model.conv1 = _adapt_input(model.conv1, channels)
         stages = _resnet_stages(model)
-        width = model.fc.in_features
+        width = _resnet_widths(model)[depth - 1]
     elif isinstance(model, torchvision.models.DenseNet):
         model.features.conv0 = _adapt_input(model.features.conv0, channels)
         stages = _densenet_stages(model)
@@ -353,14 +359,14 @@ def build_network(
     elif isinstance(model, torchvision.models.ShuffleNetV2):
         model.conv1[0] = _adapt_input(model.conv1[0], channels)
         stages = _shufflenet_stages(model)
-        width = model.fc.in_features
+        width = int(model._stage_out_channels[depth - 1])
     else:  # pragma: no cover - Backbone lists only these families
         raise ValueError(f"backbone {kind} has no stage split")
     _reduce_stride(stages, output_stride)
     if kind.segmentation:
         assert isinstance(model, torchvision.models.ResNet)  # Backbone: unet_resnet* only
         return UNet(stages, _resnet_widths(model), labels)
-    return Classifier(stages, width, labels, pooling)
+    return Classifier(stages[:depth], width, labels, pooling)
 
 
 def _resnet_widths(model: torchvision.models.ResNet) -> list[int]:

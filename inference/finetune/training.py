@@ -202,6 +202,7 @@ def train_fold(
         config.weights_path,
         t.output_stride,
         t.pooling,
+        t.encoder_depth,
     ).to(device)
     encoder, new = head_parameters(model)
     base_rates = (t.lr * t.encoder_lr_factor, t.lr)

@@ -47,6 +47,16 @@ def test_max_pooling_logit_is_the_peak_of_the_class_activation_map() -> None:
         build_network("densenet121", labels=1, channels=1, output_stride=8)
 
 
+def test_shallow_encoder_keeps_the_first_stages_and_their_width() -> None:
+    model = build_network("shufflenet_v2_x0_5", labels=2, channels=1, depth=2, pooling="lse")
+    assert len(encoder_stages(model)) == 2
+    logits, features = model(torch.randn(2, 1, 64, 64))
+    assert features.shape == (2, 48, 8, 8) and logits.shape == (2, 2)
+    assert build_network("resnet18", labels=1, channels=1, depth=3).head.in_features == 128
+    with pytest.raises(ValueError, match="depth 2: 1-5 stages"):
+        build_network("unet_resnet18", labels=1, channels=1, depth=2)
+
+
 def test_unet_output_has_background_channel_at_input_resolution() -> None:
     model = build_network("unet_resnet18", labels=2, channels=1)
     assert isinstance(model, UNet)
