@@ -68,8 +68,7 @@ def training_config(
     )
     raw["training"] = {
         "backbone": "shufflenet_v2_x0_5",
-        # The first stages only, with a 16 x 16 feature map at 128 x 128: a deep
-        # encoder's context spreads the CAM over the whole lung around a finding.
+        # A 16 x 16 feature map at 128 x 128 for the CAM (depth 5, output stride 8).
         "encoder_depth": shape[0],
         "output_stride": shape[1],
         "pooling": shape[2],
@@ -78,7 +77,7 @@ def training_config(
         "batch_size": 32,
         "lr": 3e-3,
         "encoder_lr_factor": 0.3,
-        "freeze_stages": 1,
+        "freeze_stages": min(2, shape[0] - 1),
         "unfreeze_every": 2,
         "loss": "focal",
         "focal_gamma": 1.0,
@@ -97,7 +96,7 @@ def build(
     scale: float,
     weights: Path | None,
     threads: int,
-    shape: tuple[int, int, str] = (2, 32, "avg"),
+    shape: tuple[int, int, str] = (5, 8, "avg"),
 ) -> Path:
     """Pretrain (unless given weights), generate, fine-tune and export; return the package."""
     import torch
@@ -145,8 +144,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--weights", type=Path, help="a pretrained state dict (skip pretraining)")
     parser.add_argument("--keep", type=Path, help="keep data, run and report in this folder")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--depth", type=int, default=2, help="encoder stages kept")
-    parser.add_argument("--output-stride", type=int, default=32, choices=[8, 16, 32])
+    parser.add_argument("--depth", type=int, default=5, help="encoder stages kept")
+    parser.add_argument("--output-stride", type=int, default=8, choices=[8, 16, 32])
     parser.add_argument("--pooling", default="avg", choices=["avg", "max", "lse"])
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
