@@ -54,7 +54,12 @@ def _demo_builder() -> ModuleType:
 
 
 def training_config(
-    builder: ModuleType, weights: Path, scale: float, shape: tuple[int, int, str]
+    builder: ModuleType,
+    weights: Path,
+    scale: float,
+    shape: tuple[int, int, str],
+    backbone: str = "shufflenet_v2_x0_5",
+    epochs: int | None = None,
 ) -> dict[str, Any]:
     """The demo's package sections from ``CR_TOML`` plus the ``[training]`` section."""
     raw: dict[str, Any] = tomllib.loads(builder.CR_TOML)
@@ -67,13 +72,13 @@ def training_config(
         "generated images (transfer learning)."
     )
     raw["training"] = {
-        "backbone": "shufflenet_v2_x0_5",
+        "backbone": backbone,
         # A 16 x 16 feature map at 128 x 128 for the CAM (depth 5, output stride 8).
         "encoder_depth": shape[0],
         "output_stride": shape[1],
         "pooling": shape[2],
         "weights": str(weights),
-        "epochs": max(2, round(14 * scale)),
+        "epochs": epochs or max(2, round(14 * scale)),
         "batch_size": 32,
         "lr": 3e-3,
         "encoder_lr_factor": 0.3,
@@ -97,6 +102,8 @@ def build(
     weights: Path | None,
     threads: int,
     shape: tuple[int, int, str] = (5, 8, "avg"),
+    backbone: str = "shufflenet_v2_x0_5",
+    epochs: int | None = None,
 ) -> Path:
     """Pretrain (unless given weights), generate, fine-tune and export; return the package."""
     import torch
@@ -112,7 +119,7 @@ def build(
     if weights is None:
         weights = work / "generic_pretrained.pt"
         accuracy = pretrain_generic(
-            "shufflenet_v2_x0_5",
+            backbone,
             weights,
             images=max(256, int(6000 * scale)),
             size=64,
@@ -129,7 +136,9 @@ def build(
 
     data = work / "data"
     write_cr_set(data, max(40, int(1200 * scale)), labels, [0.45] * len(labels), draw, seed=30)
-    config = parse_config(training_config(builder, weights, scale, shape), work / "train.toml")
+    config = parse_config(
+        training_config(builder, weights, scale, shape, backbone, epochs), work / "train.toml"
+    )
     finetune(config, data / "dicom", work / "run", data / "labels.csv", device="cpu")
     package = out / PACKAGE
     export_package(work / "run", package, overwrite=True, torch_program=True)
@@ -144,6 +153,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--weights", type=Path, help="a pretrained state dict (skip pretraining)")
     parser.add_argument("--keep", type=Path, help="keep data, run and report in this folder")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--backbone", default="shufflenet_v2_x0_5")
+    parser.add_argument("--epochs", type=int, help="default: 14 x scale")
     parser.add_argument("--depth", type=int, default=5, help="encoder stages kept")
     parser.add_argument("--output-stride", type=int, default=8, choices=[8, 16, 32])
     parser.add_argument("--pooling", default="avg", choices=["avg", "max", "lse"])
@@ -158,6 +169,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             args.weights,
             args.threads,
             (args.depth, args.output_stride, args.pooling),
+            args.backbone,
+            args.epochs,
         )
     finally:
         if args.keep is None:
