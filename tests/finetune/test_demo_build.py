@@ -29,7 +29,20 @@ def test_build_script_fine_tunes_and_exports_the_demo_package(tmp_path: Path) ->
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
-    module.main(["--out", str(tmp_path), "--scale", "0.02", "--weights", str(weights)])
+    module.main(
+        [
+            "--out",
+            str(tmp_path),
+            "--scale",
+            "0.02",
+            "--epochs",
+            "2",
+            "--weights",
+            str(weights),
+            "--threads",
+            "1",
+        ]
+    )
     package = validate_package(tmp_path / "demo-cr-classifier")
     assert [label.name for label in package.spec.labels] == ["nodule", "mass"]
     assert package.spec.output.cam is not None and package.torch_path is not None
