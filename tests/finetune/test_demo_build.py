@@ -20,7 +20,7 @@ def test_build_script_fine_tunes_and_exports_the_demo_package(tmp_path: Path) ->
     torch.set_num_threads(1)
     weights = tmp_path / "generic.pt"
     pretrain_generic(
-        "shufflenet_v2_x0_5", weights, images=64, size=32, epochs=1, batch_size=32, progress=False
+        "resnet18", weights, images=64, size=32, epochs=1, batch_size=32, progress=False
     )
     spec = importlib.util.spec_from_file_location(
         "build_demo_classifier", REPO_ROOT / "models" / "build_demo_classifier.py"
@@ -37,10 +37,10 @@ def test_build_script_fine_tunes_and_exports_the_demo_package(tmp_path: Path) ->
             "0.02",
             "--epochs",
             "2",
-            "--weights",
-            str(weights),
             "--threads",
             "1",
+            "--weights",
+            str(weights),
         ]
     )
     package = validate_package(tmp_path / "demo-cr-classifier")
