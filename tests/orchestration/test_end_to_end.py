@@ -230,7 +230,9 @@ def test_storage_commitment_marks_deliveries_done_when_orthanc_commits(tmp_path:
                 RESULT_TIMEOUT_S,
                 lambda: f"deliveries committed; log:\n{node.log_text()}",
             )
-            log = node.log_text()
+        # Read the log once the node has stopped: Orthanc's N-EVENT-REPORT can mark the
+        # deliveries done before the requester has logged its N-ACTION's answer.
+        log = node.log_text()
         study_uid, _ = uids(files[0])
         assert results(pacs, study_uid)["SR"] == 1
     _, deliveries = rows(url)
