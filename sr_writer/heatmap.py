@@ -89,7 +89,7 @@ def build_overlay(
     """
     frame = sources.frame(heatmap.frame)
     _check_shape(heatmap, frame)
-    study, series = sources.study_instance_uid, sources.series_instance_uid
+    sc_series_uid, sc_sop_uid = _uids(heatmap, sources, model, options, ObjectKind.HEATMAP_SC)
     rgb = fuse(_display_gray(frame), heatmap.values)
     orientation = _patient_orientation(frame)
     burned = burn_in(rgb, _caption(heatmap, model))
@@ -99,20 +99,9 @@ def build_overlay(
         photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
         bits_allocated=8,
         coordinate_system=hd.CoordinateSystemNames.PATIENT,
-        series_instance_uid=derive_uid(
-            options.uid_root, study, series, model, ObjectKind.HEATMAP_SC, "series"
-        ),
+        series_instance_uid=sc_series_uid,
         series_number=SC_SERIES_NUMBER,
-        sop_instance_uid=derive_uid(
-            options.uid_root,
-            study,
-            series,
-            model,
-            ObjectKind.HEATMAP_SC,
-            heatmap.label.name,
-            heatmap.frame.sop_instance_uid,
-            str(heatmap.frame.frame_number),
-        ),
+        sop_instance_uid=sc_sop_uid,
         instance_number=instance_number,
         manufacturer=ascii_text(manufacturer(model, options)),
         pixel_spacing=frame.pixel_spacing(),  # type: ignore[arg-type]  # annotated int, takes mm
@@ -180,7 +169,7 @@ def build_parametric_map(
     _check_shape(heatmap, frame)
     if frame.slice_thickness() is None:
         raise UnsupportedSourceError("Parametric Map", "source has no Slice Thickness")
-    study, series = sources.study_instance_uid, sources.series_instance_uid
+    pm_series_uid, pm_sop_uid = _uids(heatmap, sources, model, options, ObjectKind.PARAMETRIC_MAP)
     mapping = hd.pm.RealWorldValueMapping(
         lut_label="CAM",
         lut_explanation=ascii_text(f"class activation map of {heatmap.label.name}")[:64],
@@ -194,20 +183,9 @@ def build_parametric_map(
         parametric_map = hd.pm.ParametricMap(
             source_images=[frame.dataset],
             pixel_array=np.ascontiguousarray(heatmap.values, dtype=np.float32)[np.newaxis],
-            series_instance_uid=derive_uid(
-                options.uid_root, study, series, model, ObjectKind.PARAMETRIC_MAP, "series"
-            ),
+            series_instance_uid=pm_series_uid,
             series_number=PM_SERIES_NUMBER,
-            sop_instance_uid=derive_uid(
-                options.uid_root,
-                study,
-                series,
-                model,
-                ObjectKind.PARAMETRIC_MAP,
-                heatmap.label.name,
-                heatmap.frame.sop_instance_uid,
-                str(heatmap.frame.frame_number),
-            ),
+            sop_instance_uid=pm_sop_uid,
             instance_number=instance_number,
             manufacturer=ascii_text(manufacturer(model, options)),
             manufacturer_model_name=ascii_text(model.name),
@@ -428,3 +406,26 @@ def _frame_geometry(
         hd.PlaneOrientationSequence(patient, cosines),
         hd.PixelMeasuresSequence(pixel_spacing=spacing, slice_thickness=frame.slice_thickness()),
     )
+
+
+def _uids(
+    heatmap: Heatmap,
+    sources: SourceSeries,
+    model: ModelIdentity,
+    options: ResultOptions,
+    kind: ObjectKind,
+) -> tuple[str, str]:
+    """Series and SOP Instance UIDs of one heatmap object, the same on every re-run."""
+    study, series = sources.study_instance_uid, sources.series_instance_uid
+    series_uid = derive_uid(options.uid_root, study, series, model, kind, "series")
+    sop_uid = derive_uid(
+        options.uid_root,
+        study,
+        series,
+        model,
+        kind,
+        heatmap.label.name,
+        heatmap.frame.sop_instance_uid,
+        str(heatmap.frame.frame_number),
+    )
+    return series_uid, sop_uid
