@@ -4,21 +4,28 @@ One transaction per instance, committed before the listener answers Success. An
 instance for a study that is no longer receiving re-opens it: the state goes back to
 RECEIVING and ``generation`` is bumped, so that routing creates the next generation of
 jobs for it once it completes again.
+
+This runs once per received instance, on the path every sender waits on, so it uses
+SQLAlchemy Core statements built once, on the session's connection, rather than the
+ORM's unit of work: in the common case (a study still receiving, a series already
+known, a new instance) it is one SELECT, two UPDATE ... RETURNING and one INSERT.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import BindParameter, Connection, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.headers import InstanceHeaders
-from dicom_node.schema import Instance, Series, Study, StudyState
+from dicom_node.schema import Base, Instance, Series, Study, StudyState
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +38,7 @@ class Recorded(enum.StrEnum):
 
     NEW = "new"
     REPLACED = "replaced"
+    KEPT = "kept"  # recorded before, and the policy keeps the first: nothing changed
 
 
 @dataclass(frozen=True)
@@ -58,18 +66,36 @@ def find_instance_path(sessions: sessionmaker[Session], sop_instance_uid: str) -
         )
 
 
-def record_instance(sessions: sessionmaker[Session], received: ReceivedInstance) -> Recorded:
+def record_instance(
+    sessions: sessionmaker[Session],
+    received: ReceivedInstance,
+    before_commit: Callable[[], None] | None = None,
+    *,
+    replace: bool = True,
+) -> Recorded:
     """Insert or update the rows for ``received`` in one committed transaction.
+
+    An instance recorded before is updated to ``received`` when ``replace``, else left
+    as it is (:attr:`Recorded.KEPT`).
+
+    ``before_commit`` runs after the statements and before the commit, inside the
+    transaction: the listener waits there for the file's fsync, so that the disk work and
+    the statements overlap while the row still becomes durable only after the file.
 
     Raises
     ------
     sqlalchemy.exc.SQLAlchemyError
         When the database cannot be written (after retrying a concurrent insert).
+    Exception
+        Whatever ``before_commit`` raises; the transaction is then rolled back.
     """
     for attempt in range(1, _INSERT_ATTEMPTS + 1):
         try:
             with sessions.begin() as session:
-                return _record(session, received)
+                outcome = _record(session.connection(), received, replace)
+                if before_commit is not None:
+                    before_commit()
+                return outcome
         except IntegrityError:
             if attempt == _INSERT_ATTEMPTS:
                 raise
@@ -77,87 +103,193 @@ def record_instance(sessions: sessionmaker[Session], received: ReceivedInstance)
     raise AssertionError("unreachable")
 
 
-def _study(session: Session, received: ReceivedInstance) -> Study:
-    h = received.headers
-    study = session.scalars(
-        select(Study).where(Study.study_instance_uid == h.study_instance_uid).with_for_update()
-    ).one_or_none()
-    if study is None:
-        study = Study(
-            study_instance_uid=h.study_instance_uid,
-            patient_id=_cut(h.patient_id, 64),
-            patient_name=_cut(h.patient_name, 324),
-            accession_number=_cut(h.accession_number, 64),
-            study_date=_cut(h.study_date, 8),
-            study_description=_cut(h.study_description, 64),
-            calling_ae_title=received.calling_ae_title,
-            state=StudyState.RECEIVING,
-            generation=0,
-            instance_count=0,
-            first_received_at=received.received_at,
-            last_received_at=received.received_at,
+def _values(*columns: str) -> dict[str, BindParameter[Any]]:
+    return {column: bindparam(column) for column in columns}
+
+
+# Built once: a statement built per call costs more than running it (SQLAlchemy derives
+# a cache key from every new statement object). Parameters are bound by column name.
+_FIND_INSTANCE = select(Instance.id).where(
+    Instance.sop_instance_uid == bindparam("sop_instance_uid")
+)
+_STUDY = Base.metadata.tables[Study.__tablename__]
+_SERIES = Base.metadata.tables[Series.__tablename__]
+_INSTANCES = Base.metadata.tables[Instance.__tablename__]
+_TOUCH_RECEIVING_STUDY = (
+    update(_STUDY)
+    .where(
+        _STUDY.c.study_instance_uid == bindparam("uid"),
+        _STUDY.c.state == StudyState.RECEIVING,
+    )
+    .values(
+        last_received_at=bindparam("received_at"),
+        instance_count=_STUDY.c.instance_count + bindparam("new"),
+    )
+    .returning(_STUDY.c.id)
+)
+_REOPEN_STUDY = (
+    update(_STUDY)
+    .where(_STUDY.c.study_instance_uid == bindparam("uid"))
+    .values(
+        state=StudyState.RECEIVING,
+        generation=_STUDY.c.generation + 1,
+        completed_at=None,
+        completion_reason=None,
+        expected_instances=None,
+        last_received_at=bindparam("received_at"),
+        instance_count=_STUDY.c.instance_count + bindparam("new"),
+    )
+    .returning(_STUDY.c.id, _STUDY.c.generation)
+)
+_INSERT_STUDY = (
+    insert(_STUDY)
+    .values(
+        state=StudyState.RECEIVING,
+        generation=0,
+        **_values(
+            "study_instance_uid",
+            "patient_id",
+            "patient_name",
+            "accession_number",
+            "study_date",
+            "study_description",
+            "calling_ae_title",
+            "instance_count",
+            "first_received_at",
+            "last_received_at",
+        ),
+    )
+    .returning(_STUDY.c.id)
+)
+_SERIES_HEADERS = select(_SERIES.c.headers).where(_SERIES.c.series_instance_uid == bindparam("uid"))
+_SET_SERIES_HEADERS = (
+    update(_SERIES)
+    .where(_SERIES.c.series_instance_uid == bindparam("uid"))
+    .values(headers=bindparam("headers"))
+)
+_COUNT_SERIES = (
+    update(_SERIES)
+    .where(_SERIES.c.series_instance_uid == bindparam("uid"))
+    .values(instance_count=_SERIES.c.instance_count + bindparam("new"))
+    .returning(_SERIES.c.id)
+)
+_INSERT_SERIES = (
+    insert(_SERIES)
+    .values(
+        **_values(
+            "study_id",
+            "series_instance_uid",
+            "modality",
+            "series_number",
+            "series_description",
+            "body_part_examined",
+            "headers",
+            "instance_count",
         )
-        session.add(study)
-        session.flush()
-        logger.info("study opened", extra={"study_uid": h.study_instance_uid})
-    elif study.state != StudyState.RECEIVING:
-        study.state = StudyState.RECEIVING
-        study.generation += 1
-        study.completed_at = None
-        study.completion_reason = None
-        study.expected_instances = None
+    )
+    .returning(_SERIES.c.id)
+)
+_INSTANCE_COLUMNS = (
+    "series_id",
+    "study_id",
+    "sop_class_uid",
+    "transfer_syntax_uid",
+    "instance_number",
+    "path",
+    "size_bytes",
+    "calling_ae_title",
+    "received_at",
+)
+_INSERT_INSTANCE = insert(_INSTANCES).values(
+    sop_instance_uid=bindparam("sop_instance_uid"), **_values(*_INSTANCE_COLUMNS)
+)
+_UPDATE_INSTANCE = (
+    update(_INSTANCES)
+    .where(_INSTANCES.c.id == bindparam("instance_id"))
+    .values(**_values(*_INSTANCE_COLUMNS))
+)
+
+
+def _open_study(db: Connection, received: ReceivedInstance, new_instance: int) -> int:
+    """The study's id, its counters and quiet timer updated; created or re-opened if need be."""
+    h = received.headers
+    touch = {"uid": h.study_instance_uid, "received_at": received.received_at, "new": new_instance}
+    study_id = db.execute(_TOUCH_RECEIVING_STUDY, touch).scalar()
+    if study_id is not None:
+        return int(study_id)
+    reopened = db.execute(_REOPEN_STUDY, touch).one_or_none()
+    if reopened is not None:
         logger.info(
             "study re-opened by a new instance",
-            extra={"study_uid": h.study_instance_uid, "generation": study.generation},
+            extra={"study_uid": h.study_instance_uid, "generation": reopened.generation},
         )
-    study.last_received_at = received.received_at
-    return study
+        return int(reopened.id)
+    created = db.execute(
+        _INSERT_STUDY,
+        {
+            "study_instance_uid": h.study_instance_uid,
+            "patient_id": _cut(h.patient_id, 64),
+            "patient_name": _cut(h.patient_name, 324),
+            "accession_number": _cut(h.accession_number, 64),
+            "study_date": _cut(h.study_date, 8),
+            "study_description": _cut(h.study_description, 64),
+            "calling_ae_title": received.calling_ae_title,
+            "instance_count": new_instance,
+            "first_received_at": received.received_at,
+            "last_received_at": received.received_at,
+        },
+    ).scalar_one()
+    logger.info("study opened", extra={"study_uid": h.study_instance_uid})
+    return int(created)
 
 
-def _series(session: Session, study: Study, h: InstanceHeaders) -> Series:
-    series = session.scalars(
-        select(Series).where(Series.series_instance_uid == h.series_instance_uid)
-    ).one_or_none()
-    if series is None:
-        series = Series(
-            study_id=study.id,
-            series_instance_uid=h.series_instance_uid,
-            modality=_cut(h.modality, 16),
-            series_number=h.series_number,
-            series_description=_cut(h.series_description, 64),
-            body_part_examined=_cut(h.body_part_examined, 64),
-            headers=dict(h.headers),
-            instance_count=0,
-        )
-        session.add(series)
-        session.flush()
-    elif not h.headers.keys() <= series.headers.keys():
-        # Later instances fill in keywords the first one lacked; first values win.
-        series.headers = {**h.headers, **series.headers}
-    return series
+def _series_id(db: Connection, study_id: int, h: InstanceHeaders, new_instance: int) -> int:
+    """The series' id, its count updated; created if need be. Header fields the series
+    lacks are filled in from ``h`` (first values win)."""
+    uid = h.series_instance_uid
+    if h.headers:
+        known = db.execute(_SERIES_HEADERS, {"uid": uid}).scalar()
+        if known is not None and not h.headers.keys() <= known.keys():
+            db.execute(_SET_SERIES_HEADERS, {"uid": uid, "headers": {**h.headers, **known}})
+    series_id = db.execute(_COUNT_SERIES, {"uid": uid, "new": new_instance}).scalar()
+    if series_id is not None:
+        return int(series_id)
+    created = db.execute(
+        _INSERT_SERIES,
+        {
+            "study_id": study_id,
+            "series_instance_uid": uid,
+            "modality": _cut(h.modality, 16),
+            "series_number": h.series_number,
+            "series_description": _cut(h.series_description, 64),
+            "body_part_examined": _cut(h.body_part_examined, 64),
+            "headers": dict(h.headers),
+            "instance_count": new_instance,
+        },
+    ).scalar_one()
+    return int(created)
 
 
-def _record(session: Session, received: ReceivedInstance) -> Recorded:
+def _record(db: Connection, received: ReceivedInstance, replace: bool) -> Recorded:
     h = received.headers
-    study = _study(session, received)
-    series = _series(session, study, h)
-    instance = session.scalars(
-        select(Instance).where(Instance.sop_instance_uid == h.sop_instance_uid)
-    ).one_or_none()
-    outcome = Recorded.REPLACED
-    if instance is None:
-        instance = Instance(sop_instance_uid=h.sop_instance_uid)
-        session.add(instance)
-        study.instance_count += 1
-        series.instance_count += 1
-        outcome = Recorded.NEW
-    instance.series_id = series.id
-    instance.study_id = study.id
-    instance.sop_class_uid = h.sop_class_uid
-    instance.transfer_syntax_uid = received.transfer_syntax_uid
-    instance.instance_number = h.instance_number
-    instance.path = received.path
-    instance.size_bytes = received.size_bytes
-    instance.calling_ae_title = received.calling_ae_title
-    instance.received_at = received.received_at
-    return outcome
+    existing = db.execute(_FIND_INSTANCE, {"sop_instance_uid": h.sop_instance_uid}).scalar()
+    if existing is not None and not replace:
+        return Recorded.KEPT
+    new_instance = int(existing is None)
+    study_id = _open_study(db, received, new_instance)
+    values = {
+        "series_id": _series_id(db, study_id, h, new_instance),
+        "study_id": study_id,
+        "sop_class_uid": h.sop_class_uid,
+        "transfer_syntax_uid": received.transfer_syntax_uid,
+        "instance_number": h.instance_number,
+        "path": received.path,
+        "size_bytes": received.size_bytes,
+        "calling_ae_title": received.calling_ae_title,
+        "received_at": received.received_at,
+    }
+    if existing is None:
+        db.execute(_INSERT_INSTANCE, {"sop_instance_uid": h.sop_instance_uid, **values})
+        return Recorded.NEW
+    db.execute(_UPDATE_INSTANCE, {"instance_id": existing, **values})
+    return Recorded.REPLACED

@@ -13,17 +13,16 @@ import logging
 from collections.abc import Iterator
 from datetime import datetime
 from threading import Thread
-from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import event, func, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.config import MetricsSection
-from dicom_node.schema import Delivery, Instance, Job, WorkState, utcnow
+from dicom_node.schema import Delivery, Job, WorkState, utcnow
 from dicom_node.timestamps import as_utc
 
 logger = logging.getLogger(__name__)
@@ -94,10 +93,6 @@ def _age_seconds(created: datetime | str | None) -> float:
     return max(0.0, (utcnow() - as_utc(created)).total_seconds())
 
 
-def _count_instance(_mapper: Any, _connection: Any, _target: Instance) -> None:
-    INSTANCES_RECEIVED.inc()
-
-
 class MetricsServer:
     """The ``/metrics`` HTTP endpoint of this process, with the queue collector attached."""
 
@@ -127,7 +122,7 @@ class MetricsServer:
         return int(self._server.server_port)
 
     def start(self) -> None:
-        """Bind and serve in a daemon thread; count instances this process inserts.
+        """Bind and serve in a daemon thread.
 
         Raises
         ------
@@ -135,7 +130,6 @@ class MetricsServer:
             When the host/port cannot be bound (in use, not an address of this host).
         """
         self._registry.register(self._collector)
-        event.listen(Instance, "after_insert", _count_instance)
         try:
             self._server, self._thread = start_http_server(
                 self._settings.port, addr=self._settings.host, registry=self._registry
@@ -146,7 +140,6 @@ class MetricsServer:
         logger.info("metrics listening", extra={"host": self._settings.host, "port": self.port})
 
     def _unhook(self) -> None:
-        event.remove(Instance, "after_insert", _count_instance)
         self._registry.unregister(self._collector)
 
     def stop(self) -> None:

@@ -16,7 +16,7 @@ import ssl
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from ipaddress import ip_address, ip_network
 from pathlib import Path
@@ -35,7 +35,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.catalog import ReceivedInstance, Recorded, find_instance_path, record_instance
 from dicom_node.config import NodeConfig, TlsSection
-from dicom_node.headers import HeaderError, read_headers
+from dicom_node.headers import HeaderError, InstanceHeaders, read_headers
+from dicom_node.metrics import INSTANCES_RECEIVED
 from dicom_node.schema import utcnow
 from dicom_node.scu import VERIFICATION
 from dicom_node.spool import Spool
@@ -47,6 +48,9 @@ OUT_OF_RESOURCES = 0xA700
 PROCESSING_FAILURE = 0x0110
 # pynetdicom reads PDUs in Python; larger PDUs mean fewer round trips through it.
 MAX_PDU_BYTES = 1 << 20
+# Series whose routing fields this process has indexed (see StoreHandler._read_headers);
+# forgotten all at once when full, which costs one more full header parse per series.
+_SERIES_REMEMBERED = 4096
 
 
 class StoreHandler:
@@ -60,6 +64,7 @@ class StoreHandler:
         self.sessions = sessions
         self.spool = spool
         self.min_free_bytes = config.node.min_free_disk_mb * 1024 * 1024
+        self._indexed_series: dict[str, None] = {}
         self._in_flight = 0
         self._idle = threading.Condition()
 
@@ -94,7 +99,12 @@ class StoreHandler:
     def _store(self, event: Event, calling: str, sop_uid: str, log: dict[str, Any]) -> int:
         path = Path(event.dataset_path)
         try:
-            headers = read_headers(path, expected_sop_instance_uid=sop_uid)
+            data_sync = self.spool.start_fsync(path)
+        except OSError as exc:
+            logger.error("C-STORE refused: cannot read the transfer", extra={**log, "error": exc})
+            return OUT_OF_RESOURCES
+        try:
+            headers = self._read_headers(path, sop_uid)
         except HeaderError as exc:
             logger.warning(
                 "C-STORE refused", extra={**log, "reason": exc.reason, "status": hex(exc.status)}
@@ -107,34 +117,83 @@ class StoreHandler:
                 extra={**log, "free_mb": self.spool.free_bytes() // (1024 * 1024)},
             )
             return OUT_OF_RESOURCES
-        policy = self.config.node.duplicate_policy
-        if policy == "keep_first" and find_instance_path(self.sessions, sop_uid) is not None:
-            logger.info("duplicate instance kept as first received", extra=log)
-            return SUCCESS
         dest = self.spool.path_for(
             headers.study_instance_uid, headers.series_instance_uid, headers.sop_instance_uid
         )
-        try:
-            size = self.spool.commit(path, dest)
-        except OSError as exc:
-            logger.error("C-STORE refused: cannot write the spool", extra={**log, "error": exc})
-            return OUT_OF_RESOURCES
         received = ReceivedInstance(
             headers=headers,
             transfer_syntax_uid=str(event.context.transfer_syntax),
             path=str(dest),
-            size_bytes=size,
+            size_bytes=path.stat().st_size,
             calling_ae_title=calling,
             received_at=utcnow(),
         )
         try:
-            outcome = record_instance(self.sessions, received)
+            pending = self.spool.move_in(path, dest, data_sync)
+        except FileExistsError:
+            return self._store_again(path, dest, received, log)
+        except OSError as exc:
+            logger.error("C-STORE refused: cannot write the spool", extra={**log, "error": exc})
+            return OUT_OF_RESOURCES
+        replace = self.config.node.duplicate_policy == "replace"
+        outcome = self._record(received, log, before_commit=pending.wait, replace=replace)
+        if outcome is Recorded.KEPT:
+            # The same SOP Instance UID arrived under other study/series UIDs: keep_first
+            # keeps the recorded one, and the new name, which no row names, goes.
+            dest.unlink(missing_ok=True)
+        return OUT_OF_RESOURCES if outcome is None else SUCCESS
+
+    def _read_headers(self, path: Path, sop_uid: str) -> InstanceHeaders:
+        """Header fields of ``path``: the series' routing fields only for the first
+        instance of a series this process sees (its later instances need the rest only)."""
+        headers = read_headers(path, sop_uid, series_fields=False)
+        if headers.series_instance_uid in self._indexed_series:
+            return headers
+        return read_headers(path, sop_uid)
+
+    def _store_again(
+        self, path: Path, dest: Path, received: ReceivedInstance, log: dict[str, Any]
+    ) -> int:
+        """An instance whose spool name exists: stored before (or a left-over of a store
+        that failed after its rename, which no row names)."""
+        if self.config.node.duplicate_policy == "keep_first" and (
+            find_instance_path(self.sessions, received.headers.sop_instance_uid) is not None
+        ):
+            logger.info("duplicate instance kept as first received", extra=log)
+            path.unlink(missing_ok=True)
+            return SUCCESS
+        try:
+            self.spool.commit(path, dest)
+        except OSError as exc:
+            logger.error("C-STORE refused: cannot write the spool", extra={**log, "error": exc})
+            return OUT_OF_RESOURCES
+        outcome = self._record(received, log, before_commit=None, replace=True)
+        return OUT_OF_RESOURCES if outcome is None else SUCCESS
+
+    def _record(
+        self,
+        received: ReceivedInstance,
+        log: dict[str, Any],
+        before_commit: Callable[[], None] | None,
+        replace: bool,
+    ) -> Recorded | None:
+        """Commit the rows; None (logged) when the database or the file's fsync failed."""
+        try:
+            outcome = record_instance(self.sessions, received, before_commit, replace=replace)
         except SQLAlchemyError as exc:
             logger.error("C-STORE refused: database write failed", extra={**log, "error": exc})
-            return OUT_OF_RESOURCES
-        level = logging.INFO if outcome is Recorded.REPLACED else logging.DEBUG
-        logger.log(level, f"instance stored ({outcome})", extra={**log, "bytes": size})
-        return SUCCESS
+            return None
+        except OSError as exc:  # from before_commit: the file's fsync
+            logger.error("C-STORE refused: cannot write the spool", extra={**log, "error": exc})
+            return None
+        if len(self._indexed_series) >= _SERIES_REMEMBERED:
+            self._indexed_series.clear()
+        self._indexed_series[received.headers.series_instance_uid] = None
+        if outcome is Recorded.NEW:
+            INSTANCES_RECEIVED.inc()
+        level = logging.DEBUG if outcome is Recorded.NEW else logging.INFO
+        logger.log(level, f"instance {outcome}", extra={**log, "bytes": received.size_bytes})
+        return outcome
 
 
 def log_rejected(event: Event) -> None:

@@ -15,8 +15,10 @@ import re
 import shutil
 import socket
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +45,13 @@ def fsync_file(path: Path) -> int:
         return os.fstat(handle.fileno()).st_size
 
 
+def _fsync_and_close(fd: int) -> None:
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def fsync_dir(path: Path) -> None:
     """Make a rename or create in ``path`` durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
@@ -50,6 +59,24 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@dataclass(frozen=True)
+class PendingSync:
+    """A file renamed into the spool whose data and folder entry are being fsynced."""
+
+    syncs: tuple[Future[Any], ...]
+
+    def wait(self) -> None:
+        """Return once the file is durable under its spool name.
+
+        Raises
+        ------
+        OSError
+            When the disk reported an error for either fsync.
+        """
+        for sync in self.syncs:
+            sync.result()
 
 
 def _process_alive(pid: int) -> bool:
@@ -80,7 +107,7 @@ class Spool:
         self.incoming_dir = self.incoming_root / f"{socket.gethostname()}-{os.getpid()}"
         self.instances_dir.mkdir(parents=True, exist_ok=True)
         self.incoming_dir.mkdir(parents=True, exist_ok=True)
-        self._fsync_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="spool-fsync")
+        self._fsync_pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="spool-fsync")
 
     def path_for(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> Path:
         """Where an instance lives; UIDs are sanitised so that none escapes the spool."""
@@ -115,16 +142,57 @@ class Spool:
             logger.info("removed unfinished incoming files", extra={"count": removed})
         return removed
 
+    def start_fsync(self, path: Path) -> Future[None]:
+        """Start making the data of the file at ``path`` durable, in the background.
+
+        The listener starts this as soon as a transfer is complete, so that the disk
+        works while the headers are parsed; the file may be renamed meanwhile (the
+        descriptor is opened here).
+
+        Raises
+        ------
+        OSError
+            When the file cannot be opened.
+        """
+        fd = os.open(path, os.O_RDONLY)
+        return self._fsync_pool.submit(_fsync_and_close, fd)
+
+    def move_in(self, source: Path, dest: Path, data_sync: Future[None]) -> PendingSync:
+        """Rename a complete file to a new spool name ``dest`` whose data is being
+        fsynced (``data_sync``, from :meth:`start_fsync`), and start fsyncing the folder.
+
+        The caller writes its database row meanwhile and waits before committing it.
+        Renaming before the data is durable is safe because no row names ``dest`` yet:
+        after a crash before the commit, the sender was not answered and sends again,
+        and the instance is then stored over it.
+
+        Raises
+        ------
+        FileExistsError
+            When ``dest`` exists: a resent instance, which :meth:`commit` replaces.
+        OSError
+            When the file cannot be moved (permissions, disk full on a copy across file
+            systems); ``dest`` is then absent.
+        """
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if dest.exists():
+            raise FileExistsError(errno.EEXIST, "already in the spool", str(dest))
+        try:
+            os.rename(source, dest)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            self._copy_then_replace(source, dest)  # durable before it is renamed
+            source.unlink(missing_ok=True)
+        return PendingSync((data_sync, self._fsync_pool.submit(fsync_dir, dest.parent)))
+
     def commit(self, source: Path, dest: Path) -> int:
         """Move a complete file into the spool at ``dest`` durably; its size in bytes.
 
-        A new ``dest`` is renamed into place first and its data and folder are then
-        fsynced at the same time (one journal commit instead of two: 2-5 ms instead of
-        6-12 ms here); that is safe because no database row names it yet, and a crash
-        before the row is committed means the sender was not answered and sends again.
-        An existing ``dest`` (a replaced duplicate) keeps the strict order: ``source``
-        fsynced, then renamed over it atomically. On another file system ``source`` is
-        copied to a temp file beside ``dest`` in chunks, so memory stays flat.
+        For a ``dest`` that may exist (a replaced duplicate): ``source`` is fsynced, then
+        renamed over it atomically, then the folder is fsynced. On another file system
+        ``source`` is copied to a temp file beside ``dest`` in chunks, so memory stays
+        flat.
 
         Raises
         ------
@@ -132,20 +200,7 @@ class Spool:
             When the file cannot be written (disk full, permissions); ``dest`` is then
             unchanged.
         """
-        if not dest.parent.is_dir():
-            dest.parent.mkdir(parents=True, exist_ok=True)
-        if not dest.exists():
-            try:
-                # A new name: no row refers to it yet, so it may appear before its data
-                # is durable, and the two fsyncs (data, folder) then run at once.
-                os.replace(source, dest)
-            except OSError as exc:
-                if exc.errno != errno.EXDEV:
-                    raise
-            else:
-                data = self._fsync_pool.submit(fsync_file, dest)
-                fsync_dir(dest.parent)
-                return data.result()
+        dest.parent.mkdir(parents=True, exist_ok=True)
         size = fsync_file(source)
         try:
             os.replace(source, dest)

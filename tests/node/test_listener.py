@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom import dcmread
@@ -12,7 +15,10 @@ from pydicom.uid import ExplicitVRLittleEndian, HTJ2KLossless, generate_uid
 from pynetdicom.dsutils import split_dataset
 from sqlalchemy import func, select
 
+from dicom_node import scp as scp_module
+from dicom_node import spool as spool_module
 from dicom_node.completion import CompletionScanner
+from dicom_node.headers import read_headers
 from dicom_node.schema import Instance, Series, Study, StudyState
 from dicom_node.scu import AssociationError, LocalAE, echo, send_files
 from tests.node.conftest import SENDER, RunningNode, rows, scalar, wait_for, write_series
@@ -209,3 +215,60 @@ def test_htj2k_accepted_as_sent(start_node: StartNode, tmp_path: Path) -> None:
     assert stored.file_meta.TransferSyntaxUID == HTJ2KLossless
     assert dataset_bytes(Path(instance.path)) == dataset_bytes(path)
     assert stored.pixel_array.shape == (ds.Rows, ds.Columns)
+
+
+def test_keep_first_keeps_an_instance_resent_under_other_study_uids(
+    start_node: StartNode, tmp_path: Path
+) -> None:
+    node = start_node(node={"duplicate_policy": "keep_first"})
+    first = Path(get_testdata_file("CT_small.dcm"))
+    moved = _variant(tmp_path, "moved.dcm", StudyInstanceUID=generate_uid())
+    assert [r.status for r in send_files(SENDER, node.peer, [first, moved])] == [0, 0]
+    [instance] = rows(node.sessions, select(Instance))
+    assert dataset_bytes(Path(instance.path)) == dataset_bytes(first)
+    assert scalar(node.sessions, select(Study.instance_count)) == 1
+    # The second copy's own spool name, which no row names, is not left behind.
+    assert len(list((node.config.node.storage_dir / "instances").rglob("*.dcm"))) == 1
+
+
+def test_a_failed_fsync_answers_out_of_resources_and_records_nothing(
+    start_node: StartNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node = start_node()
+    path = Path(get_testdata_file("CT_small.dcm"))
+
+    def failing_fsync(fd: int) -> None:
+        os.close(fd)
+        raise OSError(errno.EIO, "Input/output error")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(spool_module, "_fsync_and_close", failing_fsync)
+        [result] = send_files(SENDER, node.peer, [path])
+    assert result.status == 0xA700
+    assert scalar(node.sessions, select(func.count(Instance.id))) == 0
+    # The sender tries again once the disk is back: stored once, over the left-over file.
+    [result] = send_files(SENDER, node.peer, [path])
+    assert result.status == 0
+    [instance] = rows(node.sessions, select(Instance))
+    assert dataset_bytes(Path(instance.path)) == dataset_bytes(path)
+
+
+def test_only_a_series_first_instance_gets_its_routing_fields_parsed(
+    start_node: StartNode, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node = start_node()
+    full_reads: list[Path] = []
+
+    def counting(path: Path, expected: str | None = None, *, series_fields: bool = True) -> Any:
+        if series_fields:
+            full_reads.append(path)
+        return read_headers(path, expected, series_fields=series_fields)
+
+    monkeypatch.setattr(scp_module, "read_headers", counting)
+    paths = write_series(tmp_path / "series", 3)
+    assert all(r.ok for r in send_files(SENDER, node.peer, paths))
+    assert len(full_reads) == 1
+    [series] = rows(node.sessions, select(Series))
+    assert series.headers["Rows"] == "128" and series.headers["Modality"] == "CT"
+    numbers = sorted(i.instance_number for i in rows(node.sessions, select(Instance)))
+    assert numbers == [1, 2, 3] and series.instance_count == 3

@@ -77,3 +77,16 @@ def dead_pid() -> int:
     process = subprocess.Popen(["true"])
     process.wait()
     return process.pid
+
+
+def test_move_in_renames_a_new_name_and_refuses_an_existing_one(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    dest = spool.path_for("1", "2", "3")
+    source = spool.incoming_dir / "part.dcm"
+    source.write_bytes(b"first")
+    spool.move_in(source, dest, spool.start_fsync(source)).wait()
+    assert dest.read_bytes() == b"first" and not source.exists()
+    source.write_bytes(b"again")
+    with pytest.raises(FileExistsError):
+        spool.move_in(source, dest, spool.start_fsync(source))
+    assert dest.read_bytes() == b"first" and source.exists()
