@@ -1,14 +1,16 @@
 """Ingest benchmark: the node's listener against DCMTK storescp, Orthanc and storescu sending.
 
 Builds a 200-slice uncompressed 512x512 CT series, loads it into Orthanc (the PACS, on
-loopback ports with its own temp config), and has Orthanc C-STORE it to the node
-(``dicom-node serve``, SQLite index on, fsync on) and to DCMTK ``storescp`` in turn,
-several rounds; then the same with DCMTK ``storescu`` as the sender. Each node round
-starts a fresh node (empty spool and database), so every instance is a first receipt.
+loopback ports with its own temp config), and has Orthanc C-STORE it to DCMTK
+``storescp`` (the baseline), to the node's listener with a handler that does nothing
+(``benchmarks.receive_floor``: what pynetdicom itself costs, the floor of any handler)
+and to the node (``dicom-node serve``, SQLite index on, fsync on) in turn, several
+rounds; then the same with DCMTK ``storescu`` as the sender. Each node round starts a
+fresh node (empty spool and database), so every instance is a first receipt.
 Finally 16 associations send large instances to the node at once while its peak RSS is
 sampled: received data goes to disk as it arrives, so memory must stay flat.
 
-Run:  python benchmarks/ingest.py [--slices 200] [--rounds 3]
+Run:  python -m benchmarks.ingest [--slices 200] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,11 +36,16 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.receive_floor import FLOOR_AET
 from tests.conftest import get_free_port
-from tests.peers import Orthanc, run_orthanc, run_storescp, stop_process, wait_for_port
+from tests.peers import run_orthanc, run_storescp, stop_process, wait_for_port
 
 STORESCU = "/usr/bin/storescu"
 NODE_AET = "AINODE"
+# DCMTK storescp (the baseline), the node's listener doing nothing (what pynetdicom
+# itself costs), and the node.
+RECEIVERS = ("storescp", "floor", "node")
+WARMED_UP = "result writers warmed up"
 
 
 def write_series(folder: Path, slices: int, size: int = 512) -> list[Path]:
@@ -98,6 +106,16 @@ class Node:
     def rss_mb(self) -> float:
         return _status_kb(self.process.pid, "VmRSS") / 1024
 
+    def wait_until_warm(self, timeout: float = 60.0) -> None:
+        """Wait for the start-up warm-up (highdicom's tables, in a background thread) to
+        end, so that a round measures a running node, not its first seconds."""
+        deadline = time.monotonic() + timeout
+        log = self.root / "node.log"
+        while WARMED_UP not in log.read_text(errors="replace"):
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise RuntimeError(f"the node did not warm up; see {log}")
+            time.sleep(0.1)
+
 
 def _status_kb(pid: int, field: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -122,7 +140,7 @@ class NodeRunner:
         config.write_text(
             f'[node]\nae_title = "{NODE_AET}"\nhost = "127.0.0.1"\nport = {self.port}\n'
             'storage_dir = "spool"\ndatabase_url = "sqlite:///node.db"\n'
-            'max_associations = 32\nlog_level = "WARNING"\n'
+            'max_associations = 32\nlog_level = "INFO"\n'
             "[completion]\nstable_seconds = 3600\n"
         )
         process = subprocess.Popen(
@@ -131,7 +149,9 @@ class NodeRunner:
             stderr=(root / "node.log").open("wb"),
         )
         wait_for_port(self.port, process, 30.0)
-        return Node(process, self.port, root)
+        node = Node(process, self.port, root)
+        node.wait_until_warm()
+        return node
 
 
 def timed(action: Callable[[], object]) -> float:
@@ -149,32 +169,34 @@ def storescu(port: int, aet: str, files: list[Path]) -> None:
     )
 
 
-def orthanc_rounds(
-    pacs: Orthanc, study_id: str, runner: NodeRunner, scp_name: str, rounds: int
-) -> dict[str, list[float]]:
-    times: dict[str, list[float]] = {"storescp": [], "node": []}
-    for _ in range(rounds):
-        times["storescp"].append(timed(lambda: pacs.store(scp_name, [study_id])))
+def rounds(send: Callable[[str], object], runner: NodeRunner, count: int) -> dict[str, list[float]]:
+    """Seconds per round for each receiver; ``send(receiver)`` sends the series to it.
+    Every node round starts a fresh node, so that each instance is a first receipt."""
+    times: dict[str, list[float]] = {name: [] for name in RECEIVERS}
+    for _ in range(count):
+        times["storescp"].append(timed(lambda: send("storescp")))
+        times["floor"].append(timed(lambda: send("floor")))
         node = runner.start()
         try:
-            times["node"].append(timed(lambda: pacs.store("node", [study_id])))
+            times["node"].append(timed(lambda: send("node")))
         finally:
             stop_process(node.process)
     return times
 
 
-def storescu_rounds(
-    files: list[Path], scp_port: int, runner: NodeRunner, rounds: int
-) -> dict[str, list[float]]:
-    times: dict[str, list[float]] = {"storescp": [], "node": []}
-    for _ in range(rounds):
-        times["storescp"].append(timed(lambda: storescu(scp_port, "STORESCP", files)))
-        node = runner.start()
-        try:
-            times["node"].append(timed(lambda: storescu(runner.port, NODE_AET, files)))
-        finally:
-            stop_process(node.process)
-    return times
+@contextmanager
+def run_floor(workdir: Path) -> Iterator[int]:
+    """``benchmarks.receive_floor`` on a free port: the node's listener doing nothing."""
+    port = get_free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.receive_floor", str(port), str(workdir / "floor")],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port, process, 30.0)
+        yield port
+    finally:
+        stop_process(process)
 
 
 def memory_under_load(runner: NodeRunner, files: list[Path]) -> tuple[float, float, float]:
@@ -215,12 +237,15 @@ def fsync_latency_ms(folder: Path, count: int = 50, size: int = 512 * 1024) -> f
 def table(title: str, times: dict[str, list[float]], count: int, megabytes: float) -> None:
     base = statistics.median(times["storescp"])
     print(f"\n{title}: {count} instances, {megabytes:.0f} MB, median of {len(times['node'])}")
-    print(f"{'receiver':<10} {'seconds':>8} {'inst/s':>8} {'MB/s':>8} {'vs storescp':>12}")
-    for name in ("storescp", "node"):
+    print(
+        f"{'receiver':<10} {'seconds':>8} {'inst/s':>8} {'MB/s':>8} {'ms/inst':>8} "
+        f"{'vs storescp':>12}"
+    )
+    for name in RECEIVERS:
         seconds = statistics.median(times[name])
         print(
             f"{name:<10} {seconds:8.2f} {count / seconds:8.1f} {megabytes / seconds:8.1f} "
-            f"{base / seconds:11.1f}x"
+            f"{seconds / count * 1000:8.1f} {base / seconds:11.1f}x"
         )
     print(
         "  rounds: "
@@ -240,20 +265,27 @@ def main() -> int:
         files = write_series(work / "series", args.slices)
         megabytes = sum(f.stat().st_size for f in files) / 1e6
         runner = NodeRunner(work)
-        with run_storescp(work / "storescp-out") as scp:
-            modalities = {
-                "node": (NODE_AET, "127.0.0.1", runner.port),
-                "storescp": (scp.aet, "127.0.0.1", scp.port),
+        with run_storescp(work / "storescp-out") as scp, run_floor(work) as floor_port:
+            receivers = {
+                "storescp": (scp.aet, scp.port),
+                "floor": (FLOOR_AET, floor_port),
+                "node": (NODE_AET, runner.port),
             }
+            modalities = {name: (aet, "127.0.0.1", port) for name, (aet, port) in receivers.items()}
             with run_orthanc(work, modalities=modalities) as pacs:
                 pacs.upload(files)
                 [study_id] = pacs.study_ids()
-                by_orthanc = orthanc_rounds(pacs, study_id, runner, "storescp", args.rounds)
-            by_storescu = storescu_rounds(files, scp.port, runner, args.rounds)
+                by_orthanc = rounds(lambda name: pacs.store(name, [study_id]), runner, args.rounds)
+            by_storescu = rounds(
+                lambda name: storescu(receivers[name][1], receivers[name][0], files),
+                runner,
+                args.rounds,
+            )
         print(
             f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; "
             f"write+fsync of 512 KB here: {fsync_latency_ms(work / 'fsync'):.1f} ms "
-            "(the node does 3 fsyncs per instance: file, folder, SQLite WAL)"
+            "(per instance the node fsyncs the file, its folder and the SQLite WAL, the "
+            "first two while it parses the header and writes the rows)"
         )
         table("Orthanc sends", by_orthanc, len(files), megabytes)
         table("DCMTK storescu sends", by_storescu, len(files), megabytes)

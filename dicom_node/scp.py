@@ -2,9 +2,12 @@
 
 pynetdicom streams each incoming dataset into a temp file in the spool's ``incoming/``
 folder (``STORE_RECV_CHUNKED_DATASET``), so memory stays flat however large the
-instance and however many associations. :class:`StoreHandler` then reads only the header,
-moves the file into the spool (fsync, rename), commits its rows, and only then answers
-Success. Nothing is decoded or re-encoded, and no inference runs on this thread.
+instance and however many associations. :class:`StoreHandler` then starts the file's
+fsync, reads only the header meanwhile, renames the file into the spool, writes its rows
+while the folder is fsynced, and commits them once both fsyncs are done; only then does
+it answer Success. Every sender waits on this path for each instance, which is why the
+disk and the parsing overlap. Nothing is decoded or re-encoded, and no inference runs on
+this thread.
 """
 
 from __future__ import annotations

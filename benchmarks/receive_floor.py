@@ -1,0 +1,54 @@
+"""The floor of the node's receiving: its listener with a C-STORE handler that does nothing.
+
+The same AE, presentation contexts, sockets and streaming to a temp file as
+``dicom-node serve``, but each instance is answered Success as soon as pynetdicom has
+received it: no header parsing, no fsync, no spool, no database. The ingest benchmark
+runs it beside the node, so that what the node adds on top of pynetdicom itself shows
+in the same table. Not a receiver anyone should use: it keeps nothing.
+
+Run:  python -m benchmarks.receive_floor PORT INCOMING_DIR
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+from pynetdicom import _config, evt
+from pynetdicom.events import Event
+
+from dicom_node.config import parse_config
+from dicom_node.scp import ListenerRequestHandler, ListenerServer, build_listener_ae
+
+FLOOR_AET = "FLOOR"
+
+
+def answer_success(_event: Event) -> int:
+    return 0x0000
+
+
+def main() -> int:
+    port, incoming = int(sys.argv[1]), Path(sys.argv[2])
+    incoming.mkdir(parents=True, exist_ok=True)
+    config = parse_config({"node": {"ae_title": FLOOR_AET, "port": port}}, "floor", incoming)
+    _config.STORE_RECV_CHUNKED_DATASET = True
+    tempfile.tempdir = str(incoming)
+    ae = build_listener_ae(config)
+    server = ae.make_server(
+        ("127.0.0.1", port),
+        evt_handlers=[(evt.EVT_C_STORE, answer_success)],
+        server_class=ListenerServer,
+        request_handler=ListenerRequestHandler,
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    stop.wait()  # the benchmark stops it between runs; nothing in flight matters
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
