@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BindParameter, Connection, bindparam, insert, select, update
+from sqlalchemy import BindParameter, Connection, Update, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -39,6 +39,16 @@ class Recorded(enum.StrEnum):
     NEW = "new"
     REPLACED = "replaced"
     KEPT = "kept"  # recorded before, and the policy keeps the first: nothing changed
+
+
+@dataclass(frozen=True)
+class Recording:
+    """What recording an instance did, and the spool file a replaced row named before
+    when that was another one (resent under other study/series UIDs): no row names it
+    now, so the caller removes it once the transaction is committed."""
+
+    outcome: Recorded
+    orphaned_path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -72,7 +82,7 @@ def record_instance(
     before_commit: Callable[[], None] | None = None,
     *,
     replace: bool = True,
-) -> Recorded:
+) -> Recording:
     """Insert or update the rows for ``received`` in one committed transaction.
 
     An instance recorded before is updated to ``received`` when ``replace``, else left
@@ -92,10 +102,10 @@ def record_instance(
     for attempt in range(1, _INSERT_ATTEMPTS + 1):
         try:
             with sessions.begin() as session:
-                outcome = _record(session.connection(), received, replace)
+                recording = _record(session.connection(), received, replace)
                 if before_commit is not None:
                     before_commit()
-                return outcome
+                return recording
         except IntegrityError:
             if attempt == _INSERT_ATTEMPTS:
                 raise
@@ -109,7 +119,7 @@ def _values(*columns: str) -> dict[str, BindParameter[Any]]:
 
 # Built once: a statement built per call costs more than running it (SQLAlchemy derives
 # a cache key from every new statement object). Parameters are bound by column name.
-_FIND_INSTANCE = select(Instance.id).where(
+_FIND_INSTANCE = select(Instance.id, Instance.path, Instance.series_id, Instance.study_id).where(
     Instance.sop_instance_uid == bindparam("sop_instance_uid")
 )
 _STUDY = Base.metadata.tables[Study.__tablename__]
@@ -188,6 +198,16 @@ _INSERT_SERIES = (
         )
     )
     .returning(_SERIES.c.id)
+)
+_COUNT_SERIES_BY_ID = (
+    update(_SERIES)
+    .where(_SERIES.c.id == bindparam("row_id"))
+    .values(instance_count=_SERIES.c.instance_count + bindparam("delta"))
+)
+_COUNT_STUDY_BY_ID = (
+    update(_STUDY)
+    .where(_STUDY.c.id == bindparam("row_id"))
+    .values(instance_count=_STUDY.c.instance_count + bindparam("delta"))
 )
 _INSTANCE_COLUMNS = (
     "series_id",
@@ -270,15 +290,16 @@ def _series_id(db: Connection, study_id: int, h: InstanceHeaders, new_instance: 
     return int(created)
 
 
-def _record(db: Connection, received: ReceivedInstance, replace: bool) -> Recorded:
+def _record(db: Connection, received: ReceivedInstance, replace: bool) -> Recording:
     h = received.headers
-    existing = db.execute(_FIND_INSTANCE, {"sop_instance_uid": h.sop_instance_uid}).scalar()
+    existing = db.execute(_FIND_INSTANCE, {"sop_instance_uid": h.sop_instance_uid}).one_or_none()
     if existing is not None and not replace:
-        return Recorded.KEPT
+        return Recording(Recorded.KEPT)
     new_instance = int(existing is None)
     study_id = _open_study(db, received, new_instance)
+    series_id = _series_id(db, study_id, h, new_instance)
     values = {
-        "series_id": _series_id(db, study_id, h, new_instance),
+        "series_id": series_id,
         "study_id": study_id,
         "sop_class_uid": h.sop_class_uid,
         "transfer_syntax_uid": received.transfer_syntax_uid,
@@ -290,6 +311,15 @@ def _record(db: Connection, received: ReceivedInstance, replace: bool) -> Record
     }
     if existing is None:
         db.execute(_INSERT_INSTANCE, {"sop_instance_uid": h.sop_instance_uid, **values})
-        return Recorded.NEW
-    db.execute(_UPDATE_INSTANCE, {"instance_id": existing, **values})
-    return Recorded.REPLACED
+        return Recording(Recorded.NEW)
+    db.execute(_UPDATE_INSTANCE, {"instance_id": existing.id, **values})
+    # Resent under other study/series UIDs, it moves, and so do the counts that
+    # completion compares with the archive's.
+    _move_count(db, _COUNT_SERIES_BY_ID, existing.series_id, series_id)
+    _move_count(db, _COUNT_STUDY_BY_ID, existing.study_id, study_id)
+    return Recording(Recorded.REPLACED, existing.path if existing.path != received.path else None)
+
+
+def _move_count(db: Connection, statement: Update, old_id: int, new_id: int) -> None:
+    if old_id != new_id:
+        db.execute(statement, [{"row_id": old_id, "delta": -1}, {"row_id": new_id, "delta": 1}])

@@ -36,7 +36,13 @@ from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAsso
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node.catalog import ReceivedInstance, Recorded, find_instance_path, record_instance
+from dicom_node.catalog import (
+    ReceivedInstance,
+    Recorded,
+    Recording,
+    find_instance_path,
+    record_instance,
+)
 from dicom_node.config import NodeConfig, TlsSection
 from dicom_node.headers import HeaderError, InstanceHeaders, read_headers
 from dicom_node.metrics import INSTANCES_RECEIVED
@@ -139,12 +145,16 @@ class StoreHandler:
             logger.error("C-STORE refused: cannot write the spool", extra={**log, "error": exc})
             return OUT_OF_RESOURCES
         replace = self.config.node.duplicate_policy == "replace"
-        outcome = self._record(received, log, before_commit=pending.wait, replace=replace)
-        if outcome is Recorded.KEPT:
+        recording = self._record(received, log, before_commit=pending.wait, replace=replace)
+        if recording is None:
+            return OUT_OF_RESOURCES
+        if recording.outcome is Recorded.KEPT:
             # The same SOP Instance UID arrived under other study/series UIDs: keep_first
             # keeps the recorded one, and the new name, which no row names, goes.
             dest.unlink(missing_ok=True)
-        return OUT_OF_RESOURCES if outcome is None else SUCCESS
+        elif recording.orphaned_path is not None:
+            Path(recording.orphaned_path).unlink(missing_ok=True)
+        return SUCCESS
 
     def _read_headers(self, path: Path, sop_uid: str) -> InstanceHeaders:
         """Header fields of ``path``: the series' routing fields only for the first
@@ -170,8 +180,8 @@ class StoreHandler:
         except OSError as exc:
             logger.error("C-STORE refused: cannot write the spool", extra={**log, "error": exc})
             return OUT_OF_RESOURCES
-        outcome = self._record(received, log, before_commit=None, replace=True)
-        return OUT_OF_RESOURCES if outcome is None else SUCCESS
+        recording = self._record(received, log, before_commit=None, replace=True)
+        return OUT_OF_RESOURCES if recording is None else SUCCESS
 
     def _record(
         self,
@@ -179,10 +189,10 @@ class StoreHandler:
         log: dict[str, Any],
         before_commit: Callable[[], None] | None,
         replace: bool,
-    ) -> Recorded | None:
+    ) -> Recording | None:
         """Commit the rows; None (logged) when the database or the file's fsync failed."""
         try:
-            outcome = record_instance(self.sessions, received, before_commit, replace=replace)
+            recording = record_instance(self.sessions, received, before_commit, replace=replace)
         except SQLAlchemyError as exc:
             logger.error("C-STORE refused: database write failed", extra={**log, "error": exc})
             return None
@@ -192,11 +202,12 @@ class StoreHandler:
         if len(self._indexed_series) >= _SERIES_REMEMBERED:
             self._indexed_series.clear()
         self._indexed_series[received.headers.series_instance_uid] = None
+        outcome = recording.outcome
         if outcome is Recorded.NEW:
             INSTANCES_RECEIVED.inc()
         level = logging.DEBUG if outcome is Recorded.NEW else logging.INFO
         logger.log(level, f"instance {outcome}", extra={**log, "bytes": received.size_bytes})
-        return outcome
+        return recording
 
 
 def log_rejected(event: Event) -> None:

@@ -272,3 +272,21 @@ def test_only_a_series_first_instance_gets_its_routing_fields_parsed(
     assert series.headers["Rows"] == "128" and series.headers["Modality"] == "CT"
     numbers = sorted(i.instance_number for i in rows(node.sessions, select(Instance)))
     assert numbers == [1, 2, 3] and series.instance_count == 3
+
+
+def test_replace_moves_an_instance_resent_under_other_study_uids(
+    start_node: StartNode, tmp_path: Path
+) -> None:
+    node = start_node(node={"duplicate_policy": "replace"})
+    first = Path(get_testdata_file("CT_small.dcm"))
+    new_study = generate_uid()
+    moved = _variant(tmp_path, "moved.dcm", StudyInstanceUID=new_study)
+    assert [r.status for r in send_files(SENDER, node.peer, [first, moved])] == [0, 0]
+    [instance] = rows(node.sessions, select(Instance))
+    assert dataset_bytes(Path(instance.path)) == dataset_bytes(moved)
+    counts = {s.study_instance_uid: s.instance_count for s in rows(node.sessions, select(Study))}
+    assert counts == {dcmread(first).StudyInstanceUID: 0, new_study: 1}
+    # The first copy's file, which no row names any more, is gone.
+    assert list((node.config.node.storage_dir / "instances").rglob("*.dcm")) == [
+        Path(instance.path)
+    ]
