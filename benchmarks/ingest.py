@@ -191,6 +191,7 @@ def run_floor(workdir: Path) -> Iterator[int]:
     process = subprocess.Popen(
         [sys.executable, "-m", "benchmarks.receive_floor", str(port), str(workdir / "floor")],
         stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         wait_for_port(port, process, 30.0)
