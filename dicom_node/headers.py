@@ -187,11 +187,15 @@ def read_headers(
             0xC222,
         )
     sop_class = _get(dataset, "SOPClassUID") or _get(dataset.file_meta, "MediaStorageSOPClassUID")
-    headers = {
-        keyword: value
-        for keyword in (*STUDY_KEYWORDS, *SERIES_KEYWORDS)
-        if series_fields and (value := _get(dataset, keyword)) is not None
-    }
+    headers = (
+        {
+            keyword: value
+            for keyword in (*STUDY_KEYWORDS, *SERIES_KEYWORDS)
+            if (value := _get(dataset, keyword)) is not None
+        }
+        if series_fields
+        else {}
+    )
     return InstanceHeaders(
         study_instance_uid=study_uid,
         series_instance_uid=series_uid,

@@ -135,12 +135,9 @@ class MetricsServer:
                 self._settings.port, addr=self._settings.host, registry=self._registry
             )
         except OSError:
-            self._unhook()
+            self._registry.unregister(self._collector)
             raise
         logger.info("metrics listening", extra={"host": self._settings.host, "port": self.port})
-
-    def _unhook(self) -> None:
-        self._registry.unregister(self._collector)
 
     def stop(self) -> None:
         """Stop serving and detach from the registry (idempotent)."""
@@ -151,4 +148,4 @@ class MetricsServer:
         if self._thread is not None:
             self._thread.join(timeout=5)
         self._server = None
-        self._unhook()
+        self._registry.unregister(self._collector)
