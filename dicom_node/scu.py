@@ -29,6 +29,7 @@ from pynetdicom.presentation import PresentationContext
 
 from dicom_node.config import NodeConfig, PeerConfig, TlsSection
 from dicom_node.errors import DicomNodeError
+from dicom_node.store_outcome import Outcome, classify_status
 
 logger = logging.getLogger(__name__)
 
@@ -84,8 +85,8 @@ class FileStatus:
 
     @property
     def ok(self) -> bool:
-        """Success or warning: the peer has the instance."""
-        return self.status is not None and (self.status == 0 or self.status >> 12 == 0xB)
+        """Success or warning (`classify_status`): the peer has the instance."""
+        return self.status is not None and classify_status(self.status).outcome is Outcome.STORED
 
 
 @dataclass(frozen=True)
