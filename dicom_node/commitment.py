@@ -23,9 +23,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.config import DeliverySection, PeerConfig
+from dicom_node.delivery_queue import fail_waiting
 from dicom_node.schema import Delivery, WorkState, utcnow
 from dicom_node.scu import AssociationError, LocalAE, open_association
-from dicom_node.store_outcome import Outcome, StoreResult, next_state
+from dicom_node.store_outcome import Outcome, StoreResult
 
 logger = logging.getLogger(__name__)
 
@@ -154,12 +155,7 @@ class CommitmentReportHandler:
                     result = StoreResult(
                         Outcome.PERMANENT, code, f"archive did not commit (reason 0x{code:04X})"
                     )
-                    state, retry_at = next_state(
-                        result, row.attempts, row.error, self.settings, now
-                    )
-                    row.state, row.error, row.last_status = state, result.error, code
-                    row.next_attempt_at = retry_at or now
-                    row.commitment_transaction_uid = None
+                    fail_waiting(row, result, self.settings, now)
                     requeued += 1
         logger.info(
             "storage commitment report",

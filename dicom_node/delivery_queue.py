@@ -5,6 +5,11 @@ a re-processed study re-queues the existing row (same deterministic UID, so the
 archive replaces the object) rather than adding one. Claims work like job claims
 (`dicom_node.jobs`): a guarded update of rows picked with ``FOR UPDATE SKIP LOCKED``
 on PostgreSQL, owner id and lease on each row, every later change guarded by the owner.
+
+After a failed attempt (`next_try`): a transient failure is queued again after
+``backoff_initial_seconds * 2**(attempts-1)``, capped at ``backoff_max_seconds``, until
+``max_attempts``; a permanent one is queued once more and fails the delivery if it fails
+permanently again (the row counts them in ``permanent_failures``).
 """
 
 from __future__ import annotations
@@ -18,8 +23,10 @@ from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
+from dicom_node.config import DeliverySection
 from dicom_node.ownership import owner_is_gone
 from dicom_node.schema import Delivery, WorkState, utcnow
+from dicom_node.store_outcome import Outcome, StoreResult
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +50,61 @@ class ClaimedDelivery:
     sop_instance_uid: str
     sop_class_uid: str
     attempts: int
+    permanent_failures: int
     worker_id: str
+
+
+# A permanent failure is retried this many times (in case the archive had a passing fault).
+PERMANENT_RETRIES = 1
+
+
+@dataclass(frozen=True)
+class NextTry:
+    """What follows a failed attempt: the state, when to try again (None: never), and the
+    delivery's permanent failures counted so far."""
+
+    state: WorkState
+    retry_at: datetime | None
+    permanent_failures: int
+
+
+def backoff_seconds(attempts: int, settings: DeliverySection) -> float:
+    """Delay before the next try after ``attempts`` tries: doubling, capped."""
+    delay = settings.backoff_initial_seconds * 2 ** max(0, attempts - 1)
+    return float(min(delay, settings.backoff_max_seconds))
+
+
+def next_try(
+    result: StoreResult,
+    attempts: int,
+    permanent_failures: int,
+    settings: DeliverySection,
+    now: datetime,
+) -> NextTry:
+    """After a failed attempt (see the module docstring): queue again, or fail."""
+    permanent = permanent_failures + (result.outcome is Outcome.PERMANENT)
+    if attempts >= settings.max_attempts or permanent > PERMANENT_RETRIES:
+        return NextTry(WorkState.FAILED, None, permanent)
+    retry_at = now + timedelta(seconds=backoff_seconds(attempts, settings))
+    return NextTry(WorkState.QUEUED, retry_at, permanent)
+
+
+def fail_waiting(
+    row: Delivery, result: StoreResult, settings: DeliverySection, now: datetime
+) -> WorkState:
+    """Record on a loaded row awaiting commitment that it was not committed; its new state.
+
+    Used when the archive reports it failed to commit the object, and when the request
+    or the report never came: the object is sent again, or failed (`next_try`).
+    """
+    after = next_try(result, row.attempts, row.permanent_failures, settings, now)
+    row.state, row.error = after.state, result.error
+    row.permanent_failures = after.permanent_failures
+    if result.status is not None:
+        row.last_status = result.status
+    row.next_attempt_at = after.retry_at or now
+    row.commitment_transaction_uid = None
+    return after.state
 
 
 def queue_deliveries(
@@ -89,6 +150,7 @@ def queue_deliveries(
         "updated_at": excluded.updated_at,
         "last_status": None,
         "error": None,
+        "permanent_failures": 0,
         "commitment_transaction_uid": None,
         "worker_id": None,
         "lease_expires_at": None,
@@ -166,6 +228,7 @@ def claim_batch(
                 Delivery.sop_instance_uid,
                 Delivery.sop_class_uid,
                 Delivery.attempts,
+                Delivery.permanent_failures,
             )
         ).all()
     claimed = [ClaimedDelivery(*row, worker_id=worker_id) for row in rows]
@@ -189,6 +252,7 @@ def record_outcome(
     error: str | None,
     retry_at: datetime | None = None,
     commitment_uid: str | None = None,
+    permanent_failures: int | None = None,
 ) -> bool:
     """Record one send in the caller's transaction; False when the row is not ours anymore
     (re-queued by a newer job, or reclaimed after our lease expired).
@@ -208,6 +272,8 @@ def record_outcome(
     }
     if retry_at is not None:
         values["next_attempt_at"] = retry_at
+    if permanent_failures is not None:
+        values["permanent_failures"] = permanent_failures
     result = session.execute(update(Delivery).where(*_owned(delivery)).values(**values))
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
@@ -298,6 +364,7 @@ def requeue_deliveries(
                 attempts=0,
                 next_attempt_at=utcnow(),
                 error=None,
+                permanent_failures=0,
                 last_status=None,
                 updated_at=utcnow(),
             )

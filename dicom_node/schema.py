@@ -203,6 +203,8 @@ class Delivery(Base):
     next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     last_status: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
+    # Permanent failures since it was queued: the first is retried once, the second fails it.
+    permanent_failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     commitment_transaction_uid: Mapped[str | None] = mapped_column(UID)
     # Like Job: the process sending it owns a running delivery until its lease expires.
     worker_id: Mapped[str | None] = mapped_column(String(128))

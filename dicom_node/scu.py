@@ -29,7 +29,13 @@ from pynetdicom.presentation import PresentationContext
 
 from dicom_node.config import NodeConfig, PeerConfig, TlsSection
 from dicom_node.errors import DicomNodeError
-from dicom_node.store_outcome import Outcome, classify_status
+from dicom_node.store_outcome import (
+    FailureKind,
+    Outcome,
+    StoreResult,
+    classify_status,
+    unanswered,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -74,19 +80,28 @@ class LocalAE:
 class FileStatus:
     """The outcome of sending one file.
 
-    ``status`` is the peer's DIMSE status, or None when none came back (association
-    refused or dropped, timeout, file unreadable or no accepted context: see ``reason``).
+    ``status`` is the peer's DIMSE status, or None when none came back; ``failure`` then
+    says why (by default the network: association refused or dropped, timeout; or no
+    accepted context, or a file that is not DICOM) and ``reason`` says it in words.
     """
 
     path: Path
     sop_instance_uid: str | None
     status: int | None
     reason: str = ""
+    failure: FailureKind = FailureKind.NETWORK
+
+    @property
+    def result(self) -> StoreResult:
+        """Stored, transient or permanent, with the meaning (`dicom_node.store_outcome`)."""
+        if self.status is not None:
+            return classify_status(self.status)
+        return unanswered(self.failure, self.reason or "no response")
 
     @property
     def ok(self) -> bool:
         """Success or warning (`classify_status`): the peer has the instance."""
-        return self.status is not None and classify_status(self.status).outcome is Outcome.STORED
+        return self.result.outcome is Outcome.STORED
 
 
 @dataclass(frozen=True)
@@ -245,8 +260,9 @@ def _batches(planned: list[_Planned]) -> Iterator[list[_Planned]]:
         yield batch
 
 
-def _no_context(item: _Planned) -> str:
-    return f"peer accepted no context for {item.sop_class} in {item.transfer_syntax}"
+def _not_accepted(item: _Planned) -> FileStatus:
+    reason = f"peer accepted no context for {item.sop_class} in {item.transfer_syntax}"
+    return FileStatus(item.path, item.sop_instance, None, reason, FailureKind.NO_CONTEXT)
 
 
 def _send_one(assoc: Association, item: _Planned, message_id: int) -> FileStatus:
@@ -265,7 +281,7 @@ def _send_one(assoc: Association, item: _Planned, message_id: int) -> FileStatus
             dataset.decompress()
         response = assoc.send_c_store(dataset, msg_id=message_id)
     else:
-        return FileStatus(item.path, item.sop_instance, None, _no_context(item))
+        return _not_accepted(item)
     if "Status" not in response:
         return FileStatus(item.path, item.sop_instance, None, "no C-STORE response")
     return FileStatus(item.path, item.sop_instance, int(response.Status))
@@ -297,8 +313,10 @@ def _send_batch(
     except AssociationError as exc:
         for item in batch:
             if item.path not in done:
-                reason = _no_context(item) if exc.no_context else exc.reason
-                once(FileStatus(item.path, item.sop_instance, None, reason))
+                if exc.no_context:
+                    once(_not_accepted(item))
+                else:
+                    once(FileStatus(item.path, item.sop_instance, None, exc.reason))
 
 
 def send_files(
@@ -344,7 +362,7 @@ def send_files(
     for batch in _batches(planned):
         for item in batch:
             if item.error:
-                report(FileStatus(item.path, None, None, item.error))
+                report(FileStatus(item.path, None, None, item.error, FailureKind.NOT_DICOM))
         sendable = [item for item in batch if not item.error]
         if sendable:
             _send_batch(local, peer, sendable, report)

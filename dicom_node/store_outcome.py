@@ -1,38 +1,49 @@
-"""Whether a failed C-STORE is worth retrying: transient vs permanent, with the meaning.
+"""What one C-STORE came to: stored, or failed transiently or permanently, with the meaning.
 
-Transient (retried with exponential backoff until ``delivery.max_attempts``): the
-association is refused, aborted or dropped, the peer does not answer in time, or it
-answers 0xA7xx "Refused: Out of Resources" (or 0x0213 "Resource Limitation"). The
-object is fine; the archive is not ready.
+Stored: a Success or Warning status (0x0000; 0x0001, 0x0107, 0x0116, 0xB0xx): the
+archive has the object.
 
-Permanent (retried once, in case the archive had a passing fault, then failed and never
-retried in a loop): a failure status for the object itself: 0xA9xx "Data Set Does Not
-Match SOP Class", 0xCxxx "Cannot Understand", 0x0122 "SOP Class Not Supported" (also
-used when the peer accepts no presentation context for it), 0x0124 "Not Authorised",
-and every other failure status.
+Transient (worth retrying later): the association is refused, aborted or dropped, the
+peer does not answer in time (no status: `FailureKind.NETWORK`), or it answers 0xA7xx
+"Refused: Out of Resources" or 0x0213 "Resource Limitation". The object is fine; the
+archive is not ready.
 
-Success and Warning statuses (0xB000, 0xB006, 0xB007, 0x0001) mean the archive stored it.
+Permanent (retrying cannot help, except against a passing fault): a failure status for
+the object itself: 0xA9xx "Data Set Does Not Match SOP Class", 0xCxxx "Cannot
+Understand", 0x0122 "SOP Class Not Supported" (also when the peer accepts no
+presentation context for it: `FailureKind.NO_CONTEXT`), 0x0124 "Not Authorised", every
+other failure status, and a file that is not DICOM (`FailureKind.NOT_DICOM`).
+
+How often each is retried is the delivery queue's policy
+(`dicom_node.delivery_queue.next_try`); this module only tells them apart, from typed
+values, never from message text.
 """
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 
 from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS, code_to_category
-
-from dicom_node.config import DeliverySection
-from dicom_node.schema import WorkState
 
 SOP_CLASS_NOT_SUPPORTED = 0x0122
 RESOURCE_LIMITATION = 0x0213
 
 
 class Outcome(enum.StrEnum):
+    """Whether the peer has the object, and if not, whether trying again may help."""
+
     STORED = "stored"
     TRANSIENT = "transient"
     PERMANENT = "permanent"
+
+
+class FailureKind(enum.StrEnum):
+    """Why a C-STORE got no status from the peer."""
+
+    NETWORK = "network"  # refused, rejected, aborted, dropped, timed out: transient
+    NO_CONTEXT = "no_context"  # no presentation context accepted for its SOP class: permanent
+    NOT_DICOM = "not_dicom"  # the file cannot be read as DICOM (removed, corrupt): permanent
 
 
 @dataclass(frozen=True)
@@ -77,36 +88,19 @@ def transient(reason: str) -> StoreResult:
     return StoreResult(Outcome.TRANSIENT, None, reason)
 
 
-def not_accepted(sop_class_uid: str) -> StoreResult:
-    """The peer accepted no presentation context for this SOP class and transfer syntax."""
-    return StoreResult(
-        Outcome.PERMANENT,
-        SOP_CLASS_NOT_SUPPORTED,
-        f"Refused: SOP Class Not Supported (no presentation context accepted for {sop_class_uid})",
-    )
+def unanswered(kind: FailureKind, reason: str) -> StoreResult:
+    """The outcome of a C-STORE that got no status, from why it got none.
 
-
-def backoff_seconds(attempts: int, settings: DeliverySection) -> float:
-    """Delay before the next try after ``attempts`` tries: doubling, capped."""
-    delay = settings.backoff_initial_seconds * 2 ** max(0, attempts - 1)
-    return float(min(delay, settings.backoff_max_seconds))
-
-
-def next_state(
-    result: StoreResult,
-    attempts: int,
-    previous_error: str | None,
-    settings: DeliverySection,
-    now: datetime,
-) -> tuple[WorkState, datetime | None]:
-    """The state after a failed attempt, and when to try again (None: never).
-
-    A permanent failure is retried once: if the previous attempt also failed
-    permanently, the delivery fails now.
+    Parameters
+    ----------
+    kind
+        Why no status came back.
+    reason
+        What happened, in words (kept on the delivery row with the outcome).
     """
-    previously_permanent = (previous_error or "").startswith(f"{Outcome.PERMANENT}:")
-    if attempts >= settings.max_attempts or (
-        result.outcome is Outcome.PERMANENT and previously_permanent
-    ):
-        return WorkState.FAILED, None
-    return WorkState.QUEUED, now + timedelta(seconds=backoff_seconds(attempts, settings))
+    if kind is FailureKind.NO_CONTEXT:
+        meaning = f"{status_meaning(SOP_CLASS_NOT_SUPPORTED)} ({reason})"
+        return StoreResult(Outcome.PERMANENT, SOP_CLASS_NOT_SUPPORTED, meaning)
+    if kind is FailureKind.NOT_DICOM:
+        return StoreResult(Outcome.PERMANENT, None, reason)
+    return transient(reason)
