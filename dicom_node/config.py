@@ -206,6 +206,7 @@ class WorkerSection(_Section):
     count: int = Field(default=1, ge=0)
     max_attempts: int = Field(default=3, ge=1)
     retry_backoff_seconds: float = Field(default=30.0, ge=0)
+    retry_backoff_max_seconds: float = Field(default=1800.0, ge=0)
     poll_seconds: float = Field(default=1.0, gt=0)
     intra_op_threads: int = Field(default=0, ge=0)
     inter_op_threads: int = Field(default=0, ge=0)

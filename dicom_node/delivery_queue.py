@@ -2,9 +2,10 @@
 
 A delivery is one result object for one peer, unique per (SOP Instance UID, peer):
 a re-processed study re-queues the existing row (same deterministic UID, so the
-archive replaces the object) rather than adding one. Claims work like job claims
-(`dicom_node.jobs`): a guarded update of rows picked with ``FOR UPDATE SKIP LOCKED``
-on PostgreSQL, owner id and lease on each row, every later change guarded by the owner.
+archive replaces the object) rather than adding one. Claims, leases and backoff follow
+the rules jobs follow (`dicom_node.leases`): a guarded update of due rows picked with
+``FOR UPDATE SKIP LOCKED`` on PostgreSQL, owner id and lease on each row, every later
+change guarded by the owner.
 
 After a failed attempt (`next_try`): a transient failure is queued again after
 ``backoff_initial_seconds * 2**(attempts-1)``, capped at ``backoff_max_seconds``, until
@@ -19,12 +20,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
+from dicom_node import leases
 from dicom_node.config import DeliverySection
-from dicom_node.ownership import owner_is_gone
 from dicom_node.schema import Delivery, WorkState, utcnow
 from dicom_node.store_outcome import Outcome, StoreResult
 
@@ -70,8 +71,9 @@ class NextTry:
 
 def backoff_seconds(attempts: int, settings: DeliverySection) -> float:
     """Delay before the next try after ``attempts`` tries: doubling, capped."""
-    delay = settings.backoff_initial_seconds * 2 ** max(0, attempts - 1)
-    return float(min(delay, settings.backoff_max_seconds))
+    return leases.backoff_seconds(
+        attempts, settings.backoff_initial_seconds, settings.backoff_max_seconds
+    )
 
 
 def next_try(
@@ -113,6 +115,7 @@ def queue_deliveries(
     """Add (or re-queue) one delivery per (object, peer) in the caller's transaction.
 
     Returns the number of rows written.
+
     Raises
     ------
     sqlalchemy.exc.SQLAlchemyError
@@ -165,6 +168,7 @@ def queue_deliveries(
 
 def due_peers(sessions: sessionmaker[Session]) -> list[str]:
     """Peers with at least one queued delivery due now.
+
     Raises
     ------
     sqlalchemy.exc.SQLAlchemyError
@@ -195,52 +199,26 @@ def claim_batch(
         When the database fails; nothing is claimed then.
     """
     now = utcnow()
-    due = (
-        select(Delivery.id)
-        .where(
-            Delivery.state == WorkState.QUEUED,
-            Delivery.peer_name == peer_name,
-            Delivery.next_attempt_at <= now,
-        )
-        .order_by(Delivery.next_attempt_at, Delivery.id)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-        # Materialized: PostgreSQL may otherwise run a LIMIT ... SKIP LOCKED sub-select
-        # inside IN (...) more than once and claim more than ``limit`` rows.
-        .cte("due")
-        .prefix_with("MATERIALIZED")
-    )
     with sessions.begin() as session:
-        rows = session.execute(
-            update(Delivery)
-            .where(Delivery.id.in_(select(due.c.id)), Delivery.state == WorkState.QUEUED)
-            .values(
-                state=WorkState.RUNNING,
-                worker_id=worker_id,
-                attempts=Delivery.attempts + 1,
-                lease_expires_at=now + timedelta(seconds=lease_seconds),
-                updated_at=now,
-            )
-            .returning(
-                Delivery.id,
+        rows = leases.claim_due(
+            session,
+            Delivery,
+            worker_id,
+            lease_seconds=lease_seconds,
+            limit=limit,
+            now=now,
+            where=[Delivery.peer_name == peer_name],
+            values={"updated_at": now},
+            returning=[
                 Delivery.peer_name,
                 Delivery.path,
                 Delivery.sop_instance_uid,
                 Delivery.sop_class_uid,
                 Delivery.attempts,
                 Delivery.permanent_failures,
-            )
-        ).all()
-    claimed = [ClaimedDelivery(*row, worker_id=worker_id) for row in rows]
-    return sorted(claimed, key=lambda d: d.id)
-
-
-def _owned(delivery: ClaimedDelivery) -> list[ColumnElement[bool]]:
-    return [
-        Delivery.id == delivery.id,
-        Delivery.worker_id == delivery.worker_id,
-        Delivery.state == WorkState.RUNNING,
-    ]
+            ],
+        )
+    return [ClaimedDelivery(**row._asdict(), worker_id=worker_id) for row in rows]
 
 
 def record_outcome(
@@ -256,6 +234,7 @@ def record_outcome(
 ) -> bool:
     """Record one send in the caller's transaction; False when the row is not ours anymore
     (re-queued by a newer job, or reclaimed after our lease expired).
+
     Raises
     ------
     sqlalchemy.exc.SQLAlchemyError
@@ -274,24 +253,21 @@ def record_outcome(
         values["next_attempt_at"] = retry_at
     if permanent_failures is not None:
         values["permanent_failures"] = permanent_failures
-    result = session.execute(update(Delivery).where(*_owned(delivery)).values(**values))
+    owned = leases.owned_by(Delivery, delivery.worker_id, delivery.id)
+    result = session.execute(update(Delivery).where(*owned).values(**values))
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
 def renew_leases(session: Session, worker_id: str, lease_seconds: float) -> int:
     """Extend the lease of every delivery ``worker_id`` still sends, in the caller's
     transaction; returns how many.
+
     Raises
     ------
     sqlalchemy.exc.SQLAlchemyError
         When the database fails.
     """
-    result = session.execute(
-        update(Delivery)
-        .where(Delivery.worker_id == worker_id, Delivery.state == WorkState.RUNNING)
-        .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
-    )
-    return int(result.rowcount)  # type: ignore[attr-defined]
+    return leases.renew(session, Delivery, lease_seconds, leases.owned_by(Delivery, worker_id))
 
 
 def reclaim_abandoned_deliveries(sessions: sessionmaker[Session]) -> int:
@@ -302,35 +278,10 @@ def reclaim_abandoned_deliveries(sessions: sessionmaker[Session]) -> int:
     sqlalchemy.exc.SQLAlchemyError
         When the database fails.
     """
-    now = utcnow()
-    with sessions() as session:
-        running = session.execute(
-            select(Delivery.worker_id, func.min(Delivery.lease_expires_at))
-            .where(Delivery.state == WorkState.RUNNING)
-            .group_by(Delivery.worker_id)
-        ).all()
-    reclaimed = 0
-    for owner, earliest_lease in running:
-        gone = owner_is_gone(owner)
-        if not gone and earliest_lease is not None and earliest_lease > now:
-            continue
-        conditions = [
-            Delivery.state == WorkState.RUNNING,
-            Delivery.worker_id == owner if owner else Delivery.worker_id.is_(None),
-        ]
-        if not gone:
-            conditions.append(Delivery.lease_expires_at <= now)
-        with sessions.begin() as session:
-            result = session.execute(
-                update(Delivery)
-                .where(*conditions)
-                .values(state=WorkState.QUEUED, worker_id=None, lease_expires_at=None)
-            )
-        count = int(result.rowcount)  # type: ignore[attr-defined]
-        if count:
-            reclaimed += count
-            logger.warning("deliveries requeued", extra={"count": count, "dead_sender": owner})
-    return reclaimed
+    reclaimed = leases.reclaim_abandoned(sessions, Delivery)
+    for owner, ids in reclaimed.items():
+        logger.warning("deliveries requeued", extra={"count": len(ids), "dead_sender": owner})
+    return sum(len(ids) for ids in reclaimed.values())
 
 
 def requeue_deliveries(
@@ -356,23 +307,5 @@ def requeue_deliveries(
     if job_id is not None:
         condition = condition & (Delivery.job_id == job_id)
     with sessions.begin() as session:
-        result = session.execute(
-            update(Delivery)
-            .where(condition)
-            .values(
-                state=WorkState.QUEUED,
-                attempts=0,
-                next_attempt_at=utcnow(),
-                error=None,
-                permanent_failures=0,
-                last_status=None,
-                updated_at=utcnow(),
-            )
-        )
-    return int(result.rowcount)  # type: ignore[attr-defined]
-
-
-def counts_by_state(session: Session) -> dict[str, int]:
-    """How many deliveries are in each state (states with none are left out)."""
-    rows = session.execute(select(Delivery.state, func.count()).group_by(Delivery.state))
-    return {str(state): count for state, count in rows}
+        values = {"last_status": None, "permanent_failures": 0, "updated_at": utcnow()}
+        return len(leases.requeue(session, Delivery, condition, values))

@@ -242,7 +242,7 @@ def route_study(session: Session, config: NodeConfig, study_id: int, generation:
                 destinations=job_plan.destinations,
                 state=WorkState.SKIPPED if skipped else WorkState.QUEUED,
                 error=f"no destination: {problem}" if skipped else problem,
-                not_before=now,
+                next_attempt_at=now,
                 created_at=now,
             )
         )

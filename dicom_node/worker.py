@@ -9,8 +9,9 @@ drops its results instead of committing over the new owner.
 
 Outcomes: a series the model cannot take (``UnsupportedSeriesError``) skips the job
 with the reason; a broken package, a missing backend or results that cannot be built
-fail it at once (retrying cannot help); anything else is retried with backoff up to
-``worker.max_attempts``, then failed with the error kept.
+fail it at once (retrying cannot help); anything else is retried with backoff
+(``worker.retry_backoff_seconds``, doubling, at most ``retry_backoff_max_seconds``) up
+to ``worker.max_attempts``, then failed with the error kept.
 """
 
 from __future__ import annotations
@@ -207,6 +208,7 @@ class Worker:
                 error,
                 max_attempts=settings.max_attempts,
                 backoff_seconds=settings.retry_backoff_seconds,
+                backoff_max_seconds=settings.retry_backoff_max_seconds,
                 permanent=isinstance(exc, PERMANENT_ERRORS),
             )
             logger.error(f"job attempt failed ({state})", extra={**log, "error": error})

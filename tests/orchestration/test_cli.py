@@ -99,7 +99,14 @@ def test_status_shows_the_queue_and_failures_and_retry_requeues(
     route_complete_studies(sessions, loaded)
     job = claim_job(sessions, "w", 60)
     assert job is not None
-    retry_or_fail(sessions, job, "RuntimeError: boom", max_attempts=1, backoff_seconds=0)
+    retry_or_fail(
+        sessions,
+        job,
+        "RuntimeError: boom",
+        max_attempts=1,
+        backoff_seconds=0,
+        backoff_max_seconds=0,
+    )
     engine.dispose()
     assert main(["status", "-c", str(config), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
