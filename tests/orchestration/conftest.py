@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +47,9 @@ def drop_postgres_database(url: str, admin: Engine) -> None:
     admin.dispose()
 
 
-@pytest.fixture(scope="session")
-def postgres_database() -> Iterator[str]:
-    """A uniquely named PostgreSQL database for this test run, dropped at the end."""
+@contextmanager
+def fresh_postgres_database() -> Iterator[str]:
+    """A uniquely named PostgreSQL database, dropped on exit; skips without a server."""
     if not postgres_available():
         pytest.skip("no PostgreSQL server on 127.0.0.1:5432")
     url, admin = create_postgres_database()
@@ -56,6 +57,13 @@ def postgres_database() -> Iterator[str]:
         yield url
     finally:
         drop_postgres_database(url, admin)
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    """A uniquely named PostgreSQL database for this test run, dropped at the end."""
+    with fresh_postgres_database() as url:
+        yield url
 
 
 @pytest.fixture

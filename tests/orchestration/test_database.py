@@ -9,11 +9,7 @@ import pytest
 from sqlalchemy import text
 
 from dicom_node.db import SchemaError, add_missing_columns, create_db_engine
-from tests.orchestration.conftest import (
-    create_postgres_database,
-    drop_postgres_database,
-    postgres_available,
-)
+from tests.orchestration.conftest import fresh_postgres_database
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -22,13 +18,8 @@ def own_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'node.db'}"
         return
-    if not postgres_available():
-        pytest.skip("no PostgreSQL server on 127.0.0.1:5432")
-    url, admin = create_postgres_database()
-    try:
+    with fresh_postgres_database() as url:
         yield url
-    finally:
-        drop_postgres_database(url, admin)
 
 
 def test_an_older_database_gets_the_new_columns_and_keeps_its_rows(own_database_url: str) -> None:
