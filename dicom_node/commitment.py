@@ -19,12 +19,11 @@ from pydicom import Dataset
 from pydicom.uid import UID
 from pynetdicom import build_context
 from pynetdicom.events import Event
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.config import DeliverySection, PeerConfig
-from dicom_node.delivery_queue import fail_waiting
-from dicom_node.schema import Delivery, WorkState, utcnow
+from dicom_node.delivery_queue import awaiting_commitment, fail_waiting
+from dicom_node.schema import WorkState, utcnow
 from dicom_node.scu import AssociationError, LocalAE, open_association
 from dicom_node.store_outcome import Outcome, StoreResult
 
@@ -138,13 +137,7 @@ class CommitmentReportHandler:
         now = utcnow()
         done = requeued = 0
         with self.sessions.begin() as session:
-            rows = session.scalars(
-                select(Delivery).where(
-                    Delivery.commitment_transaction_uid == transaction_uid,
-                    Delivery.state == WorkState.WAITING_COMMITMENT,
-                )
-            )
-            for row in rows:
+            for row in awaiting_commitment(session, transaction_uid):
                 uid = row.sop_instance_uid
                 if uid in committed:
                     row.state, row.error = WorkState.DONE, None

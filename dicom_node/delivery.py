@@ -35,6 +35,7 @@ from dicom_node.commitment import request_commitment
 from dicom_node.config import NodeConfig, PeerConfig
 from dicom_node.delivery_queue import (
     ClaimedDelivery,
+    awaiting_commitment,
     claim_batch,
     due_peers,
     fail_waiting,
@@ -214,13 +215,7 @@ class DeliveryScanner:
         """Put objects whose commitment was refused or timed out back in the queue."""
         now = utcnow()
         with self.sessions.begin() as session:
-            rows = session.scalars(
-                select(Delivery).where(
-                    Delivery.commitment_transaction_uid == transaction_uid,
-                    Delivery.state == WorkState.WAITING_COMMITMENT,
-                )
-            )
-            for row in rows:
+            for row in awaiting_commitment(session, transaction_uid):
                 fail_waiting(row, result, self.config.delivery, now)
         logger.warning(
             "storage commitment not obtained",

@@ -91,6 +91,24 @@ def next_try(
     return NextTry(WorkState.QUEUED, retry_at, permanent)
 
 
+def awaiting_commitment(session: Session, transaction_uid: str) -> list[Delivery]:
+    """The deliveries sent under ``transaction_uid`` that still await its commitment report.
+
+    Raises
+    ------
+    sqlalchemy.exc.SQLAlchemyError
+        When the database fails.
+    """
+    return list(
+        session.scalars(
+            select(Delivery).where(
+                Delivery.commitment_transaction_uid == transaction_uid,
+                Delivery.state == WorkState.WAITING_COMMITMENT,
+            )
+        )
+    )
+
+
 def fail_waiting(
     row: Delivery, result: StoreResult, settings: DeliverySection, now: datetime
 ) -> WorkState:
