@@ -26,19 +26,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node import leases
 from dicom_node.config import DeliverySection
+from dicom_node.outbox import OutboxFile
 from dicom_node.schema import Delivery, WorkState, utcnow
 from dicom_node.store_outcome import Outcome, StoreResult
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ResultObject:
-    """A result file to deliver."""
-
-    path: str
-    sop_instance_uid: str
-    sop_class_uid: str
 
 
 @dataclass(frozen=True)
@@ -128,7 +120,7 @@ def fail_waiting(
 
 
 def queue_deliveries(
-    session: Session, job_id: int, objects: Sequence[ResultObject], peers: Sequence[str]
+    session: Session, job_id: int, files: Sequence[OutboxFile], peers: Sequence[str]
 ) -> int:
     """Add (or re-queue) one delivery per (object, peer) in the caller's transaction.
 
@@ -139,23 +131,23 @@ def queue_deliveries(
     sqlalchemy.exc.SQLAlchemyError
         When the database fails.
     """
-    if not objects or not peers:
+    if not files or not peers:
         return 0
     now = utcnow()
     rows = [
         {
             "job_id": job_id,
             "peer_name": peer,
-            "sop_instance_uid": obj.sop_instance_uid,
-            "sop_class_uid": obj.sop_class_uid,
-            "path": obj.path,
+            "sop_instance_uid": file.sop_instance_uid,
+            "sop_class_uid": file.sop_class_uid,
+            "path": str(file.path),
             "state": WorkState.QUEUED,
             "attempts": 0,
             "next_attempt_at": now,
             "created_at": now,
             "updated_at": now,
         }
-        for obj in objects
+        for file in files
         for peer in peers
     ]
     dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite

@@ -30,11 +30,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.config import NodeConfig
-from dicom_node.delivery_queue import ResultObject, queue_deliveries
+from dicom_node.delivery_queue import queue_deliveries
 from dicom_node.jobs import ClaimedJob, claim_job, end_job, renew_lease, retry_or_fail
 from dicom_node.metrics import INFERENCE_SECONDS
 from dicom_node.model_cache import ModelCache
-from dicom_node.outbox import Outbox
+from dicom_node.outbox import Outbox, OutboxFile
 from dicom_node.ownership import owner_id
 from dicom_node.schema import Instance, Series, WorkState, utcnow
 from inference import (
@@ -186,12 +186,12 @@ class Worker:
         settings = self.config.worker
         timings = Timings({"queue_wait": round((utcnow() - job.created_at).total_seconds(), 4)})
         try:
-            objects, problems = self._process(job, timings, lambda: lease.lost)
+            files, problems = self._process(job, timings, lambda: lease.lost)
             with timings.phase("commit"), self.sessions.begin() as session:
                 note = "; ".join(problems) or None
                 if not end_job(session, job, WorkState.DONE, error=note, timings=timings.phases):
                     raise LeaseLost()
-                queue_deliveries(session, job.id, objects, job.destinations)
+                queue_deliveries(session, job.id, files, job.destinations)
         except LeaseLost:
             logger.warning("job taken over by another worker; results dropped", extra=log)
             return
@@ -217,14 +217,14 @@ class Worker:
             "job done",
             extra={
                 **log,
-                "results": len(objects),
+                "results": len(files),
                 **{f"t_{k}": v for k, v in timings.phases.items()},
             },
         )
 
     def _process(
         self, job: ClaimedJob, timings: Timings, lost: Callable[[], bool]
-    ) -> tuple[list[ResultObject], list[str]]:
+    ) -> tuple[list[OutboxFile], list[str]]:
         with timings.phase("model_load"):
             model = self.models.get(job.model_name)
         results: list[Dataset] = []
@@ -257,5 +257,4 @@ class Worker:
             raise JobSkipped("; ".join(problems) or "no series to run")
         with timings.phase("outbox"):
             files = self.outbox.write(job.id, results)
-        objects = [ResultObject(str(f.path), f.sop_instance_uid, f.sop_class_uid) for f in files]
-        return objects, problems
+        return files, problems

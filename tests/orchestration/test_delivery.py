@@ -18,12 +18,12 @@ from dicom_node.commitment import CommitmentReportHandler
 from dicom_node.config import DeliverySection
 from dicom_node.delivery import DeliveryScanner
 from dicom_node.delivery_queue import (
-    ResultObject,
     claim_batch,
     queue_deliveries,
     record_outcome,
     renew_leases,
 )
+from dicom_node.outbox import OutboxFile
 from dicom_node.schema import Delivery, Job, WorkState, utcnow
 from dicom_node.scu import LocalAE
 from tests.conftest import get_free_port
@@ -69,7 +69,7 @@ def queue_results(sessions: sessionmaker[Session], tmp_path: Path, count: int) -
         objects = []
         for path in files:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
-            objects.append(ResultObject(str(path), str(ds.SOPInstanceUID), str(ds.SOPClassUID)))
+            objects.append(OutboxFile(path, str(ds.SOPInstanceUID), str(ds.SOPClassUID)))
         queue_deliveries(session, job.id, objects, ["pacs"])
     return [o.sop_instance_uid for o in objects]
 
@@ -282,7 +282,7 @@ def test_reprocessed_result_requeues_its_delivery_instead_of_adding_one(
         session.add(job)
         session.flush()
         queue_deliveries(
-            session, job.id, [ResultObject(first.path, uid, first.sop_class_uid)], ["pacs"]
+            session, job.id, [OutboxFile(Path(first.path), uid, first.sop_class_uid)], ["pacs"]
         )
     (again,) = deliveries(sessions)
     assert (again.id, again.job_id, again.state, again.attempts) == (
