@@ -8,6 +8,7 @@ N-EVENT-REPORT on a NEW association to the node's own listener (Orthanc does so)
 DONE; objects in the Failed SOP Sequence go back to the queue with the failure reason
 (a permanent failure: retried once, then failed). Objects with no report by
 ``delivery.commitment_timeout_seconds`` are re-sent and asked for again.
+:class:`CommitmentReports` binds the handler to the running listener.
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ from collections.abc import Sequence
 
 from pydicom import Dataset
 from pydicom.uid import UID
-from pynetdicom import build_context
+from pynetdicom import build_context, evt
 from pynetdicom.events import Event
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.config import DeliverySection, PeerConfig
 from dicom_node.delivery_queue import awaiting_commitment, fail_waiting
 from dicom_node.schema import WorkState, utcnow
+from dicom_node.scp import Listener
 from dicom_node.scu import AssociationError, LocalAE, open_association
 from dicom_node.store_outcome import Outcome, StoreResult
 
@@ -155,3 +157,43 @@ class CommitmentReportHandler:
             extra={"transaction_uid": transaction_uid, "committed": done, "failed": requeued},
         )
         return done, requeued
+
+
+class CommitmentReports:
+    """Binds the storage commitment report handler to the running listener (a service
+    component, started after the listener).
+
+    Orthanc (and other archives) send the N-EVENT-REPORT on a new association to the
+    node's own port, proposing the Storage Commitment Push Model with themselves as
+    SCP: the listener's AE accepts that context in either role, and this component
+    routes EVT_N_EVENT_REPORT to the handler.
+
+    Parameters
+    ----------
+    listener
+        The process's listener, not started yet.
+    handler
+        What applies each report.
+    """
+
+    def __init__(self, listener: Listener, handler: CommitmentReportHandler) -> None:
+        self.listener = listener
+        self.handler = handler
+        listener.ae.add_supported_context(
+            STORAGE_COMMITMENT_PUSH_MODEL, scu_role=True, scp_role=True
+        )
+
+    def start(self) -> None:
+        """Route N-EVENT-REPORTs on the running listener to the handler.
+
+        Raises
+        ------
+        RuntimeError
+            When the listener has not been started first (a wiring error).
+        """
+        if self.listener.server is None:
+            raise RuntimeError("the listener must start before storage commitment reports")
+        self.listener.server.bind(evt.EVT_N_EVENT_REPORT, self.handler)
+
+    def stop(self) -> None:
+        """Nothing to release: the handler goes with the listener's server."""
