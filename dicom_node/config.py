@@ -223,6 +223,15 @@ class DeliverySection(_Section):
     commitment_timeout_seconds: float = Field(default=3600.0, gt=0)
 
 
+class ResultsSection(_Section):
+    """How result objects are labelled and encoded (`sr_writer.build_results`)."""
+
+    manufacturer: str | None = Field(default=None, min_length=1, max_length=64)
+    institution_name: str | None = Field(default=None, min_length=1, max_length=64)
+    segmentation: Literal["binary", "fractional"] = "binary"
+    parametric_maps: bool = False
+
+
 class RetentionSection(_Section):
     keep_hours: float = Field(default=72.0, ge=0)
     delete_when_done: bool = False
@@ -246,6 +255,7 @@ class NodeConfig(_Section):
     routes: list[RouteConfig] = []
     worker: WorkerSection = WorkerSection()
     delivery: DeliverySection = DeliverySection()
+    results: ResultsSection = ResultsSection()
     retention: RetentionSection = RetentionSection()
     metrics: MetricsSection = MetricsSection()
 

@@ -40,6 +40,7 @@ from dicom_node.schema import Instance, Series, WorkState, utcnow
 from inference import (
     BackendUnavailableError,
     ModelPackageError,
+    Prediction,
     UnsupportedSeriesError,
 )
 from sr_writer import ResultBuildError, build_results
@@ -222,6 +223,19 @@ class Worker:
             },
         )
 
+    def _build_results(self, prediction: Prediction, datasets: list[Dataset]) -> list[Dataset]:
+        """The SR, SEG and heatmap objects of one series, as ``[results]`` asks."""
+        settings = self.config.results
+        return build_results(
+            prediction,
+            datasets,
+            device_name=self.config.node.ae_title,
+            manufacturer=settings.manufacturer,
+            institution_name=settings.institution_name,
+            segmentation_kind=settings.segmentation,
+            parametric_map=settings.parametric_maps,
+        )
+
     def _process(
         self, job: ClaimedJob, timings: Timings, lost: Callable[[], bool]
     ) -> tuple[list[OutboxFile], list[str]]:
@@ -238,7 +252,9 @@ class Worker:
             try:
                 with timings.phase("predict"):
                     start = time.perf_counter()
-                    prediction = model.predict(datasets)
+                    # A fractional SEG writes the model's probabilities: keep them.
+                    fractional = self.config.results.segmentation == "fractional"
+                    prediction = model.predict(datasets, keep_probabilities=fractional)
                     INFERENCE_SECONDS.labels(model=job.model_name).observe(
                         time.perf_counter() - start
                     )
@@ -248,9 +264,7 @@ class Worker:
             if prediction.skipped:
                 problems.append(f"series {series_uid}: skipped " + "; ".join(prediction.skipped))
             with timings.phase("results"):
-                results.extend(
-                    build_results(prediction, datasets, device_name=self.config.node.ae_title)
-                )
+                results.extend(self._build_results(prediction, datasets))
             if lost():
                 raise LeaseLost()
         if not results:
