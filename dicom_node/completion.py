@@ -55,6 +55,14 @@ class _Receiving:
     quiet: float
 
 
+@dataclass(frozen=True)
+class _Evidence:
+    """What the query peer's counts say about one study."""
+
+    expected: int  # instances the peer holds of the study
+    series_complete: bool  # we hold at least the peer's count of each of its series
+
+
 def _seconds(value: float) -> str:
     return f"{value:g} s"
 
@@ -112,13 +120,14 @@ class CompletionScanner:
         decisions: list[Decision] = []
         evidence = self._evidence(studies)
         for study in studies:
-            reason = self._reason(study, evidence)
+            reason = self._reason(study, evidence.get(study.uid))
             if reason is not None and self._complete(study, reason, now):
                 decisions.append(Decision(study.uid, reason))
         return decisions
 
-    def _evidence(self, studies: list[_Receiving]) -> dict[str, tuple[StudyCounts, dict[str, int]]]:
-        """Peer counts and our own per-series counts, for studies quiet for min_seconds."""
+    def _evidence(self, studies: list[_Receiving]) -> dict[str, _Evidence]:
+        """The peer's counts against ours, for studies quiet for min_seconds; the expected
+        instance counts are kept on the studies (``status`` shows them)."""
         if self.counts is None:
             return {}
         asked = [s for s in studies if s.quiet >= self.settings.min_seconds]
@@ -130,9 +139,10 @@ class CompletionScanner:
             logger.warning("completion: no counts from the query peer", extra={"error": exc.reason})
             return {}
         evidence = {}
-        with self.sessions() as session:
+        with self.sessions.begin() as session:
             for study in asked:
-                if study.uid not in theirs:
+                counts = theirs.get(study.uid)
+                if counts is None:
                     continue
                 rows = session.execute(
                     select(Series.series_instance_uid, Series.instance_count).where(
@@ -140,22 +150,29 @@ class CompletionScanner:
                     )
                 )
                 ours = {uid: count for uid, count in rows}
-                evidence[study.uid] = (theirs[study.uid], ours)
+                expected = (
+                    counts.instances
+                    if counts.instances is not None
+                    else sum(counts.series.values())
+                )
+                complete = all(ours.get(uid, 0) >= n for uid, n in counts.series.items())
+                evidence[study.uid] = _Evidence(expected, complete)
+                session.execute(
+                    update(Study)
+                    .where(Study.id == study.id, Study.state == StudyState.RECEIVING)
+                    .values(expected_instances=expected)
+                )
         return evidence
 
-    def _reason(
-        self, study: _Receiving, evidence: dict[str, tuple[StudyCounts, dict[str, int]]]
-    ) -> str | None:
+    def _reason(self, study: _Receiving, evidence: _Evidence | None) -> str | None:
+        """Why ``study`` is complete now, or None while it is not."""
         settings = self.settings
-        if study.uid not in evidence:
+        if evidence is None:
             if study.quiet >= settings.stable_seconds:
                 return f"quiet for {_seconds(settings.stable_seconds)}"
             return None
-        theirs, ours = evidence[study.uid]
-        expected = theirs.instances if theirs.instances is not None else sum(theirs.series.values())
-        series_ok = all(ours.get(uid, 0) >= n for uid, n in theirs.series.items())
-        self._note_expected(study.id, expected)
-        if study.instances >= expected and series_ok:
+        expected = evidence.expected
+        if study.instances >= expected and evidence.series_complete:
             return f"C-FIND counts match {study.instances}/{expected}"
         if study.quiet >= settings.max_seconds:
             waited = _seconds(settings.max_seconds)
@@ -165,14 +182,6 @@ class CompletionScanner:
             extra={"study_uid": study.uid, "have": study.instances, "expected": expected},
         )
         return None
-
-    def _note_expected(self, study_id: int, expected: int) -> None:
-        with self.sessions.begin() as session:
-            session.execute(
-                update(Study)
-                .where(Study.id == study_id, Study.state == StudyState.RECEIVING)
-                .values(expected_instances=expected)
-            )
 
     def _complete(self, study: _Receiving, reason: str, now: datetime) -> bool:
         with self.sessions.begin() as session:
