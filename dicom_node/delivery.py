@@ -74,6 +74,7 @@ class DeliveryScanner:
     @property
     def lease_seconds(self) -> float:
         # Renewed after every object (see _record); one object may take a full timeout.
+        """How long a claimed batch stays ours without a renewal."""
         return self.config.worker.lease_seconds + 3 * self.config.delivery.timeout_seconds
 
     def scan(self) -> int:

@@ -57,6 +57,7 @@ class QueueCollector(Collector):
         self._sessions = sessions
 
     def collect(self) -> Iterator[Metric]:
+        """Jobs and deliveries by state, queue depth and oldest queued age, read now."""
         jobs = GaugeMetricFamily(
             "dicom_node_jobs", "Jobs by state and model", labels=["state", "model"]
         )

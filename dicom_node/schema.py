@@ -33,6 +33,8 @@ def utcnow() -> datetime:
 
 
 class Base(DeclarativeBase):
+    """The declarative base of every table of the node."""
+
     pass
 
 
@@ -43,6 +45,7 @@ class UTCDateTime(TypeDecorator[datetime]):
     cache_ok = True
 
     def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        """Refuse naive datetimes; store aware ones in UTC."""
         if value is None:
             return None
         if value.tzinfo is None:
@@ -50,6 +53,7 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.astimezone(UTC)
 
     def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        """Read back as aware UTC (SQLite returns them naive)."""
         if value is not None and value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value
@@ -59,6 +63,8 @@ UID = String(64)
 
 
 class StudyState(enum.StrEnum):
+    """Where a study is on its way from reception to jobs."""
+
     RECEIVING = "receiving"  # instances arriving; not complete yet
     COMPLETE = "complete"  # completion decided; routing and jobs pending or created
     ROUTED = "routed"  # jobs created (or skipped with a reason)
@@ -87,6 +93,8 @@ WORK_STATE = _enum(WorkState, "work_state")
 
 
 class Study(Base):
+    """One study as received: its patient and study fields, counts and completion."""
+
     __tablename__ = "studies"
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -117,6 +125,8 @@ class Study(Base):
 
 
 class Series(Base):
+    """One series of a study, with the header fields routing matches on."""
+
     __tablename__ = "series"
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -136,6 +146,8 @@ class Series(Base):
 
 
 class Instance(Base):
+    """One received instance: where its file is in the spool, and what it is."""
+
     __tablename__ = "instances"
 
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -73,6 +73,7 @@ class LocalAE:
 
     @classmethod
     def from_config(cls, config: NodeConfig) -> LocalAE:
+        """Our AE title, delivery timeout and TLS material from the node config."""
         return cls(config.node.ae_title, config.delivery.timeout_seconds, config.security.tls)
 
 

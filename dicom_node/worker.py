@@ -71,6 +71,7 @@ class Timings:
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
+        """Add the seconds the ``with`` block takes to phase ``name``."""
         start = time.perf_counter()
         try:
             yield

@@ -12,6 +12,7 @@ from dicom_node.scu import AssociationError, echo
 
 
 def add_parser(subparsers: Any) -> None:
+    """Register ``echo`` and its options."""
     parser = subparsers.add_parser("echo", help="send C-ECHO to a peer (name or AET@host:port)")
     parser.add_argument("peer", help="a peer name from the config, or AET@host:port")
     add_peer_options(parser)
@@ -19,6 +20,7 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """C-ECHO the peer and print its status; 0 on success, 1 on failure, 2 on bad arguments."""
     try:
         local, peer = local_and_peer(args, args.peer)
     except (ConfigError, ValueError) as exc:

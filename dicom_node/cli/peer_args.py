@@ -9,6 +9,7 @@ from dicom_node.scu import LocalAE, resolve_peer
 
 
 def add_peer_options(parser: argparse.ArgumentParser) -> None:
+    """Add ``--config``, ``--aet`` and ``--timeout`` to a command that calls a peer."""
     parser.add_argument(
         "-c", "--config", help="the node's config: peer names, our AE title and TLS material"
     )

@@ -21,6 +21,7 @@ from dicom_node.schema import Job, WorkState
 
 
 def add_parser(subparsers: Any) -> None:
+    """Register ``retry`` and its options."""
     parser = subparsers.add_parser("retry", help="requeue a failed job, or all failed work")
     parser.add_argument("-c", "--config", required=True, help="path to the node's TOML config")
     which = parser.add_mutually_exclusive_group(required=True)

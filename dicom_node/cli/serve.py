@@ -17,6 +17,7 @@ logger = logging.getLogger(__name__)
 
 
 def add_parser(subparsers: Any) -> None:
+    """Register ``serve`` and its options."""
     parser = subparsers.add_parser(
         "serve", help="run the listener, scheduler and workers until SIGTERM"
     )
@@ -31,6 +32,7 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Check the config and the model packages, then serve until SIGTERM; the exit status."""
     try:
         config = load_config(args.config)
     except ConfigError as exc:
