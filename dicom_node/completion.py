@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
@@ -30,11 +30,21 @@ from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.config import CompletionSection
+from dicom_node.errors import PeerError
 from dicom_node.schema import Series, Study, StudyState, utcnow
-from dicom_node.scu import AssociationError, StudyCounts
 
 logger = logging.getLogger(__name__)
 
+
+@dataclass(frozen=True)
+class StudyCounts:
+    """What a peer says it holds of a study: instances in all, and per series UID."""
+
+    instances: int | None
+    series: dict[str, int] = field(default_factory=dict)
+
+
+# counts(study_uids) -> {uid: StudyCounts}; raises PeerError when the peer cannot answer.
 CountSource = Callable[[Sequence[str]], dict[str, StudyCounts]]
 
 
@@ -79,7 +89,7 @@ class CompletionScanner:
     counts
         ``counts(study_uids) -> {uid: StudyCounts}``, usually
         ``functools.partial(scu.find_study_counts, local, peer)``; None for the quiet
-        timer only. It may raise :class:`~dicom_node.scu.AssociationError`.
+        timer only. It may raise :class:`~dicom_node.errors.PeerError`.
     clock
         Current UTC time (tests pass a fake one).
     """
@@ -135,7 +145,7 @@ class CompletionScanner:
             return {}
         try:
             theirs = self.counts([s.uid for s in asked])
-        except AssociationError as exc:
+        except PeerError as exc:
             logger.warning("completion: no counts from the query peer", extra={"error": exc.reason})
             return {}
         evidence = {}

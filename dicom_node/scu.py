@@ -15,7 +15,7 @@ import re
 import ssl
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom import dcmread
@@ -27,8 +27,9 @@ from pynetdicom import AE, _config, build_context
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
 
+from dicom_node.completion import StudyCounts
 from dicom_node.config import NodeConfig, PeerConfig, TlsSection
-from dicom_node.errors import DicomNodeError
+from dicom_node.errors import PeerError
 from dicom_node.store_outcome import (
     FailureKind,
     Outcome,
@@ -47,7 +48,7 @@ STUDY_ROOT_FIND = UID("1.2.840.10008.5.1.4.1.2.2.1")
 _PEER_SPEC = re.compile(r"^(?P<aet>[^@]{1,16})@(?P<host>[^:]+|\[[0-9a-fA-F:]+\]):(?P<port>\d+)$")
 
 
-class AssociationError(DicomNodeError):
+class AssociationError(PeerError):
     """No association with ``peer``: refused, rejected, aborted or timed out.
 
     ``no_context`` is True when the peer accepted none of the proposed presentation
@@ -56,10 +57,10 @@ class AssociationError(DicomNodeError):
 
     def __init__(self, peer: PeerConfig, reason: str, no_context: bool = False) -> None:
         self.peer = peer
-        self.reason = reason
         self.no_context = no_context
         super().__init__(
-            f"no association with {peer.name} ({peer.ae_title}@{peer.host}:{peer.port}): {reason}"
+            f"no association with {peer.name} ({peer.ae_title}@{peer.host}:{peer.port}): {reason}",
+            reason,
         )
 
 
@@ -103,14 +104,6 @@ class FileStatus:
     def ok(self) -> bool:
         """Success or warning (`classify_status`): the peer has the instance."""
         return self.result.outcome is Outcome.STORED
-
-
-@dataclass(frozen=True)
-class StudyCounts:
-    """What a peer says it holds of a study: instances in all, and per series UID."""
-
-    instances: int | None
-    series: dict[str, int] = field(default_factory=dict)
 
 
 def resolve_peer(spec: str, config: NodeConfig | None) -> PeerConfig:
