@@ -126,7 +126,7 @@ def test_package_spec_carries_threshold_and_cam(trained: tuple[Path, Path]) -> N
 def test_node_predictions_equal_pytorch(chest: Path, trained: tuple[Path, Path]) -> None:
     run, package = trained
     config = read_config(chest / "train.toml")
-    fold = json.loads((run / "summary.json").read_text(encoding="utf-8"))["best_fold"]
+    fold = json.loads((run / "summary.json").read_text(encoding="utf-8"))["selected_fold"]
     network = load_fold_model(run, fold, config)
     data = load_training_data(chest / "dicom", config.spec, (18, 40, 65), chest / "labels.csv")
     with torch.no_grad():
