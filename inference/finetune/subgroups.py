@@ -203,14 +203,11 @@ def subgroup_results(
     if len(both) < 2:
         gap_note = "undefined: fewer than two groups hold both classes"
     elif small:
-        gap_note = (
-            "too few to estimate: "
-            + ", ".join(
-                f"{r.group} {r.positives} positive(s) / {r.n - r.positives} negative(s)"
-                for r in small
-            )
-            + f" (fewer than {MIN_PER_CLASS} of each)"
+        counts = ", ".join(
+            f"{r.group} {r.positives} positive(s) and {r.n - r.positives} negative(s)"
+            for r in small
         )
+        gap_note = f"too few to estimate: {counts}, fewer than {MIN_PER_CLASS} of each"
     else:
         gap_interval = cluster_bootstrap(
             lambda index: _gap(y[index], called[index], groups_of[index], names),
