@@ -195,6 +195,15 @@ def _label_warnings(label: Json, shipped: int) -> list[str]:
     return out
 
 
+def small_number_warnings(results: Json) -> list[str]:
+    """Every figure of the results that rests on too few cases, in words (empty for
+    segmentation, whose figures are per image)."""
+    if results["task"] != "classification":
+        return []
+    shipped = results["selection"]["fold"]
+    return [w for label in results["labels"] for w in _label_warnings(label, shipped)]
+
+
 def _classification_section(
     label: Json, level: str, shipped: int, folder: Path, figures: Json
 ) -> list[str]:
@@ -447,13 +456,12 @@ def write_report(results: Json, run: Json, folder: Path) -> Path:
     ]
     figures: Json = {}
     sections: list[str] = [*_skipped_section(run), *_shipped_section(results)]
-    warnings: list[str] = []
     for label in results["labels"]:
         if results["task"] == "classification":
             sections += _classification_section(label, results["level"], shipped, folder, figures)
-            warnings += _label_warnings(label, shipped)
         else:
             sections += _segmentation_section(label, folder, figures)
+    warnings = small_number_warnings(results)
     if warnings:
         lines += [
             "## Small numbers: figures to read with care",

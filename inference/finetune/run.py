@@ -35,7 +35,7 @@ from tqdm import tqdm
 from inference.finetune.config import FinetuneConfig
 from inference.finetune.data import TrainingData, load_training_data
 from inference.finetune.evaluation import evaluate_classification, evaluate_segmentation
-from inference.finetune.report import fmt, interval_text, write_report
+from inference.finetune.report import fmt, interval_text, small_number_warnings, write_report
 from inference.finetune.splits import patient_splits
 from inference.finetune.training import FoldOutcome, train_fold
 from inference.spec import Task
@@ -273,6 +273,12 @@ def finetune(
         encoding="utf-8",
     )
     echo(summary.headline())
+    warnings = small_number_warnings(results)
+    if warnings:
+        echo(
+            f"{len(warnings)} figure(s) rest on small numbers, e.g. {warnings[0]} "
+            "(all in the report's 'Small numbers' section)"
+        )
     for line in data.skipped.lines():
         echo(f"Skipped: {line}")
     echo(f"Report: {report}")

@@ -133,6 +133,10 @@ def test_printed_figures_have_sane_precision_and_html_no_backticks(
     headline = next(line for line in printed if line.startswith("opacity: pooled"))
     assert re.search(r"AUC \d\.\d{3} \(", headline)
     assert not re.search(r"\d\.\d{5,}", headline), headline
+    # 24 studies: the figures that rest on them say so where they are printed, too.
+    assert any(
+        re.match(r"\d+ figure\(s\) rest on small numbers, e\.g\. ", line) for line in printed
+    )
     html = (run / "report" / "report.html").read_text(encoding="utf-8")
     assert "`" not in html and "<code>resnet18</code>" in html
 
