@@ -12,7 +12,12 @@ import numpy as np
 import numpy.typing as npt
 
 from inference.finetune.data import TrainingData
-from inference.finetune.intervals import auc_score_interval, class_count_note, wilson_interval
+from inference.finetune.intervals import (
+    MIN_PER_CLASS,
+    auc_score_interval,
+    class_count_note,
+    wilson_interval,
+)
 from inference.finetune.metrics import (
     OperatingPoint,
     auc,
@@ -21,6 +26,7 @@ from inference.finetune.metrics import (
     choose_threshold,
     dice,
     hausdorff,
+    is_fixed_threshold,
     operating_point,
     roc_curve,
 )
@@ -111,13 +117,16 @@ def _calibration(truth: npt.NDArray[np.float64], scores: npt.NDArray[np.float64]
 
 
 def _threshold_note(positives: int, negatives: int, rule: str) -> str | None:
-    if rule.replace(".", "", 1).isdigit():
+    """Why a threshold chosen on these counts is not to be trusted, or ``None``."""
+    if is_fixed_threshold(rule):
         return None
     if positives == 0 or negatives == 0:
         return f"no {'positive' if positives == 0 else 'negative'} case to choose on: 0.5"
-    small = class_count_note(positives, negatives)
+    if class_count_note(positives, negatives) is None:
+        return None
     return (
-        None if small is None else f"chosen on {positives} positive(s) and {negatives} negative(s)"
+        f"chosen on only {positives} positive(s) and {negatives} negative(s) (fewer than "
+        f"{MIN_PER_CLASS} of each): on other data it may sit far from this"
     )
 
 

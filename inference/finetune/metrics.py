@@ -158,6 +158,11 @@ def operating_point(
     return decision_counts(targets, s >= np.asarray(threshold, dtype=np.float64).ravel())
 
 
+def is_fixed_threshold(rule: str) -> bool:
+    """Whether a threshold rule is a number (used as given) rather than a rule."""
+    return rule.replace(".", "", 1).isdigit()
+
+
 def choose_threshold(targets: npt.ArrayLike, scores: npt.ArrayLike, rule: str = "youden") -> float:
     """Pick a decision threshold from validation scores.
 
@@ -187,7 +192,7 @@ def choose_threshold(targets: npt.ArrayLike, scores: npt.ArrayLike, rule: str = 
     """
     y, s = _binary(targets, scores)
     low, high = 1e-4, 1 - 1e-4
-    if rule.replace(".", "", 1).isdigit():
+    if is_fixed_threshold(rule):
         return float(np.clip(float(rule), low, high))
     if rule != "youden" and not rule.startswith("sensitivity:"):
         raise ValueError(f"threshold rule {rule!r}: use youden, sensitivity:X or a number")
