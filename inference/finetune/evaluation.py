@@ -250,6 +250,8 @@ def evaluate_classification(
         folds = [
             {"fold": o.fold, "best_epoch": o.best_epoch, **fold_blocks[o.fold][k]} for o in outcomes
         ]
+        defined = [f["auc"] for f in folds if f["auc"] is not None]
+        pooled["fold_auc_mean"] = _finite(float(np.mean(defined))) if defined else None
         labels.append(
             {"label": name, "threshold_rule": threshold_rule, "pooled": pooled, "folds": folds}
         )

@@ -232,6 +232,15 @@ def _classification_section(
             f"{_rate_cell(row['specificity'], row['specificity_ci95'])} | "
             f"{cm[0][0]} {cm[0][1]} {cm[1][0]} {cm[1][1]} |"
         )
+    if len(label["folds"]) > 1:
+        thresholds = [f["threshold"] for f in label["folds"]]
+        lines += [
+            "",
+            f"Mean of the fold AUCs: {fmt(pooled['fold_auc_mean'])}. The pooled AUC ranks the "
+            f"scores of {len(thresholds)} different networks together; their scales differ "
+            f"(thresholds {min(thresholds):.3f} to {max(thresholds):.3f}), which can pull it "
+            "below every fold's own AUC.",
+        ]
     cal = pooled["calibration"]
     ece = f"ECE {fmt(cal['ece'])}" if cal["ece"] is not None else f"ECE {cal['ece_note']}"
     lines += [
@@ -292,11 +301,13 @@ def _shipped_section(results: Json) -> list[str]:
     lines = [
         "## Shipped network and its operating point",
         "",
-        f"`dicom-node export` ships the network of fold {fold} with its own thresholds. The "
-        f"fold is {selection['rule']}. Every fold's threshold is chosen on that fold "
+        f"`dicom-node export` ships the network of fold {fold} with its own thresholds. "
+        f"Selected: {selection['rule']}. Every fold's threshold is chosen on that fold "
         "network's own validation scores, so the package reproduces the figures below on "
-        "that fold's validation set, the data its threshold was chosen on; they are in-sample "
-        "for the threshold, and an independent labelled set gives the unbiased figure.",
+        "that fold's validation set, the data its threshold was chosen on. They flatter it "
+        "twice: the threshold was chosen on those cases, and the fold was picked as the best "
+        "of several; the pooled and per-fold rows below describe the training procedure, and "
+        "only an independent labelled set gives an unbiased figure for the shipped network.",
         "",
         "| fold | validation cases | selection score |",
         "|---|---|---|",
