@@ -87,6 +87,11 @@ def test_each_fold_keeps_its_own_threshold_and_the_pooled_row_sums_their_decisio
         assert folds[fold]["sensitivity"] > 0.5  # each network flags findings at its own
     pooled = np.add(folds[1]["confusion"], folds[2]["confusion"]).tolist()
     assert label["pooled"]["confusion"] == pooled
+    # Ranked together, the two scales pull the pooled AUC below both networks' own.
+    assert label["pooled"]["auc"] < min(folds[1]["auc"], folds[2]["auc"])
+    assert label["pooled"]["fold_auc_mean"] == pytest.approx(
+        (folds[1]["auc"] + folds[2]["auc"]) / 2
+    )
 
 
 def test_a_lucky_tiny_fold_is_not_the_one_shipped() -> None:
