@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 from pydicom.datadict import tag_for_keyword
+from pydicom.uid import UID
 from pynetdicom.utils import set_ae
 
 from dicom_node.errors import ConfigError
@@ -65,6 +66,8 @@ class NodeSection(_Section):
     duplicate_policy: Literal["keep_first", "replace"] = "keep_first"
     private_sop_classes: list[str] = []
     max_associations: int = Field(default=32, ge=1)
+    max_associations_per_host: int = Field(default=16, ge=1)
+    association_request_timeout_seconds: float = Field(default=5.0, gt=0)
     network_timeout_seconds: float = Field(default=60.0, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -74,15 +77,21 @@ class NodeSection(_Section):
     @classmethod
     def _uids(cls, value: list[str]) -> list[str]:
         for uid in value:
-            if not re.fullmatch(r"[0-9]+(\.[0-9]+)*", uid) or len(uid) > 64:
+            if not UID(uid).is_valid:
                 raise ValueError(f"not a valid UID {uid!r}")
         return value
 
 
 class SecuritySection(_Section):
-    allowed_calling_aets: list[str] = []
+    allowed_calling_aets: list[AETitle] = []
     allowed_hosts: list[str] = []
+    check_called_aet: bool = True
     tls: TlsSection | None = None
+
+    @field_validator("allowed_calling_aets")
+    @classmethod
+    def _ae_titles(cls, value: list[str]) -> list[str]:
+        return [_ae_title(title) for title in value]
 
     @field_validator("allowed_hosts")
     @classmethod
