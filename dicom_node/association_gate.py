@@ -114,11 +114,11 @@ class AssociationGate:
                 sock = self._handshake(sock, deadline)
             admitted = self._read_request(sock, client, deadline)
         except ConnectionDropped as exc:
-            _send(sock, exc.answer)
             if exc.event is None:
                 logger.debug(exc.reason, extra={"client": client})
             else:
                 self.log_refusal(exc.event, client, reason=exc.reason)
+            _send(sock, exc.answer)
             admitted = None
         if admitted is None:
             _close(sock)
@@ -169,13 +169,13 @@ class AssociationGate:
         refusal: tuple[int, int, int],
         reason: str,
     ) -> None:
-        _send(sock, reject_pdu(*refusal))
         self.log_refusal(
             "association rejected: " + reason,
             client,
             called_aet=start.called_ae_title,
             calling_aet=start.calling_ae_title,
         )
+        _send(sock, reject_pdu(*refusal))
 
 
 def _send(sock: socket.socket, data: bytes) -> None:

@@ -285,6 +285,7 @@ class ListenerServer(ThreadedAssociationServer):
     rest runs on the connection's own thread (:class:`ListenerRequestHandler`)."""
 
     daemon_threads = True
+    request_queue_size = 64  # socketserver's 5 lets a burst of connects stall the rest
     allowed_networks: tuple[Any, ...] = ()
     gate: AssociationGate
     slots: ConnectionSlots
@@ -375,8 +376,10 @@ def make_listener_server(ae: AE, config: NodeConfig, evt_handlers: list[Any]) ->
     assert isinstance(server, ListenerServer)
     server.contexts = SharedContexts(server.contexts)
     server.allowed_networks = tuple(ip_network(h, strict=False) for h in security.allowed_hosts)
-    # Connections still negotiating may take as many slots again as associations.
-    server.slots = ConnectionSlots(node.max_associations_per_host, 2 * node.max_associations)
+    # No address gets more than the association limit; connections still negotiating
+    # may take as many slots again as associations, so one address never takes them all.
+    per_host = min(node.max_associations_per_host, node.max_associations)
+    server.slots = ConnectionSlots(per_host, 2 * node.max_associations)
     server.gate = AssociationGate(config, ssl_context, PerClientThrottle())
     if not security.allowed_calling_aets:
         logger.warning("security.allowed_calling_aets is empty: any calling AE is accepted")
