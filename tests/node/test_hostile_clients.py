@@ -185,10 +185,16 @@ def test_an_interrupted_transfer_leaves_nothing_in_incoming(
     try:
         assert assoc.is_established
         sock = assoc.dul.socket
-        assert sock is not None
-        send = sock.send
+        assert sock is not None and sock.socket is not None
+        raw, send = sock.socket, sock.send
+        interrupt = threading.Event()
 
         def slow_send(data: bytes) -> None:  # about 10 MB/s: the test sees it in flight
+            if interrupt.is_set():  # between two PDUs, on the sender's own thread
+                if ending == "abort":
+                    raw.sendall(pdu_header(ABORT, 4) + bytes(4))
+                raw.close()  # "dropped": the network goes away mid-transfer
+                interrupt.clear()
             time.sleep(0.1)
             send(data)
 
@@ -196,15 +202,12 @@ def test_an_interrupted_transfer_leaves_nothing_in_incoming(
         sender = threading.Thread(target=assoc.send_c_store, args=(_large_ct(20),), daemon=True)
         sender.start()
         assert wait_for(lambda: partial_size() > 2_000_000, timeout=20, step=0.01)
-        if ending == "abort":
-            assoc.abort()
-        else:
-            assert sock.socket is not None
-            sock.socket.close()  # the network drops mid-transfer
+        interrupt.set()
         sender.join(timeout=20)
     finally:
         ae.shutdown()
     assert wait_for(lambda: partial_size() == 0, timeout=10), f"{partial_size()} bytes left"
+    assert not list((node.config.node.storage_dir / "instances").rglob("*.dcm"))
     assert echo(SENDER, node.peer) == 0
 
 
