@@ -162,6 +162,28 @@ def test_check_config_cli_prints_each_problem(tmp_path: Path) -> None:
     assert "peers[0].ae_title: Field required" in result.stderr
 
 
+def test_check_config_refuses_what_serve_would(tmp_path: Path) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text('[security]\nallowed_calling_aets = ["ORTHANC", "A_TITLE_OF_20_CHARS"]\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "dicom_node", "check-config", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "security.allowed_calling_aets[1]: String should have at most 16" in result.stderr
+    [(key, message)] = problems_of(valid(security={"allowed_calling_aets": ["BAD\\AE"]}))
+    assert key == "security.allowed_calling_aets[0]"
+    assert "BAD" in message
+
+
+def test_private_sop_classes_must_be_uids() -> None:
+    [(key, message)] = problems_of(valid(node={"private_sop_classes": ["1.2.03"]}))
+    assert key == "node.private_sop_classes"
+    assert "'1.2.03'" in message
+
+
 def test_check_config_cli_accepts_example() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "dicom_node", "check-config", "-c", str(EXAMPLE)],
