@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -24,10 +25,10 @@ from pydantic import (
     model_validator,
 )
 from pydicom.datadict import tag_for_keyword
-from pydicom.uid import UID
 from pynetdicom.utils import set_ae
 
 from dicom_node.errors import ConfigError
+from dicom_node.uid_syntax import is_uid
 
 # Match keys that are not DICOM keywords but facts of the association.
 ASSOCIATION_MATCH_KEYS = frozenset({"CallingAETitle"})
@@ -77,21 +78,16 @@ class NodeSection(_Section):
     @classmethod
     def _uids(cls, value: list[str]) -> list[str]:
         for uid in value:
-            if not UID(uid).is_valid:
+            if not is_uid(uid):
                 raise ValueError(f"not a valid UID {uid!r}")
         return value
 
 
 class SecuritySection(_Section):
-    allowed_calling_aets: list[AETitle] = []
+    allowed_calling_aets: list[Annotated[AETitle, AfterValidator(_ae_title)]] = []
     allowed_hosts: list[str] = []
     check_called_aet: bool = True
     tls: TlsSection | None = None
-
-    @field_validator("allowed_calling_aets")
-    @classmethod
-    def _ae_titles(cls, value: list[str]) -> list[str]:
-        return [_ae_title(title) for title in value]
 
     @field_validator("allowed_hosts")
     @classmethod

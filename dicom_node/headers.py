@@ -16,9 +16,9 @@ from pydicom.dataset import Dataset
 from pydicom.filereader import read_partial
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag, Tag
-from pydicom.uid import UID
 
 from dicom_node.errors import DicomNodeError
+from dicom_node.uid_syntax import is_uid
 
 # Study- and series-level keywords kept in Series.headers for routing (`match` keys).
 STUDY_KEYWORDS = (
@@ -140,7 +140,7 @@ def _uid(dataset: Dataset, keyword: str) -> str:
         raise HeaderError(f"missing {keyword}", 0xC220)
     if len(value) > 64:
         raise HeaderError(f"{keyword} longer than 64 characters: {value!r}", 0xC221)
-    if not UID(value).is_valid:
+    if not is_uid(value):
         # UIDs name spool files and fill log lines: only the standard's syntax passes.
         raise HeaderError(
             f"{keyword} is not a UID (digits and dots, no leading zeros): {value!r}", 0xC223
