@@ -11,15 +11,19 @@ import threading
 import time
 from collections.abc import Callable
 
-import numpy as np
 import pytest
-from pydicom import dcmread
-from pydicom.data import get_testdata_file
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
 
 from dicom_node.scu import AssociationError, LocalAE, echo
-from tests.node.conftest import SENDER, SENDER_AET, NodeProcess, RunningNode, wait_for
+from tests.node.conftest import (
+    SENDER,
+    SENDER_AET,
+    NodeProcess,
+    RunningNode,
+    large_ct,
+    wait_for,
+)
 from tests.node.raw_peer import (
     ABORT,
     ASSOCIATE_RJ,
@@ -157,17 +161,6 @@ def test_a_slow_sender_is_closed_by_the_timeouts(start_node: StartNode) -> None:
     assert echo(SENDER, node.peer) == 0
 
 
-def _large_ct(megabytes: int) -> object:
-    ds = dcmread(get_testdata_file("CT_small.dcm"))
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    frames = megabytes * 2  # 512 x 512 int16 frames of 0.5 MB
-    ds.Rows = ds.Columns = 512
-    ds.NumberOfFrames = frames
-    ds.PixelData = np.zeros((frames, 512, 512), dtype=np.int16).tobytes()
-    return ds
-
-
 @pytest.mark.parametrize("ending", ["abort", "dropped"])
 def test_an_interrupted_transfer_leaves_nothing_in_incoming(
     start_node: StartNode, ending: str
@@ -199,7 +192,7 @@ def test_an_interrupted_transfer_leaves_nothing_in_incoming(
             send(data)
 
         sock.send = slow_send  # type: ignore[method-assign]
-        sender = threading.Thread(target=assoc.send_c_store, args=(_large_ct(20),), daemon=True)
+        sender = threading.Thread(target=assoc.send_c_store, args=(large_ct(20),), daemon=True)
         sender.start()
         assert wait_for(lambda: partial_size() > 2_000_000, timeout=20, step=0.01)
         interrupt.set()
