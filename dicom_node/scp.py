@@ -334,6 +334,19 @@ def server_ssl_context(tls: TlsSection) -> ssl.SSLContext:
     return context
 
 
+def tls_problems(config: NodeConfig) -> list[tuple[str, str]]:
+    """``(key path, message)`` when the listener's TLS files do not load: what ``serve``
+    would fail on, for ``check-config`` to say first."""
+    tls = config.security.tls
+    if tls is None:
+        return []
+    try:
+        server_ssl_context(tls)
+    except (OSError, ssl.SSLError) as exc:
+        return [("security.tls", f"cannot load the certificate, key or CA file: {exc}")]
+    return []
+
+
 def build_listener_ae(config: NodeConfig) -> AE:
     """The acceptor AE: every storage SOP class (plus configured private ones) in every
     transfer syntax pydicom knows, Verification, the calling AE allow-list and timeouts."""

@@ -12,6 +12,7 @@ from dicom_node.config import load_config
 from dicom_node.errors import ConfigError
 from dicom_node.logs import configure_logging
 from dicom_node.package_check import model_package_problems
+from dicom_node.scp import tls_problems
 from dicom_node.service import ROLES, Service
 
 logger = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
-    problems = model_package_problems(config)
+    problems = model_package_problems(config) + tls_problems(config)
     if problems:
         print(ConfigError(args.config, problems), file=sys.stderr)
         return 2
