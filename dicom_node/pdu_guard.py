@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import ssl
 import struct
 import time
 from typing import cast
@@ -78,7 +79,9 @@ class GuardedSocket(AssociationSocket):
         while read < nr_bytes:
             try:
                 count = sock.recv_into(view[read:])
-            except OSError as exc:  # SO_RCVTIMEO expired, or the connection failed
+            except (BlockingIOError, ssl.SSLWantReadError):  # SO_RCVTIMEO expired
+                return self._drop(f"nothing received for {self.pdu_seconds:g} s")
+            except OSError as exc:
                 return self._drop(f"PDU not received: {exc or type(exc).__name__}")
             if count == 0:  # connection closed: return what there is, as pynetdicom does
                 return buffer[:read]

@@ -8,6 +8,13 @@ while the folder is fsynced, and commits them once both fsyncs are done; only th
 it answer Success. Every sender waits on this path for each instance, which is why the
 disk and the parsing overlap. Nothing is decoded or re-encoded, and no inference runs on
 this thread.
+
+Before pynetdicom sees a connection, :mod:`dicom_node.association_gate` runs on the
+connection's own thread (TLS handshake, A-ASSOCIATE-RQ read within a deadline, AE titles
+checked), and :mod:`dicom_node.connection_limits` gives each connection a slot it holds
+until it ends. Once associated, PDUs are read by :mod:`dicom_node.pdu_guard`, whose only
+cost per PDU over a plain read is one length comparison; what an association leaves
+half-received is removed when it ends (:mod:`dicom_node.transfer_cleanup`).
 """
 
 from __future__ import annotations
