@@ -21,7 +21,7 @@ from pynetdicom import _config, evt
 from pynetdicom.events import Event
 
 from dicom_node.config import parse_config
-from dicom_node.scp import ListenerRequestHandler, ListenerServer, build_listener_ae
+from dicom_node.scp import build_listener_ae, make_listener_server
 
 FLOOR_AET = "FLOOR"
 
@@ -33,16 +33,13 @@ def answer_success(_event: Event) -> int:
 def main() -> int:
     port, incoming = int(sys.argv[1]), Path(sys.argv[2])
     incoming.mkdir(parents=True, exist_ok=True)
-    config = parse_config({"node": {"ae_title": FLOOR_AET, "port": port}}, "floor", incoming)
+    config = parse_config(
+        {"node": {"ae_title": FLOOR_AET, "host": "127.0.0.1", "port": port}}, "floor", incoming
+    )
     _config.STORE_RECV_CHUNKED_DATASET = True
     tempfile.tempdir = str(incoming)
     ae = build_listener_ae(config)
-    server = ae.make_server(
-        ("127.0.0.1", port),
-        evt_handlers=[(evt.EVT_C_STORE, answer_success)],
-        server_class=ListenerServer,
-        request_handler=ListenerRequestHandler,
-    )
+    server = make_listener_server(ae, config, [(evt.EVT_C_STORE, answer_success)])
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     threading.Thread(target=server.serve_forever, daemon=True).start()

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -27,6 +28,7 @@ from pydicom.datadict import tag_for_keyword
 from pynetdicom.utils import set_ae
 
 from dicom_node.errors import ConfigError
+from dicom_node.uid_syntax import is_uid
 
 # Match keys that are not DICOM keywords but facts of the association.
 ASSOCIATION_MATCH_KEYS = frozenset({"CallingAETitle"})
@@ -65,6 +67,8 @@ class NodeSection(_Section):
     duplicate_policy: Literal["keep_first", "replace"] = "keep_first"
     private_sop_classes: list[str] = []
     max_associations: int = Field(default=32, ge=1)
+    max_associations_per_host: int = Field(default=16, ge=1)
+    association_request_timeout_seconds: float = Field(default=5.0, gt=0)
     network_timeout_seconds: float = Field(default=60.0, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -74,14 +78,15 @@ class NodeSection(_Section):
     @classmethod
     def _uids(cls, value: list[str]) -> list[str]:
         for uid in value:
-            if not re.fullmatch(r"[0-9]+(\.[0-9]+)*", uid) or len(uid) > 64:
+            if not is_uid(uid):
                 raise ValueError(f"not a valid UID {uid!r}")
         return value
 
 
 class SecuritySection(_Section):
-    allowed_calling_aets: list[str] = []
+    allowed_calling_aets: list[Annotated[AETitle, AfterValidator(_ae_title)]] = []
     allowed_hosts: list[str] = []
+    check_called_aet: bool = True
     tls: TlsSection | None = None
 
     @field_validator("allowed_hosts")

@@ -18,6 +18,7 @@ from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag, Tag
 
 from dicom_node.errors import DicomNodeError
+from dicom_node.uid_syntax import is_uid
 
 # Study- and series-level keywords kept in Series.headers for routing (`match` keys).
 STUDY_KEYWORDS = (
@@ -139,6 +140,11 @@ def _uid(dataset: Dataset, keyword: str) -> str:
         raise HeaderError(f"missing {keyword}", 0xC220)
     if len(value) > 64:
         raise HeaderError(f"{keyword} longer than 64 characters: {value!r}", 0xC221)
+    if not is_uid(value):
+        # UIDs name spool files and fill log lines: only the standard's syntax passes.
+        raise HeaderError(
+            f"{keyword} is not a UID (digits and dots, no leading zeros): {value!r}", 0xC223
+        )
     return value
 
 
@@ -169,7 +175,8 @@ def read_headers(
     ------
     HeaderError
         The dataset does not parse (status 0xC210), lacks a Study, Series or SOP
-        Instance UID (0xC220), or its SOP Instance UID differs from the request (0xC222).
+        Instance UID (0xC220), has one longer than 64 characters (0xC221) or not in the
+        UID syntax (0xC223), or its SOP Instance UID differs from the request (0xC222).
     """
     try:
         dataset = _read(path, series_fields)

@@ -8,6 +8,13 @@ while the folder is fsynced, and commits them once both fsyncs are done; only th
 it answer Success. Every sender waits on this path for each instance, which is why the
 disk and the parsing overlap. Nothing is decoded or re-encoded, and no inference runs on
 this thread.
+
+Before pynetdicom sees a connection, :mod:`dicom_node.association_gate` runs on the
+connection's own thread (TLS handshake, A-ASSOCIATE-RQ read within a deadline, AE titles
+checked), and :mod:`dicom_node.connection_limits` gives each connection a slot it holds
+until it ends. Once associated, PDUs are read by :mod:`dicom_node.pdu_guard`, whose only
+cost per PDU over a plain read is one length comparison; what an association leaves
+half-received is removed when it ends (:mod:`dicom_node.transfer_cleanup`).
 """
 
 from __future__ import annotations
@@ -20,22 +27,23 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from ipaddress import ip_address, ip_network
 from pathlib import Path
 from typing import Any, cast
 
 from pydicom.uid import AllTransferSyntaxes, ExplicitVRLittleEndian
 from pynetdicom import AE, AllStoragePresentationContexts, _config, evt, register_uid
-from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.service_class import StorageServiceClass
-from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
+from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from dicom_node.association_gate import AssociationGate
+from dicom_node.association_request import REJECT_REASONS
 from dicom_node.catalog import (
     ReceivedInstance,
     Recorded,
@@ -44,11 +52,16 @@ from dicom_node.catalog import (
     record_instance,
 )
 from dicom_node.config import NodeConfig, TlsSection
+from dicom_node.connection_limits import ConnectionSlots
 from dicom_node.headers import HeaderError, InstanceHeaders, read_headers
+from dicom_node.log_safety import PerClientThrottle
 from dicom_node.metrics import INSTANCES_RECEIVED
+from dicom_node.pdu_guard import guard, set_low_latency
 from dicom_node.schema import utcnow
 from dicom_node.scu import VERIFICATION
 from dicom_node.spool import Spool
+from dicom_node.transfer_cleanup import discard_unfinished_transfers
+from dicom_node.transfer_space import TransferSpace
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +86,7 @@ class StoreHandler:
         self.sessions = sessions
         self.spool = spool
         self.min_free_bytes = config.node.min_free_disk_mb * 1024 * 1024
+        self.space = TransferSpace(spool, self.min_free_bytes)
         self._indexed_series: dict[str, None] = {}
         self._in_flight = 0
         self._idle = threading.Condition()
@@ -107,6 +121,12 @@ class StoreHandler:
 
     def _store(self, event: Event, calling: str, sop_uid: str, log: dict[str, Any]) -> int:
         path = Path(event.dataset_path)
+        if self.space.was_discarded(path):
+            logger.error(
+                "C-STORE refused: free disk below min_free_disk_mb when the transfer started",
+                extra=log,
+            )
+            return OUT_OF_RESOURCES
         try:
             data_sync = self.spool.start_fsync(path)
         except OSError as exc:
@@ -211,59 +231,41 @@ class StoreHandler:
 
 
 def log_rejected(event: Event) -> None:
-    """Tell the administrator who was turned away (pynetdicom logs it only at DEBUG)."""
+    """Tell the administrator who was turned away by pynetdicom's own negotiation (the
+    association limit), with the reason it answered (pynetdicom logs it only at DEBUG)."""
     requestor = event.assoc.requestor
+    answer = event.assoc.acceptor.primitive
+    code = (answer.result, answer.result_source, answer.diagnostic) if answer else ()
+    reason = REJECT_REASONS.get(cast(tuple[int, int, int], code), f"A-ASSOCIATE-RJ {code}")
     logger.warning(
-        "association rejected: calling AE title not allowed",
+        "association rejected: " + reason,
         extra={"calling_aet": requestor.ae_title, "client": requestor.address},
     )
 
 
-_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
-
-
-def set_low_latency(sock: socket.socket) -> None:
-    """TCP_NODELAY and TCP_QUICKACK: ingest is bound by per-message latency, not bandwidth.
-
-    Without them every small DIMSE response waits for Nagle and delayed ACKs on
-    loopback (see FACTS.md: about 7x slower for Orthanc sending 300 CT slices).
-    """
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    if _QUICKACK is not None:
-        sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
-
-
-class BulkReadSocket(AssociationSocket):
-    """pynetdicom's association socket, reading a PDU in as few system calls as possible.
-
-    pynetdicom reads 4 KiB per ``recv`` in a Python loop (256 rounds for a 1 MiB PDU);
-    this reads straight into one buffer of the PDU's size, and re-arms TCP_QUICKACK after
-    each read (Linux leaves quick-ACK mode by itself), so that the sender's next segment
-    is never held back by a delayed ACK.
-    """
-
-    def recv(self, nr_bytes: int) -> bytearray:
-        sock = cast(socket.socket, self.socket)
-        buffer = bytearray(nr_bytes)
-        view = memoryview(buffer)
-        read = 0
-        while read < nr_bytes:
-            count = sock.recv_into(view[read:])
-            if count == 0:  # connection closed: return what there is, as pynetdicom does
-                return buffer[:read]
-            read += count
-            if _QUICKACK is not None:
-                sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
-        return buffer
-
-
 class ListenerRequestHandler(RequestHandler):
-    """Creates each association with a :class:`BulkReadSocket`."""
+    """Runs the :class:`~dicom_node.association_gate.AssociationGate` on the connection's
+    own thread, then the association on a guarded socket; when it ends, removes its
+    unfinished transfers and gives back the connection's slot at once."""
 
-    def _create_association(self) -> Association:
-        assoc = super()._create_association()
-        assoc.dul.socket.__class__ = BulkReadSocket
-        return assoc
+    def handle(self) -> None:
+        server = cast(ListenerServer, self.server)
+        host = str(self.client_address[0])
+        try:
+            admitted = server.gate.admit(self.request, host)
+            if admitted is None:
+                return
+            self.request = admitted.sock
+            assoc = self._create_association()
+            guard(assoc, admitted.request, MAX_PDU_BYTES, server.gate.network_timeout)
+            evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
+            assoc.start()
+            assoc.join()
+            assoc.dul.join(timeout=5.0)
+            discard_unfinished_transfers(assoc)
+        finally:
+            cast(socket.socket, self.request).close()
+            server.slots.release(host)
 
 
 class SharedContexts(list[PresentationContext]):
@@ -285,25 +287,40 @@ class SharedContexts(list[PresentationContext]):
 
 
 class ListenerServer(ThreadedAssociationServer):
-    """pynetdicom's server plus a client address allow-list and low-latency sockets."""
+    """pynetdicom's server with the checks made on the accepting thread: the client
+    address allow-list and the connection slots (both a dictionary lookup); all the
+    rest runs on the connection's own thread (:class:`ListenerRequestHandler`)."""
 
+    daemon_threads = True
+    request_queue_size = 64  # socketserver's 5 lets a burst of connects stall the rest
     allowed_networks: tuple[Any, ...] = ()
+    gate: AssociationGate
+    slots: ConnectionSlots
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
-        if not self.allowed_networks:
-            return True
-        address = ip_address(client_address[0])
-        if any(address in network for network in self.allowed_networks):
-            return True
-        logger.warning("connection refused: address not allowed", extra={"client": address})
-        return False
+        host = str(client_address[0])
+        if self.allowed_networks and not any(
+            ip_address(host) in network for network in self.allowed_networks
+        ):
+            self.gate.log_refusal("connection refused: address not allowed", host)
+            return False
+        refusal = self.slots.acquire(host)
+        if refusal is not None:
+            self.gate.log_refusal("connection refused: connection limit", host, reason=refusal)
+            return False
+        return True
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # no thread started: nothing else gives the slot back
+            self.slots.release(str(client_address[0]))
+            raise
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         assert self.socket is not None
         client, address = self.socket.accept()
         set_low_latency(client)
-        if self.ssl_context:
-            client = self.ssl_context.wrap_socket(client, server_side=True)
         return client, address
 
 
@@ -322,6 +339,19 @@ def server_ssl_context(tls: TlsSection) -> ssl.SSLContext:
         context.load_verify_locations(tls.ca_file)
         context.verify_mode = ssl.CERT_REQUIRED
     return context
+
+
+def tls_problems(config: NodeConfig) -> list[tuple[str, str]]:
+    """``(key path, message)`` when the listener's TLS files do not load: what ``serve``
+    would fail on, for ``check-config`` to say first."""
+    tls = config.security.tls
+    if tls is None:
+        return []
+    try:
+        server_ssl_context(tls)
+    except (OSError, ssl.SSLError) as exc:
+        return [("security.tls", f"cannot load the certificate, key or CA file: {exc}")]
+    return []
 
 
 def build_listener_ae(config: NodeConfig) -> AE:
@@ -343,12 +373,37 @@ def build_listener_ae(config: NodeConfig) -> AE:
     ae.maximum_associations = node.max_associations
     ae.maximum_pdu_size = MAX_PDU_BYTES
     ae.network_timeout = ae.acse_timeout = ae.dimse_timeout = node.network_timeout_seconds
-    allowed = config.security.allowed_calling_aets
-    if allowed:
-        ae.require_calling_aet = list(allowed)
-    else:
-        logger.warning("security.allowed_calling_aets is empty: any calling AE is accepted")
     return ae
+
+
+def make_listener_server(ae: AE, config: NodeConfig, evt_handlers: list[Any]) -> ListenerServer:
+    """The listener's server for ``ae`` on ``node.host``/``node.port``, not yet serving:
+    TLS, allow-lists, connection slots and the association gate from ``config``.
+
+    Raises
+    ------
+    OSError
+        When the address cannot be bound, or a TLS file cannot be read.
+    """
+    node, security = config.node, config.security
+    ssl_context = server_ssl_context(security.tls) if security.tls else None
+    server = ae.make_server(
+        (node.host, node.port),
+        evt_handlers=evt_handlers,
+        server_class=ListenerServer,
+        request_handler=ListenerRequestHandler,
+    )
+    assert isinstance(server, ListenerServer)
+    server.contexts = SharedContexts(server.contexts)
+    server.allowed_networks = tuple(ip_network(h, strict=False) for h in security.allowed_hosts)
+    # No address gets more than the association limit; connections still negotiating
+    # may take as many slots again as associations, so one address never takes them all.
+    per_host = min(node.max_associations_per_host, node.max_associations)
+    server.slots = ConnectionSlots(per_host, 2 * node.max_associations)
+    server.gate = AssociationGate(config, ssl_context, PerClientThrottle())
+    if not security.allowed_calling_aets:
+        logger.warning("security.allowed_calling_aets is empty: any calling AE is accepted")
+    return server
 
 
 class Listener:
@@ -371,6 +426,7 @@ class Listener:
         self.ae = build_listener_ae(config)
         self.server: ListenerServer | None = None
         self._previous_tempdir: str | None = None
+        self._restore = ExitStack()
 
     @property
     def port(self) -> int:
@@ -392,28 +448,23 @@ class Listener:
         self._previous_tempdir = tempfile.tempdir
         tempfile.tempdir = str(self.spool.incoming_dir)
         self.spool.clear_incoming()
-        node, security = self.config.node, self.config.security
-        ssl_context = server_ssl_context(security.tls) if security.tls else None
-        server = self.ae.make_server(
-            (node.host, node.port),
-            ssl_context=ssl_context,
-            evt_handlers=[(evt.EVT_C_STORE, self.handler), (evt.EVT_REJECTED, log_rejected)],
-            server_class=ListenerServer,
-            request_handler=ListenerRequestHandler,
+        server = make_listener_server(
+            self.ae,
+            self.config,
+            [(evt.EVT_C_STORE, self.handler), (evt.EVT_REJECTED, log_rejected)],
         )
-        assert isinstance(server, ListenerServer)
-        server.contexts = SharedContexts(server.contexts)
+        self._restore.enter_context(self.handler.space.installed())
         self.ae._servers.append(server)  # as start_server does, so that shutdown() finds it
-        server.allowed_networks = tuple(ip_network(h, strict=False) for h in security.allowed_hosts)
         self.server = server
         threading.Thread(target=server.serve_forever, name="dicom-listener", daemon=True).start()
+        node = self.config.node
         logger.info(
             "listening",
             extra={
                 "ae_title": node.ae_title,
                 "host": node.host,
                 "port": self.port,
-                "tls": bool(ssl_context),
+                "tls": server.gate.ssl_context is not None,
             },
         )
 
@@ -435,5 +486,6 @@ class Listener:
         remaining = server.active_associations
         for assoc in remaining:
             assoc.abort()
+        self._restore.close()
         tempfile.tempdir = self._previous_tempdir
         logger.info("listener stopped", extra={"aborted_associations": len(remaining)})

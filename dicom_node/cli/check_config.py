@@ -10,6 +10,7 @@ from dicom_node.config import load_config
 from dicom_node.errors import ConfigError
 from dicom_node.package_check import model_package_problems
 from dicom_node.routing import unmatchable_conditions
+from dicom_node.scp import tls_problems
 
 
 def add_parser(subparsers: Any) -> None:
@@ -32,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
         config = load_config(args.config)
     except ConfigError as exc:
         return _report(exc.path, exc.problems)
-    problems = model_package_problems(config)
+    problems = model_package_problems(config) + tls_problems(config)
     if problems:
         return _report(args.config, problems)
     for key, message in unmatchable_conditions(config):

@@ -19,7 +19,11 @@ def add_parser(subparsers: Any) -> None:
         "--run", dest="run_dir", required=True, help="the run folder of `dicom-node finetune`"
     )
     parser.add_argument("--out", required=True, help="the package folder to write")
-    parser.add_argument("--fold", type=int, help="which fold (default: best validation metric)")
+    parser.add_argument(
+        "--fold",
+        type=int,
+        help="which fold's network, with its own thresholds (default: the run's selected fold)",
+    )
     parser.add_argument("--name", help="model name in model.toml (default: the config's)")
     parser.add_argument("--version", help="model version in model.toml (default: the config's)")
     parser.add_argument(
@@ -28,7 +32,11 @@ def add_parser(subparsers: Any) -> None:
         default=1e-3,
         help="largest allowed |PyTorch - ONNX Runtime| (default 1e-3)",
     )
-    parser.add_argument("--force", action="store_true", help="replace an existing package")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing package (only once the new one is complete and checked)",
+    )
     parser.add_argument(
         "--torch-program",
         action="store_true",
@@ -56,8 +64,9 @@ def run(args: argparse.Namespace) -> int:
             tolerance=args.tolerance,
             overwrite=args.force,
             torch_program=args.torch_program,
+            echo=lambda line: print(f"export: {line}", flush=True),
         )
-    except (ExportError, ModelPackageError, FileNotFoundError, FileExistsError) as exc:
+    except (ExportError, ModelPackageError, FileNotFoundError, FileExistsError, ValueError) as exc:
         print(f"export: {exc}", file=sys.stderr)
         return 1
     spec = result.package.spec

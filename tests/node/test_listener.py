@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import errno
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from pydicom import config as pydicom_config
 from pydicom import dcmread
 from pydicom.data import get_charset_files, get_testdata_file
 from pydicom.uid import ExplicitVRLittleEndian, HTJ2KLossless, generate_uid
@@ -290,3 +292,18 @@ def test_replace_moves_an_instance_resent_under_other_study_uids(
     assert list((node.config.node.storage_dir / "instances").rglob("*.dcm")) == [
         Path(instance.path)
     ]
+
+
+@pytest.mark.parametrize("uid", ["1.2.03.4", "1.2.3\n4", "1.2..3", "1.2.3a"])
+def test_a_value_that_is_not_a_uid_is_refused(
+    start_node: StartNode, tmp_path: Path, uid: str
+) -> None:
+    node = start_node()
+    with pydicom_config.disable_value_validation():
+        path = _variant(tmp_path, "bad.dcm", SeriesInstanceUID=uid)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom on the bad value, both sides
+        [result] = send_files(SENDER, node.peer, [path])
+    assert result.status == 0xC223
+    assert scalar(node.sessions, select(func.count(Instance.id))) == 0
+    assert not list((node.config.node.storage_dir / "instances").rglob("*.dcm"))
