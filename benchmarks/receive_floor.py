@@ -21,7 +21,7 @@ from pynetdicom import _config, evt
 from pynetdicom.events import Event
 
 from dicom_node.config import parse_config
-from dicom_node.scp import build_listener_ae, make_listener_server
+from dicom_node.net.scp import build_listener_ae, make_listener_server
 
 FLOOR_AET = "FLOOR"
 

@@ -19,7 +19,7 @@ class ConfigError(DicomNodeError):
 
 class PeerError(DicomNodeError):
     """A peer could not be reached, refused or dropped us, or did not answer; ``reason``
-    says which (`dicom_node.scu.AssociationError` adds the peer)."""
+    says which (`dicom_node.net.scu.AssociationError` adds the peer)."""
 
     def __init__(self, message: str, reason: str) -> None:
         self.reason = reason

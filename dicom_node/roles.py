@@ -30,18 +30,18 @@ from typing import Literal, Protocol
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node.commitment import CommitmentReportHandler, CommitmentReports
-from dicom_node.completion import CompletionScanner
 from dicom_node.config import NodeConfig
-from dicom_node.delivery import DeliveryScanner
-from dicom_node.jobs import reclaim_abandoned
+from dicom_node.intake.completion import CompletionScanner
+from dicom_node.intake.spool import Spool
 from dicom_node.metrics import MetricsServer
-from dicom_node.retention import apply_retention
-from dicom_node.routing import route_complete_studies, unmatchable_conditions
-from dicom_node.scp import Listener
-from dicom_node.scu import LocalAE, find_study_counts
-from dicom_node.spool import Spool
-from dicom_node.worker_pool import WorkerPool
+from dicom_node.net.scp import Listener
+from dicom_node.net.scu import LocalAE, find_study_counts
+from dicom_node.work.commitment import CommitmentReportHandler, CommitmentReports
+from dicom_node.work.delivery import DeliveryScanner
+from dicom_node.work.jobs import reclaim_abandoned
+from dicom_node.work.retention import apply_retention
+from dicom_node.work.routing import route_complete_studies, unmatchable_conditions
+from dicom_node.work.worker_pool import WorkerPool
 
 logger = logging.getLogger(__name__)
 

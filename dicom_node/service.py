@@ -25,11 +25,11 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.config import NodeConfig
-from dicom_node.db import create_db_engine, session_factory
+from dicom_node.db.sessions import create_db_engine, session_factory
+from dicom_node.intake.spool import Spool
+from dicom_node.net.scp import Listener
+from dicom_node.net.scu import LocalAE
 from dicom_node.roles import COMPONENTS, ROLES, Component, Role
-from dicom_node.scp import Listener
-from dicom_node.scu import LocalAE
-from dicom_node.spool import Spool
 
 logger = logging.getLogger(__name__)
 

@@ -8,9 +8,9 @@ from typing import Any
 
 from dicom_node.config import load_config
 from dicom_node.errors import ConfigError
-from dicom_node.package_check import model_package_problems
-from dicom_node.routing import unmatchable_conditions
-from dicom_node.scp import tls_problems
+from dicom_node.net.scp import tls_problems
+from dicom_node.work.package_check import model_package_problems
+from dicom_node.work.routing import unmatchable_conditions
 
 
 def add_parser(subparsers: Any) -> None:

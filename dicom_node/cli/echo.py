@@ -8,7 +8,7 @@ from typing import Any
 
 from dicom_node.cli.peer_args import add_peer_options, local_and_peer
 from dicom_node.errors import ConfigError
-from dicom_node.scu import AssociationError, echo
+from dicom_node.net.scu import AssociationError, echo
 
 
 def add_parser(subparsers: Any) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from dicom_node.config import NodeConfig, PeerConfig, load_config
-from dicom_node.scu import LocalAE, resolve_peer
+from dicom_node.net.scu import LocalAE, resolve_peer
 
 
 def add_peer_options(parser: argparse.ArgumentParser) -> None:

@@ -13,11 +13,11 @@ import sys
 from typing import Any
 
 from dicom_node.config import load_config
-from dicom_node.db import create_db_engine, session_factory
-from dicom_node.delivery_queue import requeue_deliveries
+from dicom_node.db.schema import Job, WorkState
+from dicom_node.db.sessions import create_db_engine, session_factory
 from dicom_node.errors import ConfigError
-from dicom_node.jobs import requeue_jobs
-from dicom_node.schema import Job, WorkState
+from dicom_node.work.delivery_queue import requeue_deliveries
+from dicom_node.work.jobs import requeue_jobs
 
 
 def add_parser(subparsers: Any) -> None:

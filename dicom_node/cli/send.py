@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from dicom_node.cli.peer_args import add_peer_options, local_and_peer
 from dicom_node.errors import ConfigError
-from dicom_node.scu import FileStatus, send_files
+from dicom_node.net.scu import FileStatus, send_files
 
 
 def add_parser(subparsers: Any) -> None:

@@ -11,9 +11,9 @@ from typing import Any
 from dicom_node.config import load_config
 from dicom_node.errors import ConfigError
 from dicom_node.logs import configure_logging
-from dicom_node.package_check import model_package_problems
-from dicom_node.scp import tls_problems
+from dicom_node.net.scp import tls_problems
 from dicom_node.service import ROLES, Service
+from dicom_node.work.package_check import model_package_problems
 
 logger = logging.getLogger(__name__)
 

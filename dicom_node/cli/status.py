@@ -2,7 +2,7 @@
 
 The report is a list of sections; each is a function ``(session, config) -> dict``
 listed in :data:`SECTIONS` under its title: studies and the spool here, the queue
-(jobs, deliveries, recent failures) from `dicom_node.queue_report`.
+(jobs, deliveries, recent failures) from `dicom_node.work.queue_report`.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from dicom_node import queue_report
 from dicom_node.config import NodeConfig, load_config
-from dicom_node.db import create_db_engine, session_factory
+from dicom_node.db.schema import Instance, Series, Study, StudyState
+from dicom_node.db.sessions import create_db_engine, session_factory
 from dicom_node.errors import ConfigError
-from dicom_node.schema import Instance, Series, Study, StudyState
+from dicom_node.work import queue_report
 
 Section = Callable[[Session, NodeConfig], dict[str, Any]]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from pydicom.data import get_testdata_file
 
-from dicom_node.headers import read_headers
+from dicom_node.intake.headers import read_headers
 
 FILES = ["CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm", "rtplan.dcm", "693_J2KI.dcm"]
 

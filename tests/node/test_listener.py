@@ -17,12 +17,12 @@ from pydicom.uid import ExplicitVRLittleEndian, HTJ2KLossless, generate_uid
 from pynetdicom.dsutils import split_dataset
 from sqlalchemy import func, select
 
-from dicom_node import scp as scp_module
-from dicom_node import spool as spool_module
-from dicom_node.completion import CompletionScanner
-from dicom_node.headers import read_headers
-from dicom_node.schema import Instance, Series, Study, StudyState
-from dicom_node.scu import AssociationError, LocalAE, echo, send_files
+from dicom_node.db.schema import Instance, Series, Study, StudyState
+from dicom_node.intake import spool as spool_module
+from dicom_node.intake.completion import CompletionScanner
+from dicom_node.intake.headers import read_headers
+from dicom_node.net import scp as scp_module
+from dicom_node.net.scu import AssociationError, LocalAE, echo, send_files
 from tests.node.conftest import SENDER, RunningNode, rows, scalar, wait_for, write_series
 
 StartNode = Callable[..., RunningNode]

@@ -14,8 +14,8 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.config import NodeConfig, parse_config
-from dicom_node.db import create_db_engine, session_factory
-from dicom_node.schema import Base, Instance, Series, Study, StudyState, utcnow
+from dicom_node.db.schema import Base, Instance, Series, Study, StudyState, utcnow
+from dicom_node.db.sessions import create_db_engine, session_factory
 
 POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 

@@ -10,9 +10,9 @@ import pytest
 
 from dicom_node.cli import main
 from dicom_node.config import load_config
-from dicom_node.db import create_db_engine, session_factory
-from dicom_node.jobs import claim_job, retry_or_fail
-from dicom_node.routing import route_complete_studies
+from dicom_node.db.sessions import create_db_engine, session_factory
+from dicom_node.work.jobs import claim_job, retry_or_fail
+from dicom_node.work.routing import route_complete_studies
 from tests.orchestration.archive import run_archive
 from tests.orchestration.conftest import add_study
 from tests.orchestration.node import MODELS, dump_toml

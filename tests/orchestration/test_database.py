@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from dicom_node.db import SchemaError, add_missing_columns, create_db_engine
+from dicom_node.db.sessions import SchemaError, add_missing_columns, create_db_engine
 from tests.orchestration.conftest import fresh_postgres_database
 
 

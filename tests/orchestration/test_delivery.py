@@ -14,18 +14,18 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.cli import main
-from dicom_node.commitment import CommitmentReportHandler
 from dicom_node.config import DeliverySection
-from dicom_node.delivery import DeliveryScanner
-from dicom_node.delivery_queue import (
+from dicom_node.db.schema import Delivery, Job, WorkState, utcnow
+from dicom_node.net.scu import LocalAE
+from dicom_node.work.commitment import CommitmentReportHandler
+from dicom_node.work.delivery import DeliveryScanner
+from dicom_node.work.delivery_queue import (
     claim_batch,
     queue_deliveries,
     record_outcome,
     renew_leases,
 )
-from dicom_node.outbox import OutboxFile
-from dicom_node.schema import Delivery, Job, WorkState, utcnow
-from dicom_node.scu import LocalAE
+from dicom_node.work.outbox import OutboxFile
 from tests.conftest import get_free_port
 from tests.orchestration.archive import Archive, run_archive
 from tests.orchestration.conftest import add_study, make_config

@@ -11,7 +11,10 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node.jobs import (
+from dicom_node.db.leases import counts_by_state
+from dicom_node.db.ownership import owner_id, owner_is_gone, process_owner_id
+from dicom_node.db.schema import Job, WorkState, utcnow
+from dicom_node.work.jobs import (
     claim_job,
     end_job,
     reclaim_abandoned,
@@ -19,10 +22,7 @@ from dicom_node.jobs import (
     requeue_jobs,
     retry_or_fail,
 )
-from dicom_node.leases import counts_by_state
-from dicom_node.ownership import owner_id, owner_is_gone, process_owner_id
-from dicom_node.routing import route_complete_studies
-from dicom_node.schema import Job, WorkState, utcnow
+from dicom_node.work.routing import route_complete_studies
 from tests.orchestration.conftest import add_study, make_config
 
 
@@ -117,7 +117,7 @@ def test_permanent_error_fails_at_once(queued: sessionmaker[Session]) -> None:
 
 def dead_owner() -> str:
     """The owner id a process had that has exited since."""
-    code = "from dicom_node.ownership import owner_id; print(owner_id('worker'))"
+    code = "from dicom_node.db.ownership import owner_id; print(owner_id('worker'))"
     return subprocess.run(
         [sys.executable, "-c", code], check=True, capture_output=True, text=True
     ).stdout.strip()

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from dicom_node.config import DeliverySection
-from dicom_node.delivery_queue import NextTry, backoff_seconds, next_try
-from dicom_node.schema import WorkState, utcnow
-from dicom_node.scu import FileStatus
-from dicom_node.store_outcome import FailureKind, Outcome, classify_status
+from dicom_node.db.schema import WorkState, utcnow
+from dicom_node.net.scu import FileStatus
+from dicom_node.net.store_outcome import FailureKind, Outcome, classify_status
+from dicom_node.work.delivery_queue import NextTry, backoff_seconds, next_try
 
 SETTINGS = DeliverySection(max_attempts=5, backoff_initial_seconds=10, backoff_max_seconds=60)
 

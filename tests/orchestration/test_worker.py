@@ -13,10 +13,10 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.config import NodeConfig
-from dicom_node.model_cache import ModelCache
-from dicom_node.routing import route_complete_studies
-from dicom_node.schema import Delivery, Job, WorkState, utcnow
-from dicom_node.worker import Worker
+from dicom_node.db.schema import Delivery, Job, WorkState, utcnow
+from dicom_node.work.model_cache import ModelCache
+from dicom_node.work.routing import route_complete_studies
+from dicom_node.work.worker import Worker
 from tests.orchestration.conftest import add_study, make_config
 from tests.orchestration.node import MODELS
 from tests.orchestration.studies import ct_series, pydicom_file, radiograph

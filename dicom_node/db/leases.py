@@ -1,6 +1,6 @@
 """The two work queues' shared rules: claim due rows, own them under a lease, back off.
 
-Jobs and deliveries (`dicom_node.schema.LeasedWork`) are queues in the database. A
+Jobs and deliveries (`dicom_node.db.schema.LeasedWork`) are queues in the database. A
 process claims due rows with one guarded statement::
 
     WITH due AS MATERIALIZED (SELECT id FROM <table> WHERE state = 'queued'
@@ -17,7 +17,7 @@ LIMIT is applied once); on SQLite, which renders no ``FOR UPDATE``, the statemen
 atomic under the database write lock. Every later change to a running row is guarded
 by `owned_by` (its id, owner and state), so that a process whose lease was taken over
 (it stalled, or was presumed dead) never overwrites the new owner's work. A row whose
-owner is gone (`dicom_node.ownership`) or whose lease ran out is requeued by
+owner is gone (`dicom_node.db.ownership`) or whose lease ran out is requeued by
 `reclaim_abandoned`; the attempt that died counts.
 """
 
@@ -31,8 +31,8 @@ from typing import Any
 from sqlalchemy import ColumnElement, Row, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node.ownership import owner_is_gone
-from dicom_node.schema import Delivery, Job, WorkState, utcnow
+from dicom_node.db.ownership import owner_is_gone
+from dicom_node.db.schema import Delivery, Job, WorkState, utcnow
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ returns part of a PDU. The kernel bounds every wait (``SO_RCVTIMEO``/``SO_SNDTIM
 no cost per read.
 
 :class:`PrefetchedSocket` first hands pynetdicom the A-ASSOCIATE-RQ that the listener
-already read (:mod:`dicom_node.association_request`), then becomes a GuardedSocket.
+already read (:mod:`dicom_node.net.association_request`), then becomes a GuardedSocket.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import cast
 from pynetdicom.association import Association
 from pynetdicom.transport import AssociationSocket
 
-from dicom_node.association_request import abort_pdu
+from dicom_node.net.association_request import abort_pdu
 
 logger = logging.getLogger(__name__)
 

@@ -30,13 +30,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.config import NodeConfig
-from dicom_node.delivery_queue import queue_deliveries
-from dicom_node.jobs import ClaimedJob, claim_job, end_job, renew_lease, retry_or_fail
+from dicom_node.db.ownership import owner_id
+from dicom_node.db.schema import Instance, Series, WorkState, utcnow
 from dicom_node.metrics import INFERENCE_SECONDS
-from dicom_node.model_cache import ModelCache
-from dicom_node.outbox import Outbox, OutboxFile
-from dicom_node.ownership import owner_id
-from dicom_node.schema import Instance, Series, WorkState, utcnow
+from dicom_node.work.delivery_queue import queue_deliveries
+from dicom_node.work.jobs import ClaimedJob, claim_job, end_job, renew_lease, retry_or_fail
+from dicom_node.work.model_cache import ModelCache
+from dicom_node.work.outbox import Outbox, OutboxFile
 from inference import (
     BackendUnavailableError,
     ModelPackageError,

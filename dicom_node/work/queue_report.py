@@ -13,8 +13,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from dicom_node.config import NodeConfig
-from dicom_node.leases import counts_by_state
-from dicom_node.schema import Delivery, Job, WorkState, utcnow
+from dicom_node.db.leases import counts_by_state
+from dicom_node.db.schema import Delivery, Job, WorkState, utcnow
 
 RECENT_FAILURES = 10
 JOB_STATES = [s for s in WorkState if s is not WorkState.WAITING_COMMITMENT]

@@ -30,8 +30,8 @@ from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.config import CompletionSection
+from dicom_node.db.schema import Series, Study, StudyState, utcnow
 from dicom_node.errors import PeerError
-from dicom_node.schema import Series, Study, StudyState, utcnow
 
 logger = logging.getLogger(__name__)
 

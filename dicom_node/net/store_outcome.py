@@ -15,7 +15,7 @@ presentation context for it: `FailureKind.NO_CONTEXT`), 0x0124 "Not Authorised",
 other failure status, and a file that is not DICOM (`FailureKind.NOT_DICOM`).
 
 How often each is retried is the delivery queue's policy
-(`dicom_node.delivery_queue.next_try`); this module only tells them apart, from typed
+(`dicom_node.work.delivery_queue.next_try`); this module only tells them apart, from typed
 values, never from message text.
 """
 

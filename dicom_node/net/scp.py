@@ -9,12 +9,12 @@ it answer Success. Every sender waits on this path for each instance, which is w
 disk and the parsing overlap. Nothing is decoded or re-encoded, and no inference runs on
 this thread.
 
-Before pynetdicom sees a connection, :mod:`dicom_node.association_gate` runs on the
+Before pynetdicom sees a connection, :mod:`dicom_node.net.association_gate` runs on the
 connection's own thread (TLS handshake, A-ASSOCIATE-RQ read within a deadline, AE titles
-checked), and :mod:`dicom_node.connection_limits` gives each connection a slot it holds
-until it ends. Once associated, PDUs are read by :mod:`dicom_node.pdu_guard`, whose only
+checked), and :mod:`dicom_node.net.connection_limits` gives each connection a slot it holds
+until it ends. Once associated, PDUs are read by :mod:`dicom_node.net.pdu_guard`, whose only
 cost per PDU over a plain read is one length comparison; what an association leaves
-half-received is removed when it ends (:mod:`dicom_node.transfer_cleanup`).
+half-received is removed when it ends (:mod:`dicom_node.net.transfer_cleanup`).
 """
 
 from __future__ import annotations
@@ -42,26 +42,26 @@ from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node.association_gate import AssociationGate
-from dicom_node.association_request import REJECT_REASONS
-from dicom_node.catalog import (
+from dicom_node.config import NodeConfig, TlsSection
+from dicom_node.db.schema import utcnow
+from dicom_node.intake.catalog import (
     ReceivedInstance,
     Recorded,
     Recording,
     find_instance_path,
     record_instance,
 )
-from dicom_node.config import NodeConfig, TlsSection
-from dicom_node.connection_limits import ConnectionSlots
-from dicom_node.headers import HeaderError, InstanceHeaders, read_headers
+from dicom_node.intake.headers import HeaderError, InstanceHeaders, read_headers
+from dicom_node.intake.spool import Spool
 from dicom_node.log_safety import PerClientThrottle
 from dicom_node.metrics import INSTANCES_RECEIVED
-from dicom_node.pdu_guard import guard, set_low_latency
-from dicom_node.schema import utcnow
-from dicom_node.scu import VERIFICATION
-from dicom_node.spool import Spool
-from dicom_node.transfer_cleanup import discard_unfinished_transfers
-from dicom_node.transfer_space import TransferSpace
+from dicom_node.net.association_gate import AssociationGate
+from dicom_node.net.association_request import REJECT_REASONS
+from dicom_node.net.connection_limits import ConnectionSlots
+from dicom_node.net.pdu_guard import guard, set_low_latency
+from dicom_node.net.scu import VERIFICATION
+from dicom_node.net.transfer_cleanup import discard_unfinished_transfers
+from dicom_node.net.transfer_space import TransferSpace
 
 logger = logging.getLogger(__name__)
 
@@ -244,7 +244,7 @@ def log_rejected(event: Event) -> None:
 
 
 class ListenerRequestHandler(RequestHandler):
-    """Runs the :class:`~dicom_node.association_gate.AssociationGate` on the connection's
+    """Runs the :class:`~dicom_node.net.association_gate.AssociationGate` on the connection's
     own thread, then the association on a guarded socket; when it ends, removes its
     unfinished transfers and gives back the connection's slot at once."""
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from pynetdicom import dimse_messages
 
-from dicom_node.spool import Spool
+from dicom_node.intake.spool import Spool
 
 # Paths of discarded transfers whose association ended before they were answered are
 # never asked about; forget them all past this many.

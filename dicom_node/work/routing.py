@@ -24,10 +24,10 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.config import NodeConfig, RouteConfig
-from dicom_node.headers import SERIES_KEYWORDS, STUDY_KEYWORDS
+from dicom_node.db.schema import Instance, Job, Series, Study, StudyState, WorkState, utcnow
+from dicom_node.intake.headers import SERIES_KEYWORDS, STUDY_KEYWORDS
 from dicom_node.metrics import STUDIES_COMPLETED
-from dicom_node.route_match import Facts, route_matches, split_values
-from dicom_node.schema import Instance, Job, Series, Study, StudyState, WorkState, utcnow
+from dicom_node.work.route_match import Facts, route_matches, split_values
 
 logger = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ def unmatchable_conditions(config: NodeConfig) -> list[tuple[str, str]]:
 
 
 def study_facts(session: Session, study: Study) -> dict[str, Facts]:
-    """Facts per series UID, from the rows only (see `dicom_node.route_match`).
+    """Facts per series UID, from the rows only (see `dicom_node.work.route_match`).
     Raises
     ------
     sqlalchemy.exc.SQLAlchemyError

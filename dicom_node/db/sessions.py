@@ -23,8 +23,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.schema import CreateColumn
 
+from dicom_node.db.schema import Base
 from dicom_node.errors import DicomNodeError
-from dicom_node.schema import Base
 
 logger = logging.getLogger(__name__)
 

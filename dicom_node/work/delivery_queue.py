@@ -3,7 +3,7 @@
 A delivery is one result object for one peer, unique per (SOP Instance UID, peer):
 a re-processed study re-queues the existing row (same deterministic UID, so the
 archive replaces the object) rather than adding one. Claims, leases and backoff follow
-the rules jobs follow (`dicom_node.leases`): a guarded update of due rows picked with
+the rules jobs follow (`dicom_node.db.leases`): a guarded update of due rows picked with
 ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, owner id and lease on each row, every later
 change guarded by the owner.
 
@@ -24,11 +24,11 @@ from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node import leases
 from dicom_node.config import DeliverySection
-from dicom_node.outbox import OutboxFile
-from dicom_node.schema import Delivery, WorkState, utcnow
-from dicom_node.store_outcome import Outcome, StoreResult
+from dicom_node.db import leases
+from dicom_node.db.schema import Delivery, WorkState, utcnow
+from dicom_node.net.store_outcome import Outcome, StoreResult
+from dicom_node.work.outbox import OutboxFile
 
 logger = logging.getLogger(__name__)
 

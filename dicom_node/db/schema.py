@@ -49,7 +49,7 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         if value.tzinfo is None:
-            raise ValueError(f"naive datetime {value!r}: use dicom_node.schema.utcnow()")
+            raise ValueError(f"naive datetime {value!r}: use dicom_node.db.schema.utcnow()")
         return value.astimezone(UTC)
 
     def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
@@ -166,7 +166,7 @@ class Instance(Base):
 
 
 class LeasedWork:
-    """The columns of a work queue's row, shared by jobs and deliveries (`dicom_node.leases`).
+    """The columns of a work queue's row, shared by jobs and deliveries (`dicom_node.db.leases`).
 
     A row is QUEUED until it is due (``next_attempt_at``); a process then claims it:
     RUNNING, owned by ``worker_id`` until ``lease_expires_at``, which the owner renews

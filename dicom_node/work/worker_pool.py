@@ -1,7 +1,7 @@
 """The inference side of a worker process: ``worker.count`` threads and their models.
 
 At start the pool requeues the jobs and deliveries that a dead process left running
-(see `dicom_node.ownership`), warms the result writers and the models routes use, then
+(see `dicom_node.db.ownership`), warms the result writers and the models routes use, then
 starts the threads. Stopping lets a job in flight finish for a grace period; one still
 running after it stays RUNNING and is requeued at once by the next start on this host
 (its owner is gone).
@@ -15,10 +15,10 @@ import threading
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.config import NodeConfig
-from dicom_node.delivery_queue import reclaim_abandoned_deliveries
-from dicom_node.jobs import reclaim_abandoned
-from dicom_node.model_cache import ModelCache
-from dicom_node.worker import Worker
+from dicom_node.work.delivery_queue import reclaim_abandoned_deliveries
+from dicom_node.work.jobs import reclaim_abandoned
+from dicom_node.work.model_cache import ModelCache
+from dicom_node.work.worker import Worker
 from sr_writer import warm_up
 
 logger = logging.getLogger(__name__)

@@ -24,8 +24,8 @@ from sqlalchemy import BindParameter, Connection, Update, bindparam, insert, sel
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node.headers import InstanceHeaders
-from dicom_node.schema import Base, Instance, Series, Study, StudyState
+from dicom_node.db.schema import Base, Instance, Series, Study, StudyState
+from dicom_node.intake.headers import InstanceHeaders
 
 logger = logging.getLogger(__name__)
 

@@ -23,11 +23,11 @@ from pynetdicom.events import Event
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.config import DeliverySection, PeerConfig
-from dicom_node.delivery_queue import awaiting_commitment, fail_waiting
-from dicom_node.schema import WorkState, utcnow
-from dicom_node.scp import Listener
-from dicom_node.scu import AssociationError, LocalAE, open_association
-from dicom_node.store_outcome import Outcome, StoreResult
+from dicom_node.db.schema import WorkState, utcnow
+from dicom_node.net.scp import Listener
+from dicom_node.net.scu import AssociationError, LocalAE, open_association
+from dicom_node.net.store_outcome import Outcome, StoreResult
+from dicom_node.work.delivery_queue import awaiting_commitment, fail_waiting
 
 logger = logging.getLogger(__name__)
 

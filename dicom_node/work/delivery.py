@@ -2,19 +2,19 @@
 
 The scheduler runs :meth:`DeliveryScanner.scan` every ``delivery.scan_interval_seconds``.
 It claims due deliveries per destination, up to ``delivery.batch_size`` at a time, and
-sends each batch over one association (`dicom_node.scu.send_files`: the file's own
+sends each batch over one association (`dicom_node.net.scu.send_files`: the file's own
 transfer syntax when the peer accepts it, otherwise Explicit/Implicit VR Little
 Endian). Each object's outcome is recorded as soon as it is known:
 
 - stored (success or warning status): DONE, or, for a peer with
   ``storage_commitment = true``, WAITING_COMMITMENT until the archive's N-EVENT-REPORT
-  (`dicom_node.commitment`);
+  (`dicom_node.work.commitment`);
 - transient failure (refused or dropped association, timeout, 0xA7xx): queued again
   after ``backoff_initial_seconds * 2**(attempts-1)``, capped at
   ``backoff_max_seconds``, until ``max_attempts``;
 - permanent failure (a failure status for the object itself): queued once more, and
   failed with the status and its meaning if it fails permanently again
-  (`dicom_node.store_outcome` tells them apart, `dicom_node.delivery_queue.next_try`
+  (`dicom_node.net.store_outcome` tells them apart, `dicom_node.work.delivery_queue.next_try`
   decides).
 
 Everything lives in the database, so a restart resumes where the last one stopped;
@@ -31,9 +31,14 @@ from pydicom.uid import generate_uid
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node.commitment import request_commitment
 from dicom_node.config import NodeConfig, PeerConfig
-from dicom_node.delivery_queue import (
+from dicom_node.db.ownership import owner_id
+from dicom_node.db.schema import Delivery, WorkState, utcnow
+from dicom_node.metrics import DELIVERIES_SENT, DELIVERY_FAILURES
+from dicom_node.net.scu import AssociationError, FileStatus, LocalAE, send_files
+from dicom_node.net.store_outcome import FailureKind, Outcome, StoreResult, transient
+from dicom_node.work.commitment import request_commitment
+from dicom_node.work.delivery_queue import (
     ClaimedDelivery,
     awaiting_commitment,
     claim_batch,
@@ -44,11 +49,6 @@ from dicom_node.delivery_queue import (
     record_outcome,
     renew_leases,
 )
-from dicom_node.metrics import DELIVERIES_SENT, DELIVERY_FAILURES
-from dicom_node.ownership import owner_id
-from dicom_node.schema import Delivery, WorkState, utcnow
-from dicom_node.scu import AssociationError, FileStatus, LocalAE, send_files
-from dicom_node.store_outcome import FailureKind, Outcome, StoreResult, transient
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 A worker claims the oldest due job, owns it under a lease it renews while it runs, and
 ends it (done, skipped), queues it again after a backoff, or fails it: the claim,
-lease and backoff rules are the ones deliveries follow too (`dicom_node.leases`).
+lease and backoff rules are the ones deliveries follow too (`dicom_node.db.leases`).
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from datetime import datetime, timedelta
 from sqlalchemy import ColumnElement, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node import leases
+from dicom_node.db import leases
+from dicom_node.db.schema import Job, Study, WorkState, utcnow
 from dicom_node.metrics import JOBS_FINISHED
-from dicom_node.schema import Job, Study, WorkState, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -173,7 +173,7 @@ def retry_or_fail(
 
 def reclaim_abandoned(sessions: sessionmaker[Session]) -> int:
     """Requeue running jobs whose owner died: lease expired, or owner gone from this host
-    (`dicom_node.leases.reclaim_abandoned`); how many. The attempt that died counts.
+    (`dicom_node.db.leases.reclaim_abandoned`); how many. The attempt that died counts.
 
     Raises
     ------

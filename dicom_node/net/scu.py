@@ -27,10 +27,10 @@ from pynetdicom import AE, _config, build_context
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
 
-from dicom_node.completion import StudyCounts
 from dicom_node.config import NodeConfig, PeerConfig, TlsSection
 from dicom_node.errors import PeerError
-from dicom_node.store_outcome import (
+from dicom_node.intake.completion import StudyCounts
+from dicom_node.net.store_outcome import (
     FailureKind,
     Outcome,
     StoreResult,
@@ -95,7 +95,7 @@ class FileStatus:
 
     @property
     def result(self) -> StoreResult:
-        """Stored, transient or permanent, with the meaning (`dicom_node.store_outcome`)."""
+        """Stored, transient or permanent, with the meaning (`dicom_node.net.store_outcome`)."""
         if self.status is not None:
             return classify_status(self.status)
         return unanswered(self.failure, self.reason or "no response")
