@@ -27,6 +27,7 @@ from pynetdicom.association import Association
 from pynetdicom.transport import AssociationSocket
 
 from dicom_node.net.association_request import abort_pdu
+from dicom_node.net.pynetdicom_internals import close_socket, swap_socket_class
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ class GuardedSocket(AssociationSocket):
             if answer:
                 with contextlib.suppress(OSError):
                     sock.sendall(answer)
-            self._shutdown_socket()
+            close_socket(self)
         return bytearray()
 
 
@@ -132,11 +133,7 @@ class PrefetchedSocket(GuardedSocket):
 
 def guard(assoc: Association, request: bytes, pdu_limit: int, pdu_seconds: float) -> None:
     """Make ``assoc``'s socket a :class:`PrefetchedSocket` serving ``request`` first."""
-    sock = assoc.dul.socket
-    if sock is None:
-        raise ValueError("the association has no socket")
-    sock.__class__ = PrefetchedSocket
-    prefetched = cast(PrefetchedSocket, sock)
+    prefetched = swap_socket_class(assoc, PrefetchedSocket)
     prefetched.prefetched = request
     prefetched.pdu_limit = pdu_limit
     prefetched.pdu_seconds = pdu_seconds

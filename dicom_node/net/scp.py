@@ -19,11 +19,9 @@ half-received is removed when it ends (:mod:`dicom_node.net.transfer_cleanup`).
 
 from __future__ import annotations
 
-import copy
 import logging
 import socket
 import ssl
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -33,7 +31,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from pydicom.uid import AllTransferSyntaxes, ExplicitVRLittleEndian
-from pynetdicom import AE, AllStoragePresentationContexts, _config, evt, register_uid
+from pynetdicom import AE, AllStoragePresentationContexts, evt, register_uid
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 from pynetdicom.presentation import PresentationContext
@@ -59,6 +57,13 @@ from dicom_node.net.association_gate import AssociationGate
 from dicom_node.net.association_request import REJECT_REASONS
 from dicom_node.net.connection_limits import ConnectionSlots
 from dicom_node.net.pdu_guard import guard, set_low_latency
+from dicom_node.net.pynetdicom_internals import (
+    TESTED_VERSIONS,
+    copy_context,
+    create_association,
+    register_server,
+    untested_version,
+)
 from dicom_node.net.scu import VERIFICATION
 from dicom_node.net.transfer_cleanup import discard_unfinished_transfers
 from dicom_node.net.transfer_space import TransferSpace
@@ -256,7 +261,7 @@ class ListenerRequestHandler(RequestHandler):
             if admitted is None:
                 return
             self.request = admitted.sock
-            assoc = self._create_association()
+            assoc = create_association(self)
             guard(assoc, admitted.request, MAX_PDU_BYTES, server.gate.network_timeout)
             evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
             assoc.start()
@@ -278,12 +283,7 @@ class SharedContexts(list[PresentationContext]):
     """
 
     def __deepcopy__(self, memo: dict[int, Any]) -> list[PresentationContext]:
-        copies = []
-        for context in self:
-            duplicate = copy.copy(context)
-            duplicate._transfer_syntax = list(context._transfer_syntax)
-            copies.append(duplicate)
-        return copies
+        return [copy_context(context) for context in self]
 
 
 class ListenerServer(ThreadedAssociationServer):
@@ -425,7 +425,6 @@ class Listener:
         self.handler = StoreHandler(config, sessions, spool)
         self.ae = build_listener_ae(config)
         self.server: ListenerServer | None = None
-        self._previous_tempdir: str | None = None
         self._restore = ExitStack()
 
     @property
@@ -443,18 +442,21 @@ class Listener:
         OSError
             When the address cannot be bound (port in use, permission).
         """
-        # Incoming data streams to disk next to the spool, so the final move is a rename.
-        _config.STORE_RECV_CHUNKED_DATASET = True
-        self._previous_tempdir = tempfile.tempdir
-        tempfile.tempdir = str(self.spool.incoming_dir)
+        version = untested_version()
+        if version is not None:
+            logger.warning(
+                "pynetdicom version not tested with the listener's use of its internals",
+                extra={"version": version, "tested": TESTED_VERSIONS},
+            )
         self.spool.clear_incoming()
         server = make_listener_server(
             self.ae,
             self.config,
             [(evt.EVT_C_STORE, self.handler), (evt.EVT_REJECTED, log_rejected)],
         )
+        # Incoming data streams to disk next to the spool, so the final move is a rename.
         self._restore.enter_context(self.handler.space.installed())
-        self.ae._servers.append(server)  # as start_server does, so that shutdown() finds it
+        register_server(self.ae, server)
         self.server = server
         threading.Thread(target=server.serve_forever, name="dicom-listener", daemon=True).start()
         node = self.config.node
@@ -487,5 +489,4 @@ class Listener:
         for assoc in remaining:
             assoc.abort()
         self._restore.close()
-        tempfile.tempdir = self._previous_tempdir
         logger.info("listener stopped", extra={"aborted_associations": len(remaining)})

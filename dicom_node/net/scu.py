@@ -23,13 +23,14 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_file_meta_info
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, _config, build_context
+from pynetdicom import AE, build_context
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
 
 from dicom_node.config import NodeConfig, PeerConfig, TlsSection
 from dicom_node.errors import PeerError
 from dicom_node.intake.completion import StudyCounts
+from dicom_node.net.pynetdicom_internals import send_from_files
 from dicom_node.net.store_outcome import (
     FailureKind,
     Outcome,
@@ -344,7 +345,7 @@ def send_files(
     if not paths:
         raise ValueError("send_files needs at least one path")
     # Send files from disk in their own encoding, without loading them whole.
-    _config.STORE_SEND_CHUNKED_DATASET = True
+    send_from_files()
     results: list[FileStatus] = []
 
     def report(status: FileStatus) -> None:
