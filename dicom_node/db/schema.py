@@ -138,7 +138,7 @@ class Series(Base):
     body_part_examined: Mapped[str | None] = mapped_column(String(64))
     # Study- and series-level header fields (keyword -> value as text), decoded with the
     # dataset's own character set, so that routing never re-reads pixel files.
-    headers: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    routing_fields: Mapped[dict[str, str]] = mapped_column("headers", JSON, default=dict)
     instance_count: Mapped[int] = mapped_column(Integer, default=0)
 
     study: Mapped[Study] = relationship(back_populates="series")

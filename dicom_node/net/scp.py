@@ -44,8 +44,8 @@ from dicom_node.config import NodeConfig, TlsSection
 from dicom_node.db.schema import utcnow
 from dicom_node.intake.catalog import (
     ReceivedInstance,
-    Recorded,
-    Recording,
+    RecordOutcome,
+    RecordResult,
     find_instance_path,
     record_instance,
 )
@@ -170,15 +170,15 @@ class StoreHandler:
             logger.error("C-STORE refused: cannot write the spool", extra={**log, "error": exc})
             return OUT_OF_RESOURCES
         replace = self.config.node.duplicate_policy == "replace"
-        recording = self._record(received, log, before_commit=pending.wait, replace=replace)
-        if recording is None:
+        recorded = self._record(received, log, before_commit=pending.wait, replace=replace)
+        if recorded is None:
             return OUT_OF_RESOURCES
-        if recording.outcome is Recorded.KEPT:
+        if recorded.outcome is RecordOutcome.KEPT:
             # The same SOP Instance UID arrived under other study/series UIDs: keep_first
             # keeps the recorded one, and the new name, which no row names, goes.
             dest.unlink(missing_ok=True)
-        elif recording.orphaned_path is not None:
-            Path(recording.orphaned_path).unlink(missing_ok=True)
+        elif recorded.orphaned_path is not None:
+            Path(recorded.orphaned_path).unlink(missing_ok=True)
         return SUCCESS
 
     def _read_headers(self, path: Path, sop_uid: str) -> InstanceHeaders:
@@ -205,8 +205,8 @@ class StoreHandler:
         except OSError as exc:
             logger.error("C-STORE refused: cannot write the spool", extra={**log, "error": exc})
             return OUT_OF_RESOURCES
-        recording = self._record(received, log, before_commit=None, replace=True)
-        return OUT_OF_RESOURCES if recording is None else SUCCESS
+        recorded = self._record(received, log, before_commit=None, replace=True)
+        return OUT_OF_RESOURCES if recorded is None else SUCCESS
 
     def _record(
         self,
@@ -214,10 +214,10 @@ class StoreHandler:
         log: dict[str, Any],
         before_commit: Callable[[], None] | None,
         replace: bool,
-    ) -> Recording | None:
+    ) -> RecordResult | None:
         """Commit the rows; None (logged) when the database or the file's fsync failed."""
         try:
-            recording = record_instance(self.sessions, received, before_commit, replace=replace)
+            recorded = record_instance(self.sessions, received, before_commit, replace=replace)
         except SQLAlchemyError as exc:
             logger.error("C-STORE refused: database write failed", extra={**log, "error": exc})
             return None
@@ -227,12 +227,12 @@ class StoreHandler:
         if len(self._indexed_series) >= _SERIES_REMEMBERED:
             self._indexed_series.clear()
         self._indexed_series[received.headers.series_instance_uid] = None
-        outcome = recording.outcome
-        if outcome is Recorded.NEW:
+        outcome = recorded.outcome
+        if outcome is RecordOutcome.NEW:
             INSTANCES_RECEIVED.inc()
-        level = logging.DEBUG if outcome is Recorded.NEW else logging.INFO
+        level = logging.DEBUG if outcome is RecordOutcome.NEW else logging.INFO
         logger.log(level, f"instance {outcome}", extra={**log, "bytes": received.size_bytes})
-        return recording
+        return recorded
 
 
 def log_rejected(event: Event) -> None:

@@ -2,7 +2,7 @@
 
 The scheduler calls :func:`route_complete_studies` every scan. For each study that
 completion marked COMPLETE, the series facts (study and series rows, the stored
-``Series.headers``, the SOP classes and calling AE titles of the instances) are matched
+``Series.routing_fields``, the SOP classes and calling AE titles of the instances) are matched
 against every route, never by re-reading pixel files. Each model that some route picks
 gets one job per (study, generation) with the union of the series and destinations of
 the routes that named it; a study no route matches is marked SKIPPED with the reason.
@@ -183,7 +183,7 @@ def study_facts(session: Session, study: Study) -> dict[str, Facts]:
                 "BodyPartExamined": split_values(series.body_part_examined),
             }
         )
-        for keyword, text in (series.headers or {}).items():
+        for keyword, text in (series.routing_fields or {}).items():
             values[keyword] = split_values(text)
         rows = session.execute(
             select(Instance.sop_class_uid, Instance.calling_ae_title)

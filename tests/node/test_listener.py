@@ -57,9 +57,9 @@ def test_store_writes_raw_bytes_and_indexes_them(start_node: StartNode) -> None:
     assert instance.calling_ae_title == SENDER.ae_title
     [series] = rows(node.sessions, select(Series))
     assert series.modality == "CT"
-    assert series.headers["Modality"] == "CT"
-    assert series.headers["SliceThickness"] == str(ds.SliceThickness)
-    assert series.headers["ImageType"] == "\\".join(ds.ImageType)
+    assert series.routing_fields["Modality"] == "CT"
+    assert series.routing_fields["SliceThickness"] == str(ds.SliceThickness)
+    assert series.routing_fields["ImageType"] == "\\".join(ds.ImageType)
     [study] = rows(node.sessions, select(Study))
     assert (study.state, study.instance_count, study.generation) == (StudyState.RECEIVING, 1, 0)
     assert study.patient_id == ds.PatientID
@@ -271,7 +271,7 @@ def test_only_a_series_first_instance_gets_its_routing_fields_parsed(
     assert all(r.ok for r in send_files(SENDER, node.peer, paths))
     assert len(full_reads) == 1
     [series] = rows(node.sessions, select(Series))
-    assert series.headers["Rows"] == "128" and series.headers["Modality"] == "CT"
+    assert series.routing_fields["Rows"] == "128" and series.routing_fields["Modality"] == "CT"
     numbers = sorted(i.instance_number for i in rows(node.sessions, select(Instance)))
     assert numbers == [1, 2, 3] and series.instance_count == 3
 

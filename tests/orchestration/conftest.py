@@ -135,7 +135,7 @@ def add_study(
     """A study with its series and instance rows, as the listener would have written them.
 
     Each series dict may hold ``uid``, ``modality``, ``description``, ``number``,
-    ``headers``, ``sop_class`` and ``instances`` (a count, or a list of file paths).
+    ``routing_fields``, ``sop_class`` and ``instances`` (a count, or a list of file paths).
     """
     now = utcnow()
     study = Study(
@@ -162,7 +162,7 @@ def add_study(
             modality=spec.get("modality", "CT"),
             series_number=spec.get("number", index + 1),
             series_description=spec.get("description"),
-            headers=spec.get("headers", {}),
+            routing_fields=spec.get("routing_fields", {}),
         )
         session.add(row)
         session.flush()

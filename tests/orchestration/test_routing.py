@@ -44,8 +44,8 @@ def test_one_job_per_model_with_matched_series(
             session,
             "1.2.3",
             [
-                {"uid": "1.2.3.1", "modality": "CT", "headers": {"SliceThickness": "5"}},
-                {"uid": "1.2.3.2", "modality": "CT", "headers": {"SliceThickness": "1.25"}},
+                {"uid": "1.2.3.1", "modality": "CT", "routing_fields": {"SliceThickness": "5"}},
+                {"uid": "1.2.3.2", "modality": "CT", "routing_fields": {"SliceThickness": "1.25"}},
                 {"uid": "1.2.3.3", "modality": "SR"},
             ],
             calling_ae="CTSCANNER",
