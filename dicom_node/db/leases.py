@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, Row, func, or_, select, update
@@ -54,32 +54,32 @@ def owned_by(
 
 
 def claim_due(
-    session: Session,
+    sessions: sessionmaker[Session],
     table: WorkTable,
     worker_id: str,
     *,
     lease_seconds: float,
     limit: int,
-    now: datetime,
     where: Sequence[ColumnElement[bool]] = (),
-    values: Mapping[str, object] | None = None,
+    stamp: str | None = None,
     returning: Sequence[Any] = (),
 ) -> Sequence[Row[Any]]:
-    """Claim up to ``limit`` due rows for ``worker_id``, oldest due first, in the caller's
+    """Claim up to ``limit`` due rows for ``worker_id``, oldest due first, in one
     transaction (see the module docstring); one row per claim: its id, then ``returning``.
 
     Parameters
     ----------
     where
         Further conditions on the rows to claim (deliveries: one peer).
-    values
-        Further columns to set on the claimed rows (jobs: started_at).
+    stamp
+        A timestamp column set to the time of the claim (jobs: started_at).
 
     Raises
     ------
     sqlalchemy.exc.SQLAlchemyError
         When the database fails; nothing is claimed then.
     """
+    now = utcnow()
     due = (
         select(table.id)
         .where(table.state == WorkState.QUEUED, table.next_attempt_at <= now, *where)
@@ -97,11 +97,12 @@ def claim_due(
             worker_id=worker_id,
             attempts=table.attempts + 1,
             lease_expires_at=now + timedelta(seconds=lease_seconds),
-            **(values or {}),
+            **({stamp: now} if stamp else {}),
         )
         .returning(table.id, *returning)
     )
-    return sorted(session.execute(statement).all(), key=lambda row: int(row[0]))
+    with sessions.begin() as session:
+        return sorted(session.execute(statement).all(), key=lambda row: int(row[0]))
 
 
 def renew(

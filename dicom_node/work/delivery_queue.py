@@ -208,26 +208,23 @@ def claim_batch(
     sqlalchemy.exc.SQLAlchemyError
         When the database fails; nothing is claimed then.
     """
-    now = utcnow()
-    with sessions.begin() as session:
-        rows = leases.claim_due(
-            session,
-            Delivery,
-            worker_id,
-            lease_seconds=lease_seconds,
-            limit=limit,
-            now=now,
-            where=[Delivery.peer_name == peer_name],
-            values={"updated_at": now},
-            returning=[
-                Delivery.peer_name,
-                Delivery.path,
-                Delivery.sop_instance_uid,
-                Delivery.sop_class_uid,
-                Delivery.attempts,
-                Delivery.permanent_failures,
-            ],
-        )
+    rows = leases.claim_due(
+        sessions,
+        Delivery,
+        worker_id,
+        lease_seconds=lease_seconds,
+        limit=limit,
+        where=[Delivery.peer_name == peer_name],
+        stamp="updated_at",
+        returning=[
+            Delivery.peer_name,
+            Delivery.path,
+            Delivery.sop_instance_uid,
+            Delivery.sop_class_uid,
+            Delivery.attempts,
+            Delivery.permanent_failures,
+        ],
+    )
     return [ClaimedDelivery(**row._asdict(), worker_id=worker_id) for row in rows]
 
 

@@ -50,19 +50,12 @@ def claim_job(
     sqlalchemy.exc.SQLAlchemyError
         When the database fails; nothing is claimed then.
     """
-    now = utcnow()
-    with sessions.begin() as session:
-        claimed = leases.claim_due(
-            session,
-            Job,
-            worker_id,
-            lease_seconds=lease_seconds,
-            limit=1,
-            now=now,
-            values={"started_at": now, "finished_at": None},
-        )
-        if not claimed:
-            return None
+    claimed = leases.claim_due(
+        sessions, Job, worker_id, lease_seconds=lease_seconds, limit=1, stamp="started_at"
+    )
+    if not claimed:
+        return None
+    with sessions() as session:  # the job is ours now: read it outside the claim
         job = session.get_one(Job, claimed[0].id)
         study = session.get_one(Study, job.study_id)
         return ClaimedJob(
