@@ -67,6 +67,7 @@ class GuardedSocket(AssociationSocket):
     pdu_seconds: float
 
     def recv(self, nr_bytes: int) -> bytearray:
+        """Read ``nr_bytes`` whole within the time allowed, or drop the association."""
         if nr_bytes > self.pdu_limit:
             return self._drop(
                 f"PDU of {nr_bytes} bytes, more than the {self.pdu_limit} negotiated",
@@ -122,9 +123,11 @@ class PrefetchedSocket(GuardedSocket):
 
     @property
     def ready(self) -> bool:
-        return True  # the request is here, whatever the socket says
+        """Always True: the prefetched request is waiting, whatever the socket says."""
+        return True
 
     def recv(self, nr_bytes: int) -> bytearray:
+        """Serve the prefetched bytes first, then read as a :class:`GuardedSocket`."""
         data, self.prefetched = self.prefetched[:nr_bytes], self.prefetched[nr_bytes:]
         if not self.prefetched:
             self.__class__ = GuardedSocket  # type: ignore[assignment]

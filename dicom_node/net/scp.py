@@ -254,6 +254,7 @@ class ListenerRequestHandler(RequestHandler):
     unfinished transfers and gives back the connection's slot at once."""
 
     def handle(self) -> None:
+        """Admit the connection through the gate, then run its association to the end."""
         server = cast(ListenerServer, self.server)
         host = str(self.client_address[0])
         try:
@@ -298,6 +299,7 @@ class ListenerServer(ThreadedAssociationServer):
     slots: ConnectionSlots
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
+        """Refuse an address off the allow-list, or past its connection slots (logged)."""
         host = str(client_address[0])
         if self.allowed_networks and not any(
             ip_address(host) in network for network in self.allowed_networks
@@ -311,6 +313,7 @@ class ListenerServer(ThreadedAssociationServer):
         return True
 
     def process_request(self, request: Any, client_address: Any) -> None:
+        """Start the connection's thread; give its slot back if none could start."""
         try:
             super().process_request(request, client_address)
         except BaseException:  # no thread started: nothing else gives the slot back
@@ -318,6 +321,7 @@ class ListenerServer(ThreadedAssociationServer):
             raise
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        """Accept a connection with low-latency socket options; nothing else on this thread."""
         assert self.socket is not None
         client, address = self.socket.accept()
         set_low_latency(client)
