@@ -58,6 +58,8 @@ class TlsSection(_Section):
 
 
 class NodeSection(_Section):
+    """``[node]``: who and where the listener is, storage, database, limits, logging."""
+
     ae_title: AETitle = "AINODE"
     host: str = "0.0.0.0"
     port: Port = 11112
@@ -84,6 +86,8 @@ class NodeSection(_Section):
 
 
 class SecuritySection(_Section):
+    """``[security]``: who may associate (AE titles, addresses) and the listener's TLS."""
+
     allowed_calling_aets: list[Annotated[AETitle, AfterValidator(_ae_title)]] = []
     allowed_hosts: list[str] = []
     check_called_aet: bool = True
@@ -101,6 +105,8 @@ class SecuritySection(_Section):
 
 
 class PeerConfig(_Section):
+    """One ``[[peers]]`` entry: a DICOM peer results go to, or counts come from."""
+
     name: str = Field(min_length=1)
     ae_title: AETitle
     host: str
@@ -112,6 +118,8 @@ class PeerConfig(_Section):
 
 
 class CompletionSection(_Section):
+    """``[completion]``: when a study counts as complete (quiet timer, C-FIND counts)."""
+
     stable_seconds: float = Field(default=30.0, ge=0)
     query_peer: str | None = None
     min_seconds: float = Field(default=5.0, ge=0)
@@ -128,6 +136,8 @@ class CompletionSection(_Section):
 
 
 class ModelConfig(_Section):
+    """One ``[[models]]`` entry: a model package and the backend and device to run it on."""
+
     name: str = Field(min_length=1)
     path: Path
     backend: Literal["auto", "tensorrt", "onnxruntime", "torch"] = "auto"
@@ -135,6 +145,8 @@ class ModelConfig(_Section):
 
 
 class RegexMatch(_Section):
+    """A route condition ``{regex = "..."}``: the value must contain a match."""
+
     regex: str
 
     @field_validator("regex")
@@ -148,6 +160,8 @@ class RegexMatch(_Section):
 
 
 class RangeMatch(_Section):
+    """A route condition ``{min = .., max = ..}``: a closed numeric range."""
+
     min: float | None = None
     max: float | None = None
 
@@ -208,9 +222,12 @@ class RouteConfig(_Section):
 
 
 class WorkerSection(_Section):
+    """``[worker]``: inference threads, retries with capped backoff, leases, ONNX threads."""
+
     count: int = Field(default=1, ge=0)
     max_attempts: int = Field(default=3, ge=1)
     retry_backoff_seconds: float = Field(default=30.0, ge=0)
+    retry_backoff_max_seconds: float = Field(default=1800.0, ge=0)
     poll_seconds: float = Field(default=1.0, gt=0)
     intra_op_threads: int = Field(default=0, ge=0)
     inter_op_threads: int = Field(default=0, ge=0)
@@ -218,6 +235,8 @@ class WorkerSection(_Section):
 
 
 class DeliverySection(_Section):
+    """``[delivery]``: retries with capped backoff, timeouts, batches, commitment wait."""
+
     max_attempts: int = Field(default=12, ge=1)
     backoff_initial_seconds: float = Field(default=10.0, ge=0)
     backoff_max_seconds: float = Field(default=600.0, ge=0)
@@ -227,13 +246,26 @@ class DeliverySection(_Section):
     commitment_timeout_seconds: float = Field(default=3600.0, gt=0)
 
 
+class ResultsSection(_Section):
+    """How result objects are labelled and encoded (`sr_writer.build_results`)."""
+
+    manufacturer: str | None = Field(default=None, min_length=1, max_length=64)
+    institution_name: str | None = Field(default=None, min_length=1, max_length=64)
+    segmentation: Literal["binary", "fractional"] = "binary"
+    parametric_maps: bool = False
+
+
 class RetentionSection(_Section):
+    """``[retention]``: how long spooled instances and results are kept."""
+
     keep_hours: float = Field(default=72.0, ge=0)
     delete_when_done: bool = False
     scan_interval_seconds: float = Field(default=300.0, gt=0)
 
 
 class MetricsSection(_Section):
+    """``[metrics]``: the Prometheus endpoint, off by default."""
+
     enabled: bool = False
     host: str = "127.0.0.1"
     port: Port = 9108
@@ -250,6 +282,7 @@ class NodeConfig(_Section):
     routes: list[RouteConfig] = []
     worker: WorkerSection = WorkerSection()
     delivery: DeliverySection = DeliverySection()
+    results: ResultsSection = ResultsSection()
     retention: RetentionSection = RetentionSection()
     metrics: MetricsSection = MetricsSection()
 

@@ -15,3 +15,12 @@ class ConfigError(DicomNodeError):
         self.problems = problems
         lines = "\n".join(f"  {key}: {message}" for key, message in problems)
         super().__init__(f"{path}: {len(problems)} problem(s)\n{lines}")
+
+
+class PeerError(DicomNodeError):
+    """A peer could not be reached, refused or dropped us, or did not answer; ``reason``
+    says which (`dicom_node.net.scu.AssociationError` adds the peer)."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        self.reason = reason
+        super().__init__(message)

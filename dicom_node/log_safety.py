@@ -48,6 +48,7 @@ class PersonNameWarningFilter(logging.Filter):
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
+        """Pass other records; lower the person-name warning to DEBUG, or drop it above."""
         if _PERSON_NAME_WARNING not in record.getMessage():
             return True
         if not logging.getLogger().isEnabledFor(logging.DEBUG):

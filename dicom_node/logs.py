@@ -28,6 +28,7 @@ class KeyValueFormatter(logging.Formatter):
     """
 
     def format(self, record: logging.LogRecord) -> str:
+        """The standard line, then the record's extra fields as escaped ``key=value`` pairs."""
         record.message = escape_control(record.getMessage())
         if self.usesTime():
             record.asctime = self.formatTime(record, self.datefmt)

@@ -10,6 +10,7 @@ _TRAIN_EXTRA = "export needs the train extra: pip install 'dicom-ai-node[train]'
 
 
 def add_parser(subparsers: Any) -> None:
+    """Register ``export`` and its options."""
     parser = subparsers.add_parser(
         "export",
         help="export a fine-tuning run as a model package (ONNX + model.toml), parity-checked",
@@ -45,6 +46,7 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Export and parity-check the package; 0 when written, 1 when export fails, 2 without torch."""
     try:
         from inference.finetune import ExportError, export_package
     except ImportError as exc:

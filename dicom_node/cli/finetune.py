@@ -15,6 +15,7 @@ _TRAIN_EXTRA = "fine-tuning needs the train extra: pip install 'dicom-ai-node[tr
 
 
 def add_parser(subparsers: Any) -> None:
+    """Register ``finetune`` and its options."""
     parser = subparsers.add_parser(
         "finetune",
         help="fine-tune a network on labelled DICOM with k-fold validation and a report",
@@ -52,6 +53,7 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Train (and export when asked); 0 when done, 1 when training fails, 2 without torch."""
     try:
         from inference.finetune import (
             ExportError,

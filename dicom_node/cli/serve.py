@@ -11,9 +11,9 @@ from typing import Any
 from dicom_node.config import load_config
 from dicom_node.errors import ConfigError
 from dicom_node.logs import configure_logging
-from dicom_node.package_check import model_package_problems
-from dicom_node.scp import tls_problems
+from dicom_node.net.scp import tls_problems
 from dicom_node.service import ROLES, Service
+from dicom_node.work.package_check import model_package_problems
 
 logger = logging.getLogger(__name__)
 
@@ -21,6 +21,7 @@ PRIVATE_UMASK = 0o027
 
 
 def add_parser(subparsers: Any) -> None:
+    """Register ``serve`` and its options."""
     parser = subparsers.add_parser(
         "serve", help="run the listener, scheduler and workers until SIGTERM"
     )
@@ -35,6 +36,7 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Check the config and the model packages, then serve until SIGTERM; the exit status."""
     try:
         config = load_config(args.config)
     except ConfigError as exc:

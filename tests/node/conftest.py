@@ -23,8 +23,8 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.config import NodeConfig, PeerConfig, load_config, parse_config
-from dicom_node.db import create_db_engine, session_factory
-from dicom_node.scu import LocalAE
+from dicom_node.db.sessions import create_db_engine, session_factory
+from dicom_node.net.scu import LocalAE
 from dicom_node.service import Service
 from tests.conftest import REPO_ROOT, get_free_port
 from tests.peers import stop_process, wait_for_port

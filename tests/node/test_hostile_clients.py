@@ -15,7 +15,7 @@ import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
 
-from dicom_node.scu import AssociationError, LocalAE, echo
+from dicom_node.net.scu import AssociationError, LocalAE, echo
 from tests.node.conftest import (
     SENDER,
     SENDER_AET,

@@ -17,12 +17,12 @@ from pydicom.uid import ExplicitVRLittleEndian, HTJ2KLossless, generate_uid
 from pynetdicom.dsutils import split_dataset
 from sqlalchemy import func, select
 
-from dicom_node import scp as scp_module
-from dicom_node import spool as spool_module
-from dicom_node.completion import CompletionScanner
-from dicom_node.headers import read_headers
-from dicom_node.schema import Instance, Series, Study, StudyState
-from dicom_node.scu import AssociationError, LocalAE, echo, send_files
+from dicom_node.db.schema import Instance, Series, Study, StudyState
+from dicom_node.intake import spool as spool_module
+from dicom_node.intake.completion import CompletionScanner
+from dicom_node.intake.headers import read_headers
+from dicom_node.net import scp as scp_module
+from dicom_node.net.scu import AssociationError, LocalAE, echo, send_files
 from tests.node.conftest import SENDER, RunningNode, rows, scalar, wait_for, write_series
 
 StartNode = Callable[..., RunningNode]
@@ -57,9 +57,9 @@ def test_store_writes_raw_bytes_and_indexes_them(start_node: StartNode) -> None:
     assert instance.calling_ae_title == SENDER.ae_title
     [series] = rows(node.sessions, select(Series))
     assert series.modality == "CT"
-    assert series.headers["Modality"] == "CT"
-    assert series.headers["SliceThickness"] == str(ds.SliceThickness)
-    assert series.headers["ImageType"] == "\\".join(ds.ImageType)
+    assert series.routing_fields["Modality"] == "CT"
+    assert series.routing_fields["SliceThickness"] == str(ds.SliceThickness)
+    assert series.routing_fields["ImageType"] == "\\".join(ds.ImageType)
     [study] = rows(node.sessions, select(Study))
     assert (study.state, study.instance_count, study.generation) == (StudyState.RECEIVING, 1, 0)
     assert study.patient_id == ds.PatientID
@@ -271,7 +271,7 @@ def test_only_a_series_first_instance_gets_its_routing_fields_parsed(
     assert all(r.ok for r in send_files(SENDER, node.peer, paths))
     assert len(full_reads) == 1
     [series] = rows(node.sessions, select(Series))
-    assert series.headers["Rows"] == "128" and series.headers["Modality"] == "CT"
+    assert series.routing_fields["Rows"] == "128" and series.routing_fields["Modality"] == "CT"
     numbers = sorted(i.instance_number for i in rows(node.sessions, select(Instance)))
     assert numbers == [1, 2, 3] and series.instance_count == 3
 

@@ -18,13 +18,13 @@ from pydicom.data import get_testdata_file
 
 from dicom_node.log_safety import PerClientThrottle, escape_control
 from dicom_node.logs import configure_logging
-from dicom_node.scu import send_files
+from dicom_node.net.scu import send_files
 from tests.node.conftest import SENDER, NodeProcess
 from tests.node.raw_peer import ASSOCIATE_RJ, associate_rq, connect, read_pdu
 
 SpawnNode = Callable[..., NodeProcess]
 # What a forged line would start with, and what every real one starts with.
-FORGED = "2026-01-01 00:00:00,000 INFO dicom_node.scp forged"
+FORGED = "2026-01-01 00:00:00,000 INFO dicom_node.net.scp forged"
 LOG_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) ")
 
 

@@ -19,7 +19,7 @@ from pydicom.data import get_testdata_file
 from pynetdicom import AE
 
 from dicom_node.config import TlsSection
-from dicom_node.scu import VERIFICATION, AssociationError, LocalAE, echo, send_files
+from dicom_node.net.scu import VERIFICATION, AssociationError, LocalAE, echo, send_files
 from tests.node.conftest import SENDER_AET, RunningNode, wait_for
 from tests.node.raw_peer import closed_by_node, connect
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from pynetdicom import AE, dimse_messages
 
-from dicom_node.spool import Spool
-from dicom_node.transfer_space import TransferSpace
+from dicom_node.intake.spool import Spool
+from dicom_node.net.transfer_space import TransferSpace
 from tests.node.conftest import SENDER, RunningNode, large_ct
 
 

@@ -1,19 +1,8 @@
 """The job queue in the database: claim, lease, finish, retry, reclaim, requeue.
 
-A worker claims the oldest due job with one guarded statement::
-
-    UPDATE jobs SET state='running', worker_id=:me, attempts=attempts+1, ...
-     WHERE id = (SELECT id FROM jobs WHERE state='queued' AND not_before <= :now
-                 ORDER BY not_before, id LIMIT 1 FOR UPDATE SKIP LOCKED)
-       AND state = 'queued'
-    RETURNING id
-
-On PostgreSQL the sub-select's ``FOR UPDATE SKIP LOCKED`` lets many workers on many
-machines claim different jobs without waiting on each other; on SQLite (which renders
-no ``FOR UPDATE``) the single statement is atomic under the database write lock. Every
-later change to a running job is guarded by ``worker_id`` and ``state``, so that a
-worker whose lease was taken over (it stalled, or was presumed dead) can never
-overwrite the new owner's work.
+A worker claims the oldest due job, owns it under a lease it renews while it runs, and
+ends it (done, skipped), queues it again after a backoff, or fails it: the claim,
+lease and backoff rules are the ones deliveries follow too (`dicom_node.db.leases`).
 """
 
 from __future__ import annotations
@@ -22,12 +11,12 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, func, select, update
+from sqlalchemy import ColumnElement, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from dicom_node.db import leases
+from dicom_node.db.schema import Job, Study, WorkState, utcnow
 from dicom_node.metrics import JOBS_FINISHED
-from dicom_node.ownership import owner_is_gone
-from dicom_node.schema import Job, Study, WorkState, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -61,32 +50,13 @@ def claim_job(
     sqlalchemy.exc.SQLAlchemyError
         When the database fails; nothing is claimed then.
     """
-    now = utcnow()
-    due = (
-        select(Job.id)
-        .where(Job.state == WorkState.QUEUED, Job.not_before <= now)
-        .order_by(Job.not_before, Job.id)
-        .limit(1)
-        .with_for_update(skip_locked=True)
-        .scalar_subquery()
+    claimed = leases.claim_due(
+        sessions, Job, worker_id, lease_seconds=lease_seconds, limit=1, stamp="started_at"
     )
-    with sessions.begin() as session:
-        job_id = session.execute(
-            update(Job)
-            .where(Job.id == due, Job.state == WorkState.QUEUED)
-            .values(
-                state=WorkState.RUNNING,
-                worker_id=worker_id,
-                attempts=Job.attempts + 1,
-                started_at=now,
-                finished_at=None,
-                lease_expires_at=now + timedelta(seconds=lease_seconds),
-            )
-            .returning(Job.id)
-        ).scalar_one_or_none()
-        if job_id is None:
-            return None
-        job = session.get_one(Job, job_id)
+    if not claimed:
+        return None
+    with sessions() as session:  # the job is ours now: read it outside the claim
+        job = session.get_one(Job, claimed[0].id)
         study = session.get_one(Study, job.study_id)
         return ClaimedJob(
             id=job.id,
@@ -105,7 +75,7 @@ def claim_job(
 
 def owned(job: ClaimedJob) -> list[ColumnElement[bool]]:
     """The WHERE clauses that hold only while ``job`` is still this worker's."""
-    return [Job.id == job.id, Job.worker_id == job.worker_id, Job.state == WorkState.RUNNING]
+    return leases.owned_by(Job, job.worker_id, job.id)
 
 
 def renew_lease(sessions: sessionmaker[Session], job: ClaimedJob, lease_seconds: float) -> bool:
@@ -117,12 +87,7 @@ def renew_lease(sessions: sessionmaker[Session], job: ClaimedJob, lease_seconds:
         When the database fails.
     """
     with sessions.begin() as session:
-        result = session.execute(
-            update(Job)
-            .where(*owned(job))
-            .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
-        )
-        return bool(result.rowcount)  # type: ignore[attr-defined]
+        return bool(leases.renew(session, Job, lease_seconds, owned(job)))
 
 
 def end_job(
@@ -137,6 +102,7 @@ def end_job(
 
     The caller adds the job's deliveries in the same transaction when ``state`` is DONE,
     so that results are recorded exactly when the job is.
+
     Raises
     ------
     sqlalchemy.exc.SQLAlchemyError
@@ -164,12 +130,14 @@ def retry_or_fail(
     *,
     max_attempts: int,
     backoff_seconds: float,
+    backoff_max_seconds: float,
     permanent: bool = False,
 ) -> WorkState:
     """After a failed attempt: queue again with backoff, or fail with ``error`` kept.
 
-    The backoff doubles per attempt (``backoff_seconds * 2**(attempts-1)``). A
-    ``permanent`` error (a broken model package) fails at once: retrying cannot help.
+    The backoff doubles per attempt (``backoff_seconds * 2**(attempts-1)``), up to
+    ``backoff_max_seconds``. A ``permanent`` error (a broken model package) fails at
+    once: retrying cannot help.
 
     Raises
     ------
@@ -181,13 +149,13 @@ def retry_or_fail(
         if not again:
             end_job(session, job, WorkState.FAILED, error=error)
             return WorkState.FAILED
-        delay = backoff_seconds * 2 ** (job.attempts - 1)
+        delay = leases.backoff_seconds(job.attempts, backoff_seconds, backoff_max_seconds)
         session.execute(
             update(Job)
             .where(*owned(job))
             .values(
                 state=WorkState.QUEUED,
-                not_before=utcnow() + timedelta(seconds=delay),
+                next_attempt_at=utcnow() + timedelta(seconds=delay),
                 worker_id=None,
                 lease_expires_at=None,
                 error=error,
@@ -197,48 +165,24 @@ def retry_or_fail(
 
 
 def reclaim_abandoned(sessions: sessionmaker[Session]) -> int:
-    """Requeue running jobs whose owner died: lease expired, or owner gone from this host.
-
-    Safe with many processes: each requeue is guarded by the owner id seen, so a job
-    renewed or finished meanwhile is left alone. The attempt that died counts.
+    """Requeue running jobs whose owner died: lease expired, or owner gone from this host
+    (`dicom_node.db.leases.reclaim_abandoned`); how many. The attempt that died counts.
 
     Raises
     ------
     sqlalchemy.exc.SQLAlchemyError
         When the database fails.
     """
-    now = utcnow()
-    with sessions() as session:
-        running = session.execute(
-            select(Job.id, Job.worker_id, Job.lease_expires_at).where(
-                Job.state == WorkState.RUNNING
-            )
-        ).all()
-    reclaimed = 0
-    for job_id, owner, lease in running:
-        expired = lease is None or lease <= now
-        if not expired and not owner_is_gone(owner):
-            continue
-        with sessions.begin() as session:
-            result = session.execute(
-                update(Job)
-                .where(
-                    Job.id == job_id,
-                    Job.state == WorkState.RUNNING,
-                    Job.worker_id == owner if owner is not None else Job.worker_id.is_(None),
-                )
-                .values(
-                    state=WorkState.QUEUED,
-                    worker_id=None,
-                    lease_expires_at=None,
-                    not_before=now,
-                    error=f"requeued: worker {owner} stopped while running it",
-                )
-            )
-        if result.rowcount:  # type: ignore[attr-defined]
-            reclaimed += 1
+
+    def requeued(owner: str | None) -> dict[str, object]:
+        error = f"requeued: worker {owner} stopped while running it"
+        return {"next_attempt_at": utcnow(), "error": error}
+
+    reclaimed = leases.reclaim_abandoned(sessions, Job, requeued)
+    for owner, ids in reclaimed.items():
+        for job_id in ids:
             logger.warning("job requeued", extra={"job_id": job_id, "dead_worker": owner})
-    return reclaimed
+    return sum(len(ids) for ids in reclaimed.values())
 
 
 def requeue_jobs(
@@ -269,27 +213,6 @@ def requeue_jobs(
             condition = Job.id == job_id
         else:
             condition = Job.state == WorkState.FAILED
-        ids = list(
-            session.scalars(
-                update(Job)
-                .where(condition)
-                .values(
-                    state=WorkState.QUEUED,
-                    attempts=0,
-                    not_before=utcnow(),
-                    worker_id=None,
-                    lease_expires_at=None,
-                    finished_at=None,
-                    error=None,
-                )
-                .returning(Job.id)
-            )
-        )
+        ids = leases.requeue(session, Job, condition, {"finished_at": None})
     logger.info("jobs requeued", extra={"count": len(ids)})
-    return sorted(ids)
-
-
-def counts_by_state(session: Session) -> dict[str, int]:
-    """How many jobs are in each state (states with none are left out)."""
-    rows = session.execute(select(Job.state, func.count()).group_by(Job.state))
-    return {str(state): count for state, count in rows}
+    return ids

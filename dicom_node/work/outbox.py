@@ -1,23 +1,24 @@
 """The outbox: result objects on disk until every destination has them.
 
 Results of job ``N`` live under ``storage_dir/outbox/N/<SOP Instance UID>.dcm``. Each
-file is written to a temp name, fsynced and renamed, and its folder fsynced, before the
-job and its deliveries are committed, so that a delivery row never points at a file
-that a crash could have left half-written. A retried job rewrites the same names.
+file is written with `inference.atomic_write` (temp name, fsync, rename), and its folder
+fsynced, before the job and its deliveries are committed, so that a delivery row never
+points at a file that a crash could have left half-written. A retried job rewrites the
+same names.
 """
 
 from __future__ import annotations
 
-import os
+import functools
 import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from pydicom import Dataset
 
-from dicom_node.spool import fsync_dir
+from inference import atomic_write, fsync_dir
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,10 @@ class OutboxFile:
     path: Path
     sop_instance_uid: str
     sop_class_uid: str
+
+
+def _save(dataset: Dataset, handle: BinaryIO) -> None:
+    dataset.save_as(handle, enforce_file_format=True)
 
 
 class Outbox:
@@ -65,16 +70,7 @@ class Outbox:
             if not sop_uid or not sop_class:
                 raise ValueError(f"result for job {job_id} lacks SOPInstanceUID or SOPClassUID")
             path = folder / f"{sop_uid}.dcm"
-            fd, temp = tempfile.mkstemp(dir=folder, prefix=".", suffix=".part")
-            try:
-                with os.fdopen(fd, "wb") as handle:
-                    dataset.save_as(handle, enforce_file_format=True)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                os.replace(temp, path)
-            except BaseException:
-                Path(temp).unlink(missing_ok=True)
-                raise
+            atomic_write(path, functools.partial(_save, dataset), sync_dir=False)
             written.append(OutboxFile(path, sop_uid, sop_class))
         fsync_dir(folder)
         return written

@@ -9,8 +9,9 @@ drops its results instead of committing over the new owner.
 
 Outcomes: a series the model cannot take (``UnsupportedSeriesError``) skips the job
 with the reason; a broken package, a missing backend or results that cannot be built
-fail it at once (retrying cannot help); anything else is retried with backoff up to
-``worker.max_attempts``, then failed with the error kept.
+fail it at once (retrying cannot help); anything else is retried with backoff
+(``worker.retry_backoff_seconds``, doubling, at most ``retry_backoff_max_seconds``) up
+to ``worker.max_attempts``, then failed with the error kept.
 """
 
 from __future__ import annotations
@@ -29,16 +30,17 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.config import NodeConfig
-from dicom_node.delivery_queue import ResultObject, queue_deliveries
-from dicom_node.jobs import ClaimedJob, claim_job, end_job, renew_lease, retry_or_fail
+from dicom_node.db.ownership import owner_id
+from dicom_node.db.schema import Instance, Series, WorkState, utcnow
 from dicom_node.metrics import INFERENCE_SECONDS
-from dicom_node.model_cache import ModelCache
-from dicom_node.outbox import Outbox
-from dicom_node.ownership import owner_id
-from dicom_node.schema import Instance, Series, WorkState, utcnow
+from dicom_node.work.delivery_queue import queue_deliveries
+from dicom_node.work.jobs import ClaimedJob, claim_job, end_job, renew_lease, retry_or_fail
+from dicom_node.work.model_cache import ModelCache
+from dicom_node.work.outbox import Outbox, OutboxFile
 from inference import (
     BackendUnavailableError,
     ModelPackageError,
+    Prediction,
     UnsupportedSeriesError,
 )
 from sr_writer import ResultBuildError, build_results
@@ -69,6 +71,7 @@ class Timings:
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
+        """Add the seconds the ``with`` block takes to phase ``name``."""
         start = time.perf_counter()
         try:
             yield
@@ -185,12 +188,12 @@ class Worker:
         settings = self.config.worker
         timings = Timings({"queue_wait": round((utcnow() - job.created_at).total_seconds(), 4)})
         try:
-            objects, problems = self._process(job, timings, lambda: lease.lost)
+            files, problems = self._process(job, timings, lambda: lease.lost)
             with timings.phase("commit"), self.sessions.begin() as session:
                 note = "; ".join(problems) or None
                 if not end_job(session, job, WorkState.DONE, error=note, timings=timings.phases):
                     raise LeaseLost()
-                queue_deliveries(session, job.id, objects, job.destinations)
+                queue_deliveries(session, job.id, files, job.destinations)
         except LeaseLost:
             logger.warning("job taken over by another worker; results dropped", extra=log)
             return
@@ -207,6 +210,7 @@ class Worker:
                 error,
                 max_attempts=settings.max_attempts,
                 backoff_seconds=settings.retry_backoff_seconds,
+                backoff_max_seconds=settings.retry_backoff_max_seconds,
                 permanent=isinstance(exc, PERMANENT_ERRORS),
             )
             logger.error(f"job attempt failed ({state})", extra={**log, "error": error})
@@ -215,14 +219,27 @@ class Worker:
             "job done",
             extra={
                 **log,
-                "results": len(objects),
+                "results": len(files),
                 **{f"t_{k}": v for k, v in timings.phases.items()},
             },
         )
 
+    def _build_results(self, prediction: Prediction, datasets: list[Dataset]) -> list[Dataset]:
+        """The SR, SEG and heatmap objects of one series, as ``[results]`` asks."""
+        settings = self.config.results
+        return build_results(
+            prediction,
+            datasets,
+            device_name=self.config.node.ae_title,
+            manufacturer=settings.manufacturer,
+            institution_name=settings.institution_name,
+            segmentation_kind=settings.segmentation,
+            parametric_map=settings.parametric_maps,
+        )
+
     def _process(
         self, job: ClaimedJob, timings: Timings, lost: Callable[[], bool]
-    ) -> tuple[list[ResultObject], list[str]]:
+    ) -> tuple[list[OutboxFile], list[str]]:
         with timings.phase("model_load"):
             model = self.models.get(job.model_name)
         results: list[Dataset] = []
@@ -236,7 +253,9 @@ class Worker:
             try:
                 with timings.phase("predict"):
                     start = time.perf_counter()
-                    prediction = model.predict(datasets)
+                    # A fractional SEG writes the model's probabilities: keep them.
+                    fractional = self.config.results.segmentation == "fractional"
+                    prediction = model.predict(datasets, keep_probabilities=fractional)
                     INFERENCE_SECONDS.labels(model=job.model_name).observe(
                         time.perf_counter() - start
                     )
@@ -246,14 +265,11 @@ class Worker:
             if prediction.skipped:
                 problems.append(f"series {series_uid}: skipped " + "; ".join(prediction.skipped))
             with timings.phase("results"):
-                results.extend(
-                    build_results(prediction, datasets, device_name=self.config.node.ae_title)
-                )
+                results.extend(self._build_results(prediction, datasets))
             if lost():
                 raise LeaseLost()
         if not results:
             raise JobSkipped("; ".join(problems) or "no series to run")
         with timings.phase("outbox"):
             files = self.outbox.write(job.id, results)
-        objects = [ResultObject(str(f.path), f.sop_instance_uid, f.sop_class_uid) for f in files]
-        return objects, problems
+        return files, problems

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from dicom_node.config import NodeConfig
-from dicom_node.schema import Delivery, Job, WorkState, utcnow
+from dicom_node.db.leases import counts_by_state
+from dicom_node.db.schema import Delivery, Job, WorkState, utcnow
 
 RECENT_FAILURES = 10
 JOB_STATES = [s for s in WorkState if s is not WorkState.WAITING_COMMITMENT]
@@ -21,7 +22,7 @@ JOB_STATES = [s for s in WorkState if s is not WorkState.WAITING_COMMITMENT]
 
 def jobs_section(session: Session, config: NodeConfig) -> dict[str, Any]:
     """Jobs by state, and how long the oldest queued job has waited (seconds)."""
-    counts = dict(list(session.execute(select(Job.state, func.count()).group_by(Job.state))))
+    counts = counts_by_state(session, Job)
     oldest = session.scalar(
         select(Job.created_at)
         .where(Job.state == WorkState.QUEUED)
@@ -37,9 +38,7 @@ def jobs_section(session: Session, config: NodeConfig) -> dict[str, Any]:
 
 def deliveries_section(session: Session, config: NodeConfig) -> dict[str, Any]:
     """Deliveries by state."""
-    counts = dict(
-        list(session.execute(select(Delivery.state, func.count()).group_by(Delivery.state)))
-    )
+    counts = counts_by_state(session, Delivery)
     return {state.value: int(counts.get(state, 0)) for state in WorkState}
 
 

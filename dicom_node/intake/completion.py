@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
@@ -30,11 +30,21 @@ from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.config import CompletionSection
-from dicom_node.schema import Series, Study, StudyState, utcnow
-from dicom_node.scu import AssociationError, StudyCounts
+from dicom_node.db.schema import Series, Study, StudyState, utcnow
+from dicom_node.errors import PeerError
 
 logger = logging.getLogger(__name__)
 
+
+@dataclass(frozen=True)
+class StudyCounts:
+    """What a peer says it holds of a study: instances in all, and per series UID."""
+
+    instances: int | None
+    series: dict[str, int] = field(default_factory=dict)
+
+
+# counts(study_uids) -> {uid: StudyCounts}; raises PeerError when the peer cannot answer.
 CountSource = Callable[[Sequence[str]], dict[str, StudyCounts]]
 
 
@@ -55,6 +65,14 @@ class _Receiving:
     quiet: float
 
 
+@dataclass(frozen=True)
+class _Evidence:
+    """What the query peer's counts say about one study."""
+
+    expected: int  # instances the peer holds of the study
+    series_complete: bool  # we hold at least the peer's count of each of its series
+
+
 def _seconds(value: float) -> str:
     return f"{value:g} s"
 
@@ -71,7 +89,7 @@ class CompletionScanner:
     counts
         ``counts(study_uids) -> {uid: StudyCounts}``, usually
         ``functools.partial(scu.find_study_counts, local, peer)``; None for the quiet
-        timer only. It may raise :class:`~dicom_node.scu.AssociationError`.
+        timer only. It may raise :class:`~dicom_node.errors.PeerError`.
     clock
         Current UTC time (tests pass a fake one).
     """
@@ -112,13 +130,14 @@ class CompletionScanner:
         decisions: list[Decision] = []
         evidence = self._evidence(studies)
         for study in studies:
-            reason = self._reason(study, evidence)
+            reason = self._reason(study, evidence.get(study.uid))
             if reason is not None and self._complete(study, reason, now):
                 decisions.append(Decision(study.uid, reason))
         return decisions
 
-    def _evidence(self, studies: list[_Receiving]) -> dict[str, tuple[StudyCounts, dict[str, int]]]:
-        """Peer counts and our own per-series counts, for studies quiet for min_seconds."""
+    def _evidence(self, studies: list[_Receiving]) -> dict[str, _Evidence]:
+        """The peer's counts against ours, for studies quiet for min_seconds; the expected
+        instance counts are kept on the studies (``status`` shows them)."""
         if self.counts is None:
             return {}
         asked = [s for s in studies if s.quiet >= self.settings.min_seconds]
@@ -126,13 +145,14 @@ class CompletionScanner:
             return {}
         try:
             theirs = self.counts([s.uid for s in asked])
-        except AssociationError as exc:
+        except PeerError as exc:
             logger.warning("completion: no counts from the query peer", extra={"error": exc.reason})
             return {}
         evidence = {}
-        with self.sessions() as session:
+        with self.sessions.begin() as session:
             for study in asked:
-                if study.uid not in theirs:
+                counts = theirs.get(study.uid)
+                if counts is None:
                     continue
                 rows = session.execute(
                     select(Series.series_instance_uid, Series.instance_count).where(
@@ -140,22 +160,29 @@ class CompletionScanner:
                     )
                 )
                 ours = {uid: count for uid, count in rows}
-                evidence[study.uid] = (theirs[study.uid], ours)
+                expected = (
+                    counts.instances
+                    if counts.instances is not None
+                    else sum(counts.series.values())
+                )
+                complete = all(ours.get(uid, 0) >= n for uid, n in counts.series.items())
+                evidence[study.uid] = _Evidence(expected, complete)
+                session.execute(
+                    update(Study)
+                    .where(Study.id == study.id, Study.state == StudyState.RECEIVING)
+                    .values(expected_instances=expected)
+                )
         return evidence
 
-    def _reason(
-        self, study: _Receiving, evidence: dict[str, tuple[StudyCounts, dict[str, int]]]
-    ) -> str | None:
+    def _reason(self, study: _Receiving, evidence: _Evidence | None) -> str | None:
+        """Why ``study`` is complete now, or None while it is not."""
         settings = self.settings
-        if study.uid not in evidence:
+        if evidence is None:
             if study.quiet >= settings.stable_seconds:
                 return f"quiet for {_seconds(settings.stable_seconds)}"
             return None
-        theirs, ours = evidence[study.uid]
-        expected = theirs.instances if theirs.instances is not None else sum(theirs.series.values())
-        series_ok = all(ours.get(uid, 0) >= n for uid, n in theirs.series.items())
-        self._note_expected(study.id, expected)
-        if study.instances >= expected and series_ok:
+        expected = evidence.expected
+        if study.instances >= expected and evidence.series_complete:
             return f"C-FIND counts match {study.instances}/{expected}"
         if study.quiet >= settings.max_seconds:
             waited = _seconds(settings.max_seconds)
@@ -165,14 +192,6 @@ class CompletionScanner:
             extra={"study_uid": study.uid, "have": study.instances, "expected": expected},
         )
         return None
-
-    def _note_expected(self, study_id: int, expected: int) -> None:
-        with self.sessions.begin() as session:
-            session.execute(
-                update(Study)
-                .where(Study.id == study_id, Study.state == StudyState.RECEIVING)
-                .values(expected_instances=expected)
-            )
 
     def _complete(self, study: _Receiving, reason: str, now: datetime) -> bool:
         with self.sessions.begin() as session:

@@ -26,7 +26,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from dicom_node.association_request import (
+from dicom_node.config import NodeConfig
+from dicom_node.log_safety import PerClientThrottle
+from dicom_node.net.association_request import (
     CALLED_AE_NOT_RECOGNISED,
     CALLING_AE_NOT_ALLOWED,
     FIXED_FIELDS_BYTES,
@@ -42,9 +44,7 @@ from dicom_node.association_request import (
     read_request_start,
     reject_pdu,
 )
-from dicom_node.config import NodeConfig
-from dicom_node.log_safety import PerClientThrottle
-from dicom_node.pdu_guard import bound_waits
+from dicom_node.net.pdu_guard import bound_waits
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 The scheduler calls :func:`route_complete_studies` every scan. For each study that
 completion marked COMPLETE, the series facts (study and series rows, the stored
-``Series.headers``, the SOP classes and calling AE titles of the instances) are matched
+``Series.routing_fields``, the SOP classes and calling AE titles of the instances) are matched
 against every route, never by re-reading pixel files. Each model that some route picks
 gets one job per (study, generation) with the union of the series and destinations of
 the routes that named it; a study no route matches is marked SKIPPED with the reason.
@@ -24,10 +24,10 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.config import NodeConfig, RouteConfig
-from dicom_node.headers import SERIES_KEYWORDS, STUDY_KEYWORDS
+from dicom_node.db.schema import Instance, Job, Series, Study, StudyState, WorkState, utcnow
+from dicom_node.intake.headers import SERIES_KEYWORDS, STUDY_KEYWORDS
 from dicom_node.metrics import STUDIES_COMPLETED
-from dicom_node.route_match import Facts, route_matches, split_values
-from dicom_node.schema import Instance, Job, Series, Study, StudyState, WorkState, utcnow
+from dicom_node.work.route_match import Facts, route_matches, split_values
 
 logger = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ def unmatchable_conditions(config: NodeConfig) -> list[tuple[str, str]]:
 
 
 def study_facts(session: Session, study: Study) -> dict[str, Facts]:
-    """Facts per series UID, from the rows only (see `dicom_node.route_match`).
+    """Facts per series UID, from the rows only (see `dicom_node.work.route_match`).
     Raises
     ------
     sqlalchemy.exc.SQLAlchemyError
@@ -183,7 +183,7 @@ def study_facts(session: Session, study: Study) -> dict[str, Facts]:
                 "BodyPartExamined": split_values(series.body_part_examined),
             }
         )
-        for keyword, text in (series.headers or {}).items():
+        for keyword, text in (series.routing_fields or {}).items():
             values[keyword] = split_values(text)
         rows = session.execute(
             select(Instance.sop_class_uid, Instance.calling_ae_title)
@@ -242,7 +242,7 @@ def route_study(session: Session, config: NodeConfig, study_id: int, generation:
                 destinations=job_plan.destinations,
                 state=WorkState.SKIPPED if skipped else WorkState.QUEUED,
                 error=f"no destination: {problem}" if skipped else problem,
-                not_before=now,
+                next_attempt_at=now,
                 created_at=now,
             )
         )

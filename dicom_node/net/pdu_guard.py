@@ -10,7 +10,7 @@ returns part of a PDU. The kernel bounds every wait (``SO_RCVTIMEO``/``SO_SNDTIM
 no cost per read.
 
 :class:`PrefetchedSocket` first hands pynetdicom the A-ASSOCIATE-RQ that the listener
-already read (:mod:`dicom_node.association_request`), then becomes a GuardedSocket.
+already read (:mod:`dicom_node.net.association_request`), then becomes a GuardedSocket.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from typing import cast
 from pynetdicom.association import Association
 from pynetdicom.transport import AssociationSocket
 
-from dicom_node.association_request import abort_pdu
+from dicom_node.net.association_request import abort_pdu
+from dicom_node.net.pynetdicom_internals import close_socket, swap_socket_class
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ class GuardedSocket(AssociationSocket):
     pdu_seconds: float
 
     def recv(self, nr_bytes: int) -> bytearray:
+        """Read ``nr_bytes`` whole within the time allowed, or drop the association."""
         if nr_bytes > self.pdu_limit:
             return self._drop(
                 f"PDU of {nr_bytes} bytes, more than the {self.pdu_limit} negotiated",
@@ -109,7 +111,7 @@ class GuardedSocket(AssociationSocket):
             if answer:
                 with contextlib.suppress(OSError):
                     sock.sendall(answer)
-            self._shutdown_socket()
+            close_socket(self)
         return bytearray()
 
 
@@ -121,9 +123,11 @@ class PrefetchedSocket(GuardedSocket):
 
     @property
     def ready(self) -> bool:
-        return True  # the request is here, whatever the socket says
+        """Always True: the prefetched request is waiting, whatever the socket says."""
+        return True
 
     def recv(self, nr_bytes: int) -> bytearray:
+        """Serve the prefetched bytes first, then read as a :class:`GuardedSocket`."""
         data, self.prefetched = self.prefetched[:nr_bytes], self.prefetched[nr_bytes:]
         if not self.prefetched:
             self.__class__ = GuardedSocket  # type: ignore[assignment]
@@ -132,11 +136,7 @@ class PrefetchedSocket(GuardedSocket):
 
 def guard(assoc: Association, request: bytes, pdu_limit: int, pdu_seconds: float) -> None:
     """Make ``assoc``'s socket a :class:`PrefetchedSocket` serving ``request`` first."""
-    sock = assoc.dul.socket
-    if sock is None:
-        raise ValueError("the association has no socket")
-    sock.__class__ = PrefetchedSocket
-    prefetched = cast(PrefetchedSocket, sock)
+    prefetched = swap_socket_class(assoc, PrefetchedSocket)
     prefetched.prefetched = request
     prefetched.pdu_limit = pdu_limit
     prefetched.pdu_seconds = pdu_seconds

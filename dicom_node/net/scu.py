@@ -15,7 +15,7 @@ import re
 import ssl
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom import dcmread
@@ -23,12 +23,21 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_file_meta_info
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, _config, build_context
+from pynetdicom import AE, build_context
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
 
 from dicom_node.config import NodeConfig, PeerConfig, TlsSection
-from dicom_node.errors import DicomNodeError
+from dicom_node.errors import PeerError
+from dicom_node.intake.completion import StudyCounts
+from dicom_node.net.pynetdicom_internals import send_from_files
+from dicom_node.net.store_outcome import (
+    FailureKind,
+    Outcome,
+    StoreResult,
+    classify_status,
+    unanswered,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +49,7 @@ STUDY_ROOT_FIND = UID("1.2.840.10008.5.1.4.1.2.2.1")
 _PEER_SPEC = re.compile(r"^(?P<aet>[^@]{1,16})@(?P<host>[^:]+|\[[0-9a-fA-F:]+\]):(?P<port>\d+)$")
 
 
-class AssociationError(DicomNodeError):
+class AssociationError(PeerError):
     """No association with ``peer``: refused, rejected, aborted or timed out.
 
     ``no_context`` is True when the peer accepted none of the proposed presentation
@@ -49,10 +58,10 @@ class AssociationError(DicomNodeError):
 
     def __init__(self, peer: PeerConfig, reason: str, no_context: bool = False) -> None:
         self.peer = peer
-        self.reason = reason
         self.no_context = no_context
         super().__init__(
-            f"no association with {peer.name} ({peer.ae_title}@{peer.host}:{peer.port}): {reason}"
+            f"no association with {peer.name} ({peer.ae_title}@{peer.host}:{peer.port}): {reason}",
+            reason,
         )
 
 
@@ -66,6 +75,7 @@ class LocalAE:
 
     @classmethod
     def from_config(cls, config: NodeConfig) -> LocalAE:
+        """Our AE title, delivery timeout and TLS material from the node config."""
         return cls(config.node.ae_title, config.delivery.timeout_seconds, config.security.tls)
 
 
@@ -73,27 +83,28 @@ class LocalAE:
 class FileStatus:
     """The outcome of sending one file.
 
-    ``status`` is the peer's DIMSE status, or None when none came back (association
-    refused or dropped, timeout, file unreadable or no accepted context: see ``reason``).
+    ``status`` is the peer's DIMSE status, or None when none came back; ``failure`` then
+    says why (by default the network: association refused or dropped, timeout; or no
+    accepted context, or a file that is not DICOM) and ``reason`` says it in words.
     """
 
     path: Path
     sop_instance_uid: str | None
     status: int | None
     reason: str = ""
+    failure: FailureKind = FailureKind.NETWORK
+
+    @property
+    def result(self) -> StoreResult:
+        """Stored, transient or permanent, with the meaning (`dicom_node.net.store_outcome`)."""
+        if self.status is not None:
+            return classify_status(self.status)
+        return unanswered(self.failure, self.reason or "no response")
 
     @property
     def ok(self) -> bool:
-        """Success or warning: the peer has the instance."""
-        return self.status is not None and (self.status == 0 or self.status >> 12 == 0xB)
-
-
-@dataclass(frozen=True)
-class StudyCounts:
-    """What a peer says it holds of a study: instances in all, and per series UID."""
-
-    instances: int | None
-    series: dict[str, int] = field(default_factory=dict)
+        """Success or warning (`classify_status`): the peer has the instance."""
+        return self.result.outcome is Outcome.STORED
 
 
 def resolve_peer(spec: str, config: NodeConfig | None) -> PeerConfig:
@@ -244,8 +255,9 @@ def _batches(planned: list[_Planned]) -> Iterator[list[_Planned]]:
         yield batch
 
 
-def _no_context(item: _Planned) -> str:
-    return f"peer accepted no context for {item.sop_class} in {item.transfer_syntax}"
+def _not_accepted(item: _Planned) -> FileStatus:
+    reason = f"peer accepted no context for {item.sop_class} in {item.transfer_syntax}"
+    return FileStatus(item.path, item.sop_instance, None, reason, FailureKind.NO_CONTEXT)
 
 
 def _send_one(assoc: Association, item: _Planned, message_id: int) -> FileStatus:
@@ -264,7 +276,7 @@ def _send_one(assoc: Association, item: _Planned, message_id: int) -> FileStatus
             dataset.decompress()
         response = assoc.send_c_store(dataset, msg_id=message_id)
     else:
-        return FileStatus(item.path, item.sop_instance, None, _no_context(item))
+        return _not_accepted(item)
     if "Status" not in response:
         return FileStatus(item.path, item.sop_instance, None, "no C-STORE response")
     return FileStatus(item.path, item.sop_instance, int(response.Status))
@@ -296,8 +308,10 @@ def _send_batch(
     except AssociationError as exc:
         for item in batch:
             if item.path not in done:
-                reason = _no_context(item) if exc.no_context else exc.reason
-                once(FileStatus(item.path, item.sop_instance, None, reason))
+                if exc.no_context:
+                    once(_not_accepted(item))
+                else:
+                    once(FileStatus(item.path, item.sop_instance, None, exc.reason))
 
 
 def send_files(
@@ -331,7 +345,7 @@ def send_files(
     if not paths:
         raise ValueError("send_files needs at least one path")
     # Send files from disk in their own encoding, without loading them whole.
-    _config.STORE_SEND_CHUNKED_DATASET = True
+    send_from_files()
     results: list[FileStatus] = []
 
     def report(status: FileStatus) -> None:
@@ -343,7 +357,7 @@ def send_files(
     for batch in _batches(planned):
         for item in batch:
             if item.error:
-                report(FileStatus(item.path, None, None, item.error))
+                report(FileStatus(item.path, None, None, item.error, FailureKind.NOT_DICOM))
         sendable = [item for item in batch if not item.error]
         if sendable:
             _send_batch(local, peer, sendable, report)

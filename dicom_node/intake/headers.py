@@ -20,7 +20,7 @@ from pydicom.tag import BaseTag, Tag
 from dicom_node.errors import DicomNodeError
 from dicom_node.uid_syntax import is_uid
 
-# Study- and series-level keywords kept in Series.headers for routing (`match` keys).
+# Study- and series-level keywords kept in Series.routing_fields (route `match` keys).
 STUDY_KEYWORDS = (
     "StudyDescription",
     "StudyID",
@@ -103,7 +103,8 @@ class InstanceHeaders:
     series_description: str | None = None
     body_part_examined: str | None = None
     instance_number: int | None = None
-    headers: dict[str, str] = field(default_factory=dict)
+    # Study- and series-level keyword -> value as text, for routing (empty in a short read).
+    routing_fields: dict[str, str] = field(default_factory=dict)
 
 
 def _text(value: Any) -> str | None:
@@ -167,8 +168,8 @@ def read_headers(
     expected_sop_instance_uid
         The Affected SOP Instance UID of the C-STORE request; the dataset must agree.
     series_fields
-        False: stop after Instance Number and leave ``headers`` (the series' routing
-        fields) empty, for an instance of a series already indexed; on a CT header that
+        False: stop after Instance Number and leave ``routing_fields`` (the series'
+        routing fields) empty, for an instance of a series already indexed; on a CT header that
         halves the parsing, which every sender waits on.
 
     Raises
@@ -194,7 +195,7 @@ def read_headers(
             0xC222,
         )
     sop_class = _get(dataset, "SOPClassUID") or _get(dataset.file_meta, "MediaStorageSOPClassUID")
-    headers = (
+    routing_fields = (
         {
             keyword: value
             for keyword in (*STUDY_KEYWORDS, *SERIES_KEYWORDS)
@@ -218,5 +219,5 @@ def read_headers(
         series_description=_get(dataset, "SeriesDescription"),
         body_part_examined=_get(dataset, "BodyPartExamined"),
         instance_number=_int(dataset, "InstanceNumber"),
-        headers=headers,
+        routing_fields=routing_fields,
     )

@@ -14,11 +14,12 @@ import os
 import re
 import shutil
 import socket
-import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from inference import atomic_write, fsync_dir
 
 logger = logging.getLogger(__name__)
 
@@ -46,15 +47,6 @@ def fsync_file(path: Path) -> int:
 
 
 def _fsync_and_close(fd: int) -> None:
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename or create in ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
     finally:
@@ -214,13 +206,9 @@ class Spool:
 
     @staticmethod
     def _copy_then_replace(source: Path, dest: Path) -> None:
-        fd, temp = tempfile.mkstemp(dir=dest.parent, prefix=".", suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as out, source.open("rb") as src:
-                shutil.copyfileobj(src, out, _COPY_CHUNK)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(temp, dest)
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
+        """Copy ``source`` over ``dest`` across file systems, durably, in chunks (memory
+        stays flat); the caller fsyncs the folder."""
+        with source.open("rb") as src:
+            atomic_write(
+                dest, lambda out: shutil.copyfileobj(src, out, _COPY_CHUNK), sync_dir=False
+            )

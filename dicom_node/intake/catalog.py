@@ -24,8 +24,8 @@ from sqlalchemy import BindParameter, Connection, Update, bindparam, insert, sel
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node.headers import InstanceHeaders
-from dicom_node.schema import Base, Instance, Series, Study, StudyState
+from dicom_node.db.schema import Base, Instance, Series, Study, StudyState
+from dicom_node.intake.headers import InstanceHeaders
 
 logger = logging.getLogger(__name__)
 
@@ -33,8 +33,8 @@ logger = logging.getLogger(__name__)
 _INSERT_ATTEMPTS = 3
 
 
-class Recorded(enum.StrEnum):
-    """What recording an instance did."""
+class RecordOutcome(enum.StrEnum):
+    """What `record_instance` did to the catalog."""
 
     NEW = "new"
     REPLACED = "replaced"
@@ -42,12 +42,12 @@ class Recorded(enum.StrEnum):
 
 
 @dataclass(frozen=True)
-class Recording:
-    """What recording an instance did, and the spool file a replaced row named before
-    when that was another one (resent under other study/series UIDs): no row names it
-    now, so the caller removes it once the transaction is committed."""
+class RecordResult:
+    """What `record_instance` returns: its outcome, and the spool file a replaced row
+    named before when that was another one (resent under other study/series UIDs): no
+    row names it now, so the caller removes it once the transaction is committed."""
 
-    outcome: Recorded
+    outcome: RecordOutcome
     orphaned_path: str | None = None
 
 
@@ -82,11 +82,11 @@ def record_instance(
     before_commit: Callable[[], None] | None = None,
     *,
     replace: bool = True,
-) -> Recording:
+) -> RecordResult:
     """Insert or update the rows for ``received`` in one committed transaction.
 
     An instance recorded before is updated to ``received`` when ``replace``, else left
-    as it is (:attr:`Recorded.KEPT`).
+    as it is (:attr:`RecordOutcome.KEPT`).
 
     ``before_commit`` runs after the statements and before the commit, inside the
     transaction: the listener waits there for the file's fsync, so that the disk work and
@@ -171,8 +171,10 @@ _INSERT_STUDY = (
     )
     .returning(_STUDY.c.id)
 )
-_SERIES_HEADERS = select(_SERIES.c.headers).where(_SERIES.c.series_instance_uid == bindparam("uid"))
-_SET_SERIES_HEADERS = (
+_SERIES_ROUTING_FIELDS = select(_SERIES.c.headers).where(
+    _SERIES.c.series_instance_uid == bindparam("uid")
+)
+_SET_SERIES_ROUTING_FIELDS = (
     update(_SERIES)
     .where(_SERIES.c.series_instance_uid == bindparam("uid"))
     .values(headers=bindparam("headers"))
@@ -267,10 +269,11 @@ def _series_id(db: Connection, study_id: int, h: InstanceHeaders, new_instance: 
     """The series' id, its count updated; created if need be. Header fields the series
     lacks are filled in from ``h`` (first values win)."""
     uid = h.series_instance_uid
-    if h.headers:
-        known = db.execute(_SERIES_HEADERS, {"uid": uid}).scalar()
-        if known is not None and not h.headers.keys() <= known.keys():
-            db.execute(_SET_SERIES_HEADERS, {"uid": uid, "headers": {**h.headers, **known}})
+    fields = h.routing_fields
+    if fields:
+        known = db.execute(_SERIES_ROUTING_FIELDS, {"uid": uid}).scalar()
+        if known is not None and not fields.keys() <= known.keys():
+            db.execute(_SET_SERIES_ROUTING_FIELDS, {"uid": uid, "headers": {**fields, **known}})
     series_id = db.execute(_COUNT_SERIES, {"uid": uid, "new": new_instance}).scalar()
     if series_id is not None:
         return int(series_id)
@@ -283,18 +286,18 @@ def _series_id(db: Connection, study_id: int, h: InstanceHeaders, new_instance: 
             "series_number": h.series_number,
             "series_description": _cut(h.series_description, 64),
             "body_part_examined": _cut(h.body_part_examined, 64),
-            "headers": dict(h.headers),
+            "headers": dict(h.routing_fields),
             "instance_count": new_instance,
         },
     ).scalar_one()
     return int(created)
 
 
-def _record(db: Connection, received: ReceivedInstance, replace: bool) -> Recording:
+def _record(db: Connection, received: ReceivedInstance, replace: bool) -> RecordResult:
     h = received.headers
     existing = db.execute(_FIND_INSTANCE, {"sop_instance_uid": h.sop_instance_uid}).one_or_none()
     if existing is not None and not replace:
-        return Recording(Recorded.KEPT)
+        return RecordResult(RecordOutcome.KEPT)
     new_instance = int(existing is None)
     study_id = _open_study(db, received, new_instance)
     series_id = _series_id(db, study_id, h, new_instance)
@@ -311,13 +314,15 @@ def _record(db: Connection, received: ReceivedInstance, replace: bool) -> Record
     }
     if existing is None:
         db.execute(_INSERT_INSTANCE, {"sop_instance_uid": h.sop_instance_uid, **values})
-        return Recording(Recorded.NEW)
+        return RecordResult(RecordOutcome.NEW)
     db.execute(_UPDATE_INSTANCE, {"instance_id": existing.id, **values})
     # Resent under other study/series UIDs, it moves, and so do the counts that
     # completion compares with the archive's.
     _move_count(db, _COUNT_SERIES_BY_ID, existing.series_id, series_id)
     _move_count(db, _COUNT_STUDY_BY_ID, existing.study_id, study_id)
-    return Recording(Recorded.REPLACED, existing.path if existing.path != received.path else None)
+    return RecordResult(
+        RecordOutcome.REPLACED, existing.path if existing.path != received.path else None
+    )
 
 
 def _move_count(db: Connection, statement: Update, old_id: int, new_id: int) -> None:

@@ -9,21 +9,19 @@ it answer Success. Every sender waits on this path for each instance, which is w
 disk and the parsing overlap. Nothing is decoded or re-encoded, and no inference runs on
 this thread.
 
-Before pynetdicom sees a connection, :mod:`dicom_node.association_gate` runs on the
+Before pynetdicom sees a connection, :mod:`dicom_node.net.association_gate` runs on the
 connection's own thread (TLS handshake, A-ASSOCIATE-RQ read within a deadline, AE titles
-checked), and :mod:`dicom_node.connection_limits` gives each connection a slot it holds
-until it ends. Once associated, PDUs are read by :mod:`dicom_node.pdu_guard`, whose only
+checked), and :mod:`dicom_node.net.connection_limits` gives each connection a slot it holds
+until it ends. Once associated, PDUs are read by :mod:`dicom_node.net.pdu_guard`, whose only
 cost per PDU over a plain read is one length comparison; what an association leaves
-half-received is removed when it ends (:mod:`dicom_node.transfer_cleanup`).
+half-received is removed when it ends (:mod:`dicom_node.net.transfer_cleanup`).
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import socket
 import ssl
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -33,7 +31,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from pydicom.uid import AllTransferSyntaxes, ExplicitVRLittleEndian
-from pynetdicom import AE, AllStoragePresentationContexts, _config, evt, register_uid
+from pynetdicom import AE, AllStoragePresentationContexts, evt, register_uid
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 from pynetdicom.presentation import PresentationContext
@@ -42,26 +40,33 @@ from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node.association_gate import AssociationGate
-from dicom_node.association_request import REJECT_REASONS
-from dicom_node.catalog import (
+from dicom_node.config import NodeConfig, TlsSection
+from dicom_node.db.schema import utcnow
+from dicom_node.intake.catalog import (
     ReceivedInstance,
-    Recorded,
-    Recording,
+    RecordOutcome,
+    RecordResult,
     find_instance_path,
     record_instance,
 )
-from dicom_node.config import NodeConfig, TlsSection
-from dicom_node.connection_limits import ConnectionSlots
-from dicom_node.headers import HeaderError, InstanceHeaders, read_headers
+from dicom_node.intake.headers import HeaderError, InstanceHeaders, read_headers
+from dicom_node.intake.spool import Spool
 from dicom_node.log_safety import PerClientThrottle
 from dicom_node.metrics import INSTANCES_RECEIVED
-from dicom_node.pdu_guard import guard, set_low_latency
-from dicom_node.schema import utcnow
-from dicom_node.scu import VERIFICATION
-from dicom_node.spool import Spool
-from dicom_node.transfer_cleanup import discard_unfinished_transfers
-from dicom_node.transfer_space import TransferSpace
+from dicom_node.net.association_gate import AssociationGate
+from dicom_node.net.association_request import REJECT_REASONS
+from dicom_node.net.connection_limits import ConnectionSlots
+from dicom_node.net.pdu_guard import guard, set_low_latency
+from dicom_node.net.pynetdicom_internals import (
+    TESTED_VERSIONS,
+    copy_context,
+    create_association,
+    register_server,
+    untested_version,
+)
+from dicom_node.net.scu import VERIFICATION
+from dicom_node.net.transfer_cleanup import discard_unfinished_transfers
+from dicom_node.net.transfer_space import TransferSpace
 
 logger = logging.getLogger(__name__)
 
@@ -165,15 +170,15 @@ class StoreHandler:
             logger.error("C-STORE refused: cannot write the spool", extra={**log, "error": exc})
             return OUT_OF_RESOURCES
         replace = self.config.node.duplicate_policy == "replace"
-        recording = self._record(received, log, before_commit=pending.wait, replace=replace)
-        if recording is None:
+        recorded = self._record(received, log, before_commit=pending.wait, replace=replace)
+        if recorded is None:
             return OUT_OF_RESOURCES
-        if recording.outcome is Recorded.KEPT:
+        if recorded.outcome is RecordOutcome.KEPT:
             # The same SOP Instance UID arrived under other study/series UIDs: keep_first
             # keeps the recorded one, and the new name, which no row names, goes.
             dest.unlink(missing_ok=True)
-        elif recording.orphaned_path is not None:
-            Path(recording.orphaned_path).unlink(missing_ok=True)
+        elif recorded.orphaned_path is not None:
+            Path(recorded.orphaned_path).unlink(missing_ok=True)
         return SUCCESS
 
     def _read_headers(self, path: Path, sop_uid: str) -> InstanceHeaders:
@@ -200,8 +205,8 @@ class StoreHandler:
         except OSError as exc:
             logger.error("C-STORE refused: cannot write the spool", extra={**log, "error": exc})
             return OUT_OF_RESOURCES
-        recording = self._record(received, log, before_commit=None, replace=True)
-        return OUT_OF_RESOURCES if recording is None else SUCCESS
+        recorded = self._record(received, log, before_commit=None, replace=True)
+        return OUT_OF_RESOURCES if recorded is None else SUCCESS
 
     def _record(
         self,
@@ -209,10 +214,10 @@ class StoreHandler:
         log: dict[str, Any],
         before_commit: Callable[[], None] | None,
         replace: bool,
-    ) -> Recording | None:
+    ) -> RecordResult | None:
         """Commit the rows; None (logged) when the database or the file's fsync failed."""
         try:
-            recording = record_instance(self.sessions, received, before_commit, replace=replace)
+            recorded = record_instance(self.sessions, received, before_commit, replace=replace)
         except SQLAlchemyError as exc:
             logger.error("C-STORE refused: database write failed", extra={**log, "error": exc})
             return None
@@ -222,12 +227,12 @@ class StoreHandler:
         if len(self._indexed_series) >= _SERIES_REMEMBERED:
             self._indexed_series.clear()
         self._indexed_series[received.headers.series_instance_uid] = None
-        outcome = recording.outcome
-        if outcome is Recorded.NEW:
+        outcome = recorded.outcome
+        if outcome is RecordOutcome.NEW:
             INSTANCES_RECEIVED.inc()
-        level = logging.DEBUG if outcome is Recorded.NEW else logging.INFO
+        level = logging.DEBUG if outcome is RecordOutcome.NEW else logging.INFO
         logger.log(level, f"instance {outcome}", extra={**log, "bytes": received.size_bytes})
-        return recording
+        return recorded
 
 
 def log_rejected(event: Event) -> None:
@@ -244,11 +249,12 @@ def log_rejected(event: Event) -> None:
 
 
 class ListenerRequestHandler(RequestHandler):
-    """Runs the :class:`~dicom_node.association_gate.AssociationGate` on the connection's
+    """Runs the :class:`~dicom_node.net.association_gate.AssociationGate` on the connection's
     own thread, then the association on a guarded socket; when it ends, removes its
     unfinished transfers and gives back the connection's slot at once."""
 
     def handle(self) -> None:
+        """Admit the connection through the gate, then run its association to the end."""
         server = cast(ListenerServer, self.server)
         host = str(self.client_address[0])
         try:
@@ -256,7 +262,7 @@ class ListenerRequestHandler(RequestHandler):
             if admitted is None:
                 return
             self.request = admitted.sock
-            assoc = self._create_association()
+            assoc = create_association(self)
             guard(assoc, admitted.request, MAX_PDU_BYTES, server.gate.network_timeout)
             evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
             assoc.start()
@@ -278,12 +284,7 @@ class SharedContexts(list[PresentationContext]):
     """
 
     def __deepcopy__(self, memo: dict[int, Any]) -> list[PresentationContext]:
-        copies = []
-        for context in self:
-            duplicate = copy.copy(context)
-            duplicate._transfer_syntax = list(context._transfer_syntax)
-            copies.append(duplicate)
-        return copies
+        return [copy_context(context) for context in self]
 
 
 class ListenerServer(ThreadedAssociationServer):
@@ -298,6 +299,7 @@ class ListenerServer(ThreadedAssociationServer):
     slots: ConnectionSlots
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
+        """Refuse an address off the allow-list, or past its connection slots (logged)."""
         host = str(client_address[0])
         if self.allowed_networks and not any(
             ip_address(host) in network for network in self.allowed_networks
@@ -311,6 +313,7 @@ class ListenerServer(ThreadedAssociationServer):
         return True
 
     def process_request(self, request: Any, client_address: Any) -> None:
+        """Start the connection's thread; give its slot back if none could start."""
         try:
             super().process_request(request, client_address)
         except BaseException:  # no thread started: nothing else gives the slot back
@@ -318,6 +321,7 @@ class ListenerServer(ThreadedAssociationServer):
             raise
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        """Accept a connection with low-latency socket options; nothing else on this thread."""
         assert self.socket is not None
         client, address = self.socket.accept()
         set_low_latency(client)
@@ -425,7 +429,6 @@ class Listener:
         self.handler = StoreHandler(config, sessions, spool)
         self.ae = build_listener_ae(config)
         self.server: ListenerServer | None = None
-        self._previous_tempdir: str | None = None
         self._restore = ExitStack()
 
     @property
@@ -443,18 +446,21 @@ class Listener:
         OSError
             When the address cannot be bound (port in use, permission).
         """
-        # Incoming data streams to disk next to the spool, so the final move is a rename.
-        _config.STORE_RECV_CHUNKED_DATASET = True
-        self._previous_tempdir = tempfile.tempdir
-        tempfile.tempdir = str(self.spool.incoming_dir)
+        version = untested_version()
+        if version is not None:
+            logger.warning(
+                "pynetdicom version not tested with the listener's use of its internals",
+                extra={"version": version, "tested": TESTED_VERSIONS},
+            )
         self.spool.clear_incoming()
         server = make_listener_server(
             self.ae,
             self.config,
             [(evt.EVT_C_STORE, self.handler), (evt.EVT_REJECTED, log_rejected)],
         )
+        # Incoming data streams to disk next to the spool, so the final move is a rename.
         self._restore.enter_context(self.handler.space.installed())
-        self.ae._servers.append(server)  # as start_server does, so that shutdown() finds it
+        register_server(self.ae, server)
         self.server = server
         threading.Thread(target=server.serve_forever, name="dicom-listener", daemon=True).start()
         node = self.config.node
@@ -487,5 +493,4 @@ class Listener:
         for assoc in remaining:
             assoc.abort()
         self._restore.close()
-        tempfile.tempdir = self._previous_tempdir
         logger.info("listener stopped", extra={"aborted_associations": len(remaining)})

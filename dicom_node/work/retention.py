@@ -28,9 +28,9 @@ from sqlalchemy import delete, exists, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.config import NodeConfig
-from dicom_node.outbox import Outbox
-from dicom_node.schema import Delivery, Instance, Job, Study, StudyState, WorkState, utcnow
-from dicom_node.timestamps import as_utc
+from dicom_node.db.schema import Delivery, Instance, Job, Study, StudyState, WorkState, utcnow
+from dicom_node.db.timestamps import as_utc
+from dicom_node.work.outbox import Outbox
 
 logger = logging.getLogger(__name__)
 

@@ -8,6 +8,7 @@ N-EVENT-REPORT on a NEW association to the node's own listener (Orthanc does so)
 DONE; objects in the Failed SOP Sequence go back to the queue with the failure reason
 (a permanent failure: retried once, then failed). Objects with no report by
 ``delivery.commitment_timeout_seconds`` are re-sent and asked for again.
+:class:`CommitmentReports` binds the handler to the running listener.
 """
 
 from __future__ import annotations
@@ -17,15 +18,16 @@ from collections.abc import Sequence
 
 from pydicom import Dataset
 from pydicom.uid import UID
-from pynetdicom import build_context
+from pynetdicom import build_context, evt
 from pynetdicom.events import Event
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.config import DeliverySection, PeerConfig
-from dicom_node.schema import Delivery, WorkState, utcnow
-from dicom_node.scu import AssociationError, LocalAE, open_association
-from dicom_node.store_outcome import Outcome, StoreResult, next_state
+from dicom_node.db.schema import WorkState, utcnow
+from dicom_node.net.scp import Listener
+from dicom_node.net.scu import AssociationError, LocalAE, open_association
+from dicom_node.net.store_outcome import Outcome, StoreResult
+from dicom_node.work.delivery_queue import awaiting_commitment, fail_waiting
 
 logger = logging.getLogger(__name__)
 
@@ -137,13 +139,7 @@ class CommitmentReportHandler:
         now = utcnow()
         done = requeued = 0
         with self.sessions.begin() as session:
-            rows = session.scalars(
-                select(Delivery).where(
-                    Delivery.commitment_transaction_uid == transaction_uid,
-                    Delivery.state == WorkState.WAITING_COMMITMENT,
-                )
-            )
-            for row in rows:
+            for row in awaiting_commitment(session, transaction_uid):
                 uid = row.sop_instance_uid
                 if uid in committed:
                     row.state, row.error = WorkState.DONE, None
@@ -154,15 +150,50 @@ class CommitmentReportHandler:
                     result = StoreResult(
                         Outcome.PERMANENT, code, f"archive did not commit (reason 0x{code:04X})"
                     )
-                    state, retry_at = next_state(
-                        result, row.attempts, row.error, self.settings, now
-                    )
-                    row.state, row.error, row.last_status = state, result.error, code
-                    row.next_attempt_at = retry_at or now
-                    row.commitment_transaction_uid = None
+                    fail_waiting(row, result, self.settings, now)
                     requeued += 1
         logger.info(
             "storage commitment report",
             extra={"transaction_uid": transaction_uid, "committed": done, "failed": requeued},
         )
         return done, requeued
+
+
+class CommitmentReports:
+    """Binds the storage commitment report handler to the running listener (a service
+    component, started after the listener).
+
+    Orthanc (and other archives) send the N-EVENT-REPORT on a new association to the
+    node's own port, proposing the Storage Commitment Push Model with themselves as
+    SCP: the listener's AE accepts that context in either role, and this component
+    routes EVT_N_EVENT_REPORT to the handler.
+
+    Parameters
+    ----------
+    listener
+        The process's listener, not started yet.
+    handler
+        What applies each report.
+    """
+
+    def __init__(self, listener: Listener, handler: CommitmentReportHandler) -> None:
+        self.listener = listener
+        self.handler = handler
+        listener.ae.add_supported_context(
+            STORAGE_COMMITMENT_PUSH_MODEL, scu_role=True, scp_role=True
+        )
+
+    def start(self) -> None:
+        """Route N-EVENT-REPORTs on the running listener to the handler.
+
+        Raises
+        ------
+        RuntimeError
+            When the listener has not been started first (a wiring error).
+        """
+        if self.listener.server is None:
+            raise RuntimeError("the listener must start before storage commitment reports")
+        self.listener.server.bind(evt.EVT_N_EVENT_REPORT, self.handler)
+
+    def stop(self) -> None:
+        """Nothing to release: the handler goes with the listener's server."""

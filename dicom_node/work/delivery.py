@@ -2,18 +2,20 @@
 
 The scheduler runs :meth:`DeliveryScanner.scan` every ``delivery.scan_interval_seconds``.
 It claims due deliveries per destination, up to ``delivery.batch_size`` at a time, and
-sends each batch over one association (`dicom_node.scu.send_files`: the file's own
+sends each batch over one association (`dicom_node.net.scu.send_files`: the file's own
 transfer syntax when the peer accepts it, otherwise Explicit/Implicit VR Little
 Endian). Each object's outcome is recorded as soon as it is known:
 
 - stored (success or warning status): DONE, or, for a peer with
   ``storage_commitment = true``, WAITING_COMMITMENT until the archive's N-EVENT-REPORT
-  (`dicom_node.commitment`);
+  (`dicom_node.work.commitment`);
 - transient failure (refused or dropped association, timeout, 0xA7xx): queued again
   after ``backoff_initial_seconds * 2**(attempts-1)``, capped at
   ``backoff_max_seconds``, until ``max_attempts``;
 - permanent failure (a failure status for the object itself): queued once more, and
-  failed with the status and its meaning if it fails permanently again.
+  failed with the status and its meaning if it fails permanently again
+  (`dicom_node.net.store_outcome` tells them apart, `dicom_node.work.delivery_queue.next_try`
+  decides).
 
 Everything lives in the database, so a restart resumes where the last one stopped;
 the deterministic result UIDs make a re-sent object replace, not duplicate, its copy.
@@ -29,47 +31,26 @@ from pydicom.uid import generate_uid
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node.commitment import request_commitment
 from dicom_node.config import NodeConfig, PeerConfig
-from dicom_node.delivery_queue import (
+from dicom_node.db.ownership import owner_id
+from dicom_node.db.schema import Delivery, WorkState, utcnow
+from dicom_node.metrics import DELIVERIES_SENT, DELIVERY_FAILURES
+from dicom_node.net.scu import AssociationError, FileStatus, LocalAE, send_files
+from dicom_node.net.store_outcome import FailureKind, Outcome, StoreResult, transient
+from dicom_node.work.commitment import request_commitment
+from dicom_node.work.delivery_queue import (
     ClaimedDelivery,
+    awaiting_commitment,
     claim_batch,
     due_peers,
+    fail_waiting,
+    next_try,
     reclaim_abandoned_deliveries,
     record_outcome,
     renew_leases,
 )
-from dicom_node.metrics import DELIVERIES_SENT, DELIVERY_FAILURES
-from dicom_node.ownership import owner_id
-from dicom_node.schema import Delivery, WorkState, utcnow
-from dicom_node.scu import AssociationError, FileStatus, LocalAE, send_files
-from dicom_node.store_outcome import (
-    Outcome,
-    StoreResult,
-    classify_status,
-    next_state,
-    not_accepted,
-    transient,
-)
 
 logger = logging.getLogger(__name__)
-
-# scu.send_files reports a file the peer has no presentation context for with this
-# reason and no status: the peer does not support the SOP class (permanent).
-NO_CONTEXT_REASON = "peer accepted no context"
-# ...and a file it could not read as DICOM (removed by retention, corrupt): permanent.
-NOT_DICOM_REASON = "not a DICOM file"
-
-
-def classify_file(status: FileStatus, sop_class_uid: str) -> StoreResult:
-    """The outcome of one file from `send_files`."""
-    if status.status is not None:
-        return classify_status(status.status)
-    if status.reason.startswith(NO_CONTEXT_REASON):
-        return not_accepted(sop_class_uid)
-    if status.reason.startswith(NOT_DICOM_REASON):
-        return StoreResult(Outcome.PERMANENT, None, status.reason)
-    return transient(status.reason or "no response")
 
 
 class DeliveryScanner:
@@ -93,6 +74,7 @@ class DeliveryScanner:
     @property
     def lease_seconds(self) -> float:
         # Renewed after every object (see _record); one object may take a full timeout.
+        """How long a claimed batch stays ours without a renewal."""
         return self.config.worker.lease_seconds + 3 * self.config.delivery.timeout_seconds
 
     def scan(self) -> int:
@@ -152,8 +134,8 @@ class DeliveryScanner:
         def progress(status: FileStatus) -> None:
             nonlocal stored, reachable
             item = by_path[status.path]
-            result = classify_file(status, item.sop_class_uid)
-            if result.outcome is Outcome.TRANSIENT and status.status is None:
+            result = status.result
+            if status.status is None and status.failure is FailureKind.NETWORK:
                 reachable = False
             if self._record(item, result, peer, transaction_uid) and (
                 result.outcome is Outcome.STORED
@@ -196,10 +178,18 @@ class DeliveryScanner:
                     DELIVERIES_SENT.labels(peer=peer.name).inc()
                     logger.info("result delivered", extra={**log, "state": str(state)})
                 return ok
-            previous = session.get_one(Delivery, item.id).error
-            state, retry_at = next_state(result, item.attempts, previous, self.config.delivery, now)
+            after = next_try(
+                result, item.attempts, item.permanent_failures, self.config.delivery, now
+            )
+            state, retry_at = after.state, after.retry_at
             ok = record_outcome(
-                session, item, state, status=result.status, error=result.error, retry_at=retry_at
+                session,
+                item,
+                state,
+                status=result.status,
+                error=result.error,
+                retry_at=retry_at,
+                permanent_failures=after.permanent_failures,
             )
         DELIVERY_FAILURES.labels(peer=peer.name, kind=str(result.outcome)).inc()
         logger.warning(
@@ -226,20 +216,8 @@ class DeliveryScanner:
         """Put objects whose commitment was refused or timed out back in the queue."""
         now = utcnow()
         with self.sessions.begin() as session:
-            rows = session.scalars(
-                select(Delivery).where(
-                    Delivery.commitment_transaction_uid == transaction_uid,
-                    Delivery.state == WorkState.WAITING_COMMITMENT,
-                )
-            )
-            for row in rows:
-                state, retry_at = next_state(
-                    result, row.attempts, row.error, self.config.delivery, now
-                )
-                row.state = state
-                row.error = result.error
-                row.next_attempt_at = retry_at or now
-                row.commitment_transaction_uid = None
+            for row in awaiting_commitment(session, transaction_uid):
+                fail_waiting(row, result, self.config.delivery, now)
         logger.warning(
             "storage commitment not obtained",
             extra={"transaction_uid": transaction_uid, "error": result.error},

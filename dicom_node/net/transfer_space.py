@@ -15,9 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from pynetdicom import dimse_messages
-
-from dicom_node.spool import Spool
+from dicom_node.intake.spool import Spool
+from dicom_node.net.pynetdicom_internals import receive_into_files
 
 # Paths of discarded transfers whose association ended before they were answered are
 # never asked about; forget them all past this many.
@@ -60,8 +59,10 @@ class TransferSpace:
         self._discarded: set[str] = set()
 
     def open_transfer(self, **kwargs: Any) -> Any:
-        """``tempfile.NamedTemporaryFile(**kwargs)``, or one that keeps nothing when the
-        free space is below the floor (remembered for :meth:`was_discarded`)."""
+        """``tempfile.NamedTemporaryFile(**kwargs)`` in the spool's ``incoming/`` folder
+        (unless ``dir`` says otherwise), or one that keeps nothing when the free space is
+        below the floor (remembered for :meth:`was_discarded`)."""
+        kwargs.setdefault("dir", self.spool.incoming_dir)
         handle = tempfile.NamedTemporaryFile(**kwargs)  # noqa: SIM115 (pynetdicom closes it)
         if self.spool.free_bytes() >= self.min_free_bytes:
             return handle
@@ -82,10 +83,7 @@ class TransferSpace:
 
     @contextmanager
     def installed(self) -> Iterator[None]:
-        """pynetdicom opens its C-STORE temp files with :meth:`open_transfer` meanwhile."""
-        original = dimse_messages.NamedTemporaryFile
-        dimse_messages.NamedTemporaryFile = self.open_transfer  # type: ignore[assignment]
-        try:
+        """pynetdicom streams C-STORE data sets into files from :meth:`open_transfer`
+        meanwhile."""
+        with receive_into_files(self.open_transfer):
             yield
-        finally:
-            dimse_messages.NamedTemporaryFile = original

@@ -12,30 +12,19 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 from pynetdicom.association import Association
 
+from dicom_node.net.pynetdicom_internals import unfinished_transfer_files
+
 logger = logging.getLogger(__name__)
-
-
-def _temp_files(assoc: Association) -> list[Any]:
-    """The open temp files of the message in progress and of messages never served."""
-    files = []
-    message = assoc.dimse.message
-    if message is not None and message._data_set_file is not None:
-        files.append(message._data_set_file)
-    for _context_id, primitive in list(assoc.dimse.msg_queue.queue):
-        if getattr(primitive, "_dataset_file", None) is not None:
-            files.append(primitive._dataset_file)
-    return files
 
 
 def discard_unfinished_transfers(assoc: Association) -> int:
     """Close and delete the temp files of transfers ``assoc`` did not complete; their
     total size in bytes. Call only once the association and its DUL have stopped."""
     removed = 0
-    for handle in _temp_files(assoc):
+    for handle in unfinished_transfer_files(assoc):
         path = Path(handle.name)
         try:
             handle.close()

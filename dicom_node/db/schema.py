@@ -33,6 +33,8 @@ def utcnow() -> datetime:
 
 
 class Base(DeclarativeBase):
+    """The declarative base of every table of the node."""
+
     pass
 
 
@@ -43,13 +45,15 @@ class UTCDateTime(TypeDecorator[datetime]):
     cache_ok = True
 
     def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        """Refuse naive datetimes; store aware ones in UTC."""
         if value is None:
             return None
         if value.tzinfo is None:
-            raise ValueError(f"naive datetime {value!r}: use dicom_node.schema.utcnow()")
+            raise ValueError(f"naive datetime {value!r}: use dicom_node.db.schema.utcnow()")
         return value.astimezone(UTC)
 
     def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        """Read back as aware UTC (SQLite returns them naive)."""
         if value is not None and value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value
@@ -59,6 +63,8 @@ UID = String(64)
 
 
 class StudyState(enum.StrEnum):
+    """Where a study is on its way from reception to jobs."""
+
     RECEIVING = "receiving"  # instances arriving; not complete yet
     COMPLETE = "complete"  # completion decided; routing and jobs pending or created
     ROUTED = "routed"  # jobs created (or skipped with a reason)
@@ -87,6 +93,8 @@ WORK_STATE = _enum(WorkState, "work_state")
 
 
 class Study(Base):
+    """One study as received: its patient and study fields, counts and completion."""
+
     __tablename__ = "studies"
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -117,6 +125,8 @@ class Study(Base):
 
 
 class Series(Base):
+    """One series of a study, with the header fields routing matches on."""
+
     __tablename__ = "series"
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -128,7 +138,7 @@ class Series(Base):
     body_part_examined: Mapped[str | None] = mapped_column(String(64))
     # Study- and series-level header fields (keyword -> value as text), decoded with the
     # dataset's own character set, so that routing never re-reads pixel files.
-    headers: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    routing_fields: Mapped[dict[str, str]] = mapped_column("headers", JSON, default=dict)
     instance_count: Mapped[int] = mapped_column(Integer, default=0)
 
     study: Mapped[Study] = relationship(back_populates="series")
@@ -136,6 +146,8 @@ class Series(Base):
 
 
 class Instance(Base):
+    """One received instance: where its file is in the spool, and what it is."""
+
     __tablename__ = "instances"
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -153,12 +165,28 @@ class Instance(Base):
     series: Mapped[Series] = relationship(back_populates="instances")
 
 
-class Job(Base):
+class LeasedWork:
+    """The columns of a work queue's row, shared by jobs and deliveries (`dicom_node.db.leases`).
+
+    A row is QUEUED until it is due (``next_attempt_at``); a process then claims it:
+    RUNNING, owned by ``worker_id`` until ``lease_expires_at``, which the owner renews
+    while it works, so that another process requeues the row only once its owner is
+    really gone. ``attempts`` counts the claims.
+    """
+
+    id: Mapped[int] = mapped_column(primary_key=True, sort_order=-1)
+    state: Mapped[WorkState] = mapped_column(WORK_STATE, default=WorkState.QUEUED)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    worker_id: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class Job(LeasedWork, Base):
     """One model run on one study generation."""
 
     __tablename__ = "jobs"
 
-    id: Mapped[int] = mapped_column(primary_key=True)
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
     generation: Mapped[int] = mapped_column(Integer, default=0)
     route_name: Mapped[str] = mapped_column(String(128))
@@ -167,16 +195,11 @@ class Job(Base):
     series_uids: Mapped[list[str]] = mapped_column(JSON, default=list)
     # Where results go: peer names, resolved when the job is created (reply_to_sender too).
     destinations: Mapped[list[str]] = mapped_column(JSON, default=list)
-    state: Mapped[WorkState] = mapped_column(WORK_STATE, default=WorkState.QUEUED)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    not_before: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # Named not_before in the database by the versions before LeasedWork.
+    next_attempt_at: Mapped[datetime] = mapped_column("not_before", UTCDateTime(), default=utcnow)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    worker_id: Mapped[str | None] = mapped_column(String(128))
-    # A running job belongs to worker_id until then; the worker renews it while it runs,
-    # so that another process requeues the job only once its owner is really gone.
-    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     # Seconds per phase of the last run (load, model, results, ...), for status and benchmarks.
     timings: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
     error: Mapped[str | None] = mapped_column(Text)
@@ -187,26 +210,21 @@ class Job(Base):
     )
 
 
-class Delivery(Base):
+class Delivery(LeasedWork, Base):
     """One result object to one destination."""
 
     __tablename__ = "deliveries"
 
-    id: Mapped[int] = mapped_column(primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
     peer_name: Mapped[str] = mapped_column(String(128))
     sop_instance_uid: Mapped[str] = mapped_column(UID)
     sop_class_uid: Mapped[str] = mapped_column(UID)
     path: Mapped[str] = mapped_column(Text)
-    state: Mapped[WorkState] = mapped_column(WORK_STATE, default=WorkState.QUEUED)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     last_status: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
+    # Permanent failures since it was queued: the first is retried once, the second fails it.
+    permanent_failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     commitment_transaction_uid: Mapped[str | None] = mapped_column(UID)
-    # Like Job: the process sending it owns a running delivery until its lease expires.
-    worker_id: Mapped[str | None] = mapped_column(String(128))
-    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
