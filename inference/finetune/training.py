@@ -233,7 +233,7 @@ def train_fold(
             "fold %d: resuming at epoch %d from %s", split.fold, state.epoch + 1, checkpoint
         )
     train_images = image_indices(data, split.train)
-    augment = t.augment.build()
+    augment = t.augment
     images = torch.from_numpy(data.images)
     targets = torch.from_numpy(data.targets)
     bar = tqdm(
