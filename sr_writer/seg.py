@@ -30,7 +30,7 @@ from sr_writer.content import (
 from sr_writer.enum import ObjectKind, SegmentationKindValues
 from sr_writer.errors import UnsupportedSourceError
 from sr_writer.options import ResultOptions
-from sr_writer.sources import SourceFrame, SourceSeries, with_values
+from sr_writer.sources import SourceFrame, SourceSeries, with_type2_attributes, with_values
 from sr_writer.uids import derive_uid
 
 logger = logging.getLogger(__name__)
@@ -110,7 +110,9 @@ def build_segmentation(
         for number, index in enumerate(present, start=1)
     ]
     study, series = sources.study_instance_uid, sources.series_instance_uid
-    source_images = _with_thickness(prediction, frames, source_images)
+    source_images = _with_thickness(
+        prediction, frames, [with_type2_attributes(ds) for ds in source_images]
+    )
     try:
         seg = hd.seg.Segmentation(
             source_images=source_images,

@@ -151,7 +151,7 @@ class SourceSeries:
             datasets[0].get("SeriesInstanceUID", "")
         )
         """The source series: with the study, what every result UID derives from."""
-        self.reference = _with_type2_attributes(self.datasets[0])
+        self.reference = with_type2_attributes(self.datasets[0])
         """The dataset whose patient and study modules the results copy."""
 
     def frame(self, ref: FrameRef) -> SourceFrame:
@@ -203,11 +203,12 @@ _PATIENT_STUDY_TYPE2 = (
 """Type 2 attributes highdicom's SR reads from its first evidence unconditionally."""
 
 
-def _with_type2_attributes(dataset: Dataset) -> Dataset:
+def with_type2_attributes(dataset: Dataset) -> Dataset:
     """The dataset, or a copy of it with missing Type 2 patient/study attributes empty.
 
-    Archives do hold instances without e.g. a Patient ID; the result then says
-    "unknown" (empty), as the standard allows, instead of failing.
+    Archives do hold instances without e.g. a Patient ID or Birth Date; the
+    result then says "unknown" (empty), as the standard allows, instead of
+    failing (highdicom refuses SEG sources without them).
     """
     missing = [keyword for keyword in _PATIENT_STUDY_TYPE2 if keyword not in dataset]
     return with_values(dataset, dict.fromkeys(missing, "")) if missing else dataset
