@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 from pydicom import Dataset
 
-from inference import Label, ModelIdentity, Segmentation
+from inference import FrameRef, Label, ModelIdentity, Segmentation, frame_geometry
 from sr_writer import build_results
+from sr_writer.sources import SourceSeries
 from tests.sr_writer.conftest import Validator
-from tests.sr_writer.samples import frame_refs, single_frame_series
+from tests.sr_writer.samples import frame_refs, load, single_frame_series
 
 
 def _prediction(model: ModelIdentity, sources: list[Dataset], label: Label) -> Segmentation:
@@ -55,3 +56,20 @@ def test_empty_deidentification_method_is_replaced_in_every_object(
         assert result.PatientIdentityRemoved == "YES"
         assert "not stated" in str(result.DeidentificationMethod)
         dciodvfy(result, f"deid-{result.Modality}")
+
+
+def test_results_read_frame_geometry_as_the_model_does() -> None:
+    enhanced = load("eCT_Supplemental.dcm")
+    sources = SourceSeries([enhanced])
+    for number in (1, 2):
+        frame = sources.frame(FrameRef(str(enhanced.SOPInstanceUID), number))
+        assert frame.geometry == frame_geometry(enhanced, number - 1)
+        assert frame.geometry.position is not None and frame.geometry.pixel_spacing is not None
+    broken = single_frame_series("CT_small.dcm", 1)[0]
+    broken.ImageOrientationPatient = [1, 0, 0, 0, 1]  # five values: no orientation at all
+    broken.PixelSpacing = [0, 0]  # "unknown" as some writers put it
+    frame = SourceSeries([broken]).frame(FrameRef(str(broken.SOPInstanceUID)))
+    assert frame.geometry.orientation is None and frame.geometry.pixel_spacing is None
+    assert SourceSeries([broken]).spatial_problem() == (
+        f"source has no Image Orientation (Patient) ({broken.SOPInstanceUID})"
+    )
