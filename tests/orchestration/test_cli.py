@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from dicom_node.cli import main
 from dicom_node.config import load_config
 from dicom_node.db import create_db_engine, session_factory
-from dicom_node.jobs import claim_job, end_job, retry_or_fail
+from dicom_node.jobs import ClaimedJob, claim_job, end_job, retry_or_fail
 from dicom_node.routing import route_complete_studies
 from dicom_node.schema import WorkState
 from tests.orchestration.conftest import add_study
@@ -84,19 +85,25 @@ def test_models_lists_version_task_backend_and_device(
     assert missing["name"] == "gone" and "gone" in missing["error"]
 
 
-def test_status_shows_the_queue_and_failures_and_retry_requeues(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def _claimed_job(tmp_path: Path, studies: int) -> tuple[Path, Any, Any, ClaimedJob]:
+    """A config, its database with ``studies`` routed CT studies, and one claimed job."""
     config = write(tmp_path, [{"name": "ct", "path": str(MODELS / "demo-ct-bone")}])
     loaded = load_config(config)
     engine = create_db_engine(loaded.node.database_url)
     sessions = session_factory(engine)
     with sessions.begin() as session:
-        for n in range(3):
+        for n in range(studies):
             add_study(session, f"1.5.{n}", [{"modality": "CT"}])
     route_complete_studies(sessions, loaded)
     job = claim_job(sessions, "w", 60)
     assert job is not None
+    return config, engine, sessions, job
+
+
+def test_status_shows_the_queue_and_failures_and_retry_requeues(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config, engine, sessions, job = _claimed_job(tmp_path, studies=3)
     retry_or_fail(sessions, job, "RuntimeError: boom", max_attempts=1, backoff_seconds=0)
     engine.dispose()
     assert main(["status", "-c", str(config), "--json"]) == 0
@@ -117,15 +124,7 @@ def test_status_shows_the_queue_and_failures_and_retry_requeues(
 def test_status_says_why_a_job_was_skipped(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config = write(tmp_path, [{"name": "ct", "path": str(MODELS / "demo-ct-bone")}])
-    loaded = load_config(config)
-    engine = create_db_engine(loaded.node.database_url)
-    sessions = session_factory(engine)
-    with sessions.begin() as session:
-        add_study(session, "1.5.9", [{"modality": "CT"}])
-    route_complete_studies(sessions, loaded)
-    job = claim_job(sessions, "w", 60)
-    assert job is not None
+    config, engine, sessions, job = _claimed_job(tmp_path, studies=1)
     reason = "series 1.2.3: stack (40 frame(s) of 512x512): uneven slice steps"
     with sessions.begin() as session:
         assert end_job(session, job, WorkState.SKIPPED, error=reason)
