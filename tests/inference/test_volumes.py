@@ -18,6 +18,7 @@ from inference.preprocessing.volume import (
 )
 from inference.sliding_window import ensemble, importance_map, mirrored, window_starts
 from inference.spec import Blending, GeometrySpec, IntensitySpec, Placement
+from inference.volumes import foreground
 from tests.inference.volume_data import (
     AXIAL,
     oblique,
@@ -223,3 +224,28 @@ def test_ensemble_package_loads_every_fold(tmp_path: Path) -> None:
     (package / "fold_1.onnx").unlink()
     with pytest.raises(ModelPackageError, match=r"fold_1\.onnx: runtime\.networks: file not found"):
         validate_package(package)
+
+
+def test_crop_to_the_foreground_keeps_the_result_and_the_rest_is_background(
+    tmp_path: Path,
+) -> None:
+    datasets = real_ct_stack(16, step_mm=2.0)
+    full = _run(tmp_path / "full", datasets)
+    cropped_geometry = GEOMETRY + "\ncrop_foreground = true\ncrop_threshold = 0.45\ncrop_margin = 2"
+    cropped = _run(tmp_path / "crop", datasets, geometry=cropped_geometry)
+    assert full.label_map is not None and cropped.label_map is not None
+    for label in (1, 2):
+        a, b = full.label_map == label, cropped.label_map == label
+        assert 2 * np.count_nonzero(a & b) / (a.sum() + b.sum()) >= 0.99
+    # Far outside the body (the image corners) the cropped run reads background.
+    assert (cropped.label_map[:, :4, :4] == 0).all()
+
+
+def test_foreground_box_is_monai_s_with_its_margin() -> None:
+    image = np.zeros((1, 20, 30, 40), dtype=np.float32)
+    image[0, 5:8, 10:12, 30:35] = 1.0
+    spec = GeometrySpec(crop_foreground=True, crop_threshold=0.5, crop_margin=3)
+    box = foreground(image, spec)
+    assert (box.start, box.stop) == ((2, 7, 27), (11, 15, 38))
+    assert foreground(image, GeometrySpec()).stop == (20, 30, 40)  # no crop asked for
+    assert foreground(np.zeros_like(image), spec).stop == (20, 30, 40)  # nothing above

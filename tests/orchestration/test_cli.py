@@ -67,6 +67,20 @@ def test_check_config_names_a_broken_model_package(
     assert "models[0].path: " in err and str(broken) in err
 
 
+def test_check_config_names_the_3d_package_key_that_makes_no_sense(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = (MODELS / "demo-ct-body3d" / "model.toml").read_text()
+    package = tmp_path / "body3d"
+    package.mkdir()
+    (package / "model.onnx").write_bytes((MODELS / "demo-ct-body3d" / "model.onnx").read_bytes())
+    (package / "model.toml").write_text(text.replace('orientation = "RAS"', 'orientation = "RAX"'))
+    config = write(tmp_path, [{"name": "ct", "path": str(package)}])
+    assert main(["check-config", "-c", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert "models[0].path: " in err and "input.geometry.orientation" in err and "'RAX'" in err
+
+
 @pytest.mark.slow  # starts a real model
 def test_models_lists_version_task_backend_and_device(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
