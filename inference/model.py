@@ -25,7 +25,7 @@ from pydicom import Dataset
 from inference.backends.base import Array, Backend, BackendOptions
 from inference.backends.selection import create_backend
 from inference.devices import SHARED_GATE, GpuGate, resolve_device
-from inference.errors import UnsupportedSeriesError
+from inference.errors import BackendUnavailableError, UnsupportedSeriesError
 from inference.package import ModelPackage, validate_package
 from inference.postprocessing.classification import build_classification
 from inference.postprocessing.detection import build_detection
@@ -288,7 +288,8 @@ def load_model(
     ModelPackageError
         When the package is broken (names the file and field).
     BackendUnavailableError
-        When the backend asked for cannot run here, or with ``auto`` none can.
+        When the backend asked for cannot run here, or with ``auto`` none can, or
+        an ensemble package (several ``runtime.networks``) is asked to run on torch.
     ValueError
         When ``backend`` or ``device`` is not a known name, or thread counts are
         negative.
@@ -305,6 +306,13 @@ def load_model(
         cache_dir=Path(cache_dir) if cache_dir is not None else None,
     )
     built = create_backend(package, backend, options)
+    if len(package.networks) > 1 and built.name == "torch":
+        built.close()
+        raise BackendUnavailableError(
+            "torch",
+            f"{package.path}: runtime.networks holds {len(package.networks)} ONNX networks "
+            "(an ensemble); the torch backend runs one torch file: use onnxruntime or tensorrt",
+        )
     ensemble = []
     try:
         for network in package.networks[1:]:

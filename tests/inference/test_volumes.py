@@ -7,7 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from inference import ModelPackageError, UnsupportedSeriesError, load_model, validate_package
+from inference import (
+    BackendUnavailableError,
+    ModelPackageError,
+    UnsupportedSeriesError,
+    load_model,
+    validate_package,
+)
 from inference.preprocessing.grid import axis_codes, network_grid, resample
 from inference.preprocessing.intensity import field_formula
 from inference.preprocessing.stacks import list_frames, split_stacks
@@ -24,6 +30,7 @@ from tests.inference.volume_data import (
     oblique,
     package_toml,
     real_ct_stack,
+    torch_network,
     write_package,
 )
 
@@ -249,3 +256,19 @@ def test_foreground_box_is_monai_s_with_its_margin() -> None:
     assert (box.start, box.stop) == ((2, 7, 27), (11, 15, 38))
     assert foreground(image, GeometrySpec()).stop == (20, 30, 40)  # no crop asked for
     assert foreground(np.zeros_like(image), spec).stop == (20, 30, 40)  # nothing above
+
+
+def test_an_ensemble_does_not_run_on_the_torch_backend(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    toml_text = package_toml(
+        geometry=GEOMETRY,
+        window=WINDOW,
+        intensity=SCALE_RANGE,
+        networks=("fold_0.onnx", "fold_1.onnx"),
+    )
+    package = write_package(tmp_path / "pkg", toml_text, seeds=(0, 3))
+    example = torch.zeros(1, 1, 32, 32, 16)
+    program = torch.export.export(torch_network(), (example,))
+    torch.export.save(program, str(package / "model.pt2"))
+    with pytest.raises(BackendUnavailableError, match=r"ensemble.*onnxruntime or tensorrt"):
+        load_model(package, backend="torch", device="cpu")
