@@ -1,6 +1,11 @@
 """A loaded model: `load_model` checks the package and starts a backend; `Model.predict`
 turns the instances of one series into a Prediction.
 
+2D packages run frame by frame; a package with ``[input.window]`` runs as a real 3D
+model (`inference.volumes`: its own spacing and orientation, sliding windows over
+every network of an ensemble, results on the source slices); the old 3D packages
+without it take the whole stack fitted to ``input.size``.
+
 What happens to a series the model cannot fully take:
 
 * nothing in it can run (wrong modality, no pixel data, no stack the model accepts,
