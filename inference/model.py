@@ -35,7 +35,7 @@ from inference.package import ModelPackage, validate_package
 from inference.postprocessing.classification import build_classification
 from inference.postprocessing.detection import build_detection
 from inference.postprocessing.segmentation import (
-    build_segmentation,
+    decide_segmentation,
     slice_probabilities,
     volume_probabilities,
 )
@@ -145,14 +145,10 @@ class Model:
                 )
         if task is Task.SEGMENTATION and self.spec.input.dimensions == 3:
             return self._predict_volume(series, plan, keep_probabilities)
-        prepared: list[PreparedFrame] = []
-        failures: list[str] = []
-        outputs = self._run(
-            self._collect(
-                iter_prepared(series, plan.stacks, self.spec, self._pool), prepared, failures
-            )
-        )
-        skipped = plan.skipped + tuple(failures)
+        feed = _FrameFeed(iter_prepared(series, plan.stacks, self.spec, self._pool))
+        outputs = self._run(iter(feed))
+        prepared = feed.prepared
+        skipped = plan.skipped + tuple(feed.failures)
         if not prepared:
             raise UnsupportedSeriesError("; ".join(skipped), plan.series_instance_uid)
         if task is Task.CLASSIFICATION:
@@ -172,7 +168,7 @@ class Model:
         probs = slice_probabilities(
             self.spec, outputs[self.spec.output.name], [p.fit for p in prepared]
         )
-        return build_segmentation(
+        return decide_segmentation(
             self.spec,
             self.identity,
             plan.series_instance_uid,
@@ -182,21 +178,6 @@ class Model:
             skipped,
             keep_probabilities,
         )
-
-    def _collect(
-        self,
-        items: Iterator[PreparedFrame | FrameFailure],
-        prepared: list[PreparedFrame],
-        failures: list[str],
-    ) -> Iterator[Array]:
-        """Pass model inputs on, remembering which frame each was and which failed."""
-        for item in items:
-            if isinstance(item, FrameFailure):
-                logger.warning("%s", item.reason)
-                failures.append(item.reason)
-                continue
-            prepared.append(item)
-            yield item.input
 
     def _network(self, backend: Backend) -> Network:
         """One backend as a function from a window batch to the main output."""
@@ -223,7 +204,7 @@ class Model:
             ) from exc
         outputs = self._run(iter([volume]))
         probs = volume_probabilities(self.spec, outputs[self.spec.output.name], fit)
-        return build_segmentation(
+        return decide_segmentation(
             self.spec,
             self.identity,
             plan.series_instance_uid,
@@ -250,6 +231,26 @@ class Model:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
+
+
+class _FrameFeed:
+    """The model inputs of prepared frames, in order; it keeps which frame each input
+    was (``prepared``, in output order) and why the others failed (``failures``), so
+    that outputs are matched to frames once the backend has run them all."""
+
+    def __init__(self, items: Iterator[PreparedFrame | FrameFailure]) -> None:
+        self._items = items
+        self.prepared: list[PreparedFrame] = []
+        self.failures: list[str] = []
+
+    def __iter__(self) -> Iterator[Array]:
+        for item in self._items:
+            if isinstance(item, FrameFailure):
+                logger.warning("%s", item.reason)
+                self.failures.append(item.reason)
+                continue
+            self.prepared.append(item)
+            yield item.input
 
 
 def load_model(

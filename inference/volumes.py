@@ -29,7 +29,7 @@ from pydicom import Dataset
 
 from inference.errors import UnsupportedSeriesError
 from inference.postprocessing.activation import Array
-from inference.postprocessing.segmentation import build_segmentation
+from inference.postprocessing.segmentation import decide_segmentation
 from inference.postprocessing.volume import source_probabilities
 from inference.prediction import ModelIdentity, Segmentation
 from inference.preprocessing.grid import NetworkGrid, network_grid, resample
@@ -208,7 +208,7 @@ def predict_windowed(
             padded_logits, padded_grid, geometry, activation, spec.output.interpolate
         )
     )
-    result = build_segmentation(
+    result = decide_segmentation(
         spec,
         identity,
         plan.series_instance_uid,

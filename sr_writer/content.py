@@ -9,6 +9,7 @@ Set a source may declare can encode.
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -218,3 +219,13 @@ def copy_laterality(result: Dataset, source: Dataset) -> None:
     """
     if "Laterality" not in result:
         result.Laterality = source.get("Laterality", "")
+
+
+_CONTENT_LABEL_LENGTH = 16
+
+
+def content_label(model: ModelIdentity) -> str:
+    """The Content Label of a SEG or a parametric map (CS: upper case, digits, space,
+    underscore; 16 characters at most), from the model's name."""
+    label = re.sub(r"[^A-Z0-9_ ]", "_", model.name.upper())[:_CONTENT_LABEL_LENGTH].strip()
+    return label or "AI_SEGMENTATION"

@@ -25,15 +25,15 @@ from inference import Heatmap, ModelIdentity
 from sr_writer.content import (
     ascii_text,
     character_set,
+    content_label,
     copy_laterality,
     copy_source_context,
     manufacturer,
     series_description,
 )
 from sr_writer.enum import ObjectKind
-from sr_writer.errors import UnsupportedSourceError
+from sr_writer.errors import HIGHDICOM_REJECTIONS, UnsupportedSourceError
 from sr_writer.options import ResultOptions
-from sr_writer.seg import HIGHDICOM_REJECTIONS, content_label
 from sr_writer.sources import ImageFrame, SourceSeries
 from sr_writer.uids import derive_uid
 

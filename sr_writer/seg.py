@@ -9,7 +9,6 @@ fractional writes the model's probabilities where it gives them.
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 
 import highdicom as hd
@@ -22,13 +21,14 @@ from sr_writer.content import (
     algorithm_sequence,
     ascii_text,
     character_set,
+    content_label,
     copy_source_context,
     manufacturer,
     series_description,
     to_code,
 )
 from sr_writer.enum import ObjectKind, SegmentationKindValues
-from sr_writer.errors import UnsupportedSourceError
+from sr_writer.errors import HIGHDICOM_REJECTIONS, UnsupportedSourceError
 from sr_writer.options import ResultOptions
 from sr_writer.sources import ImageFrame, SourceSeries, with_type2_attributes, with_values
 from sr_writer.uids import derive_uid
@@ -36,9 +36,6 @@ from sr_writer.uids import derive_uid
 logger = logging.getLogger(__name__)
 
 SEG_SERIES_NUMBER = 9102
-HIGHDICOM_REJECTIONS = (ValueError, RuntimeError, KeyError, AttributeError, TypeError)
-"""What highdicom raises for sources it cannot build on (checked, not crashed on)."""
-_CONTENT_LABEL_LENGTH = 16
 SEGMENT_COLORS = (
     (230, 25, 75),
     (60, 180, 75),
@@ -143,12 +140,6 @@ def build_segmentation(
     copy_source_context(seg, sources.reference)
     numbers = {prediction.labels[index].name: n for n, index in enumerate(present, start=1)}
     return SegmentationResult(dataset=seg, segment_numbers=numbers)
-
-
-def content_label(model: ModelIdentity) -> str:
-    """The SEG Content Label (CS: upper case, digits, space, underscore; 16 chars)."""
-    label = re.sub(r"[^A-Z0-9_ ]", "_", model.name.upper())[:_CONTENT_LABEL_LENGTH].strip()
-    return label or "AI_SEGMENTATION"
 
 
 def _check_shape(prediction: Segmentation) -> None:

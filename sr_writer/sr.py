@@ -521,16 +521,7 @@ def _box_polyline(
     row_max, column_max = min(bounds[2], float(rows)), min(bounds[3], float(columns))
     if row_max <= row_min or column_max <= column_min:
         return None
-    return np.array(
-        [
-            [column_min, row_min],
-            [column_max, row_min],
-            [column_max, row_max],
-            [column_min, row_max],
-            [column_min, row_min],
-        ],
-        dtype=np.float64,
-    )
+    return _rectangle(column_min, row_min, column_max, row_max)
 
 
 def _hot_region(values: npt.NDArray[np.float32], frame: ImageFrame) -> npt.NDArray[np.float64]:

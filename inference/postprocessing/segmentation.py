@@ -53,7 +53,7 @@ def _winners(probs: Array, dtype: type[np.unsignedinteger[Any]]) -> npt.NDArray[
     return winner
 
 
-def build_segmentation(
+def decide_segmentation(
     spec: ModelSpec,
     identity: ModelIdentity,
     series_uid: str,

@@ -86,10 +86,12 @@ def plan_series(datasets: Sequence[Dataset], spec: ModelSpec) -> SeriesPlan:
         raise UnsupportedSeriesError("the series holds no instances")
     skipped: list[str] = []
     accepted: list[Dataset] = []
-    for ds in datasets:
+    original_index: list[int] = []  # of each accepted dataset in the caller's sequence
+    for index, ds in enumerate(datasets):
         reason = _instance_reason(ds, spec)
         if reason is None:
             accepted.append(ds)
+            original_index.append(index)
         else:
             skipped.append(reason)
     frames, frame_skips = list_frames(accepted)
@@ -112,16 +114,13 @@ def plan_series(datasets: Sequence[Dataset], spec: ModelSpec) -> SeriesPlan:
         runnable = runnable[:1]
     if not runnable:
         raise UnsupportedSeriesError("; ".join(skipped) or "no frames", series_uid)
-    # Keep the index mapping to the caller's datasets, not to the accepted subset.
-    index_of = {id(ds): i for i, ds in enumerate(datasets)}
-    remapped = tuple(_reindex(stack, accepted, index_of) for stack in runnable)
+    # Frames index the caller's datasets, not the accepted subset.
+    remapped = tuple(_reindex(stack, original_index) for stack in runnable)
     for reason in skipped:
         logger.info("series %s: skipped %s", series_uid, reason)
     return SeriesPlan(series_uid, remapped, tuple(skipped))
 
 
-def _reindex(stack: Stack, accepted: Sequence[Dataset], index_of: dict[int, int]) -> Stack:
-    frames = tuple(
-        replace(f, dataset_index=index_of[id(accepted[f.dataset_index])]) for f in stack.frames
-    )
+def _reindex(stack: Stack, original_index: Sequence[int]) -> Stack:
+    frames = tuple(replace(f, dataset_index=original_index[f.dataset_index]) for f in stack.frames)
     return replace(stack, frames=frames)
