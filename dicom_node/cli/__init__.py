@@ -23,6 +23,7 @@ COMMANDS = (
     "models",
     "finetune",
     "export",
+    "evaluate",
     "results",
 )
 
