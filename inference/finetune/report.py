@@ -234,7 +234,9 @@ def _classification_section(
         "| TN FP FN TP |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for row in [*label["folds"], {"fold": "pooled", "threshold": None, **pooled}]:
+    # An external validation's one row is its pooled row: not printed twice.
+    pooled_row = [] if shipped == EXTERNAL else [{"fold": "pooled", "threshold": None, **pooled}]
+    for row in [*label["folds"], *pooled_row]:
         cm = row["confusion"]
         mark = " (shipped)" if row["fold"] == shipped else ""
         threshold = fmt(row["threshold"], 4) if row["threshold"] is not None else "per fold"

@@ -85,6 +85,7 @@ def test_report_reads_as_an_external_validation(report: Path) -> None:
     assert "External validation of the package" in text
     assert "## The package at its own operating point" in text
     assert "| external (shipped) |" in text and "Equalized-odds gap" in text
+    assert "| pooled |" not in text  # the one external row is the pooled one
     assert (report / "roc_nodule.png").read_bytes()[:4] == b"\x89PNG"
 
 
