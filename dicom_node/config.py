@@ -288,6 +288,16 @@ class MetricsSection(_Section):
     port: Port = 9108
 
 
+class DriftSection(_Section):
+    """``[drift]``: the window each model is compared in, and when a feature drifts."""
+
+    window_studies: int = Field(default=200, ge=1)
+    window_days: float = Field(default=30.0, gt=0)
+    min_studies: int = Field(default=30, ge=1)
+    psi_threshold: float = Field(default=0.25, gt=0)
+    p_value: float = Field(default=0.001, gt=0, lt=1)
+
+
 class NodeConfig(_Section):
     """The whole config file. ``source`` is the file it was read from."""
 
@@ -298,6 +308,7 @@ class NodeConfig(_Section):
     models: list[ModelConfig] = []
     routes: list[RouteConfig] = []
     worker: WorkerSection = WorkerSection()
+    drift: DriftSection = DriftSection()
     delivery: DeliverySection = DeliverySection()
     results: ResultsSection = ResultsSection()
     retention: RetentionSection = RetentionSection()

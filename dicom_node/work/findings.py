@@ -12,6 +12,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from pydicom import Dataset
+
+from dicom_node.work.drift_features import input_features
 from dicom_node.work.outbox import OutboxFile
 from inference import Classification, Detection, Prediction, Segmentation
 
@@ -62,8 +65,9 @@ def _detection(prediction: Detection) -> list[dict[str, Any]]:
     return labels
 
 
-def series_findings(prediction: Prediction) -> dict[str, Any]:
-    """The record of one series' prediction: task, labels and the model's version.
+def series_findings(prediction: Prediction, header: Dataset) -> dict[str, Any]:
+    """The record of one series' prediction: task, labels, the model's version and the
+    series' acquisition attributes (``header``: its first instance), for drift monitoring.
 
     Raises
     ------
@@ -84,6 +88,7 @@ def series_findings(prediction: Prediction) -> dict[str, Any]:
         "task": task,
         "labels": labels,
         "skipped": list(prediction.skipped),
+        "inputs": input_features(header),
     }
 
 

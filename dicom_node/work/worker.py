@@ -277,7 +277,7 @@ class Worker:
                 problems.append(f"series {series_uid}: skipped " + "; ".join(prediction.skipped))
             with timings.phase("results"):
                 results.extend(self._build_results(prediction, datasets))
-                found.append(series_findings(prediction))
+                found.append(series_findings(prediction, datasets[0]))
             if lost():
                 raise LeaseLost()
         if not results:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pydicom import Dataset
 
 from dicom_node.work.findings import job_findings, series_findings
 from dicom_node.work.outbox import OutboxFile
@@ -25,6 +26,10 @@ from inference import (
 MODEL = ModelIdentity("m", "1.2.0")
 CONCEPT = CodedConcept("1", "99TEST", "thing")
 FRAMES = (FrameRef("1.2.3.4.1"), FrameRef("1.2.3.4.2"))
+HEADER = Dataset()
+HEADER.Manufacturer = "ACME"
+HEADER.KVP = "120"
+HEADER.PixelSpacing = ["0.7", "0.7"]
 
 
 def label(name: str, threshold: float = 0.5) -> Label:
@@ -33,8 +38,10 @@ def label(name: str, threshold: float = 0.5) -> Label:
 
 def test_classification_keeps_probability_threshold_and_decision() -> None:
     scores = (LabelScore(label("a", 0.3), 0.4, True), LabelScore(label("b"), 0.2, False))
-    record = series_findings(Classification(MODEL, "1.2.3", FRAMES, scores))
+    record = series_findings(Classification(MODEL, "1.2.3", FRAMES, scores), HEADER)
     assert record["task"] == "classification" and record["model_version"] == "1.2.0"
+    assert record["inputs"]["Manufacturer"] == "ACME" and record["inputs"]["KVP"] == 120.0
+    assert record["inputs"]["PixelSpacing"] == 0.7 and record["inputs"]["PatientSex"] == "(none)"
     assert record["labels"] == [
         {"label": "a", "threshold": 0.3, "probability": 0.4, "positive": True},
         {"label": "b", "threshold": 0.5, "probability": 0.2, "positive": False},
@@ -53,7 +60,7 @@ def test_segmentation_gives_voxels_and_volume_per_label() -> None:
         pixel_spacing_mm=(2.0, 2.0),
         slice_spacing_mm=5.0,
     )
-    labels = series_findings(seg)["labels"]
+    labels = series_findings(seg, HEADER)["labels"]
     assert [(x["voxels"], x["volume_ml"], x["positive"]) for x in labels] == [
         (4, 0.08, True),  # 4 x 20 mm3
         (0, 0.0, False),
@@ -62,7 +69,7 @@ def test_segmentation_gives_voxels_and_volume_per_label() -> None:
 
 def test_segmentation_without_spacing_has_no_volume() -> None:
     seg = Segmentation(MODEL, "1.2.3", FRAMES, (label("x"),), np.ones((2, 2, 2, 1), bool))
-    assert series_findings(seg)["labels"][0]["volume_ml"] is None
+    assert series_findings(seg, HEADER)["labels"][0]["volume_ml"] is None
 
 
 def test_detection_counts_boxes_and_best_score() -> None:
@@ -71,7 +78,9 @@ def test_detection_counts_boxes_and_best_score() -> None:
         Box(nodule, 0.7, FRAMES[0], (1, 1, 3, 3)),
         Box(nodule, 0.9, FRAMES[1], (1, 1, 3, 3)),
     )
-    record = series_findings(Detection(MODEL, "1.2.3", FRAMES, (nodule, label("mass")), boxes))
+    record = series_findings(
+        Detection(MODEL, "1.2.3", FRAMES, (nodule, label("mass")), boxes), HEADER
+    )
     assert [(x["boxes"], x["probability"], x["positive"]) for x in record["labels"]] == [
         (2, 0.9, True),
         (0, None, False),
@@ -80,12 +89,12 @@ def test_detection_counts_boxes_and_best_score() -> None:
 
 def test_not_a_prediction_is_refused() -> None:
     with pytest.raises(TypeError, match="not a prediction: str"):
-        series_findings("seg")  # type: ignore[arg-type]
+        series_findings("seg", HEADER)  # type: ignore[arg-type]
 
 
 def test_job_record_is_json_with_the_result_files() -> None:
     scores = (LabelScore(label("a"), 0.9, True),)
-    record = series_findings(Classification(MODEL, "1.2.3", FRAMES, scores))
+    record = series_findings(Classification(MODEL, "1.2.3", FRAMES, scores), HEADER)
     files = [OutboxFile(Path("/out/1/sr.dcm"), "1.2.9", "1.2.840.10008.5.1.4.1.1.88.22")]
     job = job_findings([record], files)
     assert json.loads(json.dumps(job)) == {"series": [record], "files": ["/out/1/sr.dcm"]}
