@@ -25,6 +25,8 @@ COMMANDS = (
     "export",
     "evaluate",
     "results",
+    "drift",
+    "profile",
 )
 
 
