@@ -31,6 +31,9 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--backend", default="auto", help="auto, tensorrt, onnxruntime or torch")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap intervals")
+    parser.add_argument(
+        "--card", action="store_true", help="also record the figures in the package's model card"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(run=run)
 
@@ -53,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
             backend=args.backend,
             device=args.device,
             progress=not args.no_progress,
+            card=args.card,
             seed=args.seed,
         )
     except (InferenceError, LabelFileError, FileNotFoundError, ValueError) as exc:

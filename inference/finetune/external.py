@@ -22,6 +22,7 @@ from inference.errors import ModelPackageError, UnsupportedSeriesError
 from inference.finetune.data import SkippedInputs, TrainingData, make_case, read_labels
 from inference.finetune.dicom_index import DicomIndex, SeriesEntry, index_folder
 from inference.finetune.evaluation import evaluate_classification
+from inference.finetune.model_card import record_external_validation
 from inference.finetune.report import EXTERNAL, write_report
 from inference.finetune.subgroups import DEFAULT_AGE_BANDS
 from inference.finetune.training import FoldOutcome
@@ -85,6 +86,7 @@ def evaluate_package(
     backend: str = "auto",
     device: str = "auto",
     progress: bool = True,
+    card: bool = False,
     seed: int = 0,
     resamples: int = BOOTSTRAP_RESAMPLES,
 ) -> ExternalResult:
@@ -104,6 +106,8 @@ def evaluate_package(
         As `inference.load_model` takes them.
     progress : bool
         A progress bar per case.
+    card : bool
+        Also append the figures to the package's model card (`model_card`).
     seed, resamples : int
         The patient bootstrap of the AUC intervals.
 
@@ -164,10 +168,13 @@ def evaluate_package(
         "dataset": str(data),
         "backend": model.backend_name,
         "seed": seed,
+        "cases": len(cases),
         "data": f"{len(cases)} {level}(s) from {len({c.patient for c in cases})} patient(s)",
         "skipped": skipped.counts(),
     }
     report = write_report(results, run, Path(out))
+    if card:
+        record_external_validation(Path(package), results, run, report)
     return ExternalResult(report, len(cases), skipped.counts())
 
 

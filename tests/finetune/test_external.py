@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -137,3 +138,37 @@ def test_cli_prints_the_summary_and_fails_with_the_reason(external: Path, tmp_pa
     assert (
         failed.returncode == 1 and "evaluate: " in failed.stderr and "missing.csv" in failed.stderr
     )
+
+
+def test_card_gets_the_external_validation_and_models_prints_it(
+    external: Path, tmp_path: Path
+) -> None:
+    package = tmp_path / "demo-cr-classifier"
+    shutil.copytree(CLASSIFIER, package)
+    (package / "model_card.md").write_text("# Demo\n\nWritten by hand.\n")
+    for _ in range(2):  # a second evaluation adds a second entry, keeps the first
+        evaluate_package(
+            package, external, external / "labels.csv", tmp_path / "out", progress=False, card=True
+        )
+    card = json.loads((package / "model_card.json").read_text())
+    first, second = card["external_validations"]
+    assert second["labels"] == first["labels"]  # same package, same set: same figures
+    assert first["cases"] == PATIENTS and [x["label"] for x in first["labels"]] == [
+        "nodule",
+        "mass",
+    ]
+    assert first["labels"][0]["threshold"] == pytest.approx(0.418453)
+    config = tmp_path / "node.toml"
+    config.write_text(f'[[models]]\nname = "cr"\npath = "{package}"\n')
+    shown = subprocess.run(
+        [sys.executable, "-m", "dicom_node", "models", "-c", str(config), "--card", "cr"],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        check=False,
+        timeout=60,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.startswith("# Demo\n\nWritten by hand.\n")
+    assert shown.stdout.count("## External validation:") == 2
+    assert "| nodule | 0.4185 | 24 |" in shown.stdout
