@@ -8,6 +8,7 @@ by ``pytest -s -k false_alarm`` and asserted below 2%.
 from __future__ import annotations
 
 import json
+import logging
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,8 @@ from dicom_node.work.drift import (
     read_profile,
     window_records,
 )
-from tests.orchestration.conftest import add_study
+from dicom_node.work.drift_monitor import DriftCollector
+from tests.orchestration.conftest import add_study, make_config
 
 SETTINGS = DriftSection(window_studies=100, min_studies=30)
 VENDORS = {"GE": 0.5, "SIEMENS": 0.3, "PHILIPS": 0.2}
@@ -145,3 +147,41 @@ def test_window_is_the_last_studies_within_the_days(sessions: sessionmaker[Sessi
         assert window_records(session, "ct", settings, now) == records[:2]
         wide = DriftSection(window_studies=10, window_days=30)
         assert window_records(session, "ct", wide, now) == records[:3]  # 40 days: out
+
+
+def add_done_jobs(sessions: sessionmaker[Session], records: list[dict[str, Any]]) -> None:
+    with sessions.begin() as session:
+        for index, record in enumerate(records):
+            study = add_study(session, f"1.3.{index}", [{"uid": f"1.3.{index}.1"}])
+            session.add(
+                Job(
+                    study_id=study.id,
+                    route_name="ct",
+                    model_name="ct",
+                    state=WorkState.DONE,
+                    finished_at=utcnow(),
+                    findings={"series": [record], "files": []},
+                )
+            )
+
+
+def test_gauges_and_one_warning_per_drifting_feature(
+    sessions: sessionmaker[Session],
+    profile: Any,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    config = make_config(tmp_path, drift={"window_studies": 60, "min_studies": 30})
+    shifted = stream(np.random.default_rng(6), 60, kvp={80.0: 1.0})
+    add_done_jobs(sessions, shifted)
+    collector = DriftCollector(config, sessions, {"ct": profile})
+    with caplog.at_level(logging.WARNING, logger="dicom_node.work.drift_monitor"):
+        drift, rates = collector.collect()
+        list(collector.collect())  # a second scrape: no second warning
+    values = {s.labels["feature"]: s.value for s in drift.samples}
+    assert values["Manufacturer"] < 0.25 and values["KVP"] == pytest.approx(1.0)
+    (rate,) = rates.samples
+    positives = sum(r["labels"][0]["positive"] for r in shifted) / len(shifted)
+    assert rate.labels == {"model": "ct", "label": "nodule"} and rate.value == positives
+    warned = [r for r in caplog.records if r.getMessage() == "model input or output drifts"]
+    assert [r.feature for r in warned] == ["KVP"]  # type: ignore[attr-defined]
