@@ -6,7 +6,6 @@ import csv
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,7 @@ import pytest
 from inference import ModelPackageError, load_model
 from inference.finetune import LabelFileError, evaluate_package
 from inference.finetune.synthetic import MASS, NODULE, write_chest_set
-from tests.conftest import REPO_ROOT
+from tests.conftest import run_cli
 from tests.orchestration.studies import MODELS
 
 pytestmark = pytest.mark.slow  # runs a real package on a few dozen radiographs
@@ -106,29 +105,19 @@ def test_labels_without_a_package_label_are_refused(external: Path, tmp_path: Pa
 
 def test_cli_prints_the_summary_and_fails_with_the_reason(external: Path, tmp_path: Path) -> None:
     def evaluate(labels: Path) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "dicom_node",
-                "evaluate",
-                "--model",
-                str(CLASSIFIER),
-                "--data",
-                str(external),
-                "--labels",
-                str(labels),
-                "--out",
-                str(tmp_path / "out"),
-                "--backend",
-                "onnxruntime",
-                "--no-progress",
-            ],
-            capture_output=True,
-            text=True,
-            cwd=REPO_ROOT,
-            check=False,
-            timeout=300,
+        return run_cli(
+            "evaluate",
+            "--model",
+            CLASSIFIER,
+            "--data",
+            external,
+            "--labels",
+            labels,
+            "--out",
+            tmp_path / "out",
+            "--backend",
+            "onnxruntime",
+            "--no-progress",
         )
 
     done = evaluate(external / "labels.csv")
@@ -160,14 +149,7 @@ def test_card_gets_the_external_validation_and_models_prints_it(
     assert first["labels"][0]["threshold"] == pytest.approx(0.418453)
     config = tmp_path / "node.toml"
     config.write_text(f'[[models]]\nname = "cr"\npath = "{package}"\n')
-    shown = subprocess.run(
-        [sys.executable, "-m", "dicom_node", "models", "-c", str(config), "--card", "cr"],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        check=False,
-        timeout=60,
-    )
+    shown = run_cli("models", "-c", config, "--card", "cr")
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.startswith("# Demo\n\nWritten by hand.\n")
     assert shown.stdout.count("## External validation:") == 2

@@ -126,43 +126,38 @@ def test_profile_must_match_the_package_labels(tmp_path: Path) -> None:
         read_profile(path, ["nodule"])
 
 
-def test_window_is_the_last_studies_within_the_days(sessions: sessionmaker[Session]) -> None:
+def add_done_jobs(
+    sessions: sessionmaker[Session],
+    records: list[dict[str, Any]],
+    ages_days: list[float] | None = None,
+) -> None:
+    """One done job per record, finished ``ages_days`` ago (default: now)."""
     now = utcnow()
-    records = stream(np.random.default_rng(5), 4)
     with sessions.begin() as session:
-        for index, age_days in enumerate([1, 2, 3, 40]):
-            study = add_study(session, f"1.2.{index}", [{"uid": f"1.2.{index}.1"}])
+        for index, record in enumerate(records):
+            study = add_study(session, f"1.3.{index}", [{"uid": f"1.3.{index}.1"}])
+            age = ages_days[index] if ages_days else 0.0
             session.add(
                 Job(
                     study_id=study.id,
                     route_name="ct",
                     model_name="ct",
                     state=WorkState.DONE,
-                    finished_at=now - timedelta(days=age_days),
-                    findings={"series": [records[index]], "files": []},
+                    finished_at=now - timedelta(days=age),
+                    findings={"series": [record], "files": []},
                 )
             )
+
+
+def test_window_is_the_last_studies_within_the_days(sessions: sessionmaker[Session]) -> None:
+    now = utcnow()
+    records = stream(np.random.default_rng(5), 4)
+    add_done_jobs(sessions, records, ages_days=[1, 2, 3, 40])
     settings = DriftSection(window_studies=2, window_days=30)
     with sessions() as session:
         assert window_records(session, "ct", settings, now) == records[:2]
         wide = DriftSection(window_studies=10, window_days=30)
         assert window_records(session, "ct", wide, now) == records[:3]  # 40 days: out
-
-
-def add_done_jobs(sessions: sessionmaker[Session], records: list[dict[str, Any]]) -> None:
-    with sessions.begin() as session:
-        for index, record in enumerate(records):
-            study = add_study(session, f"1.3.{index}", [{"uid": f"1.3.{index}.1"}])
-            session.add(
-                Job(
-                    study_id=study.id,
-                    route_name="ct",
-                    model_name="ct",
-                    state=WorkState.DONE,
-                    finished_at=utcnow(),
-                    findings={"series": [record], "files": []},
-                )
-            )
 
 
 def test_gauges_and_one_warning_per_drifting_feature(

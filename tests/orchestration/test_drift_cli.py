@@ -4,36 +4,23 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from inference.finetune.synthetic import MASS, NODULE, write_chest_set
-from tests.conftest import REPO_ROOT
+from tests.conftest import run_cli
 from tests.orchestration.node import node_document, write_config
 from tests.orchestration.studies import MODELS
 
 pytestmark = pytest.mark.slow  # runs the demo classifier on a few radiographs
 
 
-def dicom_node(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "dicom_node", *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        check=False,
-        timeout=300,
-    )
-
-
 def test_profile_then_drift_then_a_mismatched_profile(tmp_path: Path) -> None:
     package = tmp_path / "demo-cr-classifier"
     shutil.copytree(MODELS / "demo-cr-classifier", package)
     write_chest_set(tmp_path / "data", 12, (NODULE, MASS), size=128, seed=3)
-    built = dicom_node(
+    built = run_cli(
         "profile",
         "--model",
         package,
@@ -53,8 +40,8 @@ def test_profile_then_drift_then_a_mismatched_profile(tmp_path: Path) -> None:
     document = node_document(tmp_path, pacs=None)
     document["models"][1]["path"] = package
     config = write_config(tmp_path / "node.toml", document)
-    assert dicom_node("check-config", "-c", config).returncode == 0
-    drift = dicom_node("drift", "-c", config, "--model", "demo-cr-classifier", "--json")
+    assert run_cli("check-config", "-c", config).returncode == 0
+    drift = run_cli("drift", "-c", config, "--model", "demo-cr-classifier", "--json")
     assert drift.returncode == 0, drift.stderr
     rows = json.loads(drift.stdout)
     assert {r["status"] for r in rows} == {"too_few"}  # no job has run yet
@@ -62,8 +49,8 @@ def test_profile_then_drift_then_a_mismatched_profile(tmp_path: Path) -> None:
 
     profile["positive_rates"] = {"opacity": 0.3}
     (package / "profile.json").write_text(json.dumps(profile))
-    checked = dicom_node("check-config", "-c", config)
+    checked = run_cli("check-config", "-c", config)
     assert checked.returncode == 1
     assert "models[1].path: drift profile:" in checked.stderr
     assert "labels ['opacity'] differ from the package's ['mass', 'nodule']" in checked.stderr
-    assert dicom_node("drift", "-c", config).returncode == 2
+    assert run_cli("drift", "-c", config).returncode == 2

@@ -9,15 +9,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from dicom_node.db.schema import WorkState
-from tests.conftest import REPO_ROOT, get_free_port
+from tests.conftest import get_free_port, run_cli
 from tests.orchestration.node import node_document, run_node, wait_until, write_config
 from tests.orchestration.pacs import series_by_modality
 from tests.orchestration.studies import ct_series
@@ -36,14 +34,7 @@ def ct_route(**keys: Any) -> list[dict[str, Any]]:
 
 
 def dicom_node(*args: str) -> str:
-    run = subprocess.run(
-        [sys.executable, "-m", "dicom_node", *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        check=False,
-        timeout=60,
-    )
+    run = run_cli(*args, timeout=60)
     assert run.returncode == 0, run.stderr
     return run.stdout
 
