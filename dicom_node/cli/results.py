@@ -19,7 +19,8 @@ from dicom_node.db.sessions import create_db_engine, session_factory
 from dicom_node.errors import ConfigError
 from dicom_node.work.results_report import FindingRow, finding_rows
 
-TABLE_COLUMNS = ("finished_at", "model", "mode", "study_uid", "label", "probability", "positive")
+# "score": the probability, or for segmentation the volume.
+TABLE_COLUMNS = ("finished_at", "model", "mode", "study_uid", "label", "score", "positive")
 
 
 def _date(text: str) -> datetime:
@@ -45,9 +46,11 @@ def add_parser(subparsers: Any) -> None:
 
 
 def _cell(row: FindingRow, column: str) -> str:
+    if column == "score":
+        if row.probability is not None:
+            return f"{row.probability:.4f}"
+        return "-" if row.volume_ml is None else f"{row.volume_ml} ml"
     value = row.as_dict()[column]
-    if column == "probability" and value is None and row.volume_ml is not None:
-        return f"{row.volume_ml} ml"
     return "-" if value is None else str(value)
 
 

@@ -85,6 +85,17 @@ def test_shadow_to_live_and_back_is_a_config_change(tmp_path: Path) -> None:
         assert row["model"] == "demo-ct-bone" and row["task"] == "segmentation"
         assert row["volume_ml"] is not None and row["voxels"] > 0
         assert row["files"] and all(Path(path).is_file() for path in row["files"])
+    lines = dicom_node("results", "-c", str(config)).splitlines()
+    assert lines[0].split() == [
+        "finished_at",
+        "model",
+        "mode",
+        "study_uid",
+        "label",
+        "score",
+        "positive",
+    ]
+    assert len(lines) == 4 and all(" ml " in line for line in lines[1:])  # bone volumes
     table = list(csv.DictReader(io.StringIO(dicom_node("results", "-c", str(config), "--csv"))))
     assert [r["study_uid"] for r in table] == study_uids
     assert dicom_node("results", "-c", str(config), "--model", "other", "--json").strip() == "[]"
