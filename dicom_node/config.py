@@ -198,6 +198,11 @@ class RouteConfig(_Section):
     ``match`` maps DICOM keywords (study or series level, ``SOPClassUID``) or
     ``CallingAETitle`` to an exact value, a list of values, ``{regex = "..."}`` or
     ``{min = .., max = ..}``; all conditions must hold.
+
+    ``mode = "shadow"`` runs the route's models and keeps their results and findings
+    (``dicom-node results``) but sends them only to ``shadow_destinations`` (a research
+    archive), never to ``destinations``; ``shadow_models`` does the same for some of the
+    models of a live route. Going live is removing the key: nothing else changes.
     """
 
     name: str = Field(min_length=1)
@@ -205,6 +210,13 @@ class RouteConfig(_Section):
     match: dict[str, MatchValue] = {}
     destinations: list[str] = []
     reply_to_sender: bool = False
+    mode: Literal["live", "shadow"] = "live"
+    shadow_destinations: list[str] = []
+    shadow_models: list[str] = []
+
+    def is_shadow(self, model: str) -> bool:
+        """Whether ``model`` runs in shadow on this route (the route's mode or its list)."""
+        return self.mode == "shadow" or model in self.shadow_models
 
     @field_validator("match")
     @classmethod
@@ -216,8 +228,13 @@ class RouteConfig(_Section):
 
     @model_validator(mode="after")
     def _has_destination(self) -> RouteConfig:
-        if not self.destinations and not self.reply_to_sender:
-            raise ValueError("a route needs destinations or reply_to_sender = true")
+        if self.mode == "live" and not self.destinations and not self.reply_to_sender:
+            raise ValueError(
+                'a route needs destinations or reply_to_sender = true (or mode = "shadow")'
+            )
+        for model in self.shadow_models:
+            if model not in self.models:
+                raise ValueError(f"shadow_models names {model!r}, which is not in models")
         return self
 
 
@@ -271,6 +288,16 @@ class MetricsSection(_Section):
     port: Port = 9108
 
 
+class DriftSection(_Section):
+    """``[drift]``: the window each model is compared in, and when a feature drifts."""
+
+    window_studies: int = Field(default=200, ge=1)
+    window_days: float = Field(default=30.0, gt=0)
+    min_studies: int = Field(default=30, ge=1)
+    psi_threshold: float = Field(default=0.25, gt=0)
+    p_value: float = Field(default=0.001, gt=0, lt=1)
+
+
 class NodeConfig(_Section):
     """The whole config file. ``source`` is the file it was read from."""
 
@@ -281,6 +308,7 @@ class NodeConfig(_Section):
     models: list[ModelConfig] = []
     routes: list[RouteConfig] = []
     worker: WorkerSection = WorkerSection()
+    drift: DriftSection = DriftSection()
     delivery: DeliverySection = DeliverySection()
     results: ResultsSection = ResultsSection()
     retention: RetentionSection = RetentionSection()
@@ -331,9 +359,10 @@ def _cross_reference_problems(config: NodeConfig) -> list[tuple[str, str]]:
         for i, model in enumerate(route.models):
             if model not in model_names:
                 problems.append((f"routes[{index}].models[{i}]", f"no model named {model!r}"))
-        for i, dest in enumerate(route.destinations):
-            if dest not in peer_names:
-                problems.append((f"routes[{index}].destinations[{i}]", f"no peer named {dest!r}"))
+        for key in ("destinations", "shadow_destinations"):
+            for i, dest in enumerate(getattr(route, key)):
+                if dest not in peer_names:
+                    problems.append((f"routes[{index}].{key}[{i}]", f"no peer named {dest!r}"))
     query_peer = config.completion.query_peer
     if query_peer is not None and query_peer not in peer_names:
         problems.append(("completion.query_peer", f"no peer named {query_peer!r}"))

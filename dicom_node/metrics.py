@@ -10,7 +10,7 @@ time, so that every process reports the same, current picture.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from threading import Thread
 from wsgiref.simple_server import WSGIServer
@@ -102,10 +102,12 @@ class MetricsServer:
         settings: MetricsSection,
         sessions: sessionmaker[Session],
         registry: CollectorRegistry = REGISTRY,
+        extra: Sequence[Collector] = (),
     ) -> None:
         self._settings = settings
         self._registry = registry
-        self._collector = QueueCollector(sessions)
+        # The queue gauges, then what the stages add (drift gauges from dicom_node.work).
+        self._collectors = [QueueCollector(sessions), *extra]
         self._server: WSGIServer | None = None
         self._thread: Thread | None = None
 
@@ -130,13 +132,14 @@ class MetricsServer:
         OSError
             When the host/port cannot be bound (in use, not an address of this host).
         """
-        self._registry.register(self._collector)
+        for collector in self._collectors:
+            self._registry.register(collector)
         try:
             self._server, self._thread = start_http_server(
                 self._settings.port, addr=self._settings.host, registry=self._registry
             )
         except OSError:
-            self._registry.unregister(self._collector)
+            self._unregister()
             raise
         logger.info("metrics listening", extra={"host": self._settings.host, "port": self.port})
 
@@ -149,4 +152,8 @@ class MetricsServer:
         if self._thread is not None:
             self._thread.join(timeout=5)
         self._server = None
-        self._registry.unregister(self._collector)
+        self._unregister()
+
+    def _unregister(self) -> None:
+        for collector in self._collectors:
+            self._registry.unregister(collector)

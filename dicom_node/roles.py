@@ -38,6 +38,7 @@ from dicom_node.net.scp import Listener
 from dicom_node.net.scu import LocalAE, find_study_counts
 from dicom_node.work.commitment import CommitmentReportHandler, CommitmentReports
 from dicom_node.work.delivery import DeliveryScanner
+from dicom_node.work.drift_monitor import DriftCollector, load_profiles
 from dicom_node.work.jobs import reclaim_abandoned
 from dicom_node.work.retention import apply_retention
 from dicom_node.work.routing import route_complete_studies, unmatchable_conditions
@@ -136,9 +137,10 @@ def add_delivery(host: Host) -> None:
 
 
 def add_metrics(host: Host) -> None:
-    """The Prometheus endpoint, when enabled."""
+    """The Prometheus endpoint, when enabled, with the drift gauges of profiled models."""
     if host.config.metrics.enabled:
-        host.add_component(MetricsServer(host.config.metrics, host.sessions))
+        drift = DriftCollector(host.config, host.sessions, load_profiles(host.config))
+        host.add_component(MetricsServer(host.config.metrics, host.sessions, extra=[drift]))
 
 
 Builder = Callable[[Host], None]

@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args: object, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """``python -m dicom_node ARGS`` from the repository root, output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "dicom_node", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        check=False,
+        timeout=timeout,
+    )
 
 
 # Ports handed out in this process: the kernel may offer a just-closed port again at

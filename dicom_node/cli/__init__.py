@@ -23,6 +23,10 @@ COMMANDS = (
     "models",
     "finetune",
     "export",
+    "evaluate",
+    "results",
+    "drift",
+    "profile",
 )
 
 

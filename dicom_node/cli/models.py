@@ -5,6 +5,7 @@ and device that its ``backend``/``device`` settings resolve to on this machine (
 ``auto``: TensorRT, then ONNX Runtime with CUDA, then ONNX Runtime on the CPU). The
 model is really started, so a TensorRT engine is built here once and cached under
 ``storage_dir/engines`` for ``serve`` to reuse. Exit status 1 when any model fails.
+``--card NAME`` prints that model's ``model_card.md`` instead.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from dicom_node.config import ModelConfig, NodeConfig, load_config
 from dicom_node.errors import ConfigError
 from inference import InferenceError, load_model
 
+# Written beside model.toml by `dicom-node evaluate --card` (inference.finetune.model_card).
+CARD_FILE = "model_card.md"
+
 
 def add_parser(subparsers: Any) -> None:
     """Register ``models`` and its options."""
@@ -26,7 +30,22 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument("-c", "--config", required=True, help="path to the node's TOML config")
     parser.add_argument("--json", action="store_true", help="print one JSON list")
+    parser.add_argument("--card", metavar="NAME", help="print this model's model_card.md")
     parser.set_defaults(run=run)
+
+
+def print_card(config: NodeConfig, name: str) -> int:
+    """Print the model card of the model ``name``; 1 when it has none."""
+    entry = next((m for m in config.models if m.name == name), None)
+    if entry is None:
+        print(f"models --card: no model named {name!r} in the config", file=sys.stderr)
+        return 1
+    card = entry.path / CARD_FILE
+    if not card.is_file():
+        print(f"models --card: {name} has no {CARD_FILE} in {entry.path}", file=sys.stderr)
+        return 1
+    print(card.read_text(encoding="utf-8"), end="")
+    return 0
 
 
 def describe(config: NodeConfig, entry: ModelConfig) -> dict[str, Any]:
@@ -62,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
+    if args.card:
+        return print_card(config, args.card)
     rows = [describe(config, entry) for entry in config.models]
     if args.json:
         print(json.dumps(rows, indent=2))

@@ -203,6 +203,12 @@ class Job(LeasedWork, Base):
     # Seconds per phase of the last run (load, model, results, ...), for status and benchmarks.
     timings: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
     error: Mapped[str | None] = mapped_column(Text)
+    # "shadow" when every route gave the model in shadow: results kept, only
+    # shadow_destinations get them (`dicom-node results` reviews them).
+    mode: Mapped[str] = mapped_column(String(8), default="live", server_default="live")
+    # What the model found per series (labels, probabilities, volumes, result files; no
+    # pixels), written with the DONE state (`dicom_node.work.findings`).
+    findings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, server_default="{}")
 
     __table_args__ = (
         UniqueConstraint("study_id", "generation", "model_name", name="uq_job_study_model"),

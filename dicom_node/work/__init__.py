@@ -8,7 +8,11 @@
   commitment (here rather than in `dicom_node.net` because its report handler
   updates delivery rows);
 - ``retention``: removing what nothing needs any more;
-- ``queue_report``: jobs and deliveries for ``dicom-node status``.
+- ``queue_report``: jobs and deliveries for ``dicom-node status``;
+- ``findings``, ``results_report``: what each model found per series, kept on its job
+  (shadow and live alike) and listed by ``dicom-node results``;
+- ``drift_features``, ``drift``, ``drift_monitor``: per-series features, the package's
+  reference profile, window tests, and the drift gauges.
 
 May import `dicom_node.net`, `dicom_node.intake`, `dicom_node.db`, the top-level
 config, errors, logs and metrics, and `inference` and `sr_writer` through their

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import ColumnElement, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -97,11 +98,13 @@ def end_job(
     *,
     error: str | None = None,
     timings: dict[str, float] | None = None,
+    findings: dict[str, Any] | None = None,
 ) -> bool:
     """Set a terminal state in the caller's transaction; False if the job is not ours.
 
     The caller adds the job's deliveries in the same transaction when ``state`` is DONE,
-    so that results are recorded exactly when the job is.
+    so that results (and ``findings``, `dicom_node.work.findings`) are recorded exactly
+    when the job is.
 
     Raises
     ------
@@ -116,6 +119,8 @@ def end_job(
     }
     if timings is not None:
         values["timings"] = timings
+    if findings is not None:
+        values["findings"] = findings
     result = session.execute(update(Job).where(*owned(job)).values(**values))
     ok = bool(result.rowcount)  # type: ignore[attr-defined]
     if ok:

@@ -41,6 +41,8 @@ class JobPlan:
     series_uids: list[str] = field(default_factory=list)
     destinations: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    # True while every route that gave the model runs it in shadow.
+    shadow: bool = True
 
 
 @dataclass(frozen=True)
@@ -94,19 +96,24 @@ def plan_routing(
         if not matched:
             misses.append(f"route {route.name!r}: " + ("; ".join(route_misses) or "no series"))
             continue
-        destinations, problem = resolve_destinations(route, config, calling_ae)
+        live_destinations, problem = resolve_destinations(route, config, calling_ae)
         for model_name in route.models:
             plan = plans.setdefault(model_name, JobPlan(model_name))
             _add_unique(plan.route_names, [route.name])
             _add_unique(plan.series_uids, matched)
-            _add_unique(plan.destinations, destinations)
+            if route.is_shadow(model_name):
+                _add_unique(plan.destinations, route.shadow_destinations)
+                continue
+            plan.shadow = False
+            _add_unique(plan.destinations, live_destinations)
             if problem:
                 plan.problems.append(problem)
     if not plans:
         reason = "no route matched: " + (" | ".join(misses) if misses else "no routes configured")
         return RoutingPlan([], reason)
     summary = ", ".join(
-        f"{p.model_name} ({'+'.join(p.route_names)}: {len(p.series_uids)} series)"
+        f"{p.model_name}{' [shadow]' if p.shadow else ''} "
+        f"({'+'.join(p.route_names)}: {len(p.series_uids)} series)"
         for p in plans.values()
     )
     return RoutingPlan(list(plans.values()), f"jobs: {summary}")
@@ -231,7 +238,7 @@ def route_study(session: Session, config: NodeConfig, study_id: int, generation:
     now = utcnow()
     for job_plan in plan.jobs:
         problem = "; ".join(job_plan.problems) or None
-        skipped = not job_plan.destinations
+        skipped = not job_plan.destinations and not job_plan.shadow
         session.add(
             Job(
                 study_id=study_id,
@@ -240,6 +247,7 @@ def route_study(session: Session, config: NodeConfig, study_id: int, generation:
                 model_name=job_plan.model_name,
                 series_uids=job_plan.series_uids,
                 destinations=job_plan.destinations,
+                mode="shadow" if job_plan.shadow else "live",
                 state=WorkState.SKIPPED if skipped else WorkState.QUEUED,
                 error=f"no destination: {problem}" if skipped else problem,
                 next_attempt_at=now,

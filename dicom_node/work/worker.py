@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pydicom
 from pydicom import Dataset
@@ -34,6 +35,7 @@ from dicom_node.db.ownership import owner_id
 from dicom_node.db.schema import Instance, Series, WorkState, utcnow
 from dicom_node.metrics import INFERENCE_SECONDS
 from dicom_node.work.delivery_queue import queue_deliveries
+from dicom_node.work.findings import job_findings, series_findings
 from dicom_node.work.jobs import ClaimedJob, claim_job, end_job, renew_lease, retry_or_fail
 from dicom_node.work.model_cache import ModelCache
 from dicom_node.work.outbox import Outbox, OutboxFile
@@ -188,10 +190,18 @@ class Worker:
         settings = self.config.worker
         timings = Timings({"queue_wait": round((utcnow() - job.created_at).total_seconds(), 4)})
         try:
-            files, problems = self._process(job, timings, lambda: lease.lost)
+            files, problems, found = self._process(job, timings, lambda: lease.lost)
             with timings.phase("commit"), self.sessions.begin() as session:
                 note = "; ".join(problems) or None
-                if not end_job(session, job, WorkState.DONE, error=note, timings=timings.phases):
+                findings = job_findings(found, files)
+                if not end_job(
+                    session,
+                    job,
+                    WorkState.DONE,
+                    error=note,
+                    timings=timings.phases,
+                    findings=findings,
+                ):
                     raise LeaseLost()
                 queue_deliveries(session, job.id, files, job.destinations)
         except LeaseLost:
@@ -239,11 +249,12 @@ class Worker:
 
     def _process(
         self, job: ClaimedJob, timings: Timings, lost: Callable[[], bool]
-    ) -> tuple[list[OutboxFile], list[str]]:
+    ) -> tuple[list[OutboxFile], list[str], list[dict[str, Any]]]:
         with timings.phase("model_load"):
             model = self.models.get(job.model_name)
         results: list[Dataset] = []
         problems: list[str] = []
+        found: list[dict[str, Any]] = []
         for series_uid in job.series_uids:
             with timings.phase("load"), self.sessions() as session:
                 datasets = load_series(session, job.study_id, series_uid)
@@ -266,10 +277,11 @@ class Worker:
                 problems.append(f"series {series_uid}: skipped " + "; ".join(prediction.skipped))
             with timings.phase("results"):
                 results.extend(self._build_results(prediction, datasets))
+                found.append(series_findings(prediction, datasets[0]))
             if lost():
                 raise LeaseLost()
         if not results:
             raise JobSkipped("; ".join(problems) or "no series to run")
         with timings.phase("outbox"):
             files = self.outbox.write(job.id, results)
-        return files, problems
+        return files, problems, found

@@ -10,12 +10,15 @@ line reaches it as ``dicom-node finetune`` and ``dicom-node export``:
   writes the validation report;
 * `export_package` writes the package (ONNX with a dynamic batch axis and the CAM
   feature map, ``model.toml`` with the validated thresholds) and checks PyTorch
-  against ONNX Runtime.
+  against ONNX Runtime;
+* `evaluate_package` validates a package on an external labelled set exactly as the
+  node runs it, into the same report.
 """
 
 from inference.finetune.config import FinetuneConfig, read_config
 from inference.finetune.data import LabelFileError
 from inference.finetune.export import ExportError, ExportResult, export_package
+from inference.finetune.external import ExternalResult, evaluate_package
 from inference.finetune.networks import Backbone
 from inference.finetune.run import RunSummary, finetune
 
@@ -23,9 +26,11 @@ __all__ = [
     "Backbone",
     "ExportError",
     "ExportResult",
+    "ExternalResult",
     "FinetuneConfig",
     "LabelFileError",
     "RunSummary",
+    "evaluate_package",
     "export_package",
     "finetune",
     "read_config",

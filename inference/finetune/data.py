@@ -210,7 +210,7 @@ def read_labels(
     return KEY_COLUMNS[keys[0]], targets
 
 
-def _case(key: str, header: Dataset, bands: Sequence[int], target: tuple[float, ...]) -> Case:
+def make_case(key: str, header: Dataset, bands: Sequence[int], target: tuple[float, ...]) -> Case:
     patient = str(header.get("PatientID", "") or "")
     if not patient:
         patient = f"study:{header.get('StudyInstanceUID', key)}"
@@ -330,7 +330,7 @@ def load_classification(
             out.targets.append(np.asarray(target, dtype=np.float32))
             out.case_of.append(len(cases))
             out.spacing.append(mm)
-        cases.append(_case(key, groups[key][0].header, age_bands, target))
+        cases.append(make_case(key, groups[key][0].header, age_bands, target))
     return _finish(Task.CLASSIFICATION, names, level, cases, out)
 
 
@@ -417,7 +417,7 @@ def load_segmentation(
         slots = np.zeros(len(present) + 1, dtype=np.int64)
         for k, number in enumerate(present, start=1):
             slots[k] = numbers.index(number) + 1
-        case = _case(series_uid, index.series[series_uid].header, age_bands, ())
+        case = make_case(series_uid, index.series[series_uid].header, age_bands, ())
         for (item, mm), frame_map in zip(frames, pixels, strict=True):
             out.images.append(item.input)
             out.targets.append(_mask_to_model(slots[frame_map.astype(np.int64)], item, len(names)))

@@ -207,7 +207,7 @@ def _truth(data: TrainingData, cases: npt.NDArray[np.int64]) -> npt.NDArray[np.f
 def evaluate_classification(
     data: TrainingData,
     outcomes: Sequence[FoldOutcome],
-    threshold_rule: str,
+    threshold_rule: str | Sequence[str],
     resamples: int,
     seed: int,
 ) -> Json:
@@ -215,7 +215,17 @@ def evaluate_classification(
     scores and its operating point there; pooled: the out-of-fold AUC, the summed
     decisions of every fold at its own threshold, calibration and subgroups; and
     the fold whose network is shipped (`select_fold`).
+
+    ``threshold_rule`` is one rule for every label, or one per label (an external
+    validation gives each label its package threshold as a number).
     """
+    rules = (
+        [threshold_rule] * len(data.labels)
+        if isinstance(threshold_rule, str)
+        else list(threshold_rule)
+    )
+    if len(rules) != len(data.labels):
+        raise ValueError(f"{len(rules)} threshold rules for {len(data.labels)} labels")
     pooled_cases = np.concatenate([o.cases for o in outcomes])
     pooled_scores = np.concatenate([np.asarray(o.scores, dtype=np.float64) for o in outcomes])
     patients = [data.cases[c].patient for c in pooled_cases]
@@ -225,7 +235,7 @@ def evaluate_classification(
                 _truth(data, o.cases)[:, k],
                 np.asarray(o.scores, dtype=np.float64)[:, k],
                 [data.cases[c].patient for c in o.cases],
-                threshold_rule,
+                rules[k],
                 resamples,
                 seed,
             )
@@ -252,9 +262,7 @@ def evaluate_classification(
         ]
         defined = [f["auc"] for f in folds if f["auc"] is not None]
         pooled["fold_auc_mean"] = _finite(float(np.mean(defined))) if defined else None
-        labels.append(
-            {"label": name, "threshold_rule": threshold_rule, "pooled": pooled, "folds": folds}
-        )
+        labels.append({"label": name, "threshold_rule": rules[k], "pooled": pooled, "folds": folds})
     ranking = [
         FoldScore(
             o.fold,

@@ -23,6 +23,8 @@ REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
 FIGURES_JSON = "figures.json"
 RESULTS_JSON = "results.json"
+# The one "fold" of an external validation: the package as shipped, at its thresholds.
+EXTERNAL = "external"
 
 
 def fmt(value: object, digits: int = 3) -> str:
@@ -63,12 +65,12 @@ def _save(figure: Figure, path: Path) -> str:
     return path.name
 
 
-def _shipped(label: Json, fold: int) -> Json:
+def _shipped(label: Json, fold: int | str) -> Json:
     row: Json = next(f for f in label["folds"] if f["fold"] == fold)
     return row
 
 
-def _roc_figure(label: Json, shipped: int, folder: Path) -> tuple[str, Json]:
+def _roc_figure(label: Json, shipped: int | str, folder: Path) -> tuple[str, Json]:
     figure = Figure(figsize=(4.5, 4.5))  # no pyplot: no global state
     axes = figure.subplots()
     data: Json = {"pooled": label["pooled"]["roc"], "folds": {}}
@@ -209,19 +211,32 @@ def _classification_section(
 ) -> list[str]:
     name, pooled = label["label"], label["pooled"]
     lines = [f"## Label `{name}`", ""]
+    if shipped == EXTERNAL:
+        lines += [
+            f"The package's threshold from its model.toml. Unit: one {level} (highest "
+            "series probability, as the node decides). Sensitivity and specificity with "
+            f"Wilson 95% intervals; AUC intervals by patient bootstrap, only from "
+            f"{MIN_PER_CLASS} positives and {MIN_PER_CLASS} negatives up.",
+            "",
+        ]
+    else:
+        lines += [
+            f"Each fold's threshold: rule `{label['threshold_rule']}` on that fold network's own "
+            f"validation scores. Unit: one {level} (highest image probability). Pooled: the "
+            "out-of-fold AUC over all folds, and the decisions of every fold at its own threshold "
+            "summed. Sensitivity and specificity with Wilson 95% intervals; AUC intervals by "
+            f"patient bootstrap, only from {MIN_PER_CLASS} positives and {MIN_PER_CLASS} "
+            "negatives up.",
+            "",
+        ]
     lines += [
-        f"Each fold's threshold: rule `{label['threshold_rule']}` on that fold network's own "
-        f"validation scores. Unit: one {level} (highest image probability). Pooled: the "
-        "out-of-fold AUC over all folds, and the decisions of every fold at its own threshold "
-        "summed. Sensitivity and specificity with Wilson 95% intervals; AUC intervals by "
-        f"patient bootstrap, only from {MIN_PER_CLASS} positives and {MIN_PER_CLASS} "
-        "negatives up.",
-        "",
         "| | n | positives | AUC | AUC 95% CI | threshold | sensitivity | specificity "
         "| TN FP FN TP |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for row in [*label["folds"], {"fold": "pooled", "threshold": None, **pooled}]:
+    # An external validation's one row is its pooled row: not printed twice.
+    pooled_row = [] if shipped == EXTERNAL else [{"fold": "pooled", "threshold": None, **pooled}]
+    for row in [*label["folds"], *pooled_row]:
         cm = row["confusion"]
         mark = " (shipped)" if row["fold"] == shipped else ""
         threshold = fmt(row["threshold"], 4) if row["threshold"] is not None else "per fold"
@@ -298,6 +313,19 @@ def _classification_section(
 def _shipped_section(results: Json) -> list[str]:
     selection = results["selection"]
     fold = selection["fold"]
+    if fold == EXTERNAL:
+        return _operating_points(
+            results,
+            fold,
+            [
+                "## The package at its own operating point",
+                "",
+                "External validation: the package run exactly as the node runs it (its "
+                "preprocessing, its backend), each label decided at the threshold in its "
+                "model.toml. Nothing was chosen on these cases, so these figures are an "
+                "unbiased estimate for the shipped package on data like this set.",
+            ],
+        )
     lines = [
         "## Shipped network and its operating point",
         "",
@@ -317,9 +345,15 @@ def _shipped_section(results: Json) -> list[str]:
         f"{fmt(s['score'])} |"
         for s in selection["scores"]
     ]
+    return _operating_points(results, fold, lines)
+
+
+def _operating_points(results: Json, fold: int | str, lines: list[str]) -> list[str]:
+    """``lines``, then each label's operating point at the shipped fold's threshold."""
     if results["task"] != "classification":
         return [*lines, ""]
-    lines += [
+    lines = [
+        *lines,
         "",
         "| label | threshold | n | positives | sensitivity (95% CI) | specificity (95% CI) "
         "| TN FP FN TP |",
@@ -454,13 +488,22 @@ def write_report(results: Json, run: Json, folder: Path) -> Path:
     """
     folder.mkdir(parents=True, exist_ok=True)
     shipped = results["selection"]["fold"]
+    if shipped == EXTERNAL:
+        about = [
+            f"External validation of the package `{run['package']}` on `{run['dataset']}`, "
+            f"task {results['task']}, backend {run['backend']}; bootstrap seed {run['seed']}.",
+        ]
+    else:
+        about = [
+            f"Task {results['task']}, backbone `{run['backbone']}`, initialisation: "
+            f"{run['initialisation']}.",
+            f"{run['folds']} fold(s), patient-level splits, seed {run['seed']}; "
+            f"{run['device']}{' with mixed precision' if run['amp'] else ''}.",
+        ]
     lines = [
         f"# Validation report: {run['model']} {run['version']}",
         "",
-        f"Task {results['task']}, backbone `{run['backbone']}`, initialisation: "
-        f"{run['initialisation']}.",
-        f"{run['folds']} fold(s), patient-level splits, seed {run['seed']}; "
-        f"{run['device']}{' with mixed precision' if run['amp'] else ''}.",
+        *about,
         "",
         "Data: " + "; ".join(line.strip() for line in run["data"].splitlines()) + ".",
         "",
