@@ -23,6 +23,7 @@ COMMANDS = (
     "models",
     "finetune",
     "export",
+    "import_model",
 )
 
 
