@@ -45,11 +45,13 @@ SEP = "::"  # MONAI's config id separator
 
 @contextmanager
 def _quiet() -> Iterator[None]:
-    """MONAI's own deprecation notices while instantiating a bundle are not ours to fix."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        warnings.simplefilter("ignore", DeprecationWarning)
+    """MONAI's own notices while instantiating a bundle (deprecated defaults, a missing
+    GPU decoder) are not the user's to fix: logged at DEBUG, not raised or printed."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         yield
+    for warning in caught:
+        logger.debug("MONAI: %s: %s", warning.category.__name__, warning.message)
 
 
 def _parser(bundle: Path) -> tuple[Any, Path, Path]:
@@ -109,7 +111,8 @@ def _network(parser: Any, bundle: Path, config: Path, allow_pickle: bool) -> tup
         return network.eval(), weights
     if script.is_file():
         try:
-            return torch.jit.load(str(script), map_location="cpu").eval(), script
+            with _quiet():
+                return torch.jit.load(str(script), map_location="cpu").eval(), script
         except RuntimeError as exc:
             raise ImportModelError(script, "-", f"not a loadable TorchScript file: {exc}") from exc
     raise ImportModelError(
@@ -229,6 +232,7 @@ def import_monai_bundle(
     parser, metadata, config = _parser(bundle)
     meta = read_json(metadata)
     image_key, pred_key = _io_keys(meta, metadata)
+    input_modality = _modality(meta, image_key, modality, metadata)
     pipeline = MappedPipeline()
     map_preprocessing(_steps(parser, "preprocessing", config), image_key, config, pipeline)
     map_inferer(_instantiate(parser, "inferer", config), "inferer", config, pipeline)
@@ -251,7 +255,7 @@ def import_monai_bundle(
         "model": info,
         "input": {
             "name": image_key,
-            "modalities": [_modality(meta, image_key, modality, metadata)],
+            "modalities": [input_modality],
             "dimensions": 3,
             "size": pipeline.window["patch"],
             "channels": 1,

@@ -71,11 +71,14 @@ def _configuration(plans: dict[str, Any], name: str, path: Path) -> Any:
 def _label_names(manager: Any, dataset: dict[str, Any], path: Path) -> list[str]:
     """Foreground label names in output-channel order (background is channel 0)."""
     labels = require(dataset, path, "labels")
-    manager_labels = manager.get_label_manager(dataset)
-    if manager_labels.has_regions:
+    regions = any(isinstance(v, list | tuple) for v in labels.values())
+    if regions or "regions_class_order" in dataset:
         raise ImportModelError(path, "labels", "region-based training (sigmoid regions)")
-    ignore = manager_labels.ignore_label
-    by_value = sorted((int(v), str(k)) for k, v in labels.items() if int(v) != ignore)
+    try:
+        ignore = manager.get_label_manager(dataset).ignore_label
+        by_value = sorted((int(v), str(k)) for k, v in labels.items() if int(v) != ignore)
+    except (AssertionError, TypeError, ValueError) as exc:
+        raise ImportModelError(path, "labels", f"{labels}: {exc}") from exc
     if [v for v, _ in by_value] != list(range(len(by_value))) or len(by_value) < 2:
         raise ImportModelError(path, "labels", f"{labels}: values must be 0 (background), 1, 2 ...")
     return [name for _, name in by_value[1:]]
@@ -214,6 +217,7 @@ def import_nnunet(
     manager, config = _configuration(plans, configuration, plans_path)
     names = _label_names(manager, dataset, dataset_path)
     intensity = _intensity(plans, config, plans_path, configuration)
+    input_modality = _modality(dataset, modality, dataset_path, intensity["method"])
     mapping = read_label_map(labels_file) if labels_file is not None else None
     labels = coded_labels(names, 1, mapping, labels_file)
     networks = [_fold_network(folder, f, config, len(names), allow_pickle) for f in folds]
@@ -234,7 +238,7 @@ def import_nnunet(
         },
         "input": {
             "name": INPUT_NAME,
-            "modalities": [_modality(dataset, modality, dataset_path, intensity["method"])],
+            "modalities": [input_modality],
             "dimensions": 3,
             "size": patch,
             "channels": 1,

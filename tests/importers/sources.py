@@ -390,3 +390,14 @@ def write_nnunet_result(
         }
         torch.save(checkpoint, folder / f"fold_{fold}" / "checkpoint_final.pth")
     return folder
+
+
+class FourierNet(nn.Module):
+    """A network the ONNX exporter refuses (FFT has no opset-17 symbolic)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(1, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(torch.fft.ifftn(torch.fft.fftn(x)).real)
