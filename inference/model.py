@@ -16,6 +16,7 @@ import logging
 import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 
@@ -43,7 +44,9 @@ from inference.preprocessing.loader import (
 )
 from inference.preprocessing.pixels import DecodeError
 from inference.preprocessing.plan import SeriesPlan, plan_series
+from inference.sliding_window import Network
 from inference.spec import ModelSpec, Task
+from inference.volumes import predict_windowed
 
 logger = logging.getLogger(__name__)
 
@@ -58,10 +61,16 @@ class Model:
     """
 
     def __init__(
-        self, package: ModelPackage, backend: Backend, gate: GpuGate, preprocess_threads: int
+        self,
+        package: ModelPackage,
+        backend: Backend,
+        gate: GpuGate,
+        preprocess_threads: int,
+        ensemble: Sequence[Backend] = (),
     ) -> None:
         self.package = package
         self._backend = backend
+        self._ensemble = tuple(ensemble)  # the package's other networks, same backend kind
         self._gate = gate
         self._pool = ThreadPoolExecutor(
             max_workers=preprocess_threads, thread_name_prefix=f"prep-{package.spec.model.name}"
@@ -118,6 +127,17 @@ class Model:
         """
         plan = plan_series(series, self.spec)
         task = self.spec.model.task
+        if self.spec.input.window is not None:
+            with self._gate.hold(self.device):
+                return predict_windowed(
+                    series,
+                    plan,
+                    self.spec,
+                    self.identity,
+                    self._pool,
+                    [self._network(b) for b in (self._backend, *self._ensemble)],
+                    keep_probabilities,
+                )
         if task is Task.SEGMENTATION and self.spec.input.dimensions == 3:
             return self._predict_volume(series, plan, keep_probabilities)
         prepared: list[PreparedFrame] = []
@@ -173,6 +193,15 @@ class Model:
             prepared.append(item)
             yield item.input
 
+    def _network(self, backend: Backend) -> Network:
+        """One backend as a function from a window batch to the main output."""
+        name = self.spec.output.name
+
+        def run(batch: Array) -> Array:
+            return backend.infer(iter([batch]))[name]
+
+        return run
+
     def _run(self, inputs: Iterator[Array]) -> dict[str, Array]:
         with self._gate.hold(self.device):
             return self._backend.infer(batches(inputs, self.spec.runtime.max_batch))
@@ -203,7 +232,8 @@ class Model:
     def close(self) -> None:
         """Stop the preprocessing threads and release the backend."""
         self._pool.shutdown(wait=True, cancel_futures=True)
-        self._backend.close()
+        for backend in (self._backend, *self._ensemble):
+            backend.close()
 
     def __enter__(self) -> Model:
         return self
@@ -275,8 +305,18 @@ def load_model(
         cache_dir=Path(cache_dir) if cache_dir is not None else None,
     )
     built = create_backend(package, backend, options)
+    ensemble = []
+    try:
+        for network in package.networks[1:]:
+            ensemble.append(
+                create_backend(replace(package, onnx_path=network), built.name, built.options)
+            )
+    except Exception:
+        for started in (built, *ensemble):
+            started.close()
+        raise
     threads = preprocess_threads or min(8, os.cpu_count() or 1)
-    return Model(package, built, gpu_gate or SHARED_GATE, threads)
+    return Model(package, built, gpu_gate or SHARED_GATE, threads, ensemble)
 
 
 __all__ = ["Model", "load_model"]

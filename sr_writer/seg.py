@@ -92,7 +92,8 @@ def build_segmentation(
         If the masks do not match the frames and labels in shape.
     """
     _check_shape(prediction)
-    present = [i for i in range(len(prediction.labels)) if prediction.masks[..., i].any()]
+    counts = prediction.voxel_counts()
+    present = [i for i in range(len(prediction.labels)) if counts[:, i].any()]
     if not present:
         logger.info("all %d masks empty: no SEG written", len(prediction.labels))
         return None
@@ -150,12 +151,13 @@ def content_label(model: ModelIdentity) -> str:
 
 def _check_shape(prediction: Segmentation) -> None:
     expected = (len(prediction.frames), len(prediction.labels))
-    shape = prediction.masks.shape
-    if prediction.masks.ndim != 4 or (shape[0], shape[3]) != expected:
+    masks = prediction.masks
+    if masks is not None and (masks.ndim != 4 or (masks.shape[0], masks.shape[3]) != expected):
         raise ValueError(
             f"masks must have shape (frames={expected[0]}, rows, columns, "
-            f"labels={expected[1]}), got {shape}"
+            f"labels={expected[1]}), got {masks.shape}"
         )
+    shape = (*prediction.shape, expected[1])
     if prediction.probabilities is not None and prediction.probabilities.shape != shape:
         raise ValueError(
             f"probabilities shape {prediction.probabilities.shape} differs from masks {shape}"
@@ -233,6 +235,8 @@ def _pixel_array(
         values: npt.NDArray[np.generic] = np.ascontiguousarray(
             probabilities[..., present], dtype=np.float32
         )
+    elif prediction.masks is None:
+        values = _segment_map(prediction, present)
     else:
         # Indexing with a list copies into a C-contiguous array; viewing the bools
         # as uint8 then costs nothing (masks of another dtype are thresholded first).
@@ -245,6 +249,18 @@ def _pixel_array(
     full = np.zeros((frame_count, *values.shape[1:]), dtype=values.dtype)
     full[positions] = values
     return full
+
+
+def _segment_map(prediction: Segmentation, present: list[int]) -> npt.NDArray[np.generic]:
+    """Exclusive labels as a highdicom label-map array: segment numbers, 0 elsewhere.
+
+    One byte per voxel (two beyond 255 segments) instead of one mask per label.
+    """
+    assert prediction.label_map is not None
+    dtype = np.uint8 if len(present) < 256 else np.uint16
+    numbers = np.zeros(len(prediction.labels) + 1, dtype=dtype)
+    numbers[np.asarray(present) + 1] = np.arange(1, len(present) + 1, dtype=dtype)
+    return numbers[prediction.label_map]
 
 
 def _description(

@@ -319,24 +319,20 @@ def _segmentation_groups(
     """
     groups: list[Group] = []
     volume = prediction.voxel_volume_mm3
-    empty = [i for i in range(len(prediction.labels)) if not prediction.masks[..., i].any()]
+    counts = prediction.voxel_counts()
+    empty = [i for i in range(len(prediction.labels)) if not counts[:, i].any()]
     for index, label in enumerate(prediction.labels):
-        mask = prediction.masks[..., index]
-        per_frame = np.count_nonzero(mask, axis=(1, 2))
+        per_frame = counts[:, index]
         if not per_frame.any():
             groups.append(report.absent(label, _slot(empty, index)))
             continue
         key = int(np.argmax(per_frame))
         total = None if volume is None else _volume(int(per_frame.sum()), volume)
         key_extra = [total] if total is not None and segmentation is None else []
-        groups.append(
-            _outline(report, prediction, label, mask[key], key, label.name, (), key_extra)
-        )
+        groups.append(_outline(report, prediction, label, index, key, label.name, (), key_extra))
         if total is None:
             groups.extend(
-                _outline(
-                    report, prediction, label, mask[p], p, f"{label.name} ({p + 1})", (str(p),)
-                )
+                _outline(report, prediction, label, index, p, f"{label.name} ({p + 1})", (str(p),))
                 for p in np.flatnonzero(per_frame).tolist()
                 if p != key
             )
@@ -351,7 +347,7 @@ def _outline(
     report: _Report,
     prediction: Segmentation,
     label: Label,
-    mask: npt.NDArray[np.bool_],
+    index: int,
     position: int,
     identifier: str,
     parts: tuple[str, ...],
@@ -359,6 +355,7 @@ def _outline(
 ) -> PlanarROIMeasurementsAndQualitativeEvaluations:
     """The outline of a label's largest region on one frame, with the label's area there."""
     frame = report.sources.frame(prediction.frames[position])
+    mask = prediction.frame_mask(index, position)
     outline = largest_outline(mask)
     if outline is None:  # unreachable: only frames holding the label come here
         raise ValueError(f"label {label.name!r} is empty on frame {position + 1}")

@@ -10,6 +10,7 @@ source resolution unless the caller asks for them.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -22,13 +23,26 @@ from inference.spec import Activation, ModelSpec
 
 
 def _masks(spec: ModelSpec, probs: Array) -> npt.NDArray[np.bool_]:
-    """probs is (..., labels); softmax labels are exclusive (arg-max), sigmoid ones not."""
-    if spec.output.activation is Activation.SOFTMAX:
-        background = 1.0 - probs.sum(axis=-1, keepdims=True)
-        winner = np.argmax(np.concatenate([background, probs], axis=-1), axis=-1)
-        return np.asarray(winner[..., np.newaxis] == np.arange(1, probs.shape[-1] + 1))
+    """Independent labels: each probability (..., labels) at its label's threshold."""
     thresholds = np.asarray([label.threshold for label in spec.labels], dtype=np.float32)
     return np.asarray(probs >= thresholds)
+
+
+def label_map_dtype(labels: int) -> type[np.unsignedinteger[Any]]:
+    """The smallest unsigned type holding label numbers 0..labels."""
+    return np.uint8 if labels < 256 else np.uint16
+
+
+def _winners(probs: Array, dtype: type[np.unsignedinteger[Any]]) -> npt.NDArray[Any]:
+    """Exclusive labels (softmax, background implied): the arg-max, 0 for background.
+
+    probs is (..., labels) without the background, which is 1 - their sum; a tie
+    goes to the background, then to the lower label, as arg-max over all does.
+    """
+    winner = np.argmax(probs, axis=-1).astype(dtype) + dtype(1)
+    background = 1.0 - probs.sum(axis=-1)
+    winner[background >= probs.max(axis=-1)] = 0
+    return winner
 
 
 def build_segmentation(
@@ -41,7 +55,10 @@ def build_segmentation(
     skipped: tuple[str, ...],
     keep_probabilities: bool,
 ) -> Segmentation:
-    """Threshold source-grid probabilities, frame by frame, into masks.
+    """Decide source-grid probabilities, frame by frame, into masks or a label map.
+
+    Softmax labels are exclusive: one label map (arg-max with the background);
+    sigmoid labels each at their threshold: one mask per label.
 
     Parameters
     ----------
@@ -65,11 +82,18 @@ def build_segmentation(
     -------
     Segmentation
     """
-    shape = (len(frames), *stack.shape, len(spec.labels))
-    masks = np.empty(shape, dtype=np.bool_)
-    kept = np.empty(shape, dtype=np.float32) if keep_probabilities else None
+    labels = len(spec.labels)
+    shape = (len(frames), *stack.shape)
+    exclusive = spec.output.activation is Activation.SOFTMAX
+    dtype = label_map_dtype(labels)
+    label_map = np.empty(shape, dtype=dtype) if exclusive else None
+    masks = None if exclusive else np.empty((*shape, labels), dtype=np.bool_)
+    kept = np.empty((*shape, labels), dtype=np.float32) if keep_probabilities else None
     for index, probs in enumerate(source_probs):
-        masks[index] = _masks(spec, probs)
+        if label_map is not None:
+            label_map[index] = _winners(probs, dtype)
+        if masks is not None:
+            masks[index] = _masks(spec, probs)
         if kept is not None:
             kept[index] = probs
     complete = len(frames) == len(stack.frames)
@@ -79,6 +103,7 @@ def build_segmentation(
         frames=tuple(frames),
         labels=spec.labels,
         masks=masks,
+        label_map=label_map,
         pixel_spacing_mm=stack.pixel_spacing_mm,
         slice_spacing_mm=stack.slice_spacing_mm if complete and stack.regular else None,
         probabilities=kept,

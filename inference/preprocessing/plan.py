@@ -49,14 +49,15 @@ def _instance_reason(ds: Dataset, spec: ModelSpec) -> str | None:
 def _stack_reason(stack: Stack, spec: ModelSpec) -> str | None:
     if spec.input.dimensions == 2:
         return None
+    if len(stack.frames) < spec.input.min_slices:
+        return f"stack ({stack.description}): fewer than {spec.input.min_slices} slices"
     if stack.slice_spacing_mm is None or len(stack.frames) < 2:
         return (
             f"stack ({stack.description}): a 3D model needs slice positions and two or more slices"
         )
-    if not stack.regular:
+    if not stack.regular and spec.input.window is None:
+        # A windowed package's volume geometry judges the steps (and may resample).
         return f"stack ({stack.description}): slice spacing not regular (gaps or repeats)"
-    if len(stack.frames) < spec.input.min_slices:
-        return f"stack ({stack.description}): fewer than {spec.input.min_slices} slices"
     return None
 
 
@@ -93,7 +94,9 @@ def plan_series(datasets: Sequence[Dataset], spec: ModelSpec) -> SeriesPlan:
             skipped.append(reason)
     frames, frame_skips = list_frames(accepted)
     skipped += frame_skips
-    stacks, stack_skips = split_stacks(frames, spec.input.max_spacing_deviation)
+    geometry = spec.input.volume_geometry
+    deviation = geometry.max_slice_step_deviation if geometry else spec.input.max_spacing_deviation
+    stacks, stack_skips = split_stacks(frames, deviation)
     skipped += stack_skips
     runnable: list[Stack] = []
     for stack in stacks:

@@ -1,0 +1,131 @@
+"""The node's windowed 3D path against MONAI's and nnU-Net's own pipelines.
+
+Same real CT stack, same network (ONNX for the node, torch for the references),
+same settings: per-label Dice >= 0.99 and volumes within 1% on the source grid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from inference import load_model
+from inference.preprocessing.plan import plan_series
+from inference.preprocessing.volume import stack_geometry
+from inference.spec import read_spec
+from tests.inference.volume_data import (
+    AXIAL,
+    oblique,
+    package_toml,
+    real_ct_stack,
+    save_stack,
+    torch_network,
+    write_package,
+)
+
+torch = pytest.importorskip("torch")
+monai_transforms = pytest.importorskip("monai.transforms")
+monai_inferers = pytest.importorskip("monai.inferers")
+
+pytestmark = [
+    pytest.mark.slow,
+    # MONAI's reader warns that this machine has no GPU decoder; its transforms
+    # warn about their own deprecated arguments.
+    pytest.mark.filterwarnings("ignore::UserWarning:monai.*"),
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore::FutureWarning"),
+]
+
+FLIPPED = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0)
+SCALE_RANGE = 'method = "scale_range"\na_min = -1000.0\na_max = 1000.0\nclip = true'
+_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def _on_source_grid(
+    array: npt.NDArray[np.generic], affine: npt.NDArray[np.float64], source: npt.NDArray[np.float64]
+) -> npt.NDArray[np.generic]:
+    """A reference result (index -> RAS ``affine``) permuted/flipped onto the node's
+    (slice, row, column) grid (index -> LPS ``source``)."""
+    mapping = np.linalg.solve(affine, _RAS @ source)
+    axes = [int(np.argmax(np.abs(mapping[:3, m]))) for m in range(3)]
+    assert np.allclose(np.abs(mapping[:3, :3])[axes, [0, 1, 2]], 1.0, atol=1e-3), mapping
+    out = np.transpose(array, axes)
+    flips = tuple(m for m in range(3) if mapping[axes[m], m] < 0)
+    return np.flip(out, flips) if flips else out
+
+
+def _agree(node: npt.NDArray[np.generic], reference: npt.NDArray[np.generic]) -> None:
+    assert node.shape == reference.shape
+    for label in (1, 2):
+        ours, theirs = node == label, reference == label
+        assert theirs.sum() > 100, f"label {label} nearly absent from the reference"
+        dice = 2 * np.count_nonzero(ours & theirs) / (ours.sum() + theirs.sum())
+        assert dice >= 0.99, f"label {label}: Dice {dice:.4f}"
+        assert abs(ours.sum() / theirs.sum() - 1) <= 0.01, f"label {label} volume"
+
+
+def _node(folder: Path, stack: Sequence[object], toml_text: str) -> tuple[np.ndarray, np.ndarray]:
+    package = write_package(folder, toml_text)
+    with load_model(package, backend="onnxruntime", device="cpu") as model:
+        prediction = model.predict(stack)  # type: ignore[arg-type]
+    spec = read_spec(package)
+    geometry = stack_geometry(plan_series(stack, spec).stacks[0], 0.1)  # type: ignore[arg-type]
+    assert prediction.label_map is not None
+    return prediction.label_map, geometry.affine
+
+
+@pytest.mark.parametrize(
+    ("orientation", "step", "tilt", "spacing"),
+    [
+        pytest.param(AXIAL, 3.0, 0.0, (1.5, 1.5, 2.0), id="axial-anisotropic"),
+        pytest.param(oblique(20.0), 2.5, 0.0, (1.5, 1.5, 2.0), id="oblique"),
+        pytest.param(FLIPPED, 2.0, 0.0, (1.2, 1.4, 1.6), id="lps-flipped"),
+        pytest.param(AXIAL, 2.0, 0.7, (1.5, 1.5, 2.0), id="gantry-tilt"),
+    ],
+)
+def test_matches_monai(
+    tmp_path: Path,
+    orientation: tuple[float, ...],
+    step: float,
+    tilt: float,
+    spacing: tuple[float, float, float],
+) -> None:
+    t = monai_transforms
+    stack = real_ct_stack(36, step_mm=step, orientation=orientation, tilt_mm=tilt)
+    folder = save_stack(stack, tmp_path / "dicom")
+    toml_text = package_toml(
+        geometry=f'orientation = "RAS"\nspacing = {list(spacing)}',
+        window='overlap = 0.25\nblending = "gaussian"\nbatch = 2',
+        intensity=SCALE_RANGE,
+    )
+    node, source_affine = _node(tmp_path / "pkg", stack, toml_text)
+    pre = t.Compose(
+        [
+            t.LoadImaged("image", reader="PydicomReader"),
+            t.EnsureChannelFirstd("image"),
+            t.Orientationd("image", axcodes="RAS"),
+            t.Spacingd("image", pixdim=spacing, mode="bilinear"),
+            t.ScaleIntensityRanged("image", a_min=-1000, a_max=1000, b_min=0, b_max=1, clip=True),
+        ]
+    )
+    data = pre({"image": str(folder)})
+    inferer = monai_inferers.SlidingWindowInferer(
+        roi_size=(32, 32, 16), sw_batch_size=2, overlap=0.25, mode="gaussian"
+    )
+    with torch.no_grad():
+        data["pred"] = inferer(data["image"][None], torch_network())[0]
+    post = t.Compose(
+        [
+            t.Activationsd("pred", softmax=True),
+            t.Invertd("pred", transform=pre, orig_keys="image", nearest_interp=False),
+            t.AsDiscreted("pred", argmax=True),
+        ]
+    )
+    data = post(data)
+    reference = data["pred"][0].numpy().astype(np.uint8)
+    affine = np.asarray(data["pred"].affine, dtype=np.float64)
+    _agree(node, _on_source_grid(reference, affine, source_affine))
