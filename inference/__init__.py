@@ -9,7 +9,8 @@
   ``spec`` (`ModelSpec`) holds name, version, task and modalities;
 * the errors: `InferenceError` and its subclasses `ModelPackageError` (broken
   package), `UnsupportedSeriesError` (skip the job) and `BackendUnavailableError`;
-* the Prediction types shared with `sr_writer`.
+* the Prediction types shared with `sr_writer`, and the one reading of frame
+  geometry (`frame_geometry`, `FrameGeometry`) that results are written with.
 """
 
 from inference.devices import GpuGate
@@ -34,6 +35,7 @@ from inference.prediction import (
     Prediction,
     Segmentation,
 )
+from inference.preprocessing.geometry import FrameGeometry, frame_geometry
 from inference.spec import ModelSpec, Task
 
 __all__ = [
@@ -42,6 +44,7 @@ __all__ = [
     "Classification",
     "CodedConcept",
     "Detection",
+    "FrameGeometry",
     "FrameRef",
     "GpuGate",
     "Heatmap",
@@ -57,6 +60,7 @@ __all__ = [
     "Segmentation",
     "Task",
     "UnsupportedSeriesError",
+    "frame_geometry",
     "load_model",
     "validate_package",
 ]

@@ -2,7 +2,8 @@
 
 Windows of the package's patch size are placed as MONAI's
 ``sliding_window_inference`` places them (a fixed interval of
-``patch * (1 - overlap)`` voxels, the last window flush with the end), run
+``patch * (1 - overlap)`` voxels, the last window flush with the end) or, for
+nnU-Net packages, spread evenly as nnU-Net spreads them; they run
 ``window.batch`` at a time, and blended with an importance map: a Gaussian
 centred on the patch with sigma ``sigma_scale * patch`` per axis (MONAI's
 ``compute_importance_map``; nnU-Net uses the same 1/8 of the patch), or a
@@ -28,7 +29,7 @@ from functools import lru_cache
 import numpy as np
 import numpy.typing as npt
 
-from inference.spec import Blending, Padding, WindowSpec
+from inference.spec import Blending, Padding, Placement, WindowSpec
 
 logger = logging.getLogger(__name__)
 
@@ -39,20 +40,31 @@ FLOAT32_LIMIT_BYTES = 2 * 1024**3
 Window = tuple[slice, slice, slice]
 
 
-def window_starts(size: int, patch: int, overlap: float) -> list[int]:
-    """Start of every window along one axis (MONAI's rule; ``size >= patch``).
+def window_starts(
+    size: int, patch: int, overlap: float, placement: Placement = Placement.INTERVAL
+) -> list[int]:
+    """Start of every window along one axis (``size >= patch``).
 
     Parameters
     ----------
     size, patch : int
         Axis length and window length.
     overlap : float
-        Fraction of the patch shared by neighbouring windows.
+        Fraction of the patch shared by neighbouring windows (at least, for ``even``).
+    placement : Placement
+        ``interval``: MONAI's fixed step ``int(patch * (1 - overlap))``, the last
+        window moved back to end flush; ``even``: nnU-Net's
+        ``compute_steps_for_sliding_window``, the fewest windows whose step is at
+        most ``patch * (1 - overlap)``, spread evenly (rounded) from 0 to the end.
 
     Returns
     -------
     list of int
     """
+    if placement is Placement.EVEN:
+        count = math.ceil((size - patch) / (patch * (1.0 - overlap))) + 1
+        step = (size - patch) / (count - 1) if count > 1 else 0.0
+        return [round(step * i) for i in range(count)]
     interval = patch if patch == size else max(1, int(patch * (1.0 - overlap)))
     count = next(d for d in range(size) if d * interval + patch >= size) + 1
     return [min(d * interval, size - patch) for d in range(count)]
@@ -97,7 +109,7 @@ def _pad(image: Array, pads: list[tuple[int, int]], window: WindowSpec) -> Array
 def windows(shape: Sequence[int], window: WindowSpec) -> list[Window]:
     """Every window over a (padded) volume, in C order of their starts."""
     starts = [
-        window_starts(size, patch, window.overlap)
+        window_starts(size, patch, window.overlap, window.placement)
         for size, patch in zip(shape, window.patch, strict=True)
     ]
     return [

@@ -67,6 +67,13 @@ class Activation(StrEnum):
     NONE = "none"  # the graph already outputs probabilities
 
 
+class Interpolated(StrEnum):
+    """What goes back onto the source grid linearly, before the decision."""
+
+    PROBABILITIES = "probabilities"  # MONAI bundles: Activationsd, then Invertd
+    LOGITS = "logits"  # nnU-Net: resample the logits, then softmax / sigmoid
+
+
 class Precision(StrEnum):
     """Arithmetic precision asked of an accelerator backend."""
 
@@ -254,6 +261,13 @@ class Blending(StrEnum):
     CONSTANT = "constant"  # plain average
 
 
+class Placement(StrEnum):
+    """Where windows start along an axis."""
+
+    INTERVAL = "interval"  # MONAI: every int(patch * (1 - overlap)), the last flush with the end
+    EVEN = "even"  # nnU-Net: as few as the overlap allows, spread evenly from start to end
+
+
 class Padding(StrEnum):
     """How a volume smaller than one patch is padded up to it."""
 
@@ -318,6 +332,7 @@ class WindowSpec(_Strict):
     ]
     overlap: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.25
     blending: Blending = Blending.GAUSSIAN
+    placement: Placement = Placement.INTERVAL
     sigma_scale: Annotated[float, Field(gt=0.0, le=10.0)] = 0.125
     batch: Annotated[int, Field(ge=1, le=1024)] = 1
     padding: Padding = Padding.CONSTANT
@@ -399,6 +414,7 @@ class OutputSpec(_Strict):
     boxes: str = ""
     scores: str = ""
     activation: Activation = Activation.SIGMOID
+    interpolate: Interpolated = Interpolated.PROBABILITIES
     labels: Annotated[tuple[LabelSpec, ...], Field(min_length=1)]
     cam: CamSpec | None = None
     iou_threshold: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5

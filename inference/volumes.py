@@ -204,7 +204,9 @@ def predict_windowed(
     padded_logits, padded_grid = _uncropped(logits, box, grid, activation)
     probs: Iterator[Array] = (
         np.moveaxis(p, 0, -1)
-        for p in source_probabilities(padded_logits, padded_grid, geometry, activation)
+        for p in source_probabilities(
+            padded_logits, padded_grid, geometry, activation, spec.output.interpolate
+        )
     )
     result = build_segmentation(
         spec,

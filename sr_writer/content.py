@@ -190,7 +190,8 @@ def copy_source_context(result: Dataset, source: Dataset) -> None:
     The character set is the source's, so that its names survive (also where
     highdicom does not know it). A result about a de-identified patient is
     de-identified too, and the standard then requires the method: copied where the
-    source states it, otherwise written as unknown rather than left out.
+    source states it, otherwise (absent or empty) written as not stated rather than
+    left out or left empty.
     """
     value = _normalized_character_set(source)
     if value is not None:
@@ -198,12 +199,14 @@ def copy_source_context(result: Dataset, source: Dataset) -> None:
     if str(source.get("PatientIdentityRemoved", "")).upper() != "YES":
         return
     result.PatientIdentityRemoved = "YES"
+    stated = False
     for keyword in ("DeidentificationMethod", "DeidentificationMethodCodeSequence"):
-        if keyword in source:
+        if keyword in source and not source[keyword].is_empty:
             result[keyword] = source[keyword]
-    if "DeidentificationMethod" not in result and "DeidentificationMethodCodeSequence" not in (
-        result
-    ):
+            stated = True
+        elif keyword in result:
+            del result[keyword]  # an empty value is no method (Type 1C)
+    if not stated:
         result.DeidentificationMethod = _UNSTATED_DEIDENTIFICATION
 
 

@@ -30,7 +30,7 @@ from sr_writer.content import (
 from sr_writer.enum import ObjectKind, SegmentationKindValues
 from sr_writer.errors import UnsupportedSourceError
 from sr_writer.options import ResultOptions
-from sr_writer.sources import SourceFrame, SourceSeries, with_values
+from sr_writer.sources import ImageFrame, SourceSeries, with_type2_attributes, with_values
 from sr_writer.uids import derive_uid
 
 logger = logging.getLogger(__name__)
@@ -110,7 +110,9 @@ def build_segmentation(
         for number, index in enumerate(present, start=1)
     ]
     study, series = sources.study_instance_uid, sources.series_instance_uid
-    source_images = _with_thickness(prediction, frames, source_images)
+    source_images = _with_thickness(
+        prediction, frames, [with_type2_attributes(ds) for ds in source_images]
+    )
     try:
         seg = hd.seg.Segmentation(
             source_images=source_images,
@@ -164,7 +166,7 @@ def _check_shape(prediction: Segmentation) -> None:
         )
 
 
-def _layout(frames: list[SourceFrame]) -> tuple[list[Dataset], list[int]]:
+def _layout(frames: list[ImageFrame]) -> tuple[list[Dataset], list[int]]:
     """The source images highdicom takes and each prediction frame's position there.
 
     Single-frame series: one source image per prediction frame, in prediction order.
@@ -186,7 +188,7 @@ def _layout(frames: list[SourceFrame]) -> tuple[list[Dataset], list[int]]:
 
 
 def _with_thickness(
-    prediction: Segmentation, frames: list[SourceFrame], source_images: list[Dataset]
+    prediction: Segmentation, frames: list[ImageFrame], source_images: list[Dataset]
 ) -> list[Dataset]:
     """The source images, given a slice thickness where they lack one.
 
@@ -194,7 +196,7 @@ def _with_thickness(
     into the SEG, where it is required. The model's slice spacing stands in, on
     copies, never on the caller's datasets; without it no SEG is written.
     """
-    if all(frame.slice_thickness() is not None for frame in frames):
+    if all(frame.geometry.thickness is not None for frame in frames):
         return source_images
     thickness = prediction.slice_spacing_mm
     if thickness is None:

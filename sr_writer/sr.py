@@ -83,7 +83,7 @@ from sr_writer.errors import UnsupportedSourceError
 from sr_writer.library import image_library, insert_library
 from sr_writer.options import ResultOptions
 from sr_writer.seg import SegmentationResult
-from sr_writer.sources import SourceFrame, SourceSeries
+from sr_writer.sources import ImageFrame, SourceSeries
 from sr_writer.uids import derive_uid, device_uid
 
 logger = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ class _Report:
     def planar(
         self,
         tracking: TrackingIdentifier,
-        frame: SourceFrame,
+        frame: ImageFrame,
         points: npt.NDArray[np.float64],
         label: Label,
         measurements: Sequence[Measurement],
@@ -178,7 +178,7 @@ class _Report:
             present=False,
         )
 
-    def key_frame(self) -> SourceFrame:
+    def key_frame(self) -> ImageFrame:
         """The image absent labels are drawn on: the middle frame the model read.
 
         Raises
@@ -463,19 +463,19 @@ def _evaluation(label: Label, *, present: bool) -> QualitativeEvaluation:
     return QualitativeEvaluation(name=to_code(label.finding), value=value)
 
 
-def _pixel_area(prediction: Segmentation, frame: SourceFrame) -> float | None:
-    spacing = prediction.pixel_spacing_mm or frame.pixel_spacing()
+def _pixel_area(prediction: Segmentation, frame: ImageFrame) -> float | None:
+    spacing = prediction.pixel_spacing_mm or frame.geometry.measuring_spacing
     if spacing is None:
         return None
     return spacing[0] * spacing[1]
 
 
-def _frame_border(frame: SourceFrame) -> npt.NDArray[np.float64]:
+def _frame_border(frame: ImageFrame) -> npt.NDArray[np.float64]:
     rows, columns = frame.shape
     return _rectangle(0.0, 0.0, float(columns), float(rows))
 
 
-def _key_image_frame(frame: SourceFrame, slot: Slot) -> npt.NDArray[np.float64]:
+def _key_image_frame(frame: ImageFrame, slot: Slot) -> npt.NDArray[np.float64]:
     """The ``position``-th of ``count`` frames around one image, each apart from the others.
 
     The first is the image's border. Each next one lies inside the one before: its
@@ -513,7 +513,7 @@ def _rectangle(left: float, top: float, right: float, bottom: float) -> npt.NDAr
 
 
 def _box_polyline(
-    bounds: tuple[float, float, float, float], frame: SourceFrame
+    bounds: tuple[float, float, float, float], frame: ImageFrame
 ) -> npt.NDArray[np.float64] | None:
     """The box clipped to its frame as a closed (column, row) polyline, if any is left."""
     rows, columns = frame.shape
@@ -533,7 +533,7 @@ def _box_polyline(
     )
 
 
-def _hot_region(values: npt.NDArray[np.float32], frame: SourceFrame) -> npt.NDArray[np.float64]:
+def _hot_region(values: npt.NDArray[np.float32], frame: ImageFrame) -> npt.NDArray[np.float64]:
     """Outline of the heatmap's hot region; the whole frame for a flat map."""
     if values.shape != frame.shape:
         raise ValueError(

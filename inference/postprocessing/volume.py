@@ -31,7 +31,7 @@ from scipy import ndimage
 from inference.postprocessing.activation import probabilities
 from inference.preprocessing.grid import NetworkGrid, permuted_axes
 from inference.preprocessing.volume import VolumeGeometry
-from inference.spec import Activation
+from inference.spec import Activation, Interpolated
 
 Array = npt.NDArray[np.float32]
 Matrix = npt.NDArray[np.float64]
@@ -66,7 +66,11 @@ class _Linear:
 
 
 def source_probabilities(
-    logits: Array, grid: NetworkGrid, geometry: VolumeGeometry, activation: Activation
+    logits: Array,
+    grid: NetworkGrid,
+    geometry: VolumeGeometry,
+    activation: Activation,
+    interpolate: Interpolated = Interpolated.PROBABILITIES,
 ) -> Iterator[Array]:
     """Yield (labels, rows, columns) float32 probabilities for every source slice, in order.
 
@@ -80,12 +84,17 @@ def source_probabilities(
         The source volume (its ``source_index`` places every source slice).
     activation : Activation
         The package's activation (softmax drops its background channel).
+    interpolate : Interpolated
+        What is interpolated: probabilities (MONAI's ``Activationsd`` before
+        ``Invertd``) or raw outputs, the activation applied after (nnU-Net
+        resamples its logits).
     """
+    decide = _Activation(activation, interpolate is Interpolated.LOGITS)
     to_network = np.asarray(np.linalg.inv(grid.to_volume), dtype=np.float64)
     rows, columns = geometry.shape[1:]
     axes = permuted_axes(to_network[:3, :3].T)
     if axes is None:
-        yield from _trilinear(logits, to_network, geometry, activation)
+        yield from (decide.after(p) for p in _trilinear(logits, to_network, geometry, decide))
         return
     # axes[m] is the volume axis that network axis m follows.
     slice_axis = axes.index(0)
@@ -98,27 +107,45 @@ def source_probabilities(
         to_network[column_axis, 2] * np.arange(columns) + to_network[column_axis, 3],
         logits.shape[1 + column_axis],
     )
-    planes = _Planes(logits, slice_axis, activation, row_axis < column_axis)
+    planes = _Planes(logits, slice_axis, decide, row_axis < column_axis)
     for index in geometry.source_index:
         position = to_network[slice_axis, 0] * index + to_network[slice_axis, 3]
         plane = planes.at(float(position))  # (labels, row-axis, column-axis)
-        yield column_map.apply(row_map.apply(plane, 1), 2)
+        yield decide.after(column_map.apply(row_map.apply(plane, 1), 2))
+
+
+@dataclass(frozen=True)
+class _Activation:
+    """The activation, applied before interpolation or after it."""
+
+    activation: Activation
+    on_logits: bool
+
+    def _apply(self, raw: Array) -> Array:
+        return probabilities(raw[np.newaxis], self.activation, axis=1)[0]
+
+    def before(self, raw: Array) -> Array:
+        """Network-grid values (outputs, ...) to what is interpolated."""
+        return raw.astype(np.float32) if self.on_logits else self._apply(raw.astype(np.float32))
+
+    def after(self, values: Array) -> Array:
+        """Interpolated values to probabilities (labels, ...)."""
+        return self._apply(values) if self.on_logits else values
 
 
 class _Planes:
-    """Probabilities of network-grid planes across one axis, the last two kept."""
+    """Network-grid planes across one axis, ready to interpolate; the last two kept."""
 
-    def __init__(self, logits: Array, axis: int, activation: Activation, rows_first: bool) -> None:
+    def __init__(self, logits: Array, axis: int, decide: _Activation, rows_first: bool) -> None:
         self._logits = logits
         self._axis = axis
-        self._activation = activation
+        self._decide = decide
         self._rows_first = rows_first
         self._cache: dict[int, Array] = {}
 
     def _plane(self, index: int) -> Array:
         if index not in self._cache:
-            raw = np.take(self._logits, index, axis=1 + self._axis).astype(np.float32)
-            probs = probabilities(raw[np.newaxis], self._activation, axis=1)[0]
+            probs = self._decide.before(np.take(self._logits, index, axis=1 + self._axis))
             if not self._rows_first:
                 probs = probs.transpose(0, 2, 1)
             if len(self._cache) >= 2:  # keep the two planes used last
@@ -136,7 +163,7 @@ class _Planes:
 
 
 def _trilinear(
-    logits: Array, to_network: Matrix, geometry: VolumeGeometry, activation: Activation
+    logits: Array, to_network: Matrix, geometry: VolumeGeometry, decide: _Activation
 ) -> Iterator[Array]:
     rows, columns = geometry.shape[1:]
     grid_shape = np.asarray(logits.shape[1:])
@@ -158,7 +185,7 @@ def _trilinear(
             np.ceil(coordinates.reshape(3, -1).max(axis=1)).astype(int), grid_shape - 1
         )
         block = logits[:, low[0] : high[0] + 1, low[1] : high[1] + 1, low[2] : high[2] + 1]
-        probs = probabilities(block.astype(np.float32)[np.newaxis], activation, axis=1)[0]
+        probs = decide.before(block)
         local = (coordinates - low[:, np.newaxis, np.newaxis]).astype(np.float32)
         yield np.stack(
             [ndimage.map_coordinates(p, local, order=1, mode="nearest") for p in probs]

@@ -129,3 +129,115 @@ def test_matches_monai(
     reference = data["pred"][0].numpy().astype(np.uint8)
     affine = np.asarray(data["pred"].affine, dtype=np.float64)
     _agree(node, _on_source_grid(reference, affine, source_affine))
+
+
+def _nnunet_plans(patch: Sequence[int], spacing: Sequence[float]) -> dict[str, object]:
+    """A minimal nnU-Net v2 plans file for one 3D configuration with CTNormalization.
+
+    Resampling is linear on every axis (order 1, order_z 1): the node's
+    ``interpolation`` applies to all axes and does not model nnU-Net's separate-z
+    nearest neighbour for anisotropic data.
+    """
+    linear = {"is_seg": False, "order": 1, "order_z": 1, "force_separate_z": None}
+    return {
+        "dataset_name": "Dataset999_Test",
+        "plans_name": "nnUNetPlans",
+        "original_median_spacing_after_transp": list(spacing),
+        "original_median_shape_after_transp": [36, 128, 128],
+        "image_reader_writer": "SimpleITKIO",
+        "transpose_forward": [0, 1, 2],
+        "transpose_backward": [0, 1, 2],
+        "configurations": {
+            "3d_fullres": {
+                "data_identifier": "nnUNetPlans_3d_fullres",
+                "preprocessor_name": "DefaultPreprocessor",
+                "batch_size": 2,
+                "patch_size": list(patch),
+                "median_image_size_in_voxels": [36, 128, 128],
+                "spacing": list(spacing),
+                "normalization_schemes": ["CTNormalization"],
+                "use_mask_for_norm": [False],
+                "resampling_fn_data": "resample_data_or_seg_to_shape",
+                "resampling_fn_seg": "resample_data_or_seg_to_shape",
+                "resampling_fn_data_kwargs": linear,
+                "resampling_fn_seg_kwargs": {**linear, "is_seg": True},
+                "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
+                "resampling_fn_probabilities_kwargs": linear,
+                "architecture": {"network_class_name": "unused", "arch_kwargs": {}},
+                "batch_dice": False,
+            }
+        },
+        "experiment_planner_used": "ExperimentPlanner",
+        "label_manager": "LabelManager",
+        "foreground_intensity_properties_per_channel": {
+            "0": {
+                "max": 3000.0,
+                "mean": 40.0,
+                "median": 40.0,
+                "min": -1024.0,
+                "percentile_00_5": -900.0,
+                "percentile_99_5": 1500.0,
+                "std": 350.0,
+            }
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    ("step", "spacing", "mirror"),
+    [
+        pytest.param(3.0, (2.0, 1.0, 1.0), (), id="anisotropic"),
+        pytest.param(1.5, (1.6, 1.2, 1.2), (0, 1, 2), id="mirrored"),
+    ],
+)
+def test_matches_nnunet(
+    tmp_path: Path, step: float, spacing: tuple[float, float, float], mirror: tuple[int, ...]
+) -> None:
+    sitk = pytest.importorskip("SimpleITK")
+    predict = pytest.importorskip("nnunetv2.inference.predict_from_raw_data")
+    plans_handler = pytest.importorskip("nnunetv2.utilities.plans_handling.plans_handler")
+    patch = (16, 32, 32)
+    stack = real_ct_stack(36, step_mm=step)
+    folder = save_stack(stack, tmp_path / "dicom")
+    toml_text = package_toml(
+        geometry=f'orientation = "source"\nspacing = {list(spacing)}',
+        window=(
+            f'overlap = 0.5\nplacement = "even"\nblending = "gaussian"\nbatch = 2\n'
+            f"mirror_axes = {list(mirror)}"
+        ),
+        intensity=(
+            'method = "ct_normalization"\nlower = -900.0\nupper = 1500.0\nmean = 40.0\nstd = 350.0'
+        ),
+        patch=patch,
+        interpolate="logits",
+    )
+    node, _ = _node(tmp_path / "pkg", stack, toml_text)
+
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder)))
+    image = reader.Execute()
+    array = sitk.GetArrayFromImage(image).astype(np.float32)[np.newaxis]
+    plans = plans_handler.PlansManager(_nnunet_plans(patch, spacing))
+    dataset = {"labels": {"background": 0, "tissue": 1, "bone": 2}, "channel_names": {"0": "CT"}}
+    predictor = predict.nnUNetPredictor(
+        tile_step_size=0.5,
+        use_gaussian=True,
+        use_mirroring=bool(mirror),
+        perform_everything_on_device=False,
+        device=torch.device("cpu"),
+        allow_tqdm=False,
+    )
+    network = torch_network()
+    predictor.manual_initialization(
+        network,
+        plans,
+        plans.get_configuration("3d_fullres"),
+        [network.state_dict()],
+        dataset,
+        "nnUNetTrainer",
+        tuple(mirror) or None,
+    )
+    reference = predictor.predict_single_npy_array(
+        array, {"spacing": list(image.GetSpacing())[::-1]}, None, None, False
+    )
+    _agree(node, np.asarray(reference, dtype=np.uint8))

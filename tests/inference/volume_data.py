@@ -175,6 +175,7 @@ def package_toml(
     networks: Sequence[str] = ("model.onnx",),
     patch: Sequence[int] = (32, 32, 16),
     max_batch: int = 4,
+    interpolate: str = "probabilities",
 ) -> str:
     """A windowed 3D package's model.toml with the two labels of the test network."""
     labels = "".join(
@@ -215,6 +216,7 @@ patch = {list(patch)}
 [output]
 name = "logits"
 activation = "softmax"
+interpolate = "{interpolate}"
 {labels}
 [runtime]
 max_batch = {max_batch}

@@ -10,8 +10,9 @@ import pytest
 from dicom_node.cli import main
 from dicom_node.config import load_config
 from dicom_node.db import create_db_engine, session_factory
-from dicom_node.jobs import claim_job, retry_or_fail
+from dicom_node.jobs import claim_job, end_job, retry_or_fail
 from dicom_node.routing import route_complete_studies
+from dicom_node.schema import WorkState
 from tests.orchestration.conftest import add_study
 from tests.orchestration.node import MODELS, dump_toml
 
@@ -111,3 +112,25 @@ def test_status_shows_the_queue_and_failures_and_retry_requeues(
     assert capsys.readouterr().out.strip() == f"requeued 1 job(s) ({job.id}) and 0 delivery(ies)"
     assert main(["retry", "-c", str(config), "--job", "999"]) == 1
     assert "no job with id 999" in capsys.readouterr().err
+
+
+def test_status_says_why_a_job_was_skipped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write(tmp_path, [{"name": "ct", "path": str(MODELS / "demo-ct-bone")}])
+    loaded = load_config(config)
+    engine = create_db_engine(loaded.node.database_url)
+    sessions = session_factory(engine)
+    with sessions.begin() as session:
+        add_study(session, "1.5.9", [{"modality": "CT"}])
+    route_complete_studies(sessions, loaded)
+    job = claim_job(sessions, "w", 60)
+    assert job is not None
+    reason = "series 1.2.3: stack (40 frame(s) of 512x512): uneven slice steps"
+    with sessions.begin() as session:
+        assert end_job(session, job, WorkState.SKIPPED, error=reason)
+    engine.dispose()
+    assert main(["status", "-c", str(config), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["skipped"] == {f"job {job.id} (ct)": reason}
+    assert main(["status", "-c", str(config)]) == 0
+    assert "skipped:" in capsys.readouterr().out
