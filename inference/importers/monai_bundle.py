@@ -266,6 +266,7 @@ def import_monai_bundle(
         "output": {
             "name": OUTPUT_NAME,
             "activation": pipeline.activation,
+            "interpolate": pipeline.interpolate,
             "labels": list(labels.tables),
         },
         "runtime": {"max_batch": pipeline.window["batch"], "networks": [NETWORK_FILE]},

@@ -35,7 +35,6 @@ _PRE_NO_EFFECT = {
     "ToDeviced": "the backend places the data",
 }
 _POST_NO_EFFECT = {
-    "Invertd": "the node always maps results back onto the source slices",
     "SaveImaged": "the node writes SEG and SR instead of image files",
     "EnsureTyped": "type conversion only",
     "ToDeviced": "device placement only",
@@ -58,6 +57,7 @@ class MappedPipeline:
     window: dict[str, Any] = field(default_factory=dict)
     activation: str = ""
     threshold: float | None = None
+    interpolate: str = "probabilities"  # what Invertd takes back: after or before activation
     notes: list[str] = field(default_factory=list)
 
 
@@ -306,7 +306,14 @@ def map_postprocessing(
     """
     for key, transform in steps:
         name = _name(transform)
-        if name in _POST_NO_EFFECT:
+        if name == "Invertd":
+            # What Invertd resamples back is what the node interpolates onto the source.
+            pipeline.interpolate = "probabilities" if pipeline.activation else "logits"
+            pipeline.notes.append(
+                f"{key} Invertd: the node maps results back onto the source slices "
+                f"({pipeline.interpolate} interpolated, as here)"
+            )
+        elif name in _POST_NO_EFFECT:
             pipeline.notes.append(f"{key} {name}: {_POST_NO_EFFECT[name]}")
         elif hasattr(transform, "keys") and not _touches(transform, pred_key):
             pipeline.notes.append(f"{key} {name}: does not touch {pred_key!r}, not needed")

@@ -5,10 +5,11 @@ nnU-Net's own classes read the plans (`PlansManager` resolves a configuration's
 the network (`get_network_from_plans`, what its trainers call). The package says
 what nnU-Net's predictor does: the source axis order (SimpleITK's slice, row,
 column) with ``transpose_forward``, the configuration's spacing and patch, its
-normalisation with the dataset's foreground intensity properties, windows at
-nnU-Net's default step of half a patch with Gaussian weights of sigma 1/8, each
-fold one ONNX file whose logits the node averages before the softmax, and
-mirroring when asked for.
+normalisation with the dataset's foreground intensity properties, windows spread
+evenly at nnU-Net's default step of half a patch with Gaussian weights of sigma
+1/8, each fold one ONNX file whose logits the node averages before the softmax,
+logits (not probabilities) taken back to the source grid, and mirroring when asked
+for.
 """
 
 from __future__ import annotations
@@ -251,6 +252,7 @@ def import_nnunet(
             "window": {
                 "patch": patch,
                 "overlap": TILE_STEP,
+                "placement": "even",
                 "blending": "gaussian",
                 "sigma_scale": SIGMA_SCALE,
                 "batch": WINDOW_BATCH,
@@ -260,7 +262,12 @@ def import_nnunet(
             },
             "intensity": intensity,
         },
-        "output": {"name": OUTPUT_NAME, "activation": "softmax", "labels": list(labels.tables)},
+        "output": {
+            "name": OUTPUT_NAME,
+            "activation": "softmax",
+            "interpolate": "logits",
+            "labels": list(labels.tables),
+        },
         "runtime": {
             "max_batch": WINDOW_BATCH,
             "networks": [f"fold_{f}.onnx" for f in folds],

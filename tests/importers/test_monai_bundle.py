@@ -50,7 +50,7 @@ def test_bundle_becomes_a_valid_package_with_origin_licence_and_notes(tmp_path: 
     assert (geometry.orientation, geometry.spacing) == ("RAS", (1.5, 1.5, 2.0))
     assert (window.patch, window.overlap, window.batch) == ((32, 32, 16), 0.25, 4)
     assert spec.input.intensity.method == "scale_range" and spec.input.intensity.clip
-    assert spec.output.activation == "softmax"
+    assert (spec.output.activation, spec.output.interpolate) == ("softmax", "probabilities")
     assert [label.name for label in spec.output.labels] == ["soft_tissue", "bone"]
     assert result.generic_labels == ("soft_tissue", "bone")
     assert spec.output.labels[1].finding.scheme == "99DCMNODE"

@@ -196,10 +196,22 @@ def test_postprocessing_maps_softmax_argmax_and_sigmoid_threshold() -> None:
         mt.KeepLargestConnectedComponentd("pred", applied_labels=[1]),
     )
     assert (softmax.activation, softmax.threshold) == ("softmax", None)
+    assert softmax.interpolate == "probabilities"
     assert "KeepLargestConnectedComponentd: a cleanup step, not applied" in softmax.notes[0]
     assert post(mt.AsDiscreted("pred", argmax=True)).activation == "softmax"
     sigmoid = post(mt.Activationsd("pred", sigmoid=True), mt.AsDiscreted("pred", threshold=0.3))
     assert (sigmoid.activation, sigmoid.threshold) == ("sigmoid", 0.3)
+
+
+def test_invertd_before_the_activation_takes_logits_back() -> None:
+    invert = mt.Invertd("pred", transform=mt.Compose([orientation()]), orig_keys="image")
+    after = post(mt.Activationsd("pred", softmax=True), invert, mt.AsDiscreted("pred", argmax=True))
+    assert after.interpolate == "probabilities"
+    before = post(
+        invert, mt.Activationsd("pred", softmax=True), mt.AsDiscreted("pred", argmax=True)
+    )
+    assert before.interpolate == "logits"
+    assert "Invertd: the node maps results back onto the source slices (logits" in before.notes[0]
 
 
 @pytest.mark.parametrize(

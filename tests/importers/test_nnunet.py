@@ -34,7 +34,8 @@ def test_result_becomes_a_package_whose_folds_the_node_ensembles(tmp_path: Path)
     assert (geometry.orientation, geometry.transpose) == ("source", (0, 1, 2))
     assert (geometry.spacing, geometry.interpolation) == ((2.5, 1.5, 1.5), 3)
     assert (window.patch, window.overlap, window.sigma_scale) == ((16, 32, 32), 0.5, 0.125)
-    assert window.mirror_axes == (0, 1, 2)
+    assert (window.mirror_axes, window.placement) == ((0, 1, 2), "even")
+    assert spec.output.interpolate == "logits"  # nnU-Net resamples logits, then softmax
     intensity = spec.input.intensity
     assert (intensity.method, intensity.lower, intensity.upper) == ("ct_normalization", -900, 1200)
     assert (intensity.mean, intensity.std) == (100.0, 300.0)

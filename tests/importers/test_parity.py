@@ -124,20 +124,6 @@ def nnunet_predict(folder: Path, dicom: Path, folds: tuple[int, ...], mirror: bo
     return np.asarray(predictor.predict_single_npy_array(image, properties)).astype(np.uint8)
 
 
-# Measured on this stack (labels soft tissue, bone): nnU-Net's preprocessing and the
-# node's agree (grid Dice 0.9996, 1.0); windows over the same grid 0.995, 0.994 (nnU-Net
-# spreads windows evenly, centres its Gaussian at n // 2 and accumulates in float16);
-# back on the source grid the node interpolates probabilities where nnU-Net
-# interpolates logits (resampling_fn_probabilities on the logits, then softmax): the
-# node's own logits sent back nnU-Net's way agree 0.996, 0.996 with nnU-Net; sent
-# back the node's way 0.992, 0.987. The runtime (issue 12) owns that step.
-NNUNET_GAP = (
-    "the node resamples probabilities back to the source grid, nnU-Net resamples logits: "
-    "bone Dice 0.987-0.990 < 0.99 (issue 12's runtime)"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=NNUNET_GAP)
 @pytest.mark.parametrize(
     ("folds", "mirror"),
     [pytest.param((0, 1), False, id="two-folds"), pytest.param((0,), True, id="mirrored")],
