@@ -1,6 +1,11 @@
 """A loaded model: `load_model` checks the package and starts a backend; `Model.predict`
 turns the instances of one series into a Prediction.
 
+2D packages run frame by frame; a package with ``[input.window]`` runs as a real 3D
+model (`inference.volumes`: its own spacing and orientation, sliding windows over
+every network of an ensemble, results on the source slices); the old 3D packages
+without it take the whole stack fitted to ``input.size``.
+
 What happens to a series the model cannot fully take:
 
 * nothing in it can run (wrong modality, no pixel data, no stack the model accepts,
@@ -25,7 +30,7 @@ from pydicom import Dataset
 from inference.backends.base import Array, Backend, BackendOptions
 from inference.backends.selection import create_backend
 from inference.devices import SHARED_GATE, GpuGate, resolve_device
-from inference.errors import UnsupportedSeriesError
+from inference.errors import BackendUnavailableError, UnsupportedSeriesError
 from inference.package import ModelPackage, validate_package
 from inference.postprocessing.classification import build_classification
 from inference.postprocessing.detection import build_detection
@@ -288,7 +293,8 @@ def load_model(
     ModelPackageError
         When the package is broken (names the file and field).
     BackendUnavailableError
-        When the backend asked for cannot run here, or with ``auto`` none can.
+        When the backend asked for cannot run here, or with ``auto`` none can, or
+        an ensemble package (several ``runtime.networks``) is asked to run on torch.
     ValueError
         When ``backend`` or ``device`` is not a known name, or thread counts are
         negative.
@@ -305,6 +311,13 @@ def load_model(
         cache_dir=Path(cache_dir) if cache_dir is not None else None,
     )
     built = create_backend(package, backend, options)
+    if len(package.networks) > 1 and built.name == "torch":
+        built.close()
+        raise BackendUnavailableError(
+            "torch",
+            f"{package.path}: runtime.networks holds {len(package.networks)} ONNX networks "
+            "(an ensemble); the torch backend runs one torch file: use onnxruntime or tensorrt",
+        )
     ensemble = []
     try:
         for network in package.networks[1:]:

@@ -198,7 +198,9 @@ def sliding_window(image: Array, window: WindowSpec, network: Network, outputs: 
         np.dtype(dtype).name,
     )
     for chosen, batch in _batches(padded, placed, window.batch):
-        result = run(batch)
+        result = np.array(run(batch), dtype=np.float32, copy=None)
+        if not result.flags.writeable:  # weighted in place below
+            result = result.copy()
         if result.shape[1] != outputs:
             raise ValueError(f"the network gave {result.shape[1]} outputs, expected {outputs}")
         for index, where in enumerate(chosen):

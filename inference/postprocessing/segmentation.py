@@ -38,10 +38,18 @@ def _winners(probs: Array, dtype: type[np.unsignedinteger[Any]]) -> npt.NDArray[
 
     probs is (..., labels) without the background, which is 1 - their sum; a tie
     goes to the background, then to the lower label, as arg-max over all does.
+    One pass per label over (..., ) planes: fast whether the labels are the
+    contiguous axis (2D path) or the outermost one behind a view (3D path).
     """
-    winner = np.argmax(probs, axis=-1).astype(dtype) + dtype(1)
-    background = 1.0 - probs.sum(axis=-1)
-    winner[background >= probs.max(axis=-1)] = 0
+    planes = [probs[..., index] for index in range(probs.shape[-1])]
+    best = np.ones(probs.shape[:-1], dtype=np.float32)
+    for plane in planes:
+        best -= plane
+    winner = np.zeros(probs.shape[:-1], dtype=dtype)
+    for number, plane in enumerate(planes, start=1):
+        better = plane > best
+        winner[better] = number
+        np.maximum(best, plane, out=best)
     return winner
 
 

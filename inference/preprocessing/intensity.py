@@ -135,8 +135,8 @@ def _scale_range(values: npt.NDArray[np.float32], spec: IntensitySpec) -> npt.ND
 def _normalize(values: npt.NDArray[np.float32], spec: IntensitySpec) -> npt.NDArray[np.float32]:
     selected = values != 0 if spec.nonzero else None
     chosen = values[selected] if selected is not None else values
-    if spec.mean is not None and spec.std is not None:
-        mean, std = float(spec.mean), float(spec.std)  # type: ignore[arg-type]
+    if isinstance(spec.mean, float) and isinstance(spec.std, float):
+        mean, std = spec.mean, spec.std
     elif chosen.size:
         mean, std = float(chosen.mean(dtype=np.float64)), float(chosen.std(dtype=np.float64))
     else:
@@ -152,10 +152,13 @@ def _normalize(values: npt.NDArray[np.float32], spec: IntensitySpec) -> npt.NDAr
 def _ct_normalization(
     values: npt.NDArray[np.float32], spec: IntensitySpec
 ) -> npt.NDArray[np.float32]:
-    assert spec.lower is not None and spec.upper is not None
-    out = np.clip(values, spec.lower, spec.upper).astype(np.float32, copy=False)
-    out -= np.float32(spec.mean)  # type: ignore[arg-type]
-    out /= np.float32(max(float(spec.std), 1e-8))  # type: ignore[arg-type]
+    lower, upper, mean, std = spec.lower, spec.upper, spec.mean, spec.std
+    # IntensitySpec checked all four are set and mean/std are single numbers.
+    assert lower is not None and upper is not None
+    assert isinstance(mean, float) and isinstance(std, float)
+    out = np.clip(values, lower, upper).astype(np.float32, copy=False)
+    out -= np.float32(mean)
+    out /= np.float32(max(std, 1e-8))
     return out
 
 

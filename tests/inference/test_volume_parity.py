@@ -19,6 +19,7 @@ from inference.preprocessing.volume import stack_geometry
 from inference.spec import read_spec
 from tests.inference.volume_data import (
     AXIAL,
+    monai_segment,
     oblique,
     package_toml,
     real_ct_stack,
@@ -28,8 +29,7 @@ from tests.inference.volume_data import (
 )
 
 torch = pytest.importorskip("torch")
-monai_transforms = pytest.importorskip("monai.transforms")
-monai_inferers = pytest.importorskip("monai.inferers")
+pytest.importorskip("monai")
 
 pytestmark = [
     pytest.mark.slow,
@@ -94,7 +94,6 @@ def test_matches_monai(
     tilt: float,
     spacing: tuple[float, float, float],
 ) -> None:
-    t = monai_transforms
     stack = real_ct_stack(36, step_mm=step, orientation=orientation, tilt_mm=tilt)
     folder = save_stack(stack, tmp_path / "dicom")
     toml_text = package_toml(
@@ -103,31 +102,7 @@ def test_matches_monai(
         intensity=SCALE_RANGE,
     )
     node, source_affine = _node(tmp_path / "pkg", stack, toml_text)
-    pre = t.Compose(
-        [
-            t.LoadImaged("image", reader="PydicomReader"),
-            t.EnsureChannelFirstd("image"),
-            t.Orientationd("image", axcodes="RAS"),
-            t.Spacingd("image", pixdim=spacing, mode="bilinear"),
-            t.ScaleIntensityRanged("image", a_min=-1000, a_max=1000, b_min=0, b_max=1, clip=True),
-        ]
-    )
-    data = pre({"image": str(folder)})
-    inferer = monai_inferers.SlidingWindowInferer(
-        roi_size=(32, 32, 16), sw_batch_size=2, overlap=0.25, mode="gaussian"
-    )
-    with torch.no_grad():
-        data["pred"] = inferer(data["image"][None], torch_network())[0]
-    post = t.Compose(
-        [
-            t.Activationsd("pred", softmax=True),
-            t.Invertd("pred", transform=pre, orig_keys="image", nearest_interp=False),
-            t.AsDiscreted("pred", argmax=True),
-        ]
-    )
-    data = post(data)
-    reference = data["pred"][0].numpy().astype(np.uint8)
-    affine = np.asarray(data["pred"].affine, dtype=np.float64)
+    reference, affine = monai_segment(folder, torch_network(), spacing, (32, 32, 16))
     _agree(node, _on_source_grid(reference, affine, source_affine))
 
 

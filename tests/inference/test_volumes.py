@@ -7,7 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from inference import ModelPackageError, UnsupportedSeriesError, load_model, validate_package
+from inference import (
+    BackendUnavailableError,
+    ModelPackageError,
+    UnsupportedSeriesError,
+    load_model,
+    validate_package,
+)
 from inference.preprocessing.grid import axis_codes, network_grid, resample
 from inference.preprocessing.intensity import field_formula
 from inference.preprocessing.stacks import list_frames, split_stacks
@@ -18,11 +24,13 @@ from inference.preprocessing.volume import (
 )
 from inference.sliding_window import ensemble, importance_map, mirrored, window_starts
 from inference.spec import Blending, GeometrySpec, IntensitySpec, Placement
+from inference.volumes import foreground
 from tests.inference.volume_data import (
     AXIAL,
     oblique,
     package_toml,
     real_ct_stack,
+    torch_network,
     write_package,
 )
 
@@ -223,3 +231,44 @@ def test_ensemble_package_loads_every_fold(tmp_path: Path) -> None:
     (package / "fold_1.onnx").unlink()
     with pytest.raises(ModelPackageError, match=r"fold_1\.onnx: runtime\.networks: file not found"):
         validate_package(package)
+
+
+def test_crop_to_the_foreground_keeps_the_result_and_the_rest_is_background(
+    tmp_path: Path,
+) -> None:
+    datasets = real_ct_stack(16, step_mm=2.0)
+    full = _run(tmp_path / "full", datasets)
+    cropped_geometry = GEOMETRY + "\ncrop_foreground = true\ncrop_threshold = 0.45\ncrop_margin = 2"
+    cropped = _run(tmp_path / "crop", datasets, geometry=cropped_geometry)
+    assert full.label_map is not None and cropped.label_map is not None
+    for label in (1, 2):
+        a, b = full.label_map == label, cropped.label_map == label
+        assert 2 * np.count_nonzero(a & b) / (a.sum() + b.sum()) >= 0.99
+    # Far outside the body (the image corners) the cropped run reads background.
+    assert (cropped.label_map[:, :4, :4] == 0).all()
+
+
+def test_foreground_box_is_monai_s_with_its_margin() -> None:
+    image = np.zeros((1, 20, 30, 40), dtype=np.float32)
+    image[0, 5:8, 10:12, 30:35] = 1.0
+    spec = GeometrySpec(crop_foreground=True, crop_threshold=0.5, crop_margin=3)
+    box = foreground(image, spec)
+    assert (box.start, box.stop) == ((2, 7, 27), (11, 15, 38))
+    assert foreground(image, GeometrySpec()).stop == (20, 30, 40)  # no crop asked for
+    assert foreground(np.zeros_like(image), spec).stop == (20, 30, 40)  # nothing above
+
+
+def test_an_ensemble_does_not_run_on_the_torch_backend(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    toml_text = package_toml(
+        geometry=GEOMETRY,
+        window=WINDOW,
+        intensity=SCALE_RANGE,
+        networks=("fold_0.onnx", "fold_1.onnx"),
+    )
+    package = write_package(tmp_path / "pkg", toml_text, seeds=(0, 3))
+    example = torch.zeros(1, 1, 32, 32, 16)
+    program = torch.export.export(torch_network(), (example,))
+    torch.export.save(program, str(package / "model.pt2"))
+    with pytest.raises(BackendUnavailableError, match=r"ensemble.*onnxruntime or tensorrt"):
+        load_model(package, backend="torch", device="cpu")

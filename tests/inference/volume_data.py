@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -165,6 +166,54 @@ def torch_network(seed: int = 0):  # type: ignore[no-untyped-def]
         layer.weight.copy_(torch.from_numpy(weights.reshape(3, 1, 1, 1, 1)))
         layer.bias.copy_(torch.from_numpy(bias))
     return torch.nn.Sequential(smooth, layer).eval()
+
+
+def monai_segment(
+    folder: Path,
+    network: Any,
+    spacing: Sequence[float],
+    patch: Sequence[int],
+    *,
+    batch: int = 2,
+    overlap: float = 0.25,
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.float64]]:
+    """MONAI's own pipeline, as a bundle's inference config chains it, on a DICOM folder.
+
+    ``LoadImaged(PydicomReader)``, ``Orientationd(RAS)``, ``Spacingd``,
+    ``ScaleIntensityRanged(-1000..1000 -> 0..1, clip)``, a Gaussian
+    ``SlidingWindowInferer``, then ``Activationsd(softmax)``, ``Invertd`` and
+    ``AsDiscreted(argmax)``. Returns the label map on MONAI's array grid and its
+    RAS affine.
+    """
+    import torch
+    from monai import transforms as t
+    from monai.inferers import SlidingWindowInferer
+
+    pre = t.Compose(
+        [
+            t.LoadImaged("image", reader="PydicomReader"),
+            t.EnsureChannelFirstd("image"),
+            t.Orientationd("image", axcodes="RAS"),
+            t.Spacingd("image", pixdim=tuple(spacing), mode="bilinear"),
+            t.ScaleIntensityRanged("image", a_min=-1000, a_max=1000, b_min=0, b_max=1, clip=True),
+        ]
+    )
+    data = pre({"image": str(folder)})
+    inferer = SlidingWindowInferer(
+        roi_size=tuple(patch), sw_batch_size=batch, overlap=overlap, mode="gaussian"
+    )
+    with torch.no_grad():
+        data["pred"] = inferer(data["image"][None], network)[0]
+    post = t.Compose(
+        [
+            t.Activationsd("pred", softmax=True),
+            t.Invertd("pred", transform=pre, orig_keys="image", nearest_interp=False),
+            t.AsDiscreted("pred", argmax=True),
+        ]
+    )
+    data = post(data)
+    labels = data["pred"][0].numpy().astype(np.uint8)
+    return labels, np.asarray(data["pred"].affine, dtype=np.float64)
 
 
 def package_toml(
