@@ -94,9 +94,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slices", type=int, default=60)
     args = parser.parse_args(argv)
-    print("setting up (training the two small test networks, seconds)...", file=sys.stderr)
-    rows = run_all(args.slices)
-    print(f"imported models on {args.slices} real CT slices (512 x 512), CPU, one process each")
+    print_rows(run_all(args.slices), args.slices)
+
+
+def print_rows(rows: list[tuple[str, str, Run, str]], slices: int) -> None:
+    """The table: one row per contender, the node first for each model."""
+    print(f"imported models on {slices} real CT slices (512 x 512), CPU, one process each")
     print(f"{'model':<22}{'runner':<28}{'wall s':>8}{'peak MiB':>10}  notes")
     for model, runner, run, notes in rows:
         print(f"{model:<22}{runner:<28}{run.wall_s:>8.1f}{run.peak_mib:>10.0f}  {notes}")
@@ -113,6 +116,8 @@ def _dice(ours: object, theirs: object) -> str:
 
 
 def run_all(slices: int) -> list[tuple[str, str, Run, str]]:
+    """Import both test models and run every contender once on one real CT."""
+    print("setting up (training the two small test networks, seconds)...", file=sys.stderr)
     import nibabel
     import numpy as np
 
