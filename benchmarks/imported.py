@@ -125,7 +125,7 @@ def run_all(slices: int) -> list[tuple[str, str, Run, str]]:
     from inference.preprocessing.plan import plan_series
     from inference.preprocessing.volume import stack_geometry
     from inference.spec import read_spec
-    from tests.importers.sources import write_bundle, write_nnunet_result
+    from tests.importers.sources import bundle_run_command, write_bundle, write_nnunet_result
     from tests.inference.test_volume_parity import _on_source_grid
     from tests.inference.volume_data import real_ct_stack, save_stack
 
@@ -145,24 +145,7 @@ def run_all(slices: int) -> list[tuple[str, str, Run, str]]:
         node = measured(
             [sys.executable, "-c", NODE, str(work / "bundle-pkg"), str(dicom), str(work / "a.npy")]
         )
-        monai = measured(
-            [
-                sys.executable,
-                "-m",
-                "monai.bundle",
-                "run",
-                "--config_file",
-                str(bundle / "configs" / "inference.json"),
-                "--meta_file",
-                str(bundle / "configs" / "metadata.json"),
-                "--bundle_root",
-                str(bundle),
-                "--dataset_dir",
-                str(dicom),
-                "--output_dir",
-                str(work / "monai-out"),
-            ]
-        )
+        monai = measured(bundle_run_command(bundle, dicom, work / "monai-out"))
         (written,) = (work / "monai-out").glob("*.nii*")
         image = nibabel.load(written)
         reference = np.squeeze(np.asarray(image.dataobj)).astype(np.uint8)

@@ -65,24 +65,29 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        from inference.importers import ImportModelError, import_monai_bundle, import_nnunet
+        from inference.importers import (
+            ImportModelError,
+            ImportOptions,
+            import_monai_bundle,
+            import_nnunet,
+        )
     except ImportError as exc:
         print(f"{_IMPORT_EXTRA} ({exc})", file=sys.stderr)
         return 2
     from inference import ModelPackageError
 
-    common = {
-        "labels_file": args.labels,
-        "name": args.name,
-        "version": args.version,
-        "modality": args.modality,
-        "tolerance": args.tolerance,
-        "allow_pickle": args.allow_pickle,
-        "overwrite": args.force,
-    }
+    options = ImportOptions(
+        labels_file=args.labels,
+        name=args.name,
+        version=args.version,
+        modality=args.modality,
+        tolerance=args.tolerance,
+        allow_pickle=args.allow_pickle,
+        overwrite=args.force,
+    )
     try:
         if args.kind == "monai-bundle":
-            result = import_monai_bundle(args.source, args.out, **common)
+            result = import_monai_bundle(args.source, args.out, options)
         else:
             result = import_nnunet(
                 args.source,
@@ -90,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
                 configuration=args.configuration,
                 folds=tuple(args.folds),
                 mirror=args.mirror,
-                **common,
+                options=options,
             )
     except (ImportModelError, ModelPackageError, FileExistsError) as exc:
         print(f"import-model: {exc}", file=sys.stderr)

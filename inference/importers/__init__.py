@@ -11,17 +11,20 @@ packages on ONNX Runtime without them. ``dicom-node import-model`` reaches it:
   whose folds the node ensembles;
 * `read_label_map` reads the optional file giving labels their coded concepts.
 
-Whatever cannot be mapped is an `ImportModelError` naming the file and key.
+Both take `ImportOptions` (labels file, overrides, permissions) and return an
+`ImportResult`. Whatever cannot be mapped is an `ImportModelError` naming the file
+and key.
 """
 
 from inference.importers.errors import ImportModelError
 from inference.importers.labels import read_label_map
 from inference.importers.monai_bundle import import_monai_bundle
 from inference.importers.nnunet import import_nnunet
-from inference.importers.package_writer import ImportResult
+from inference.importers.package_writer import ImportOptions, ImportResult
 
 __all__ = [
     "ImportModelError",
+    "ImportOptions",
     "ImportResult",
     "import_monai_bundle",
     "import_nnunet",

@@ -105,7 +105,6 @@ def _generic_finding(name: str, channel: int, taken: set[str]) -> CodeSpec:
 def coded_labels(
     names: Sequence[str],
     first_channel: int,
-    mapping: dict[str, tuple[CodeSpec, CodeSpec]] | None,
     labels_file: Path | None,
     threshold: float | None = None,
 ) -> CodedLabels:
@@ -118,10 +117,9 @@ def coded_labels(
     first_channel : int
         The output channel of the first label (1 for softmax, 0 for sigmoid); used
         for generic codes of names that are no valid code value.
-    mapping : dict, optional
-        From `read_label_map`; ``None``: every label gets a generic concept.
     labels_file : pathlib.Path, optional
-        Where ``mapping`` came from, named in errors.
+        A mapping file (`read_label_map`); ``None``: every label gets a generic
+        concept.
     threshold : float, optional
         The decision threshold of a sigmoid model, written per label.
 
@@ -132,9 +130,10 @@ def coded_labels(
     Raises
     ------
     ImportModelError
-        When the mapping file names a label the model does not have (a typo would
-        otherwise leave the real label generic without anyone noticing).
+        When the mapping file is broken, or names a label the model does not have
+        (a typo would otherwise leave the real label generic without anyone noticing).
     """
+    mapping = read_label_map(labels_file) if labels_file is not None else None
     if mapping is not None and labels_file is not None:
         unknown = sorted(set(mapping) - set(names))
         if unknown:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from inference.importers.errors import ImportModelError
-from inference.importers.labels import coded_labels, read_label_map
+from inference.importers.labels import coded_labels
 from inference.importers.monai_mapping import (
     MappedPipeline,
     Step,
@@ -27,8 +27,8 @@ from inference.importers.monai_mapping import (
     map_postprocessing,
     map_preprocessing,
 )
-from inference.importers.onnx_export import DEFAULT_TOLERANCE, export_network
-from inference.importers.package_writer import ImportResult, staged, write_spec
+from inference.importers.onnx_export import export_network
+from inference.importers.package_writer import ImportOptions, ImportResult, staged, write_spec
 from inference.importers.sources import load_checkpoint, read_json, require, sha256
 from inference.package import validate_package
 
@@ -182,16 +182,7 @@ def _io_keys(meta: dict[str, Any], metadata: Path) -> tuple[str, str]:
 
 
 def import_monai_bundle(
-    bundle_dir: Path | str,
-    out: Path | str,
-    *,
-    labels_file: Path | None = None,
-    name: str | None = None,
-    version: str | None = None,
-    modality: str | None = None,
-    tolerance: float = DEFAULT_TOLERANCE,
-    allow_pickle: bool = False,
-    overwrite: bool = False,
+    bundle_dir: Path | str, out: Path | str, options: ImportOptions | None = None
 ) -> ImportResult:
     """Turn a MONAI bundle folder into a model package the node runs.
 
@@ -202,19 +193,9 @@ def import_monai_bundle(
         ``.yaml``), ``models/model.pt`` or ``models/model.ts``, optionally ``LICENSE``.
     out : pathlib.Path or str
         The package folder to write.
-    labels_file : pathlib.Path, optional
-        A label mapping file (`inference.importers.labels`).
-    name, version : str, optional
-        Override the package name (default: the bundle folder's name) and version
-        (default: the metadata's).
-    modality : str, optional
-        The DICOM modality, when the metadata does not say.
-    tolerance : float
-        Largest allowed difference between the bundle's network and its ONNX export.
-    allow_pickle : bool
-        Load ``models/model.pt`` even when it holds objects beyond tensors.
-    overwrite : bool
-        Replace an existing package folder.
+    options : ImportOptions, optional
+        Labels file, overrides (name default: the bundle folder's; version default:
+        the metadata's), tolerance, pickle and overwrite permissions.
 
     Returns
     -------
@@ -228,24 +209,24 @@ def import_monai_bundle(
     FileExistsError
         When ``out`` exists and ``overwrite`` is false.
     """
+    opts = options or ImportOptions()
     bundle, target = Path(bundle_dir), Path(out)
     parser, metadata, config = _parser(bundle)
     meta = read_json(metadata)
     image_key, pred_key = _io_keys(meta, metadata)
-    input_modality = _modality(meta, image_key, modality, metadata)
+    input_modality = _modality(meta, image_key, opts.modality, metadata)
     pipeline = MappedPipeline()
     map_preprocessing(_steps(parser, "preprocessing", config), image_key, config, pipeline)
     map_inferer(_instantiate(parser, "inferer", config), "inferer", config, pipeline)
     map_postprocessing(_steps(parser, "postprocessing", config), pred_key, config, pipeline)
     names, channels = _label_names(meta, metadata, pred_key, pipeline)
-    mapping = read_label_map(labels_file) if labels_file is not None else None
     first_channel = 1 if pipeline.activation == "softmax" else 0
-    labels = coded_labels(names, first_channel, mapping, labels_file, pipeline.threshold)
-    network, weights = _network(parser, bundle, config, allow_pickle)
+    labels = coded_labels(names, first_channel, opts.labels_file, pipeline.threshold)
+    network, weights = _network(parser, bundle, config, opts.allow_pickle)
     bundle_version = str(meta.get("version", "")) or "0"
     info = {
-        "name": name or bundle.resolve().name,
-        "version": version or bundle_version,
+        "name": opts.name or bundle.resolve().name,
+        "version": opts.version or bundle_version,
         "task": "segmentation",
         "description": str(meta.get("description", "")),
         "intended_use": str(meta.get("intended_use") or meta.get("description") or "")
@@ -282,7 +263,7 @@ def import_monai_bundle(
     notes = list(pipeline.notes)
     if licence is None:
         notes.append("the bundle has no LICENSE file and no license in its metadata")
-    with staged(target, overwrite) as stage:
+    with staged(target, opts.overwrite) as stage:
         check = export_network(
             network,
             stage / NETWORK_FILE,
@@ -290,7 +271,7 @@ def import_monai_bundle(
             input_name=image_key,
             output_name=OUTPUT_NAME,
             source=weights,
-            tolerance=tolerance,
+            tolerance=opts.tolerance,
         )
         if check.output_channels != channels:
             raise ImportModelError(

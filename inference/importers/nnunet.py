@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from inference.importers.errors import ImportModelError
-from inference.importers.labels import coded_labels, read_label_map
-from inference.importers.onnx_export import DEFAULT_TOLERANCE, export_network
-from inference.importers.package_writer import ImportResult, staged, write_spec
+from inference.importers.labels import coded_labels
+from inference.importers.onnx_export import export_network
+from inference.importers.package_writer import ImportOptions, ImportResult, staged, write_spec
 from inference.importers.sources import load_checkpoint, read_json, require, sha256
 from inference.package import validate_package
 
@@ -155,14 +155,8 @@ def import_nnunet(
     *,
     configuration: str,
     folds: tuple[str, ...],
-    labels_file: Path | None = None,
-    name: str | None = None,
-    version: str | None = None,
-    modality: str | None = None,
     mirror: bool = False,
-    tolerance: float = DEFAULT_TOLERANCE,
-    allow_pickle: bool = False,
-    overwrite: bool = False,
+    options: ImportOptions | None = None,
 ) -> ImportResult:
     """Turn an nnU-Net v2 result folder into a model package the node runs.
 
@@ -178,22 +172,13 @@ def import_nnunet(
         The plans configuration, e.g. ``"3d_fullres"``.
     folds : tuple of str
         The folds to ensemble (``"0"`` ... or ``"all"``).
-    labels_file : pathlib.Path, optional
-        A label mapping file (`inference.importers.labels`).
-    name, version : str, optional
-        Override the package name (default: the dataset's) and version (default:
-        ``sha-`` and the start of the SHA-256 of the plans and checkpoints).
-    modality : str, optional
-        The DICOM modality, when ``dataset.json`` does not say.
     mirror : bool
         Carry nnU-Net's test-time mirroring (the checkpoint's allowed axes) into the
         package: up to 8x the windows, as ``nnUNetv2_predict`` does by default.
-    tolerance : float
-        Largest allowed difference between each fold and its ONNX export.
-    allow_pickle : bool
-        Load checkpoints that hold objects beyond tensors and NumPy scalars.
-    overwrite : bool
-        Replace an existing package folder.
+    options : ImportOptions, optional
+        Labels file, overrides (name default: the dataset's and the configuration;
+        version default: ``sha-`` and the start of the SHA-256 of the plans and
+        checkpoints), tolerance, pickle and overwrite permissions.
 
     Returns
     -------
@@ -209,6 +194,7 @@ def import_nnunet(
     """
     if not folds:
         raise ValueError("folds: give at least one fold")
+    opts = options or ImportOptions()
     folder, target = _trainer_dir(Path(result_dir), configuration), Path(out)
     plans_path, dataset_path = folder / PLANS, folder / DATASET
     plans, dataset = read_json(plans_path), read_json(dataset_path)
@@ -218,10 +204,9 @@ def import_nnunet(
     manager, config = _configuration(plans, configuration, plans_path)
     names = _label_names(manager, dataset, dataset_path)
     intensity = _intensity(plans, config, plans_path, configuration)
-    input_modality = _modality(dataset, modality, dataset_path, intensity["method"])
-    mapping = read_label_map(labels_file) if labels_file is not None else None
-    labels = coded_labels(names, 1, mapping, labels_file)
-    networks = [_fold_network(folder, f, config, len(names), allow_pickle) for f in folds]
+    input_modality = _modality(dataset, opts.modality, dataset_path, intensity["method"])
+    labels = coded_labels(names, 1, opts.labels_file)
+    networks = [_fold_network(folder, f, config, len(names), opts.allow_pickle) for f in folds]
     checkpoints = [path for _, path, _ in networks]
     digest = sha256(plans_path, *checkpoints)
     mirror_axes = list(networks[0][2] or ()) if mirror else []
@@ -230,8 +215,8 @@ def import_nnunet(
     patch = [int(v) for v in config.patch_size]
     spec: dict[str, Any] = {
         "model": {
-            "name": name or f"{dataset_name}-{configuration}",
-            "version": version or f"sha-{digest[:12]}",
+            "name": opts.name or f"{dataset_name}-{configuration}",
+            "version": opts.version or f"sha-{digest[:12]}",
             "task": "segmentation",
             "description": str(dataset.get("description", "")),
             "intended_use": str(dataset.get("description") or "")
@@ -285,7 +270,7 @@ def import_nnunet(
     if mirror and not mirror_axes:
         notes.append("--mirror: the checkpoint allows no mirroring axes; none used")
     parity: dict[str, float] = {}
-    with staged(target, overwrite) as stage:
+    with staged(target, opts.overwrite) as stage:
         for fold, (network, path, _) in zip(folds, networks, strict=True):
             onnx_name = f"fold_{fold}.onnx"
             check = export_network(
@@ -295,7 +280,7 @@ def import_nnunet(
                 input_name=INPUT_NAME,
                 output_name=OUTPUT_NAME,
                 source=path,
-                tolerance=tolerance,
+                tolerance=opts.tolerance,
             )
             parity[onnx_name] = check.max_abs_diff
         header = f"Imported by `dicom-node import-model nnunet` from {folder.resolve()}"

@@ -17,12 +17,42 @@ from pathlib import Path
 from typing import Any
 
 from inference.finetune.toml_writer import dumps
+from inference.importers.onnx_export import DEFAULT_TOLERANCE
 from inference.package import ModelPackage, validate_package
 from inference.spec import SPEC_FILE
 
 logger = logging.getLogger(__name__)
 
 LICENSE_FILE = "LICENSE"
+
+
+@dataclass(frozen=True)
+class ImportOptions:
+    """What every importer takes beside its source folder.
+
+    Parameters
+    ----------
+    labels_file : pathlib.Path, optional
+        A label mapping file (`inference.importers.labels`).
+    name, version : str, optional
+        Override the package's name and version (defaults: from the source).
+    modality : str, optional
+        The DICOM modality, when the source does not say.
+    tolerance : float
+        Largest allowed difference between a source network and its ONNX export.
+    allow_pickle : bool
+        Load checkpoints that hold Python objects beyond tensors (runs their code).
+    overwrite : bool
+        Replace an existing package folder.
+    """
+
+    labels_file: Path | None = None
+    name: str | None = None
+    version: str | None = None
+    modality: str | None = None
+    tolerance: float = DEFAULT_TOLERANCE
+    allow_pickle: bool = False
+    overwrite: bool = False
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
@@ -269,6 +270,17 @@ def write_bundle(
     torch.save(bundle_weights() if weights is None else weights, folder / "models" / "model.pt")
     (folder / "LICENSE").write_text("Test licence: Apache-2.0, for the importer tests.\n")
     return folder
+
+
+def bundle_run_command(bundle: Path, dicom: Path, out: Path) -> list[str]:
+    """``python -m monai.bundle run`` of a bundle on a DICOM folder, NIfTI into ``out``."""
+    configs = bundle / "configs"
+    return [
+        *(sys.executable, "-m", "monai.bundle", "run"),
+        *("--config_file", str(configs / "inference.json")),
+        *("--meta_file", str(configs / "metadata.json")),
+        *("--bundle_root", str(bundle), "--dataset_dir", str(dicom), "--output_dir", str(out)),
+    ]
 
 
 ARCH_KWARGS: dict[str, Any] = {

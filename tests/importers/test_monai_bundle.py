@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from inference import validate_package
-from inference.importers import ImportModelError, import_monai_bundle
+from inference.importers import ImportModelError, ImportOptions, import_monai_bundle
 from tests.importers.sources import (
     BUNDLE_NETWORK,
     INFERENCE_JSON,
@@ -74,7 +74,7 @@ def test_labels_file_codes_labels_and_a_typo_in_it_is_refused(tmp_path: Path) ->
         'finding = { value = "272673000", scheme = "SCT", meaning = "Bone" }\n'
         'category = { value = "123037004", scheme = "SCT", meaning = "Anatomical Structure" }\n'
     )
-    result = import_monai_bundle(bundle, tmp_path / "pkg", labels_file=labels)
+    result = import_monai_bundle(bundle, tmp_path / "pkg", ImportOptions(labels_file=labels))
     bone = result.package.spec.output.labels[1]
     assert (bone.finding.value, bone.finding.scheme, bone.category.meaning) == (
         "272673000",
@@ -84,10 +84,10 @@ def test_labels_file_codes_labels_and_a_typo_in_it_is_refused(tmp_path: Path) ->
     assert result.generic_labels == ("soft_tissue",)
     labels.write_text(labels.read_text().replace('"bone"', '"bones"'))
     with pytest.raises(ImportModelError, match=r"labels\.toml: labels\.name: \['bones'\] not"):
-        import_monai_bundle(bundle, tmp_path / "pkg2", labels_file=labels)
+        import_monai_bundle(bundle, tmp_path / "pkg2", ImportOptions(labels_file=labels))
     labels.write_text("[[labels]]\nname = 'bone'\n")
     with pytest.raises(ImportModelError, match=r"labels\.toml: labels\.0\.finding: Field required"):
-        import_monai_bundle(bundle, tmp_path / "pkg3", labels_file=labels)
+        import_monai_bundle(bundle, tmp_path / "pkg3", ImportOptions(labels_file=labels))
 
 
 def test_torchscript_bundle_imports_and_existing_package_needs_overwrite(tmp_path: Path) -> None:
@@ -106,7 +106,7 @@ def test_torchscript_bundle_imports_and_existing_package_needs_overwrite(tmp_pat
     assert "model.ts" in (result.package.spec.origin.source if result.package.spec.origin else "")
     with pytest.raises(FileExistsError, match=r"package folder exists: .*pkg \(replace it"):
         import_monai_bundle(bundle, tmp_path / "pkg")
-    import_monai_bundle(bundle, tmp_path / "pkg", overwrite=True, version="2")
+    import_monai_bundle(bundle, tmp_path / "pkg", ImportOptions(version="2", overwrite=True))
     assert validate_package(tmp_path / "pkg").spec.model.version == "2"
 
 
@@ -211,7 +211,7 @@ def test_weights_that_do_not_fit_or_hold_objects_are_refused(tmp_path: Path) -> 
         ImportModelError, match=r"model\.pt: -: holds Python objects .*--allow-pick"
     ):
         import_monai_bundle(bundle, tmp_path / "pkg")
-    result = import_monai_bundle(bundle, tmp_path / "pkg", allow_pickle=True)
+    result = import_monai_bundle(bundle, tmp_path / "pkg", ImportOptions(allow_pickle=True))
     assert result.parity["model.onnx"] < 1e-3
 
 

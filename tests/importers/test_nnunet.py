@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import torch
 
-from inference.importers import ImportModelError, import_nnunet
+from inference.importers import ImportModelError, ImportOptions, import_nnunet
 from tests.importers.sources import DATASET_JSON, plans_json, write_nnunet_result
 
 pytestmark = pytest.mark.slow  # trains the test network once per session (seconds)
@@ -142,6 +142,10 @@ def test_a_checkpoint_holding_objects_needs_allow_pickle(tmp_path: Path) -> None
     with pytest.raises(ImportModelError, match=r"checkpoint_final\.pth: -: holds Python objects"):
         import_nnunet(folder, tmp_path / "pkg", configuration="3d_fullres", folds=("0",))
     result = import_nnunet(
-        folder, tmp_path / "pkg", configuration="3d_fullres", folds=("0",), allow_pickle=True
+        folder,
+        tmp_path / "pkg",
+        configuration="3d_fullres",
+        folds=("0",),
+        options=ImportOptions(allow_pickle=True),
     )
     assert result.parity["fold_0.onnx"] < 1e-3

@@ -9,7 +9,6 @@ read by SimpleITK through its own ``SimpleITKIO``, as ``nnUNetv2_predict`` reads
 from __future__ import annotations
 
 import subprocess
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from inference.importers import import_monai_bundle, import_nnunet
 from inference.preprocessing.plan import plan_series
 from inference.preprocessing.volume import stack_geometry
 from inference.spec import read_spec
-from tests.importers.sources import write_bundle, write_nnunet_result
+from tests.importers.sources import bundle_run_command, write_bundle, write_nnunet_result
 from tests.inference.test_volume_parity import _agree, _on_source_grid
 from tests.inference.volume_data import oblique, real_ct_stack, save_stack
 
@@ -52,22 +51,7 @@ def monai_bundle_run(bundle: Path, dicom: Path, out: Path) -> tuple[np.ndarray, 
     import nibabel
 
     completed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "monai.bundle",
-            "run",
-            "--config_file",
-            str(bundle / "configs" / "inference.json"),
-            "--meta_file",
-            str(bundle / "configs" / "metadata.json"),
-            "--bundle_root",
-            str(bundle),
-            "--dataset_dir",
-            str(dicom),
-            "--output_dir",
-            str(out),
-        ],
+        bundle_run_command(bundle, dicom, out),
         capture_output=True,
         text=True,
         timeout=300,
