@@ -7,7 +7,7 @@ The small test bundle and nnU-Net result of ``tests/importers`` (trained in a fe
 seconds, so nothing is downloaded) are imported with ``dicom-node import-model``;
 then each contender runs as its own fresh process on the same DICOM folder, so
 that wall time includes start-up and reading the series, and peak RSS is that
-process's own (``wait4``):
+process's own (``wait4``, from a small launcher process, see `measured`):
 
 * the node: ``inference.load_model(...).predict(series)`` on ONNX Runtime;
 * ``python -m monai.bundle run`` (the bundle's own workflow, PydicomReader, NIfTI out);
@@ -25,7 +25,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +44,18 @@ with load_model(sys.argv[1], backend="onnxruntime", device="cpu") as model:
     done = time.perf_counter()
 np.save(sys.argv[3], prediction.label_map)
 print(json.dumps({"predict_s": done - ready, "total_s": done - started}))
+"""
+
+LAUNCHER = """
+import json, os, subprocess, sys, time
+command, out_path, err_path = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
+with open(out_path, "w") as out, open(err_path, "w") as err:
+    started = time.perf_counter()
+    process = subprocess.Popen(command, stdout=out, stderr=err)
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - started
+print(json.dumps({"wall_s": wall, "peak_mib": usage.ru_maxrss / 1024,
+                  "returncode": os.waitstatus_to_exitcode(status)}))
 """
 
 NNUNET = """
@@ -75,19 +86,24 @@ class Run:
 
 
 def measured(command: list[str]) -> Run:
-    """Run a command as a child process; wall time and its own peak RSS (wait4)."""
+    """Run a command in a fresh process; its wall time and its own peak RSS.
+
+    A forked child starts with its parent's resident pages counted in its peak (Linux
+    keeps the high-water mark across ``exec``), and this process holds torch after
+    the set-up; so a small launcher process starts the command and reports its
+    ``wait4`` figures.
+    """
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        started = time.perf_counter()
-        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=err, text=True)
-        _, status, usage = os.wait4(process.pid, 0)
-        wall = time.perf_counter() - started
-        process.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        if process.returncode != 0:
-            raise RuntimeError(f"{command[:4]} failed: {err.read()[-2000:]}")
-        return Run(wall, usage.ru_maxrss / 1024, out.read())
+    with tempfile.TemporaryDirectory() as folder:
+        out, err = Path(folder) / "out", Path(folder) / "err"
+        launcher = [sys.executable, "-c", LAUNCHER, json.dumps(command), str(out), str(err)]
+        done = subprocess.run(
+            launcher, cwd=REPO, env=env, capture_output=True, text=True, check=True
+        )
+        figures = json.loads(done.stdout)
+        if figures["returncode"] != 0:
+            raise RuntimeError(f"{command[:4]} failed: {err.read_text()[-2000:]}")
+        return Run(figures["wall_s"], figures["peak_mib"], out.read_text())
 
 
 def main(argv: list[str] | None = None) -> None:
