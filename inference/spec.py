@@ -143,7 +143,8 @@ class IntensitySpec(_Strict):
     """Intensity handling; which fields apply depends on ``method``.
 
     Every method reads only its own keys (`_METHOD_FIELDS`); a key of another
-    method is refused, so that a package never silently ignores what it says.
+    method set to a value is refused, so that a package never silently ignores
+    what it says.
     """
 
     method: IntensityMethod
@@ -164,7 +165,13 @@ class IntensitySpec(_Strict):
 
     @model_validator(mode="after")
     def _check_method_fields(self) -> IntensitySpec:
-        foreign = sorted(self.model_fields_set - _METHOD_FIELDS[self.method] - {"method"})
+        # A key of another method set to anything but its default is an error; the
+        # defaults themselves pass, so that a dumped spec (every field) reads back.
+        foreign = sorted(
+            key
+            for key in self.model_fields_set - _METHOD_FIELDS[self.method] - {"method"}
+            if getattr(self, key) != type(self).model_fields[key].default
+        )
         if foreign:
             raise ValueError(f"method {self.method.value!r} does not use {foreign}")
         if self.method is IntensityMethod.WINDOW and (self.center is None or self.width is None):

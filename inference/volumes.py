@@ -217,6 +217,7 @@ def predict_windowed(
         probs,
         plan.skipped,
         keep_probabilities,
+        as_label_map=True,
     )
     logger.info(
         "model %s: back on the source slices in %.2f s", identity.name, time.perf_counter() - ran

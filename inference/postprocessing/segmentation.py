@@ -62,11 +62,14 @@ def build_segmentation(
     source_probs: Iterator[Array],
     skipped: tuple[str, ...],
     keep_probabilities: bool,
+    as_label_map: bool = False,
 ) -> Segmentation:
     """Decide source-grid probabilities, frame by frame, into masks or a label map.
 
-    Softmax labels are exclusive: one label map (arg-max with the background);
-    sigmoid labels each at their threshold: one mask per label.
+    Softmax labels are exclusive (arg-max with the background), sigmoid labels each
+    decided at their threshold. Exclusive labels can be kept as one label map
+    (``as_label_map``: the 3D path, one byte per voxel for any number of labels)
+    instead of one mask per label.
 
     Parameters
     ----------
@@ -85,6 +88,8 @@ def build_segmentation(
         Reasons for parts of the series left out.
     keep_probabilities : bool
         Carry the probabilities in the result (for fractional SEG).
+    as_label_map : bool
+        Keep softmax results as a label map (ignored for sigmoid labels).
 
     Returns
     -------
@@ -94,13 +99,16 @@ def build_segmentation(
     shape = (len(frames), *stack.shape)
     exclusive = spec.output.activation is Activation.SOFTMAX
     dtype = label_map_dtype(labels)
-    label_map = np.empty(shape, dtype=dtype) if exclusive else None
-    masks = None if exclusive else np.empty((*shape, labels), dtype=np.bool_)
+    label_map = np.empty(shape, dtype=dtype) if exclusive and as_label_map else None
+    masks = None if label_map is not None else np.empty((*shape, labels), dtype=np.bool_)
+    numbers = np.arange(1, labels + 1, dtype=dtype)
     kept = np.empty((*shape, labels), dtype=np.float32) if keep_probabilities else None
     for index, probs in enumerate(source_probs):
         if label_map is not None:
             label_map[index] = _winners(probs, dtype)
-        if masks is not None:
+        elif masks is not None and exclusive:
+            masks[index] = _winners(probs, dtype)[..., np.newaxis] == numbers
+        elif masks is not None:
             masks[index] = _masks(spec, probs)
         if kept is not None:
             kept[index] = probs

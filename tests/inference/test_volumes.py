@@ -216,14 +216,19 @@ def test_uneven_series_is_resampled_when_the_package_allows(tmp_path: Path) -> N
     assert (prediction.voxel_counts()[:, 0] > 1000).all()
 
 
-def test_ensemble_package_loads_every_fold(tmp_path: Path) -> None:
+def _two_folds(tmp_path: Path) -> Path:
+    """A package of two ONNX folds (differently seeded heads)."""
     toml_text = package_toml(
         geometry=GEOMETRY,
         window=WINDOW,
         intensity=SCALE_RANGE,
         networks=("fold_0.onnx", "fold_1.onnx"),
     )
-    package = write_package(tmp_path / "pkg", toml_text, seeds=(0, 3))
+    return write_package(tmp_path / "pkg", toml_text, seeds=(0, 3))
+
+
+def test_ensemble_package_loads_every_fold(tmp_path: Path) -> None:
+    package = _two_folds(tmp_path)
     datasets = real_ct_stack(8)
     with load_model(package, backend="onnxruntime", device="cpu") as model:
         assert len(model._ensemble) == 1
@@ -260,13 +265,7 @@ def test_foreground_box_is_monai_s_with_its_margin() -> None:
 
 def test_an_ensemble_does_not_run_on_the_torch_backend(tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
-    toml_text = package_toml(
-        geometry=GEOMETRY,
-        window=WINDOW,
-        intensity=SCALE_RANGE,
-        networks=("fold_0.onnx", "fold_1.onnx"),
-    )
-    package = write_package(tmp_path / "pkg", toml_text, seeds=(0, 3))
+    package = _two_folds(tmp_path)
     example = torch.zeros(1, 1, 32, 32, 16)
     program = torch.export.export(torch_network(), (example,))
     torch.export.save(program, str(package / "model.pt2"))
