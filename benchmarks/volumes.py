@@ -21,7 +21,8 @@ and the agreement (Dice per label) of the two label maps. Then a 100-label
 network (the demo's features with a 101-channel head) runs through the node on a
 300-slice CT, to show the peak memory of many-label accumulation. Goal: the node
 at most 0.7x MONAI's total time and at most its peak memory; the 100-label run
-within 8 GiB.
+within 8 GiB. Last, the imported-model rows (`benchmarks.imported`): an imported MONAI
+bundle and nnU-Net result, the node vs ``monai.bundle run`` and vs ``nnUNetPredictor``.
 """
 
 from __future__ import annotations
@@ -199,6 +200,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--labels", type=int, default=100)
     parser.add_argument("--labels-slices", type=int, default=300)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument(
+        "--imported-slices",
+        type=int,
+        default=40,
+        help="slices for the imported-model rows (benchmarks.imported); 0 skips them",
+    )
     parser.add_argument("--child", nargs=3, metavar=("KIND", "FOLDER", "PACKAGE"))
     args = parser.parse_args(argv)
     if args.child:
@@ -236,6 +243,11 @@ def main(argv: list[str] | None = None) -> None:
             f"peak RSS {row['peak_rss_mib']:.0f} MiB (goal <= 8192), "
             f"labels found {sum(1 for c in row['counts'] if c)}"
         )
+    if args.imported_slices:
+        sys.path.insert(0, str(REPO))
+        from benchmarks.imported import print_rows, run_all
+
+        print_rows(run_all(args.imported_slices), args.imported_slices)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ COMMANDS = (
     "results",
     "drift",
     "profile",
+    "import_model",
 )
 
 

@@ -2,7 +2,9 @@
 
 For every ``[[models]]`` entry: the package's name, version and task, and the backend
 and device that its ``backend``/``device`` settings resolve to on this machine (with
-``auto``: TensorRT, then ONNX Runtime with CUDA, then ONNX Runtime on the CPU). The
+``auto``: TensorRT, then ONNX Runtime with CUDA, then ONNX Runtime on the CPU), and
+for an imported package where it came from (``[origin]``: the MONAI bundle or nnU-Net
+result, its version, and the licence file in the package). The
 model is really started, so a TensorRT engine is built here once and cached under
 ``storage_dir/engines`` for ``serve`` to reuse. Exit status 1 when any model fails.
 ``--card NAME`` prints that model's ``model_card.md`` instead.
@@ -63,15 +65,24 @@ def describe(config: NodeConfig, entry: ModelConfig) -> dict[str, Any]:
     except (InferenceError, ValueError) as exc:
         return {**row, "error": str(exc)}
     with model:
-        info = model.spec.model
-        return {
-            **row,
+        info, origin = model.spec.model, model.spec.origin
+        row |= {
             "model": info.name,
             "version": info.version,
             "task": info.task.value,
             "backend": model.backend_name,
             "device": model.device,
         }
+    if origin is not None:
+        row["origin"] = origin.model_dump(mode="json", exclude_none=True)
+    return row
+
+
+def _origin_text(origin: dict[str, Any]) -> str:
+    """``; from monai-bundle NAME VERSION (licence: LICENSE)`` for the plain listing."""
+    text = f"; from {origin['kind']} {origin['name']} {origin.get('version', '')}".rstrip()
+    licence = origin.get("license_file")
+    return f"{text} (licence: {licence})" if licence else f"{text} (no licence file)"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -91,8 +102,9 @@ def run(args: argparse.Namespace) -> int:
             if "error" in row:
                 print(f"{row['name']}: ERROR {row['error']}")
             else:
+                origin = _origin_text(row["origin"]) if "origin" in row else ""
                 print(
                     f"{row['name']}: {row['model']} {row['version']} ({row['task']}), "
-                    f"{row['backend']} on {row['device']}"
+                    f"{row['backend']} on {row['device']}{origin}"
                 )
     return 1 if any("error" in row for row in rows) else 0
