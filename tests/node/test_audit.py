@@ -3,6 +3,7 @@ rotation, a study's history linked through its jobs and results, the ``audit`` c
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from collections.abc import Callable, Iterator
@@ -23,6 +24,7 @@ from dicom_node.audit import (
 )
 from dicom_node.cli import main
 from dicom_node.config import AuditSection
+from dicom_node.logs import KeyValueFormatter
 from dicom_node.net.scu import AssociationError, LocalAE, echo, send_files
 from tests.node.conftest import SENDER_AET, RunningNode, node_settings, wait_for, write_toml
 
@@ -50,12 +52,22 @@ def test_patient_ids_only_when_configured(tmp_path: Path) -> None:
         assert ("patient_id" in line) is include
 
 
-def test_audit_lines_never_reach_the_diagnostic_log(
-    trail: AuditSection, caplog: pytest.LogCaptureFixture
-) -> None:
-    with caplog.at_level(logging.DEBUG):
+def test_audit_lines_never_reach_the_diagnostic_log(tmp_path: Path) -> None:
+    settings = AuditSection(dir=tmp_path, include_patient_ids=True)
+    audit_handler = open_audit_log(settings, "test")
+    diagnostic = io.StringIO()
+    handler = logging.StreamHandler(diagnostic)
+    handler.setFormatter(KeyValueFormatter())
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
         audit(AuditEvent.STUDY_COMPLETED, study_uid="1.2.3", patient_name="DOE^JANE")
-    assert "DOE^JANE" not in caplog.text
+        logging.getLogger("dicom_node.test").warning("still logging")
+    finally:
+        root.removeHandler(handler)
+        close_audit_log(audit_handler)
+    assert diagnostic.getvalue() == "still logging\n"
+    assert "DOE^JANE" in (tmp_path / "test.jsonl").read_text()
 
 
 def test_files_rotate_and_rotated_lines_are_read(tmp_path: Path) -> None:

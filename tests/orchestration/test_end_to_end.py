@@ -109,9 +109,9 @@ def rows(url: str) -> tuple[list[Job], list[Delivery]]:
 
 def audit_history(config: Path, study_uid: str) -> list[dict[str, Any]]:
     """``dicom-node audit --study UID --json``: the study's life from the audit trail."""
+    command = [sys.executable, "-m", "dicom_node", "audit", "-c", str(config), "--json"]
     run = subprocess.run(
-        [sys.executable, "-m", "dicom_node", "audit", "-c", str(config), "--study", study_uid]
-        + ["--json"],
+        [*command, "--study", study_uid],
         capture_output=True,
         text=True,
         cwd=REPO_ROOT,
