@@ -261,6 +261,7 @@ class RetentionSection(_Section):
     keep_hours: float = Field(default=72.0, ge=0)
     delete_when_done: bool = False
     scan_interval_seconds: float = Field(default=300.0, gt=0)
+    orphan_grace_seconds: float = Field(default=3600.0, ge=0)
 
 
 class AuditSection(_Section):
