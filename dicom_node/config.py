@@ -232,6 +232,9 @@ class WorkerSection(_Section):
     intra_op_threads: int = Field(default=0, ge=0)
     inter_op_threads: int = Field(default=0, ge=0)
     lease_seconds: float = Field(default=120.0, gt=0)
+    # serve --role all: inference in a child process at this lower CPU priority.
+    own_process: bool = True
+    nice: int = Field(default=10, ge=0, le=19)
 
 
 class DeliverySection(_Section):
