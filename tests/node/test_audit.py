@@ -22,7 +22,7 @@ from dicom_node.audit import (
     read_audit,
     study_history,
 )
-from dicom_node.cli import main
+from dicom_node.cli import build_parser
 from dicom_node.config import AuditSection
 from dicom_node.logs import KeyValueFormatter
 from dicom_node.net.scu import AssociationError, LocalAE, echo, send_files
@@ -141,17 +141,12 @@ def test_listener_audits_associations_and_counts_per_study(
     assert started["role"] == "listener" and len(str(started["config_sha256"])) == 64
 
 
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    """``main`` configures logging onto this test's stderr; undo it afterwards."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
+def audit_command(argv: list[str]) -> int:
+    """``dicom-node audit ...`` as ``main`` runs it, without configuring logging."""
+    args = build_parser().parse_args(["audit", *argv])
+    return int(args.run(args))
 
 
-@pytest.mark.usefixtures("restore_logging")
 def test_audit_command(
     trail: AuditSection, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -159,14 +154,14 @@ def test_audit_command(
         node_settings(tmp_path, audit={"dir": str(trail.dir)}), tmp_path / "node.toml"
     )
     audit(AuditEvent.STUDY_COMPLETED, study_uid="1.1", instances=3, reason="quiet")
-    assert main(["audit", "-c", str(config), "--study", "1.1"]) == 0
+    assert audit_command(["-c", str(config), "--study", "1.1"]) == 0
     out = capsys.readouterr().out
     assert "study-completed" in out and "instances=3" in out and "reason=quiet" in out
-    assert main(["audit", "-c", str(config), "--study", "1.1", "--json"]) == 0
+    assert audit_command(["-c", str(config), "--study", "1.1", "--json"]) == 0
     (line,) = json.loads(capsys.readouterr().out)
     assert line["instances"] == 3
-    assert main(["audit", "-c", str(config), "--study", "1.1", "--since", "2999-01-01"]) == 1
+    assert audit_command(["-c", str(config), "--study", "1.1", "--since", "2999-01-01"]) == 1
     assert "no events for study 1.1" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="2"):
-        main(["audit", "-c", str(config), "--study", "1.1", "--since", "Tuesday"])
+        audit_command(["-c", str(config), "--study", "1.1", "--since", "Tuesday"])
     assert "not an ISO 8601 date" in capsys.readouterr().err
