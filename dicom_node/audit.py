@@ -137,17 +137,9 @@ def close_audit_log(handler: logging.Handler | None) -> None:
         handler.close()
 
 
-def read_audit(folder: Path) -> Iterator[dict[str, Any]]:
-    """Every audit line in ``folder`` (all roles, rotated files included), oldest first.
-
-    A line that is not JSON (a file cut by a crash mid-write) is skipped.
-
-    Raises
-    ------
-    OSError
-        When a file cannot be read.
-    """
-    lines: list[dict[str, Any]] = []
+def _lines(folder: Path) -> Iterator[dict[str, Any]]:
+    """The audit lines of every file in ``folder``, file by file (not in time order);
+    a line that is not JSON (a file cut by a crash mid-write) is skipped."""
     for path in sorted(folder.glob("*.jsonl*")):
         with path.open(encoding="utf-8") as handle:
             for text in handle:
@@ -156,9 +148,22 @@ def read_audit(folder: Path) -> Iterator[dict[str, Any]]:
                 except json.JSONDecodeError:
                     continue
                 if isinstance(line, dict) and "time" in line:
-                    lines.append(line)
-    lines.sort(key=lambda line: str(line["time"]))
-    return iter(lines)
+                    yield line
+
+
+def _in_time_order(lines: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(lines, key=lambda line: str(line["time"]))
+
+
+def read_audit(folder: Path) -> list[dict[str, Any]]:
+    """Every audit line in ``folder`` (all roles, rotated files included), oldest first.
+
+    Raises
+    ------
+    OSError
+        When a file cannot be read.
+    """
+    return _in_time_order(_lines(folder))
 
 
 def _links(line: dict[str, Any]) -> set[tuple[str, str]]:
@@ -169,28 +174,37 @@ def _links(line: dict[str, Any]) -> set[tuple[str, str]]:
 
 
 def study_history(
-    lines: Iterable[dict[str, Any]], study_uid: str, since: datetime | None = None
+    folder: Path, study_uid: str, since: datetime | None = None
 ) -> list[dict[str, Any]]:
-    """The lines about ``study_uid``: those naming it, and those naming one of its jobs
-    or result objects (deliveries, commitments, requeues), from ``since`` on.
+    """The lines about ``study_uid``, oldest first: those naming it, and those naming one
+    of its jobs or result objects (deliveries, commitments, requeues), from ``since`` on.
+
+    Reads the files twice (first the study's own jobs and results, then every line that
+    names one), so that memory holds the study's lines only, whatever the trail's size.
 
     Parameters
     ----------
-    lines
-        Audit lines, oldest first (:func:`read_audit`).
+    folder
+        The audit folder (``audit.dir``).
     study_uid
         The Study Instance UID.
     since
         Leave out lines before this time (aware).
+
+    Raises
+    ------
+    OSError
+        When a file cannot be read.
     """
-    lines = list(lines)
     known: set[tuple[str, str]] = set()
-    for line in lines:
+    for line in _lines(folder):
         if line.get("study_uid") == study_uid:
             known |= _links(line)
-    history = [
-        line for line in lines if line.get("study_uid") == study_uid or (_links(line) & known)
-    ]
+    history = (
+        line
+        for line in _lines(folder)
+        if line.get("study_uid") == study_uid or (_links(line) & known)
+    )
     if since is not None:
-        history = [line for line in history if datetime.fromisoformat(line["time"]) >= since]
-    return history
+        history = (line for line in history if datetime.fromisoformat(line["time"]) >= since)
+    return _in_time_order(history)

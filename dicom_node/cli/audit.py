@@ -15,7 +15,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from dicom_node.audit import read_audit, study_history
+from dicom_node.audit import study_history
 from dicom_node.config import load_config
 from dicom_node.errors import ConfigError
 
@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     if not folder.is_dir():
         print(f"audit: no audit trail at {folder} (audit.dir)", file=sys.stderr)
         return 1
-    history = study_history(read_audit(folder), args.study, args.since)
+    history = study_history(folder, args.study, args.since)
     if args.json:
         print(json.dumps(history, indent=2))
     else:

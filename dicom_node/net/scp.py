@@ -293,13 +293,15 @@ class ListenerRequestHandler(RequestHandler):
                 return
             self.request = admitted.sock
             assoc = create_association(self)
-            guard(assoc, admitted.request, MAX_PDU_BYTES, server.gate.network_timeout)
-            evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
-            assoc.start()
-            assoc.join()
-            assoc.dul.join(timeout=5.0)
-            discard_unfinished_transfers(assoc)
-            server.association_ended(assoc)
+            try:
+                guard(assoc, admitted.request, MAX_PDU_BYTES, server.gate.network_timeout)
+                evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
+                assoc.start()
+                assoc.join()
+                assoc.dul.join(timeout=5.0)
+                discard_unfinished_transfers(assoc)
+            finally:
+                server.association_ended(assoc)  # its audit line, and its counts freed
         finally:
             cast(socket.socket, self.request).close()
             server.slots.release(host)

@@ -92,7 +92,7 @@ def test_history_follows_jobs_and_results_and_skips_other_studies(trail: AuditSe
     audit(AuditEvent.COMMITMENT, result_sop_uid="1.1.7", committed=True)
     audit(AuditEvent.DELIVERY, result_sop_uid="9.9.7", outcome="stored")
     audit(AuditEvent.REQUEUED, job_id=None, job_ids=[4, 6], deliveries=0)
-    history = study_history(read_audit(trail.dir), "1.1")
+    history = study_history(trail.dir, "1.1")
     assert [line["event"] for line in history] == [
         "study-completed",
         "job-run",
@@ -102,7 +102,7 @@ def test_history_follows_jobs_and_results_and_skips_other_studies(trail: AuditSe
         "requeued",
     ]
     later = datetime.now(UTC) + timedelta(minutes=1)
-    assert study_history(read_audit(trail.dir), "1.1", since=later) == []
+    assert study_history(trail.dir, "1.1", since=later) == []
 
 
 def test_a_line_cut_by_a_crash_is_skipped(trail: AuditSection) -> None:
