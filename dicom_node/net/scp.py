@@ -301,7 +301,8 @@ class ListenerRequestHandler(RequestHandler):
                 assoc.dul.join(timeout=5.0)
                 discard_unfinished_transfers(assoc)
             finally:
-                server.association_ended(assoc)  # its audit line, and its counts freed
+                if server.reception is not None:  # its audit line, and its counts freed
+                    server.reception.ended(assoc)
         finally:
             cast(socket.socket, self.request).close()
             server.slots.release(host)
@@ -329,7 +330,7 @@ class ListenerServer(ThreadedAssociationServer):
     request_queue_size = 64  # socketserver's 5 lets a burst of connects stall the rest
     allowed_networks: tuple[Any, ...] = ()
     gate: AssociationGate
-    association_ended: Callable[[Association], None]
+    reception: ReceptionAudit | None = None
     slots: ConnectionSlots
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
@@ -496,7 +497,7 @@ class Listener:
                 (evt.EVT_ACCEPTED, self.handler.reception.accepted),
             ],
         )
-        server.association_ended = self.handler.reception.ended
+        server.reception = self.handler.reception
         # Incoming data streams to disk next to the spool, so the final move is a rename.
         self._restore.enter_context(self.handler.space.installed())
         register_server(self.ae, server)
