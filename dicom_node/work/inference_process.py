@@ -10,8 +10,8 @@ role itself and starts the worker role (inference, result building, delivery) as
 - sizes its thread pools to leave the listener a core: ONNX Runtime's intra-op pool
   (``--threads``), and OpenMP / OpenBLAS / MKL through their environment variables,
   which must be set before numpy loads, hence here, in the child's environment;
-- dies with its parent (``--parent-pid``), so that a killed node leaves no inference
-  running behind it.
+- dies with its parent (``--parent-pid``, SIGKILL), so that a killed node leaves no
+  inference running behind it.
 
 The child is restarted when it exits on its own; the work it held is leased in the
 database and picked up again, as after any crash.
