@@ -249,6 +249,9 @@ class WorkerSection(_Section):
     intra_op_threads: int = Field(default=0, ge=0)
     inter_op_threads: int = Field(default=0, ge=0)
     lease_seconds: float = Field(default=120.0, gt=0)
+    # serve --role all: inference in a child process at this lower CPU priority.
+    own_process: bool = True
+    nice: int = Field(default=10, ge=0, le=19)
 
 
 class DeliverySection(_Section):
@@ -278,6 +281,17 @@ class RetentionSection(_Section):
     keep_hours: float = Field(default=72.0, ge=0)
     delete_when_done: bool = False
     scan_interval_seconds: float = Field(default=300.0, gt=0)
+    orphan_grace_seconds: float = Field(default=3600.0, ge=0)
+
+
+class AuditSection(_Section):
+    """``[audit]``: the audit trail's folder, rotation, and whether patient ids appear."""
+
+    enabled: bool = True
+    dir: Path = Path("var/audit")
+    max_file_mb: int = Field(default=50, ge=1)
+    keep_files: int = Field(default=20, ge=1)
+    include_patient_ids: bool = False
 
 
 class MetricsSection(_Section):
@@ -313,6 +327,7 @@ class NodeConfig(_Section):
     results: ResultsSection = ResultsSection()
     retention: RetentionSection = RetentionSection()
     metrics: MetricsSection = MetricsSection()
+    audit: AuditSection = AuditSection()
 
     def peer(self, name: str) -> PeerConfig:
         """The peer called ``name``; ``KeyError`` naming it otherwise."""
@@ -382,6 +397,7 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> NodeConfig:
         url = prefix + str(resolve(Path(url[len(prefix) :])))
     node = node.model_copy(update={"database_url": url})
     models = [m.model_copy(update={"path": resolve(m.path)}) for m in config.models]
+    audit = config.audit.model_copy(update={"dir": resolve(config.audit.dir)})
     security = config.security
     if security.tls is not None:
         tls = security.tls
@@ -396,7 +412,9 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> NodeConfig:
                 )
             }
         )
-    return config.model_copy(update={"node": node, "models": models, "security": security})
+    return config.model_copy(
+        update={"node": node, "models": models, "security": security, "audit": audit}
+    )
 
 
 def parse_config(data: dict[str, Any], source: str, base: Path) -> NodeConfig:

@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.config import NodeConfig
 from dicom_node.intake.completion import CompletionScanner
+from dicom_node.intake.orphans import reconcile_orphans
 from dicom_node.intake.spool import Spool
 from dicom_node.metrics import MetricsServer
 from dicom_node.net.scp import Listener
@@ -118,9 +119,15 @@ def add_commitment_reports(host: Host) -> None:
 
 
 def add_retention(host: Host) -> None:
-    """Remove spooled instances and result files that retention allows."""
+    """Remove spooled instances, result files and rows that retention allows; index or
+    remove spool files no row knows (at start-up, then with every retention scan)."""
+    settings = host.config.retention
     job = functools.partial(apply_retention, host.sessions, host.config)
-    host.add_job(job, host.config.retention.scan_interval_seconds, "retention")
+    host.add_job(job, settings.scan_interval_seconds, "retention")
+    orphans = functools.partial(
+        reconcile_orphans, host.sessions, host.spool, settings.orphan_grace_seconds
+    )
+    host.add_job(orphans, settings.scan_interval_seconds, "orphan-files")
 
 
 def add_workers(host: Host) -> None:

@@ -13,6 +13,8 @@ flight finish, the scheduler finishes running jobs, the other components stop, a
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import signal
 import threading
@@ -24,6 +26,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from dicom_node.audit import AuditEvent, audit, close_audit_log, open_audit_log
 from dicom_node.config import NodeConfig
 from dicom_node.db.sessions import create_db_engine, session_factory
 from dicom_node.intake.spool import Spool
@@ -62,6 +65,7 @@ class Service:
         self.components: list[Component] = []
         self.listener: Listener | None = None
         self._stop = threading.Event()
+        self._audit_handler: logging.Handler | None = None
         for roles, build in COMPONENTS:
             if role in roles:
                 build(self)
@@ -89,8 +93,16 @@ class Service:
         Raises
         ------
         OSError
-            When the listener cannot bind its address.
+            When the listener cannot bind its address, or the audit file cannot be opened.
         """
+        self._audit_handler = open_audit_log(self.config.audit, self.role)
+        config_json = self.config.model_dump_json()
+        audit(
+            AuditEvent.NODE_STARTED,
+            role=self.role,
+            config_sha256=hashlib.sha256(config_json.encode()).hexdigest(),
+            config=json.loads(config_json),
+        )
         for component in self.components:
             component.start()
         self.scheduler.start()
@@ -110,6 +122,8 @@ class Service:
                 component.stop()
         self.engine.dispose()
         logger.info("node stopped", extra={"role": self.role})
+        close_audit_log(self._audit_handler)
+        self._audit_handler = None
 
     def request_stop(self, signum: int | None = None, _frame: FrameType | None = None) -> None:
         """Ask :meth:`run` to stop; safe from a signal handler."""

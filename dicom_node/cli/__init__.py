@@ -20,6 +20,7 @@ COMMANDS = (
     "send",
     "status",
     "retry",
+    "audit",
     "models",
     "finetune",
     "export",

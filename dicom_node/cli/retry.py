@@ -9,9 +9,11 @@ with a fresh attempt count; a running node picks it up at its next scan.
 from __future__ import annotations
 
 import argparse
+import getpass
 import sys
 from typing import Any
 
+from dicom_node.audit import AuditEvent, audit, close_audit_log, open_audit_log
 from dicom_node.config import load_config
 from dicom_node.db.schema import Job, WorkState
 from dicom_node.db.sessions import create_db_engine, session_factory
@@ -41,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     engine = create_db_engine(config.node.database_url)
     sessions = session_factory(engine)
+    handler = open_audit_log(config.audit, "cli")
     try:
         if args.failed:
             jobs = requeue_jobs(sessions, failed=True)
@@ -53,11 +56,19 @@ def run(args: argparse.Namespace) -> int:
                 jobs, deliveries = [], requeue_deliveries(sessions, job_id=args.job)
             else:
                 jobs, deliveries = requeue_jobs(sessions, job_id=args.job), 0
+        audit(
+            AuditEvent.REQUEUED,
+            job_id=args.job,
+            job_ids=jobs,
+            deliveries=deliveries,
+            by=getpass.getuser(),
+        )
     except LookupError as exc:
         print(f"retry: {exc.args[0]}", file=sys.stderr)
         return 1
     finally:
         engine.dispose()
+        close_audit_log(handler)
     shown = ", ".join(str(i) for i in jobs) or "none"
     print(f"requeued {len(jobs)} job(s) ({shown}) and {deliveries} delivery(ies)")
     return 0

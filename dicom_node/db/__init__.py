@@ -5,6 +5,7 @@
   to this schema;
 - ``leases``, ``ownership``: the two work queues' claim, lease and backoff rules, and
   whether the owner of running work still lives;
+- ``compaction``: giving deleted rows' space back (SQLite checkpoint, incremental vacuum);
 - ``timestamps``: aware UTC from SQL aggregates.
 
 May import the top-level errors only; never another stage, the service or the CLI.

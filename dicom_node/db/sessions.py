@@ -33,6 +33,9 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
+    # Takes effect on a new database only (before its first table): freed pages can then
+    # be given back in small steps (`dicom_node.db.compaction`).
+    cursor.execute("PRAGMA auto_vacuum=INCREMENTAL")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=FULL")
     cursor.execute("PRAGMA foreign_keys=ON")

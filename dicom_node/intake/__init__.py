@@ -3,6 +3,7 @@
 - ``spool``: received files on disk, whole and durable;
 - ``headers``: the fields the catalog and routing need, read without pixel data;
 - ``catalog``: studies, series and instances recorded in the database;
+- ``orphans``: spool files no row knows about, indexed or removed;
 - ``completion``: when a study is complete (quiet timer, or the peer's counts through
   the count source it is given).
 

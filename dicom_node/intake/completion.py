@@ -29,6 +29,7 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from dicom_node.audit import AuditEvent, audit
 from dicom_node.config import CompletionSection
 from dicom_node.db.schema import Series, Study, StudyState, utcnow
 from dicom_node.errors import PeerError
@@ -209,5 +210,11 @@ class CompletionScanner:
             logger.info(
                 "study complete",
                 extra={"study_uid": study.uid, "instances": study.instances, "reason": reason},
+            )
+            audit(
+                AuditEvent.STUDY_COMPLETED,
+                study_uid=study.uid,
+                instances=study.instances,
+                reason=reason,
             )
         return done

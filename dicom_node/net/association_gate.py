@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from dicom_node.audit import AuditEvent, audit
 from dicom_node.config import NodeConfig
 from dicom_node.log_safety import PerClientThrottle
 from dicom_node.net.association_request import (
@@ -104,6 +105,7 @@ class AssociationGate:
         if skipped:
             extra["not_logged_since"] = skipped
         logger.warning(event, extra=extra)
+        audit(AuditEvent.ASSOCIATION_REJECTED, refusal=event, **extra)
 
     def admit(self, sock: socket.socket, client: str) -> Admitted | None:
         """Run the gate on a freshly accepted ``sock``; None when refused (answered where

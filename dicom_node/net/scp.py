@@ -32,6 +32,7 @@ from typing import Any, cast
 
 from pydicom.uid import AllTransferSyntaxes, ExplicitVRLittleEndian
 from pynetdicom import AE, AllStoragePresentationContexts, evt, register_uid
+from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 from pynetdicom.presentation import PresentationContext
@@ -40,6 +41,7 @@ from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from dicom_node.audit import AuditEvent, audit
 from dicom_node.config import NodeConfig, TlsSection
 from dicom_node.db.schema import utcnow
 from dicom_node.intake.catalog import (
@@ -64,6 +66,7 @@ from dicom_node.net.pynetdicom_internals import (
     register_server,
     untested_version,
 )
+from dicom_node.net.reception_audit import ReceptionAudit
 from dicom_node.net.scu import VERIFICATION
 from dicom_node.net.transfer_cleanup import discard_unfinished_transfers
 from dicom_node.net.transfer_space import TransferSpace
@@ -93,6 +96,7 @@ class StoreHandler:
         self.min_free_bytes = config.node.min_free_disk_mb * 1024 * 1024
         self.space = TransferSpace(spool, self.min_free_bytes)
         self._indexed_series: dict[str, None] = {}
+        self.reception = ReceptionAudit()
         self._in_flight = 0
         self._idle = threading.Condition()
 
@@ -165,12 +169,14 @@ class StoreHandler:
         try:
             pending = self.spool.move_in(path, dest, data_sync)
         except FileExistsError:
-            return self._store_again(path, dest, received, log)
+            return self._store_again(event.assoc, path, dest, received, log)
         except OSError as exc:
             logger.error("C-STORE refused: cannot write the spool", extra={**log, "error": exc})
             return OUT_OF_RESOURCES
         replace = self.config.node.duplicate_policy == "replace"
-        recorded = self._record(received, log, before_commit=pending.wait, replace=replace)
+        recorded = self._record(
+            event.assoc, received, log, before_commit=pending.wait, replace=replace
+        )
         if recorded is None:
             return OUT_OF_RESOURCES
         if recorded.outcome is RecordOutcome.KEPT:
@@ -190,7 +196,12 @@ class StoreHandler:
         return read_headers(path, sop_uid)
 
     def _store_again(
-        self, path: Path, dest: Path, received: ReceivedInstance, log: dict[str, Any]
+        self,
+        assoc: Association,
+        path: Path,
+        dest: Path,
+        received: ReceivedInstance,
+        log: dict[str, Any],
     ) -> int:
         """An instance whose spool name exists: stored before (or a left-over of a store
         that failed after its rename, which no row names)."""
@@ -199,17 +210,19 @@ class StoreHandler:
         ):
             logger.info("duplicate instance kept as first received", extra=log)
             path.unlink(missing_ok=True)
+            self._count(assoc, received, RecordOutcome.KEPT)
             return SUCCESS
         try:
             self.spool.commit(path, dest)
         except OSError as exc:
             logger.error("C-STORE refused: cannot write the spool", extra={**log, "error": exc})
             return OUT_OF_RESOURCES
-        recorded = self._record(received, log, before_commit=None, replace=True)
+        recorded = self._record(assoc, received, log, before_commit=None, replace=True)
         return OUT_OF_RESOURCES if recorded is None else SUCCESS
 
     def _record(
         self,
+        assoc: Association,
         received: ReceivedInstance,
         log: dict[str, Any],
         before_commit: Callable[[], None] | None,
@@ -232,7 +245,18 @@ class StoreHandler:
             INSTANCES_RECEIVED.inc()
         level = logging.DEBUG if outcome is RecordOutcome.NEW else logging.INFO
         logger.log(level, f"instance {outcome}", extra={**log, "bytes": received.size_bytes})
+        self._count(assoc, received, outcome)
         return recorded
+
+    def _count(self, assoc: Association, received: ReceivedInstance, outcome: str) -> None:
+        h = received.headers
+        self.reception.stored(
+            assoc,
+            h.study_instance_uid,
+            outcome,
+            received.size_bytes,
+            (h.patient_id, h.patient_name),
+        )
 
 
 def log_rejected(event: Event) -> None:
@@ -245,6 +269,12 @@ def log_rejected(event: Event) -> None:
     logger.warning(
         "association rejected: " + reason,
         extra={"calling_aet": requestor.ae_title, "client": requestor.address},
+    )
+    audit(
+        AuditEvent.ASSOCIATION_REJECTED,
+        refusal="association rejected: " + reason,
+        calling_aet=requestor.ae_title,
+        client=requestor.address,
     )
 
 
@@ -263,12 +293,16 @@ class ListenerRequestHandler(RequestHandler):
                 return
             self.request = admitted.sock
             assoc = create_association(self)
-            guard(assoc, admitted.request, MAX_PDU_BYTES, server.gate.network_timeout)
-            evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
-            assoc.start()
-            assoc.join()
-            assoc.dul.join(timeout=5.0)
-            discard_unfinished_transfers(assoc)
+            try:
+                guard(assoc, admitted.request, MAX_PDU_BYTES, server.gate.network_timeout)
+                evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
+                assoc.start()
+                assoc.join()
+                assoc.dul.join(timeout=5.0)
+                discard_unfinished_transfers(assoc)
+            finally:
+                if server.reception is not None:  # its audit line, and its counts freed
+                    server.reception.ended(assoc)
         finally:
             cast(socket.socket, self.request).close()
             server.slots.release(host)
@@ -296,6 +330,7 @@ class ListenerServer(ThreadedAssociationServer):
     request_queue_size = 64  # socketserver's 5 lets a burst of connects stall the rest
     allowed_networks: tuple[Any, ...] = ()
     gate: AssociationGate
+    reception: ReceptionAudit | None = None
     slots: ConnectionSlots
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
@@ -456,8 +491,13 @@ class Listener:
         server = make_listener_server(
             self.ae,
             self.config,
-            [(evt.EVT_C_STORE, self.handler), (evt.EVT_REJECTED, log_rejected)],
+            [
+                (evt.EVT_C_STORE, self.handler),
+                (evt.EVT_REJECTED, log_rejected),
+                (evt.EVT_ACCEPTED, self.handler.reception.accepted),
+            ],
         )
+        server.reception = self.handler.reception
         # Incoming data streams to disk next to the spool, so the final move is a rename.
         self._restore.enter_context(self.handler.space.installed())
         register_server(self.ae, server)

@@ -7,7 +7,8 @@
 - ``delivery_queue``, ``delivery``, ``commitment``: sending results, retries, storage
   commitment (here rather than in `dicom_node.net` because its report handler
   updates delivery rows);
-- ``retention``: removing what nothing needs any more;
+- ``retention``, ``row_retention``: removing what nothing needs any more (files,
+  then a finished study's rows);
 - ``queue_report``: jobs and deliveries for ``dicom-node status``;
 - ``findings``, ``results_report``: what each model found per series, kept on its job
   (shadow and live alike) and listed by ``dicom-node results``;

@@ -22,6 +22,7 @@ from pynetdicom import build_context, evt
 from pynetdicom.events import Event
 from sqlalchemy.orm import Session, sessionmaker
 
+from dicom_node.audit import AuditEvent, audit
 from dicom_node.config import DeliverySection, PeerConfig
 from dicom_node.db.schema import WorkState, utcnow
 from dicom_node.net.scp import Listener
@@ -143,6 +144,7 @@ class CommitmentReportHandler:
                 uid = row.sop_instance_uid
                 if uid in committed:
                     row.state, row.error = WorkState.DONE, None
+                    audit(AuditEvent.COMMITMENT, result_sop_uid=uid, committed=True)
                     done += 1
                 elif uid in failed:
                     reason = failed[uid]
@@ -151,6 +153,12 @@ class CommitmentReportHandler:
                         Outcome.PERMANENT, code, f"archive did not commit (reason 0x{code:04X})"
                     )
                     fail_waiting(row, result, self.settings, now)
+                    audit(
+                        AuditEvent.COMMITMENT,
+                        result_sop_uid=uid,
+                        committed=False,
+                        error=result.error,
+                    )
                     requeued += 1
         logger.info(
             "storage commitment report",

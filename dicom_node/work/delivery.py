@@ -31,6 +31,7 @@ from pydicom.uid import generate_uid
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from dicom_node.audit import AuditEvent, audit
 from dicom_node.config import NodeConfig, PeerConfig
 from dicom_node.db.ownership import owner_id
 from dicom_node.db.schema import Delivery, WorkState, utcnow
@@ -177,6 +178,7 @@ class DeliveryScanner:
                 if ok:
                     DELIVERIES_SENT.labels(peer=peer.name).inc()
                     logger.info("result delivered", extra={**log, "state": str(state)})
+                    _audit_delivery(item, peer, result, state, transaction_uid)
                 return ok
             after = next_try(
                 result, item.attempts, item.permanent_failures, self.config.delivery, now
@@ -192,6 +194,7 @@ class DeliveryScanner:
                 permanent_failures=after.permanent_failures,
             )
         DELIVERY_FAILURES.labels(peer=peer.name, kind=str(result.outcome)).inc()
+        _audit_delivery(item, peer, result, state, None)
         logger.warning(
             "delivery failed" if state is WorkState.FAILED else "delivery will be retried",
             extra={**log, "error": result.error, "attempt": item.attempts, "retry_at": retry_at},
@@ -245,3 +248,26 @@ class DeliveryScanner:
             if uid is not None:
                 self._requeue_uncommitted(uid, transient(f"no commitment report in {timeout:g} s"))
         return sum(count for _, count in stale)
+
+
+def _audit_delivery(
+    item: ClaimedDelivery,
+    peer: PeerConfig,
+    result: StoreResult,
+    state: WorkState,
+    transaction_uid: str | None,
+) -> None:
+    """The audit line of one delivery attempt: where, what came of it, commitment asked."""
+    audit(
+        AuditEvent.DELIVERY,
+        result_sop_uid=item.sop_instance_uid,
+        delivery_id=item.id,
+        destination=peer.name,
+        destination_aet=peer.ae_title,
+        outcome=str(result.outcome),
+        status=result.status,
+        state=str(state),
+        attempt=item.attempts,
+        commitment_requested=transaction_uid,
+        error=result.error,
+    )

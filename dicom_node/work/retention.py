@@ -11,8 +11,10 @@ delivery queued, running or awaiting commitment, keeps everything. Otherwise:
   once with ``delete_when_done`` when every one of its deliveries is done (a failed
   delivery keeps its file, for ``dicom-node retry``, until it ages out).
 
-Study, series, job and delivery rows stay, as the record that ``status`` shows; a
-study re-sent after its instances were removed is received and processed again.
+Once the instances and outboxes are gone and ``keep_hours`` have passed, the study's
+rows go too (`dicom_node.work.row_retention`), and the database gives the space back
+(`dicom_node.db.compaction`); the audit trail keeps its history. A study re-sent after
+its instances were removed is received and processed again.
 The free-disk floor itself is the listener's: below ``node.min_free_disk_mb`` it
 answers C-STORE with 0xA700 (Out of Resources) instead of filling the disk.
 """
@@ -28,14 +30,13 @@ from sqlalchemy import delete, exists, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.config import NodeConfig
-from dicom_node.db.schema import Delivery, Instance, Job, Study, StudyState, WorkState, utcnow
+from dicom_node.db.compaction import compact
+from dicom_node.db.schema import Delivery, Instance, Job, Study, WorkState, utcnow
 from dicom_node.db.timestamps import as_utc
 from dicom_node.work.outbox import Outbox
+from dicom_node.work.row_retention import ACTIVE, FINISHED_STUDY_STATES, forget_finished_studies
 
 logger = logging.getLogger(__name__)
-
-ACTIVE = (WorkState.QUEUED, WorkState.RUNNING, WorkState.WAITING_COMMITMENT)
-FINISHED_STUDY_STATES = (StudyState.ROUTED, StudyState.SKIPPED)
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class RetentionReport:
     instances: int
     bytes: int
     outboxes: int
+    studies: int
 
 
 def _remove_file(path: Path, spool_root: Path) -> int:
@@ -133,7 +135,10 @@ def apply_retention(sessions: sessionmaker[Session], config: NodeConfig) -> Rete
             session.execute(delete(Instance).where(Instance.id.in_([r.id for r in rows])))
             removed += len(rows)
     outboxes = sum(outbox.remove_job(job_id) for job_id in jobs)
-    report = RetentionReport(removed, freed, outboxes)
+    forgotten = forget_finished_studies(sessions, config.retention.keep_hours)
+    if forgotten:
+        compact(sessions)
+    report = RetentionReport(removed, freed, outboxes, forgotten)
     if removed or outboxes:
         logger.info(
             "retention removed files",

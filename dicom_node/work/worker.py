@@ -30,6 +30,7 @@ from pydicom import Dataset
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from dicom_node.audit import AuditEvent, audit
 from dicom_node.config import NodeConfig
 from dicom_node.db.ownership import owner_id
 from dicom_node.db.schema import Instance, Series, WorkState, utcnow
@@ -181,6 +182,7 @@ class Worker:
         if job.generation < job.study_generation:
             with self.sessions.begin() as session:
                 end_job(session, job, WorkState.SKIPPED, error="superseded: the study re-opened")
+            audit(AuditEvent.JOB_RUN, **log, outcome="skipped", reason="the study re-opened")
             return True
         with LeaseKeeper(self.sessions, job, settings.lease_seconds) as lease:
             self._run_claimed(job, lease, log)
@@ -211,6 +213,7 @@ class Worker:
             with self.sessions.begin() as session:
                 end_job(session, job, WorkState.SKIPPED, error=skip.reason, timings=timings.phases)
             logger.warning("job skipped", extra={**log, "reason": skip.reason})
+            audit(AuditEvent.JOB_RUN, **log, outcome="skipped", reason=skip.reason)
             return
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
@@ -224,6 +227,7 @@ class Worker:
                 permanent=isinstance(exc, PERMANENT_ERRORS),
             )
             logger.error(f"job attempt failed ({state})", extra={**log, "error": error})
+            audit(AuditEvent.JOB_RUN, **log, outcome=f"failed ({state})", error=error)
             return
         logger.info(
             "job done",
@@ -233,6 +237,34 @@ class Worker:
                 **{f"t_{k}": v for k, v in timings.phases.items()},
             },
         )
+        self._audit_done(job, log, files, problems)
+
+    def _audit_done(
+        self,
+        job: ClaimedJob,
+        log: dict[str, object],
+        files: list[OutboxFile],
+        problems: list[str],
+    ) -> None:
+        """The audit lines of a finished job: the run, then each result object."""
+        spec = self.models.get(job.model_name).spec.model
+        audit(
+            AuditEvent.JOB_RUN,
+            **log,
+            model_version=spec.version,
+            outcome="done",
+            results=len(files),
+            problems=problems,
+            destinations=job.destinations,
+        )
+        for file in files:
+            audit(
+                AuditEvent.RESULT_CREATED,
+                study_uid=job.study_instance_uid,
+                job_id=job.id,
+                result_sop_uid=file.sop_instance_uid,
+                sop_class_uid=file.sop_class_uid,
+            )
 
     def _build_results(self, prediction: Prediction, datasets: list[Dataset]) -> list[Dataset]:
         """The SR, SEG and heatmap objects of one series, as ``[results]`` asks."""

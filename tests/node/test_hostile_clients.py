@@ -131,6 +131,35 @@ def test_idle_connections_are_dropped_after_the_request_timeout(
     assert "no complete A-ASSOCIATE-RQ in time" in dropped.reason
 
 
+def test_fifteen_stalled_connections_leave_the_pacs_answered_within_10_s(
+    start_node: StartNode,
+) -> None:
+    """Issue 15: idle, half-sent requests and associations stopped mid-PDU, 15 held open
+    from the PACS's own address with the default limits and timeouts."""
+    node = start_node(node={"network_timeout_seconds": 60})
+    port = node.config.node.port
+    idle = [connect(port) for _ in range(5)]
+    half_requests = [connect(port) for _ in range(5)]
+    for sock in half_requests:
+        sock.sendall(associate_rq()[:20])
+    stalled = [associate(port) for _ in range(5)]
+    for sock in stalled:
+        sock.sendall(pdu_header(0x04, 1000) + bytes(10))
+    held = idle + half_requests + stalled
+    try:
+        start = time.monotonic()
+        assert echo(LocalAE(SENDER_AET, timeout=10), node.peer) == 0
+        assert time.monotonic() - start < 10
+        if ECHOSCU is not None:
+            start = time.monotonic()
+            assert _echoscu(port, timeout=10)
+            assert time.monotonic() - start < 10
+        assert not any(closed_by_node(sock, timeout=0.01) for sock in stalled)  # still held
+    finally:
+        for sock in held:
+            sock.close()
+
+
 def _echo_ok(node: RunningNode) -> bool:
     try:
         return echo(LocalAE(SENDER_AET, timeout=2), node.peer) == 0

@@ -107,6 +107,56 @@ def rows(url: str) -> tuple[list[Job], list[Delivery]]:
         engine.dispose()
 
 
+def audit_history(config: Path, study_uid: str) -> list[dict[str, Any]]:
+    """``dicom-node audit --study UID --json``: the study's life from the audit trail."""
+    command = [sys.executable, "-m", "dicom_node", "audit", "-c", str(config), "--json"]
+    run = subprocess.run(
+        [*command, "--study", study_uid],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        check=False,
+        timeout=60,
+    )
+    assert run.returncode in (0, 1), run.stderr
+    history: list[dict[str, Any]] = json.loads(run.stdout) if run.returncode == 0 else []
+    return history
+
+
+def delivered_in_audit(config: Path, study_uid: str) -> int:
+    """How many deliveries of the study's results the audit trail records as stored."""
+    return sum(
+        1
+        for line in audit_history(config, study_uid)
+        if line["event"] == "delivery" and line["outcome"] == "stored"
+    )
+
+
+def assert_life_in_audit(config: Path, study_uid: str, *, instances: int, model: str) -> None:
+    """From the audit trail alone: received from Orthanc, completed, the model run, each
+    result created and delivered to the PACS once; no patient identifier in it."""
+    history = audit_history(config, study_uid)
+    by_event: dict[str, list[dict[str, Any]]] = {}
+    for line in history:
+        by_event.setdefault(line["event"], []).append(line)
+    (received,) = by_event["instances-received"]
+    assert received["calling_aet"] == "ORTHANC"
+    assert received["instances"] == instances and received["outcomes"] == {"new": instances}
+    (completed,) = by_event["study-completed"]
+    assert completed["instances"] == instances
+    (job,) = by_event["job-run"]
+    assert job["model"] == model and job["outcome"] == "done" and job["model_version"]
+    created = {line["result_sop_uid"] for line in by_event["result-created"]}
+    assert len(created) == job["results"] > 0
+    delivered = Counter(line["result_sop_uid"] for line in by_event["delivery"])
+    assert delivered == Counter(created), (delivered, created)
+    assert all(line["destination_aet"] == "ORTHANC" for line in by_event["delivery"])
+    assert [e["event"] for e in history].index("instances-received") < [
+        e["event"] for e in history
+    ].index("job-run")
+    assert not any("patient_id" in line or "patient_name" in line for line in history)
+
+
 def delivered_once(*nodes: NodeProcess) -> Counter[str]:
     """How often the node logs said each result SOP instance was stored at the PACS."""
     return Counter(m.group(1) for node in nodes for m in DELIVERED.finditer(node.log_text()))
@@ -128,7 +178,16 @@ def test_studies_come_back_as_sr_seg_and_heatmap(setup: Setup) -> None:
             lambda: f"SR+SEG (CT) and SR+heatmap (CR) in Orthanc; node log:\n{node.log_text()}",
         )
         report = status(setup.config)
+        wait_until(
+            lambda: delivered_in_audit(setup.config, ct_study) >= 2,
+            RESULT_TIMEOUT_S,
+            lambda: (
+                f"deliveries of the CT results in the audit trail; node log:\n{node.log_text()}"
+            ),
+        )
         log = node.log_text()
+    assert_life_in_audit(setup.config, ct_study, instances=len(ct), model="demo-ct-bone")
+    assert_life_in_audit(setup.config, cr_study, instances=1, model="demo-cr-classifier")
     assert report["jobs"]["done"] == 2 and report["jobs"]["failed"] == 0
     assert report["deliveries"]["failed"] == 0
     assert " ERROR " not in log, log

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import urllib.request
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +12,22 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node.config import MetricsSection, NodeConfig
-from dicom_node.db.schema import Delivery, Instance, Job, WorkState
+from dicom_node.audit import close_audit_log, open_audit_log, read_audit
+from dicom_node.config import AuditSection, MetricsSection, NodeConfig
+from dicom_node.db.compaction import compact
+from dicom_node.db.schema import (
+    Delivery,
+    Instance,
+    Job,
+    Series,
+    Study,
+    StudyState,
+    WorkState,
+    utcnow,
+)
+from dicom_node.db.sessions import create_db_engine, session_factory
 from dicom_node.metrics import MetricsServer
+from dicom_node.work import row_retention
 from dicom_node.work.retention import apply_retention
 from dicom_node.work.routing import route_complete_studies
 from tests.conftest import get_free_port
@@ -71,7 +85,7 @@ def test_nothing_is_removed_before_its_time(
     config = config_with(tmp_path, keep_hours=72, delete_when_done=False)
     files, result = spooled_study(sessions, config, WorkState.DONE, WorkState.DONE)
     report = apply_retention(sessions, config)
-    assert (report.instances, report.outboxes) == (0, 0)
+    assert (report.instances, report.outboxes, report.studies) == (0, 0, 0)
     assert all(f.exists() for f in files) and result.exists()
 
 
@@ -99,8 +113,9 @@ def test_work_in_progress_is_never_removed(
     config = config_with(tmp_path, keep_hours=0, delete_when_done=True)
     files, result = spooled_study(sessions, config, job_state, delivery_state)
     report = apply_retention(sessions, config)
-    assert (report.instances, report.outboxes) == (0, 0)
+    assert (report.instances, report.outboxes, report.studies) == (0, 0, 0)
     assert all(f.exists() for f in files) and result.exists()
+    assert row_counts(sessions) == {"studies": 1, "series": 1, "instances": 2, "jobs": 1}
 
 
 def test_failed_work_is_kept_for_retry_until_it_ages_out(
@@ -113,6 +128,75 @@ def test_failed_work_is_kept_for_retry_until_it_ages_out(
     aged = config_with(tmp_path, keep_hours=0, delete_when_done=True)
     report = apply_retention(sessions, aged)
     assert (report.instances, report.outboxes) == (2, 1)
+
+
+def row_counts(sessions: sessionmaker[Session]) -> dict[str, int]:
+    """Rows per table of a study's life (deliveries counted with their jobs)."""
+    tables = {"studies": Study, "series": Series, "instances": Instance, "jobs": Job}
+    with sessions() as session:
+        return {
+            name: int(session.scalar(select(func.count()).select_from(table)) or 0)
+            for name, table in tables.items()
+        }
+
+
+def test_finished_study_loses_every_row_after_keep_hours(
+    sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    config = config_with(tmp_path, keep_hours=0, delete_when_done=False)
+    files, result = spooled_study(sessions, config, WorkState.FAILED, WorkState.DONE)
+    settings = AuditSection(dir=tmp_path / "audit")
+    handler = open_audit_log(settings, "test")
+    try:
+        report = apply_retention(sessions, config)
+    finally:
+        close_audit_log(handler)
+    assert (report.instances, report.outboxes, report.studies) == (2, 1, 1)
+    assert row_counts(sessions) == {"studies": 0, "series": 0, "instances": 0, "jobs": 0}
+    with sessions() as session:
+        assert session.scalar(select(func.count(Delivery.id))) == 0
+    assert not any(f.exists() for f in files) and not result.exists()
+    (removed,) = read_audit(settings.dir)
+    assert removed["event"] == "study-removed" and removed["study_uid"] == "1.2.840.99"
+    assert (removed["instances"], removed["jobs"]) == (2, 1)
+    assert apply_retention(sessions, config).studies == 0
+
+
+def test_rows_go_in_batches_and_recent_or_receiving_studies_stay(
+    sessions: sessionmaker[Session], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(row_retention, "BATCH_STUDIES", 2)
+    with sessions.begin() as session:
+        for number in range(5):
+            add_study(session, f"1.2.5.{number}", [{"instances": 1}], state=StudyState.ROUTED)
+        add_study(session, "1.2.6.1", [{"instances": 1}], state=StudyState.RECEIVING)
+        fresh = add_study(session, "1.2.6.2", [{"instances": 1}], state=StudyState.ROUTED)
+        fresh.last_received_at = utcnow() + timedelta(hours=1)
+    assert row_retention.forget_finished_studies(sessions, keep_hours=0) == 5
+    with sessions() as session:
+        left = set(session.scalars(select(Study.study_instance_uid)))
+    assert left == {"1.2.6.1", "1.2.6.2"}
+
+
+def test_sqlite_gives_freed_pages_back(tmp_path: Path) -> None:
+    engine = create_db_engine(f"sqlite:///{tmp_path / 'node.db'}")
+    sessions = session_factory(engine)
+    try:
+        with sessions.begin() as session:
+            for number in range(300):
+                add_study(session, f"1.2.7.{number}", [{"instances": 5}], state=StudyState.ROUTED)
+        with sessions() as session:
+            assert session.connection().exec_driver_sql("PRAGMA auto_vacuum").scalar() == 2
+        assert row_retention.forget_finished_studies(sessions, keep_hours=0) == 300
+        with sessions() as session:
+            freed = session.connection().exec_driver_sql("PRAGMA freelist_count").scalar()
+        compact(sessions)
+        with sessions() as session:
+            left = session.connection().exec_driver_sql("PRAGMA freelist_count").scalar()
+        assert freed and freed > 10 and left == 0
+        assert (tmp_path / "node.db-wal").stat().st_size == 0
+    finally:
+        engine.dispose()
 
 
 def scrape(port: int) -> str:
