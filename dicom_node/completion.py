@@ -9,10 +9,10 @@ Two rules:
 
 * quiet timer: complete after ``stable_seconds`` without a new instance;
 * evidence (when ``query_peer`` is set): after ``min_seconds`` of quiet, ask the peer
-  by C-FIND how many instances it holds of the study and of each series; complete as
-  soon as we hold them all, or give up after ``max_seconds`` of quiet with some
-  missing. When the peer gives no counts (unreachable, study unknown) the quiet timer
-  decides.
+  by C-FIND (QIDO-RS for a DICOMweb peer) how many instances it holds of the study and
+  of each series; complete as soon as we hold them all, or give up after
+  ``max_seconds`` of quiet with some missing. When the peer gives no counts
+  (unreachable, study unknown) the quiet timer decides.
 
 The state change is a conditional UPDATE (still RECEIVING, no instance since we
 looked), so a concurrently arriving instance or a second scanner never loses a race.
@@ -30,8 +30,9 @@ from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.config import CompletionSection
+from dicom_node.errors import PeerUnavailable
 from dicom_node.schema import Series, Study, StudyState, utcnow
-from dicom_node.scu import AssociationError, StudyCounts
+from dicom_node.scu import StudyCounts
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ def _seconds(value: float) -> str:
 
 
 class CompletionScanner:
-    """Completes studies by the quiet timer and, with a count source, by C-FIND evidence.
+    """Completes studies by the quiet timer and, with a count source, by the peer's counts.
 
     Parameters
     ----------
@@ -70,8 +71,11 @@ class CompletionScanner:
         The ``[completion]`` section.
     counts
         ``counts(study_uids) -> {uid: StudyCounts}``, usually
-        ``functools.partial(scu.find_study_counts, local, peer)``; None for the quiet
-        timer only. It may raise :class:`~dicom_node.scu.AssociationError`.
+        ``functools.partial(scu.find_study_counts, local, peer)`` (or
+        `dicom_node.dicomweb_query`'s); None for the quiet timer only. It may raise
+        :class:`~dicom_node.errors.PeerUnavailable`.
+    evidence
+        How the counts are obtained, for the completion reason ("C-FIND", "QIDO-RS").
     clock
         Current UTC time (tests pass a fake one).
     """
@@ -82,11 +86,13 @@ class CompletionScanner:
         settings: CompletionSection,
         counts: CountSource | None = None,
         clock: Callable[[], datetime] = utcnow,
+        evidence: str = "C-FIND",
     ) -> None:
         self.sessions = sessions
         self.settings = settings
         self.counts = counts
         self.clock = clock
+        self.evidence = evidence
 
     def scan(self) -> list[Decision]:
         """Complete every receiving study that qualifies now; the decisions taken."""
@@ -126,7 +132,7 @@ class CompletionScanner:
             return {}
         try:
             theirs = self.counts([s.uid for s in asked])
-        except AssociationError as exc:
+        except PeerUnavailable as exc:
             logger.warning("completion: no counts from the query peer", extra={"error": exc.reason})
             return {}
         evidence = {}
@@ -156,7 +162,7 @@ class CompletionScanner:
         series_ok = all(ours.get(uid, 0) >= n for uid, n in theirs.series.items())
         self._note_expected(study.id, expected)
         if study.instances >= expected and series_ok:
-            return f"C-FIND counts match {study.instances}/{expected}"
+            return f"{self.evidence} counts match {study.instances}/{expected}"
         if study.quiet >= settings.max_seconds:
             waited = _seconds(settings.max_seconds)
             return f"gave up waiting after {waited}: {study.instances}/{expected}"

@@ -1,17 +1,19 @@
-"""Delivery: C-STORE result objects to their destinations, with retries that survive restarts.
+"""Delivery: result objects to their destinations, with retries that survive restarts.
 
 The scheduler runs :meth:`DeliveryScanner.scan` every ``delivery.scan_interval_seconds``.
 It claims due deliveries per destination, up to ``delivery.batch_size`` at a time, and
 sends each batch over one association (`dicom_node.scu.send_files`: the file's own
 transfer syntax when the peer accepts it, otherwise Explicit/Implicit VR Little
-Endian). Each object's outcome is recorded as soon as it is known:
+Endian), or, to a ``kind = "dicomweb"`` peer, by STOW-RS
+(`dicom_node.dicomweb_sender`, which maps HTTP answers onto the same outcomes). Each
+object's outcome is recorded as soon as it is known:
 
 - stored (success or warning status): DONE, or, for a peer with
   ``storage_commitment = true``, WAITING_COMMITMENT until the archive's N-EVENT-REPORT
   (`dicom_node.commitment`);
-- transient failure (refused or dropped association, timeout, 0xA7xx): queued again
-  after ``backoff_initial_seconds * 2**(attempts-1)``, capped at
-  ``backoff_max_seconds``, until ``max_attempts``;
+- transient failure (refused or dropped association, timeout, 0xA7xx, HTTP 5xx/429):
+  queued again after ``backoff_initial_seconds * 2**(attempts-1)``, capped at
+  ``backoff_max_seconds`` (or the peer's Retry-After when later), until ``max_attempts``;
 - permanent failure (a failure status for the object itself): queued once more, and
   failed with the status and its meaning if it fails permanently again.
 
@@ -30,7 +32,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.commitment import request_commitment
-from dicom_node.config import NodeConfig, PeerConfig
+from dicom_node.config import DicomwebPeerConfig, NodeConfig, PeerConfig
 from dicom_node.delivery_queue import (
     ClaimedDelivery,
     claim_batch,
@@ -39,6 +41,8 @@ from dicom_node.delivery_queue import (
     record_outcome,
     renew_leases,
 )
+from dicom_node.dicomweb_auth import DicomwebConnector
+from dicom_node.dicomweb_sender import store_files
 from dicom_node.metrics import DELIVERIES_SENT, DELIVERY_FAILURES
 from dicom_node.ownership import owner_id
 from dicom_node.schema import Delivery, WorkState, utcnow
@@ -89,6 +93,7 @@ class DeliveryScanner:
         self.config = config
         self.sessions = sessions
         self.local = local
+        self._connectors: dict[str, DicomwebConnector] = {}
 
     @property
     def lease_seconds(self) -> float:
@@ -124,7 +129,8 @@ class DeliveryScanner:
         return stored
 
     def send_batch(self, peer_name: str, batch: list[ClaimedDelivery]) -> tuple[int, bool]:
-        """Send one claimed batch over one association and record every outcome.
+        """Send one claimed batch (over one association, or by STOW-RS to a DICOMweb
+        peer) and record every outcome.
 
         Returns (objects stored, whether the peer was reachable). Network failures are
         outcomes recorded on the rows, not exceptions.
@@ -144,33 +150,45 @@ class DeliveryScanner:
                     record_outcome(session, item, WorkState.FAILED, status=None, error=result.error)
             return 0, False
         by_path = {Path(item.path): item for item in batch}
-        transaction_uid = generate_uid() if peer.storage_commitment else None
+        storage_commitment = isinstance(peer, PeerConfig) and peer.storage_commitment
+        transaction_uid = generate_uid() if storage_commitment else None
         committed: list[ClaimedDelivery] = []
-        stored = 0
         reachable = True
 
-        def progress(status: FileStatus) -> None:
-            nonlocal stored, reachable
-            item = by_path[status.path]
-            result = classify_file(status, item.sop_class_uid)
-            if result.outcome is Outcome.TRANSIENT and status.status is None:
+        def record(path: Path, result: StoreResult) -> None:
+            nonlocal reachable
+            item = by_path[path]
+            if result.outcome is Outcome.TRANSIENT and result.status is None:
                 reachable = False
             if self._record(item, result, peer, transaction_uid) and (
                 result.outcome is Outcome.STORED
             ):
-                stored += 1
                 committed.append(item)
+
+        if isinstance(peer, DicomwebPeerConfig):
+            store_files(self._connector(peer), list(by_path), record)
+            return len(committed), reachable
+
+        def progress(status: FileStatus) -> None:
+            record(status.path, classify_file(status, by_path[status.path].sop_class_uid))
 
         send_files(self.local, peer, list(by_path), progress=progress)
         if committed and transaction_uid:
             self._request_commitment(peer, committed, transaction_uid)
-        return stored, reachable
+        return len(committed), reachable
+
+    def _connector(self, peer: DicomwebPeerConfig) -> DicomwebConnector:
+        """One connector per DICOMweb peer, kept so that its bearer token is cached."""
+        connector = self._connectors.get(peer.name)
+        if connector is None:
+            connector = self._connectors[peer.name] = DicomwebConnector(peer)
+        return connector
 
     def _record(
         self,
         item: ClaimedDelivery,
         result: StoreResult,
-        peer: PeerConfig,
+        peer: PeerConfig | DicomwebPeerConfig,
         transaction_uid: str | None,
     ) -> bool:
         log = {"delivery_id": item.id, "peer": peer.name, "sop_uid": item.sop_instance_uid}

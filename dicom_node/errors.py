@@ -15,3 +15,11 @@ class ConfigError(DicomNodeError):
         self.problems = problems
         lines = "\n".join(f"  {key}: {message}" for key, message in problems)
         super().__init__(f"{path}: {len(problems)} problem(s)\n{lines}")
+
+
+class PeerUnavailable(DicomNodeError):
+    """A peer gave no usable answer (no association, no HTTP response, an error status);
+    ``reason`` says why. Subclasses: ``scu.AssociationError`` (DIMSE) and
+    ``dicomweb_auth.DicomwebError`` (DICOMweb)."""
+
+    reason: str

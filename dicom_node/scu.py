@@ -28,7 +28,7 @@ from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
 
 from dicom_node.config import NodeConfig, PeerConfig, TlsSection
-from dicom_node.errors import DicomNodeError
+from dicom_node.errors import PeerUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ STUDY_ROOT_FIND = UID("1.2.840.10008.5.1.4.1.2.2.1")
 _PEER_SPEC = re.compile(r"^(?P<aet>[^@]{1,16})@(?P<host>[^:]+|\[[0-9a-fA-F:]+\]):(?P<port>\d+)$")
 
 
-class AssociationError(DicomNodeError):
+class AssociationError(PeerUnavailable):
     """No association with ``peer``: refused, rejected, aborted or timed out.
 
     ``no_context`` is True when the peer accepted none of the proposed presentation
@@ -102,12 +102,16 @@ def resolve_peer(spec: str, config: NodeConfig | None) -> PeerConfig:
     Raises
     ------
     ValueError
-        When ``spec`` is neither a peer name in ``config`` nor ``AET@host:port``.
+        When ``spec`` is neither a peer name in ``config`` nor ``AET@host:port``, or
+        names a DICOMweb peer.
     """
     if config is not None:
         for peer in config.peers:
-            if peer.name == spec:
-                return peer
+            if peer.name != spec:
+                continue
+            if not isinstance(peer, PeerConfig):
+                raise ValueError(f"peer {spec!r} is a DICOMweb peer; this command speaks DIMSE")
+            return peer
     match = _PEER_SPEC.match(spec)
     if match is None:
         known = ", ".join(p.name for p in config.peers) if config else "no config given"

@@ -34,9 +34,11 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node import orchestration
-from dicom_node.completion import CompletionScanner
-from dicom_node.config import NodeConfig
+from dicom_node.completion import CompletionScanner, CountSource
+from dicom_node.config import DicomwebPeerConfig, NodeConfig
 from dicom_node.db import create_db_engine, session_factory
+from dicom_node.dicomweb_auth import DicomwebConnector
+from dicom_node.dicomweb_query import find_study_counts as qido_study_counts
 from dicom_node.scp import Listener
 from dicom_node.scu import LocalAE, find_study_counts
 from dicom_node.spool import Spool
@@ -165,13 +167,19 @@ def add_listener(service: Service) -> None:
 
 
 def add_completion(service: Service) -> None:
-    """The completion scan: quiet timer, and C-FIND evidence when a query peer is set."""
+    """The completion scan: quiet timer, and the query peer's counts when one is set
+    (C-FIND, or QIDO-RS for a DICOMweb peer)."""
     settings = service.config.completion
-    counts = None
+    counts: CountSource | None = None
+    evidence = "C-FIND"
     if settings.query_peer is not None:
         peer = service.config.peer(settings.query_peer)
-        counts = functools.partial(find_study_counts, service.local_ae, peer)
-    scanner = CompletionScanner(service.sessions, settings, counts)
+        if isinstance(peer, DicomwebPeerConfig):
+            counts = functools.partial(qido_study_counts, DicomwebConnector(peer))
+            evidence = "QIDO-RS"
+        else:
+            counts = functools.partial(find_study_counts, service.local_ae, peer)
+    scanner = CompletionScanner(service.sessions, settings, counts, evidence=evidence)
     service.add_job(scanner.scan, settings.scan_interval_seconds, "completion")
 
 

@@ -37,12 +37,15 @@ class Outcome(enum.StrEnum):
 
 @dataclass(frozen=True)
 class StoreResult:
-    """What one C-STORE attempt came to: the outcome, the status (None when the peer
-    never answered) and a sentence saying what happened."""
+    """What one C-STORE or STOW-RS attempt came to: the outcome, the DIMSE status (a
+    STOW-RS response's FailureReason is one; None when the peer gave none) and a sentence
+    saying what happened."""
 
     outcome: Outcome
     status: int | None
     meaning: str
+    # A DICOMweb peer's Retry-After (HTTP 429, 503): the next try waits at least this long.
+    retry_after_seconds: float | None = None
 
     @property
     def error(self) -> str | None:
@@ -99,7 +102,8 @@ def next_state(
     settings: DeliverySection,
     now: datetime,
 ) -> tuple[WorkState, datetime | None]:
-    """The state after a failed attempt, and when to try again (None: never).
+    """The state after a failed attempt, and when to try again (None: never): after the
+    backoff, or the peer's Retry-After when that is later.
 
     A permanent failure is retried once: if the previous attempt also failed
     permanently, the delivery fails now.
@@ -109,4 +113,5 @@ def next_state(
         result.outcome is Outcome.PERMANENT and previously_permanent
     ):
         return WorkState.FAILED, None
-    return WorkState.QUEUED, now + timedelta(seconds=backoff_seconds(attempts, settings))
+    delay = max(backoff_seconds(attempts, settings), result.retry_after_seconds or 0.0)
+    return WorkState.QUEUED, now + timedelta(seconds=delay)
