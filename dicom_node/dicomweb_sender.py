@@ -5,15 +5,18 @@ The files of a claimed batch go out as few multipart/related STOW-RS requests as
 file's outcome is a :class:`~dicom_node.store_outcome.StoreResult`, under the same
 rules as a C-STORE:
 
-- listed in the response's ReferencedSOPSequence, or the whole request answered 200:
-  stored (a WarningReason is kept as its status);
+- listed in the response's ReferencedSOPSequence: stored (a WarningReason is kept as
+  its status);
 - listed in its FailedSOPSequence: the FailureReason is a C-STORE status, classified
   like one (0xA7xx out of resources is transient; 0xA900, 0xC000, 0x0122 ... are
-  permanent for that object), the reason kept;
-- HTTP 5xx, 408, 429 (with Retry-After), a timeout, no connection, no credentials:
-  transient for every file of the request, and the rest of the batch is not tried;
-- any other HTTP 4xx: permanent for every file of the request, with the status line
-  and the start of the peer's answer.
+  permanent for that object), the reason kept. Archives list outcomes with 200, 202,
+  409 and (Orthanc) 400 answers alike;
+- not listed: stored after 200 (the standard's "all stored"), transient after 202;
+  after an error status, as that status says:
+- HTTP 5xx, 408, 425, 429 (Retry-After kept), a timeout, no connection, no
+  credentials: transient, and after such a failure of a whole request the rest of the
+  batch is not tried;
+- any other HTTP 4xx: permanent, with the status line and the start of the answer.
 """
 
 from __future__ import annotations
@@ -37,8 +40,6 @@ logger = logging.getLogger(__name__)
 
 # Besides every 5xx: Request Timeout, Too Early, Too Many Requests.
 TRANSIENT_HTTP = frozenset({408, 425, 429})
-# HTTP 409: every instance failed; the body says why for each.
-CONFLICT = 409
 _EXCERPT = 200
 
 Progress = Callable[[Path, StoreResult], None]
@@ -87,9 +88,13 @@ def classify_http(response: requests.Response) -> StoreResult:
 
 
 def response_dataset(response: requests.Response) -> Dataset | None:
-    """The STOW-RS response body as a dataset (DICOM JSON); None when there is none."""
+    """The STOW-RS response body as a dataset (DICOM JSON); None when there is none.
+
+    A body without a Content-Type is tried as JSON too: Orthanc sends its error answers
+    (which list every instance's outcome) without one.
+    """
     media_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
-    if not response.content or media_type not in {"application/dicom+json", "application/json"}:
+    if not response.content or media_type not in {"", "application/dicom+json", "application/json"}:
         return None
     try:
         return Dataset.from_json(response.json())
@@ -106,33 +111,44 @@ def _listed(dataset: Dataset, keyword: str) -> dict[str, Dataset]:
     return {str(item.get("ReferencedSOPInstanceUID", "")): item for item in items}
 
 
-def outcomes(http_status: int, dataset: Dataset | None, uids: Sequence[str]) -> list[StoreResult]:
-    """Per-instance outcomes of a STOW-RS request answered 200, 202 or 409, in ``uids`` order.
-
-    An instance in neither sequence was stored when the request got 200 (the standard's
-    "all stored"); after 202 or 409 the peer did not say, which is transient.
-    """
+def outcomes(
+    dataset: Dataset | None, uids: Sequence[str], unlisted: StoreResult
+) -> list[StoreResult]:
+    """Per-instance outcomes from a STOW-RS response body, in ``uids`` order; an
+    instance the body does not list gets ``unlisted``."""
     dataset = dataset or Dataset()
     stored = _listed(dataset, "ReferencedSOPSequence")
     failed = _listed(dataset, "FailedSOPSequence")
     results = []
     for uid in uids:
-        if uid in failed and "FailureReason" in failed[uid]:
-            reason = int(failed[uid].FailureReason)
-            result = classify_status(reason)
-            if result.outcome is Outcome.STORED:  # a "failure" with a success code
-                result = StoreResult(Outcome.PERMANENT, reason, result.meaning)
-            results.append(result)
+        if uid in failed:
+            results.append(_failure(failed[uid]))
         elif uid in stored:
             warning = stored[uid].get("WarningReason")
             results.append(StoreResult(Outcome.STORED, int(warning or 0), "stored"))
-        elif http_status == 200:
-            results.append(StoreResult(Outcome.STORED, 0, "stored"))
-        elif http_status == CONFLICT:
-            results.append(StoreResult(Outcome.PERMANENT, None, "HTTP 409 Conflict"))
         else:
-            results.append(transient(f"HTTP {http_status}: the response does not list it"))
+            results.append(unlisted)
     return results
+
+
+def _failure(item: Dataset) -> StoreResult:
+    """A FailedSOPSequence item: its FailureReason is a C-STORE status."""
+    if "FailureReason" not in item:
+        return StoreResult(Outcome.PERMANENT, None, "STOW-RS failure without a FailureReason")
+    reason = int(item.FailureReason)
+    result = classify_status(reason)
+    if result.outcome is Outcome.STORED:  # a "failure" with a success code
+        return StoreResult(Outcome.PERMANENT, reason, result.meaning)
+    return result
+
+
+def _unlisted(response: requests.Response) -> StoreResult:
+    """The outcome of an instance the response body does not mention."""
+    if response.status_code == 200:  # the standard's "all stored"
+        return StoreResult(Outcome.STORED, 0, "stored")
+    if response.ok:
+        return transient(f"HTTP {response.status_code}: the response does not list it")
+    return classify_http(response)
 
 
 def _read(path: Path) -> _Part | StoreResult:
@@ -174,20 +190,17 @@ def _post(connector: DicomwebConnector, parts: list[_Part]) -> list[StoreResult]
             client.store_instances([part.dataset for part in parts])
     except DicomwebError as exc:
         return [transient(exc.reason)] * len(parts)
-    except requests.HTTPError as exc:
-        response = exc.response
-        if response is None:
-            return [transient(f"HTTP error without a response: {exc}")] * len(parts)
-        if response.status_code != CONFLICT:
-            return [classify_http(response)] * len(parts)
-        answers.append(response)
+    except requests.HTTPError:
+        pass  # the answer is in ``answers``: some archives list per-instance outcomes
     except requests.Timeout as exc:
         return [transient(f"timed out: {type(exc).__name__}")] * len(parts)
     except requests.RequestException as exc:
         return [transient(f"no connection: {_printable(str(exc))}")] * len(parts)
+    if not answers:
+        return [transient("no HTTP response")] * len(parts)
     response = answers[-1]
     uids = [part.sop_instance_uid for part in parts]
-    return outcomes(response.status_code, response_dataset(response), uids)
+    return outcomes(response_dataset(response), uids, _unlisted(response))
 
 
 def store_files(connector: DicomwebConnector, paths: Sequence[Path], progress: Progress) -> None:

@@ -42,6 +42,7 @@ from dicom_node.dicomweb_query import find_study_counts as qido_study_counts
 from dicom_node.scp import Listener
 from dicom_node.scu import LocalAE, find_study_counts
 from dicom_node.spool import Spool
+from dicom_node.stow_receiver import StowReceiver
 
 logger = logging.getLogger(__name__)
 
@@ -166,6 +167,17 @@ def add_listener(service: Service) -> None:
     service.add_component(service.listener)
 
 
+def add_stow_receiver(service: Service) -> None:
+    """The STOW-RS receiver, when ``[dicomweb] enabled``: stores through the listener's
+    C-STORE handler, so it needs the listener (added before it)."""
+    if not service.config.dicomweb.enabled:
+        return
+    if service.listener is None:
+        raise RuntimeError("the STOW-RS receiver needs the listener (listener role)")
+    receiver = StowReceiver(service.config, service.listener.handler, service.spool)
+    service.add_component(receiver)
+
+
 def add_completion(service: Service) -> None:
     """The completion scan: quiet timer, and the query peer's counts when one is set
     (C-FIND, or QIDO-RS for a DICOMweb peer)."""
@@ -188,6 +200,7 @@ Builder = Callable[[Service], None]
 # (roles that run it, what it adds). Orchestration appends its own entries here.
 COMPONENTS: list[tuple[frozenset[str], Builder]] = [
     (LISTENER_ROLES, add_listener),
+    (LISTENER_ROLES, add_stow_receiver),
     (LISTENER_ROLES, add_completion),
     # Orchestration (dicom_node.orchestration): routing, commitment reports, retention,
     # workers with crash recovery, delivery, metrics.

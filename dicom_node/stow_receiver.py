@@ -1,0 +1,443 @@
+"""The STOW-RS receiver: studies sent over HTTPS, stored by the same path as a C-STORE.
+
+``[dicomweb] enabled = true`` starts it in the listener role: ``POST /studies`` and
+``POST /studies/{StudyInstanceUID}`` with a ``multipart/related;
+type="application/dicom"`` body. The body is parsed as it streams in; each part is
+written to a temp file in the spool's ``incoming/`` folder, and as soon as a part is
+complete it goes through `dicom_node.scp.StoreHandler.store_file` (fsync, header
+read, rename into the spool, rows committed), so memory stays flat and no instance
+waits for the rest of the request. The answer lists each instance (PS3.18 10.5.3):
+stored ones in ReferencedSOPSequence, refused ones in FailedSOPSequence with the
+C-STORE status as FailureReason; 200 when all were stored, 202 when some, 409 when none.
+
+Before a byte of the body is read: the client's address must be allowed (403), a
+bearer token from ``tokens_file`` must be presented when one is configured (401; with
+``tls.ca_file`` the TLS layer has already required a client certificate), the content
+type must be multipart/related of application/dicom (415), and a declared length must
+fit ``max_body_mb`` (413). A body that grows past it (413), stalls longer than
+``node.network_timeout_seconds`` (408), or ends before its closing boundary (400)
+loses only the part in progress; the parts already stored are listed in the answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import os
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from ipaddress import ip_address, ip_network
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+import uvicorn
+from pydicom import Dataset
+from pydicom.filereader import read_file_meta_info
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from dicom_node.config import DicomwebSection, NodeConfig
+from dicom_node.scp import PROCESSING_FAILURE, SUCCESS, StoreHandler, server_ssl_context
+from dicom_node.spool import Spool
+
+if TYPE_CHECKING:
+    from python_multipart.multipart import MultipartCallbacks
+
+logger = logging.getLogger(__name__)
+
+DICOM_MEDIA_TYPE = "application/dicom"
+DICOM_JSON = "application/dicom+json"
+# A part that is not a DICOM Part 10 file (no preamble and file meta information).
+NOT_PART_10 = 0xC210
+# A part of another media type (application/dicom+json metadata, bulk data, ...).
+MEDIA_TYPE_NOT_SUPPORTED = 0x0122
+START_TIMEOUT_S = 30.0
+STOP_GRACE_S = 30.0
+
+
+@dataclass
+class _Part:
+    """A part of the body: its temp file (None when its media type is refused)."""
+
+    path: Path | None
+    status: int = SUCCESS
+    sop_class_uid: str = ""
+    sop_instance_uid: str = ""
+
+
+@dataclass
+class _PartWriter:
+    """python-multipart callbacks that write each part to a temp file in ``folder``."""
+
+    folder: Path
+    done: list[_Part] = field(default_factory=list)
+    ended: bool = False
+    _headers: dict[str, str] = field(default_factory=dict)
+    _name: bytes = b""
+    _value: bytes = b""
+    _file: IO[bytes] | None = None
+    _path: Path | None = None
+
+    def callbacks(self) -> MultipartCallbacks:
+        return {
+            "on_part_begin": self._begin,
+            "on_header_field": self._header_field,
+            "on_header_value": self._header_value,
+            "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_finished,
+            "on_part_data": self._data,
+            "on_part_end": self._end,
+            "on_end": self._finished,
+        }
+
+    def _begin(self) -> None:
+        self._headers, self._name, self._value = {}, b"", b""
+
+    def _header_field(self, data: bytes, start: int, end: int) -> None:
+        self._name += data[start:end]
+
+    def _header_value(self, data: bytes, start: int, end: int) -> None:
+        self._value += data[start:end]
+
+    def _header_end(self) -> None:
+        name = self._name.decode("latin-1").strip().lower()
+        self._headers[name] = self._value.decode("latin-1").strip()
+        self._name, self._value = b"", b""
+
+    def _headers_finished(self) -> None:
+        media_type, _ = parse_options_header(self._headers.get("content-type", DICOM_MEDIA_TYPE))
+        if media_type.decode("latin-1").lower() != DICOM_MEDIA_TYPE:
+            self._path = None
+            return
+        fd, name = tempfile.mkstemp(dir=self.folder, prefix="stow-", suffix=".dcm")
+        self._file, self._path = os.fdopen(fd, "wb"), Path(name)
+
+    def _data(self, data: bytes, start: int, end: int) -> None:
+        if self._file is not None:
+            self._file.write(data[start:end])
+
+    def _end(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+            self.done.append(_Part(self._path))
+        else:
+            self.done.append(_Part(None, MEDIA_TYPE_NOT_SUPPORTED))
+        self._path = None
+
+    def _finished(self) -> None:
+        self.ended = True
+
+    def discard(self) -> None:
+        """Remove the part in progress and any complete part not yet stored."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        for path in [self._path, *(part.path for part in self.done)]:
+            if path is not None:
+                path.unlink(missing_ok=True)
+        self._path = None
+        self.done.clear()
+
+
+class BearerTokens:
+    """The tokens allowed to write, one per line of ``path`` (``#`` starts a comment);
+    re-read when the file changes, so that a token is revoked without a restart."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._stamp: tuple[int, int] | None = None
+        self._tokens: tuple[bytes, ...] = ()
+        self._lock = threading.Lock()
+
+    def _current(self) -> tuple[bytes, ...]:
+        try:
+            info = self.path.stat()
+        except OSError as exc:
+            logger.error("cannot read dicomweb.tokens_file", extra={"error": exc})
+            return ()
+        stamp = (info.st_mtime_ns, info.st_size)
+        with self._lock:
+            if stamp != self._stamp:
+                lines = self.path.read_text(encoding="utf-8").splitlines()
+                self._tokens = tuple(
+                    line.strip().encode() for line in lines if line.strip()[:1] not in {"", "#"}
+                )
+                self._stamp = stamp
+            return self._tokens
+
+    def allows(self, authorization: str | None) -> bool:
+        """Whether an ``Authorization`` header carries one of the tokens."""
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return False
+        given = token.strip().encode()
+        # Compare against every token, so that the time taken does not say which matched.
+        matches = [hmac.compare_digest(given, known) for known in self._current()]
+        return any(matches)
+
+
+def _error(status: int, reason: str, log: dict[str, Any]) -> Response:
+    logger.warning("STOW-RS refused", extra={**log, "http_status": status, "reason": reason})
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return Response(reason + "\n", status_code=status, media_type="text/plain", headers=headers)
+
+
+def stow_response(parts: list[_Part], http_status: int | None = None) -> Response:
+    """The STOW-RS answer for ``parts``: 200, 202 or 409 unless ``http_status`` is given."""
+    answer = Dataset()
+    stored, failed = [], []
+    for part in parts:
+        item = Dataset()
+        item.ReferencedSOPClassUID = part.sop_class_uid or None
+        item.ReferencedSOPInstanceUID = part.sop_instance_uid or None
+        if part.status == SUCCESS:
+            stored.append(item)
+        else:
+            item.FailureReason = part.status
+            failed.append(item)
+    answer.ReferencedSOPSequence = stored
+    answer.FailedSOPSequence = failed
+    if http_status is None:
+        http_status = 200 if not failed else 202 if stored else 409
+    return JSONResponse(answer.to_json_dict(), status_code=http_status, media_type=DICOM_JSON)
+
+
+class StowApp:
+    """The ASGI application (Starlette) and the checks in front of the store path.
+
+    Parameters
+    ----------
+    config
+        The node config (``dicomweb`` and ``node.network_timeout_seconds``).
+    handler
+        The listener's C-STORE handler, whose ``store_file`` stores each part.
+    spool
+        Where parts are written while they arrive (its ``incoming/`` folder).
+    """
+
+    def __init__(self, config: NodeConfig, handler: StoreHandler, spool: Spool) -> None:
+        settings = config.dicomweb
+        self.settings = settings
+        self.handler = handler
+        self.spool = spool
+        self.read_timeout = config.node.network_timeout_seconds
+        self.max_body = int(settings.max_body_mb * 1024 * 1024)
+        self.networks = tuple(ip_network(h, strict=False) for h in settings.allowed_hosts)
+        self.tokens = BearerTokens(settings.tokens_file) if settings.tokens_file else None
+        self.app = Starlette(
+            routes=[
+                Route("/studies", self.stow, methods=["POST"]),
+                Route("/studies/{study}", self.stow, methods=["POST"]),
+            ]
+        )
+
+    def _refusal(self, request: Request, log: dict[str, Any]) -> Response | None:
+        """The answer to a request refused before its body is read; None to go on."""
+        client = request.client.host if request.client else ""
+        if self.networks and not any(ip_address(client) in n for n in self.networks):
+            return _error(403, "client address not allowed", log)
+        if self.tokens is not None and not self.tokens.allows(request.headers.get("authorization")):
+            return _error(401, "a valid bearer token is required", log)
+        media_type, options = parse_options_header(request.headers.get("content-type", ""))
+        part_type = options.get(b"type", DICOM_MEDIA_TYPE.encode()).decode("latin-1").lower()
+        if media_type != b"multipart/related" or part_type != DICOM_MEDIA_TYPE:
+            return _error(415, 'the body must be multipart/related; type="application/dicom"', log)
+        if not options.get(b"boundary"):
+            return _error(400, "the content type has no boundary", log)
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > self.max_body:
+            return _error(413, f"the body is larger than max_body_mb ({self.max_body} bytes)", log)
+        return None
+
+    async def stow(self, request: Request) -> Response:
+        """``POST /studies[/{study}]``: store every part; the STOW-RS answer."""
+        study = request.path_params.get("study")
+        log: dict[str, Any] = {
+            "client": request.client.host if request.client else None,
+            "study_uid": study,
+        }
+        refusal = self._refusal(request, log)
+        if refusal is not None:
+            return refusal
+        _, options = parse_options_header(request.headers["content-type"])
+        writer = _PartWriter(self.spool.incoming_dir)
+        parser = MultipartParser(options[b"boundary"], writer.callbacks())
+        stored: list[_Part] = []
+        received = 0
+        try:
+            async for chunk in self._chunks(request):
+                received += len(chunk)
+                if received > self.max_body:
+                    return self._after_failure(stored, 413, "the body grew past max_body_mb", log)
+                parser.write(chunk)
+                stored.extend([await self._store(part, study, log) for part in writer.done])
+                writer.done.clear()
+            parser.finalize()
+        except MultipartParseError as exc:
+            return self._after_failure(stored, 400, f"malformed multipart body: {exc}", log)
+        except TimeoutError:
+            return self._after_failure(stored, 408, "the body stalled", log)
+        except ClientDisconnect:
+            logger.warning("STOW-RS sender disconnected", extra={**log, "stored": len(stored)})
+            return Response(status_code=400)
+        finally:
+            writer.discard()
+        if not writer.ended:
+            return self._after_failure(stored, 400, "the body ended before its last boundary", log)
+        logger.info(
+            "STOW-RS request stored",
+            extra={**log, "instances": len(stored), "failed": sum(p.status != 0 for p in stored)},
+        )
+        return stow_response(stored)
+
+    def _after_failure(
+        self, stored: list[_Part], status: int, reason: str, log: dict[str, Any]
+    ) -> Response:
+        """A request cut short: the reason, and the parts stored before it."""
+        logger.warning(
+            "STOW-RS request cut short",
+            extra={**log, "http_status": status, "reason": reason, "stored": len(stored)},
+        )
+        if not stored:
+            return _error(status, reason, log)
+        return stow_response(stored, status)
+
+    async def _chunks(self, request: Request) -> AsyncIterator[bytes]:
+        """The body as it arrives; TimeoutError when the sender stalls."""
+        stream = request.stream().__aiter__()
+        while True:
+            try:
+                chunk = await asyncio.wait_for(anext(stream), self.read_timeout)
+            except StopAsyncIteration:
+                return
+            if chunk:
+                yield chunk
+
+    async def _store(self, part: _Part, study: str | None, log: dict[str, Any]) -> _Part:
+        if part.path is None:
+            logger.warning("STOW-RS part refused: not application/dicom", extra=log)
+            return part
+        return await run_in_threadpool(self._store_file, part.path, study, log)
+
+    def _store_file(self, path: Path, study: str | None, log: dict[str, Any]) -> _Part:
+        """Store one complete part by the C-STORE path; its outcome. Never raises."""
+        try:
+            with self.handler.tracked():
+                try:
+                    meta = read_file_meta_info(path)
+                    transfer_syntax = str(meta.TransferSyntaxUID)
+                    sop_class = str(meta.get("MediaStorageSOPClassUID", ""))
+                    sop_uid = str(meta.MediaStorageSOPInstanceUID)
+                except Exception as exc:  # pydicom raises many kinds on input that is not DICOM
+                    reason = f"not a DICOM Part 10 file: {type(exc).__name__}"
+                    logger.warning("STOW-RS part refused", extra={**log, "reason": reason})
+                    return _Part(None, NOT_PART_10)
+                part_log = {**log, "sop_uid": sop_uid, "via": "STOW-RS"}
+                status = self.handler.store_file(
+                    path, transfer_syntax, None, sop_uid, part_log, study_uid=study
+                )
+                return _Part(None, status, sop_class, sop_uid)
+        except Exception:
+            logger.exception("STOW-RS part failed unexpectedly", extra=log)
+            return _Part(None, PROCESSING_FAILURE)
+        finally:
+            path.unlink(missing_ok=True)  # moved into the spool when stored
+
+
+class StowReceiver:
+    """The running HTTPS server (uvicorn in a thread) of one listener process.
+
+    Parameters
+    ----------
+    config
+        The node config; ``dicomweb`` says where to listen and how to secure it.
+    handler
+        The listener's C-STORE handler.
+    spool
+        The listener's spool.
+    """
+
+    def __init__(self, config: NodeConfig, handler: StoreHandler, spool: Spool) -> None:
+        self.settings: DicomwebSection = config.dicomweb
+        self.app = StowApp(config, handler, spool)
+        self.server: uvicorn.Server | None = None
+        self._socket: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with ``port = 0``)."""
+        if self._socket is None:
+            raise RuntimeError("the STOW-RS receiver is not started")
+        return int(self._socket.getsockname()[1])
+
+    def start(self) -> None:
+        """Bind and serve in a background thread.
+
+        Raises
+        ------
+        OSError, ssl.SSLError
+            When the address cannot be bound or the TLS files cannot be read.
+        RuntimeError
+            When the server does not come up in time.
+        """
+        settings = self.settings
+        config = uvicorn.Config(
+            self.app.app,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            server_header=False,
+            limit_concurrency=settings.max_connections,
+            timeout_keep_alive=5,
+            timeout_graceful_shutdown=int(STOP_GRACE_S),
+        )
+        config.load()
+        if settings.tls is not None:
+            config.ssl = server_ssl_context(settings.tls)  # TLS 1.2+, client certs with a CA
+        family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((settings.host, settings.port))
+        except OSError:
+            sock.close()
+            raise
+        self._socket = sock
+        self.server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [sock]}, name="stow-rs", daemon=True
+        )
+        self._thread.start()
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not self.server.started and time.monotonic() < deadline and self._thread.is_alive():
+            time.sleep(0.05)
+        if not self.server.started:
+            raise RuntimeError("the STOW-RS receiver did not start")
+        logger.info(
+            "STOW-RS receiver listening",
+            extra={"host": settings.host, "port": self.port, "tls": settings.tls is not None},
+        )
+
+    def stop(self) -> None:
+        """Stop accepting; requests in flight get ``STOP_GRACE_S`` to finish."""
+        server, thread = self.server, self._thread
+        self.server = self._thread = None
+        if server is None or thread is None:
+            return
+        server.should_exit = True
+        thread.join(timeout=STOP_GRACE_S + 5)
+        if self._socket is not None:
+            self._socket.close()
+        logger.info("STOW-RS receiver stopped")
