@@ -45,6 +45,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from dicom_node.config import DicomwebSection, NodeConfig
 from dicom_node.scp import PROCESSING_FAILURE, SUCCESS, StoreHandler, server_ssl_context
@@ -62,6 +63,8 @@ NOT_PART_10 = 0xC210
 # A part of another media type (application/dicom+json metadata, bulk data, ...).
 MEDIA_TYPE_NOT_SUPPORTED = 0x0122
 START_TIMEOUT_S = 30.0
+# Seconds an HTTP connection may stay silent (before its first request, or between two).
+KEEP_ALIVE_S = 5
 STOP_GRACE_S = 30.0
 
 
@@ -235,6 +238,7 @@ class StowApp:
         self.max_body = int(settings.max_body_mb * 1024 * 1024)
         self.networks = tuple(ip_network(h, strict=False) for h in settings.allowed_hosts)
         self.tokens = BearerTokens(settings.tokens_file) if settings.tokens_file else None
+        self._in_flight = 0
         self.app = Starlette(
             routes=[
                 Route("/studies", self.stow, methods=["POST"]),
@@ -260,8 +264,20 @@ class StowApp:
             return _error(413, f"the body is larger than max_body_mb ({self.max_body} bytes)", log)
         return None
 
+    @property
+    def in_flight(self) -> int:
+        """Requests being answered now."""
+        return self._in_flight
+
     async def stow(self, request: Request) -> Response:
         """``POST /studies[/{study}]``: store every part; the STOW-RS answer."""
+        self._in_flight += 1  # only the event loop's thread changes it
+        try:
+            return await self._stow(request)
+        finally:
+            self._in_flight -= 1
+
+    async def _stow(self, request: Request) -> Response:
         study = request.path_params.get("study")
         log: dict[str, Any] = {
             "client": request.client.host if request.client else None,
@@ -277,12 +293,13 @@ class StowApp:
         received = 0
         try:
             async for chunk in self._chunks(request):
+                # Parts that end within the limit are stored, whatever the chunking.
+                parser.write(chunk[: max(0, self.max_body - received)])
                 received += len(chunk)
-                if received > self.max_body:
-                    return self._after_failure(stored, 413, "the body grew past max_body_mb", log)
-                parser.write(chunk)
                 stored.extend([await self._store(part, study, log) for part in writer.done])
                 writer.done.clear()
+                if received > self.max_body:
+                    return self._after_failure(stored, 413, "the body grew past max_body_mb", log)
             parser.finalize()
         except MultipartParseError as exc:
             return self._after_failure(stored, 400, f"malformed multipart body: {exc}", log)
@@ -355,6 +372,22 @@ class StowApp:
             path.unlink(missing_ok=True)  # moved into the spool when stored
 
 
+class QuietConnectionsClosed(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol, closing a connection that has not sent its request
+    headers ``timeout_keep_alive`` seconds after it opened (uvicorn waits forever for the
+    first request, which would let silent connections fill ``max_connections`` and hold
+    up a stop)."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[arg-type]
+        self.loop.call_later(self.timeout_keep_alive, self._close_if_silent)
+
+    def _close_if_silent(self) -> None:
+        if self.cycle is None and not self.transport.is_closing():
+            logger.warning("HTTP connection closed: no request", extra={"client": self.client})
+            self.transport.close()
+
+
 class StowReceiver:
     """The running HTTPS server (uvicorn in a thread) of one listener process.
 
@@ -399,8 +432,10 @@ class StowReceiver:
             access_log=False,
             lifespan="off",
             server_header=False,
-            limit_concurrency=settings.max_connections,
-            timeout_keep_alive=5,
+            http=QuietConnectionsClosed,
+            # uvicorn counts the asking connection itself against the limit.
+            limit_concurrency=settings.max_connections + 1,
+            timeout_keep_alive=KEEP_ALIVE_S,
             timeout_graceful_shutdown=int(STOP_GRACE_S),
         )
         config.load()
@@ -431,13 +466,20 @@ class StowReceiver:
         )
 
     def stop(self) -> None:
-        """Stop accepting; requests in flight get ``STOP_GRACE_S`` to finish."""
+        """Stop accepting; requests in flight get ``STOP_GRACE_S`` to finish; idle
+        connections are closed without waiting."""
         server, thread = self.server, self._thread
         self.server = self._thread = None
         if server is None or thread is None:
             return
         server.should_exit = True
-        thread.join(timeout=STOP_GRACE_S + 5)
+        deadline = time.monotonic() + STOP_GRACE_S
+        while self.app.in_flight and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # Requests are answered; idle keep-alive connections (or a TLS close waiting for
+        # the peer's close_notify) need not be waited for.
+        server.force_exit = True
+        thread.join(timeout=10)
         if self._socket is not None:
             self._socket.close()
         logger.info("STOW-RS receiver stopped")
