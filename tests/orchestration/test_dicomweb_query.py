@@ -1,0 +1,99 @@
+"""QIDO-RS counts for completion and WADO-RS retrieval, against Orthanc's DICOMweb plugin."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from pathlib import Path
+
+import pydicom
+import pytest
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from dicom_node.completion import CompletionScanner
+from dicom_node.config import CompletionSection, DicomwebPeerConfig
+from dicom_node.dicomweb_auth import DicomwebConnector, DicomwebError
+from dicom_node.dicomweb_query import find_study_counts
+from dicom_node.dicomweb_retrieve import retrieve_study
+from dicom_node.schema import Study, StudyState, utcnow
+from tests.conftest import get_free_port
+from tests.orchestration.conftest import add_study
+from tests.orchestration.studies import ct_series
+from tests.peers import Orthanc, have_dicomweb_plugin, run_orthanc
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def web_pacs(tmp_path: Path) -> Iterator[Orthanc]:
+    if not have_dicomweb_plugin():
+        pytest.skip("Orthanc's DICOMweb plugin is not installed")
+    with run_orthanc(tmp_path, dicomweb=True) as pacs:
+        yield pacs
+
+
+def connector(url: str) -> DicomwebConnector:
+    return DicomwebConnector(DicomwebPeerConfig(kind="dicomweb", name="pacs", url=url))
+
+
+def test_qido_counts_per_study_and_series(web_pacs: Orthanc, tmp_path: Path) -> None:
+    files = ct_series(tmp_path / "ct", 3)
+    web_pacs.upload(files)
+    study_uid = str(pydicom.dcmread(files[0]).StudyInstanceUID)
+    series_uid = str(pydicom.dcmread(files[0]).SeriesInstanceUID)
+    counts = find_study_counts(connector(web_pacs.dicomweb_url), [study_uid, "1.2.3.999"])
+    assert set(counts) == {study_uid}  # a study the archive does not know is left out
+    assert counts[study_uid].instances == 3
+    assert counts[study_uid].series == {series_uid: 3}
+
+
+@pytest.mark.parametrize(("held", "decided"), [(2, []), (3, ["QIDO-RS counts match 3/3"])])
+def test_completion_by_qido_counts(
+    web_pacs: Orthanc,
+    sessions: sessionmaker[Session],
+    tmp_path: Path,
+    held: int,
+    decided: list[str],
+) -> None:
+    files = ct_series(tmp_path / "ct", 3)
+    web_pacs.upload(files)
+    study_uid = str(pydicom.dcmread(files[0]).StudyInstanceUID)
+    with sessions.begin() as session:
+        add_study(session, study_uid, [{"instances": files[:held]}], state=StudyState.RECEIVING)
+        session.execute(update(Study).values(last_received_at=utcnow()))
+    settings = CompletionSection(stable_seconds=3600, min_seconds=0, max_seconds=3600)
+    counts = functools.partial(find_study_counts, connector(web_pacs.dicomweb_url))
+    scanner = CompletionScanner(sessions, settings, counts, evidence="QIDO-RS")
+    assert [d.reason for d in scanner.scan()] == decided
+    with sessions() as session:
+        assert session.scalar(select(Study.expected_instances)) == 3
+
+
+def test_unreachable_query_peer_leaves_the_quiet_timer_in_charge(
+    sessions: sessionmaker[Session],
+) -> None:
+    with sessions.begin() as session:
+        add_study(session, "1.2.3", [{"instances": 1}], state=StudyState.RECEIVING)
+    settings = CompletionSection(stable_seconds=0, min_seconds=0)
+    url = f"http://127.0.0.1:{get_free_port()}/dicom-web"
+    counts = functools.partial(find_study_counts, connector(url))
+    [decision] = CompletionScanner(sessions, settings, counts, evidence="QIDO-RS").scan()
+    assert decision.reason == "quiet for 0 s"
+
+
+def test_wado_retrieves_every_instance_of_a_study(web_pacs: Orthanc, tmp_path: Path) -> None:
+    files = ct_series(tmp_path / "ct", 3)
+    web_pacs.upload(files)
+    study_uid = str(pydicom.dcmread(files[0]).StudyInstanceUID)
+    paths = retrieve_study(connector(web_pacs.dicomweb_url), study_uid, tmp_path / "got")
+    got = {str(pydicom.dcmread(p).SOPInstanceUID) for p in paths}
+    assert got == {str(pydicom.dcmread(f).SOPInstanceUID) for f in files}
+    retrieved = pydicom.dcmread(paths[0])
+    assert retrieved.pixel_array.shape == pydicom.dcmread(files[0]).pixel_array.shape
+    assert not list((tmp_path / "got").glob(".*.part"))
+
+
+def test_wado_of_an_unknown_study_names_the_status(web_pacs: Orthanc, tmp_path: Path) -> None:
+    with pytest.raises(DicomwebError, match=r"WADO-RS study: HTTP 404"):
+        retrieve_study(connector(web_pacs.dicomweb_url), "1.2.3.999", tmp_path / "none")
