@@ -19,8 +19,8 @@ from dicom_node.schema import Instance
 from dicom_node.stow_receiver import StowReceiver
 from tests.conftest import get_free_port
 from tests.node.conftest import RunningNode
+from tests.node.test_tls import make_pki
 from tests.orchestration.studies import ct_series
-from tests.pki import make_pki
 
 TOKEN = "s3cret-token"
 BOUNDARY = "node-test-boundary"

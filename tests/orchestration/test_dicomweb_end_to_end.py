@@ -14,11 +14,11 @@ from sqlalchemy import select
 from dicom_node.db import create_db_engine, session_factory
 from dicom_node.schema import Study
 from tests.conftest import get_free_port
+from tests.node.test_tls import make_pki
 from tests.orchestration.node import node_document, run_node, wait_until, write_config
 from tests.orchestration.pacs import instance, referenced_series, series_by_modality
 from tests.orchestration.studies import ct_series
 from tests.peers import have_dicomweb_plugin, have_orthanc, run_orthanc
-from tests.pki import make_pki
 
 pytestmark = [
     pytest.mark.integration,
