@@ -103,6 +103,14 @@ def study(tmp_path: Path) -> list[Path]:
     return ct_series(tmp_path / "study", 3)
 
 
+def request_head(length: int) -> bytes:
+    """The request line and headers of a STOW-RS request of ``length`` bytes, for tests
+    that write the body by hand."""
+    lines = ["POST /studies HTTP/1.1", "Host: node", f"Content-Length: {length}"]
+    lines += [f"{name}: {value}" for name, value in HEADERS.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
 def uids(answer: dict[str, Any], sequence: str) -> list[str]:
     tag = {"ReferencedSOPSequence": "00081199", "FailedSOPSequence": "00081198"}[sequence]
     items = answer.get(tag, {}).get("Value", [])
@@ -241,11 +249,7 @@ def test_sender_vanishing_mid_part_leaves_nothing_behind(
 ) -> None:
     node = receiving()
     body = multipart([study[0].read_bytes()])
-    head = (
-        f"POST /studies HTTP/1.1\r\nHost: node\r\nContent-Length: {len(body)}\r\n"
-        + "".join(f"{k}: {v}\r\n" for k, v in HEADERS.items())
-        + "\r\n"
-    ).encode()
+    head = request_head(len(body))
     with socket.create_connection(("127.0.0.1", node.receiver.port), timeout=10) as sock:
         sock.sendall(head + body[: len(body) // 2])
         time.sleep(0.3)
@@ -256,11 +260,7 @@ def test_sender_vanishing_mid_part_leaves_nothing_behind(
 def test_stalled_body_is_408(receiving: Callable[..., Receiving], study: list[Path]) -> None:
     node = receiving(node={"network_timeout_seconds": 1})
     body = multipart([study[0].read_bytes()])
-    head = (
-        f"POST /studies HTTP/1.1\r\nHost: node\r\nContent-Length: {len(body)}\r\n"
-        + "".join(f"{k}: {v}\r\n" for k, v in HEADERS.items())
-        + "\r\n"
-    ).encode()
+    head = request_head(len(body))
     with socket.create_connection(("127.0.0.1", node.receiver.port), timeout=10) as sock:
         sock.sendall(head + body[:100])
         answer = sock.recv(4096)

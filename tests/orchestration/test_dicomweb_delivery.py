@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from tests.orchestration.conftest import make_config
 from tests.orchestration.pacs import outage
 from tests.orchestration.test_delivery import deliveries, make_due, queue_results
 from tests.orchestration.web_archive import Answer, WebArchive, run_web_archive
-from tests.peers import Orthanc, have_dicomweb_plugin, run_orthanc
+from tests.peers import Orthanc
 
 pytestmark = pytest.mark.integration
 
@@ -42,14 +42,6 @@ def scanner_for(
 
 
 @pytest.fixture
-def web_pacs(tmp_path: Path) -> Iterator[Orthanc]:
-    if not have_dicomweb_plugin():
-        pytest.skip("Orthanc's DICOMweb plugin is not installed")
-    with run_orthanc(tmp_path, dicomweb=True) as pacs:
-        yield pacs
-
-
-@pytest.fixture
 def web_archive() -> Iterator[WebArchive]:
     with run_web_archive() as archive:
         yield archive
@@ -60,7 +52,7 @@ def in_orthanc(pacs: Orthanc, sop_uid: str) -> bool:
     return any(item["Type"] == "Instance" for item in found or [])
 
 
-def stow_answer(stored: list[str] = (), failed: dict[str, int] | None = None) -> bytes:  # type: ignore[assignment]
+def stow_answer(stored: Sequence[str] = (), failed: dict[str, int] | None = None) -> bytes:
     """A STOW-RS response body listing ``stored`` and ``failed`` (UID -> FailureReason)."""
     answer = Dataset()
     answer.ReferencedSOPSequence = [_item(uid) for uid in stored]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
@@ -20,17 +19,9 @@ from dicom_node.schema import Study, StudyState, utcnow
 from tests.conftest import get_free_port
 from tests.orchestration.conftest import add_study
 from tests.orchestration.studies import ct_series
-from tests.peers import Orthanc, have_dicomweb_plugin, run_orthanc
+from tests.peers import Orthanc
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def web_pacs(tmp_path: Path) -> Iterator[Orthanc]:
-    if not have_dicomweb_plugin():
-        pytest.skip("Orthanc's DICOMweb plugin is not installed")
-    with run_orthanc(tmp_path, dicomweb=True) as pacs:
-        yield pacs
 
 
 def connector(url: str) -> DicomwebConnector:
