@@ -25,6 +25,7 @@ import asyncio
 import hmac
 import logging
 import os
+import re
 import socket
 import tempfile
 import threading
@@ -65,6 +66,7 @@ MEDIA_TYPE_NOT_SUPPORTED = 0x0122
 START_TIMEOUT_S = 30.0
 # Seconds an HTTP connection may stay silent (before its first request, or between two).
 KEEP_ALIVE_S = 5
+_UID = re.compile(r"[0-9]{1,64}(\.[0-9]{1,64}){0,63}")
 STOP_GRACE_S = 30.0
 
 
@@ -279,10 +281,11 @@ class StowApp:
 
     async def _stow(self, request: Request) -> Response:
         study = request.path_params.get("study")
-        log: dict[str, Any] = {
-            "client": request.client.host if request.client else None,
-            "study_uid": study,
-        }
+        log: dict[str, Any] = {"client": request.client.host if request.client else None}
+        if study is not None and not _UID.fullmatch(study):
+            # Checked before it is logged: no control character from the network in a log.
+            return _error(400, "the URL's study is not a Study Instance UID", log)
+        log["study_uid"] = study
         refusal = self._refusal(request, log)
         if refusal is not None:
             return refusal
@@ -322,12 +325,12 @@ class StowApp:
         self, stored: list[_Part], status: int, reason: str, log: dict[str, Any]
     ) -> Response:
         """A request cut short: the reason, and the parts stored before it."""
+        if not stored:
+            return _error(status, reason, log)
         logger.warning(
             "STOW-RS request cut short",
             extra={**log, "http_status": status, "reason": reason, "stored": len(stored)},
         )
-        if not stored:
-            return _error(status, reason, log)
         return stow_response(stored, status)
 
     async def _chunks(self, request: Request) -> AsyncIterator[bytes]:

@@ -185,6 +185,23 @@ def test_study_scoped_post_refuses_instances_of_other_studies(
     node.assert_up_and_clean()
 
 
+@pytest.mark.parametrize("study_path", ["1.2.x", "1.2%0Aforged%20log%20line", "1" * 65])
+def test_a_url_study_that_is_not_a_uid_is_400(
+    receiving: Callable[..., Receiving],
+    study: list[Path],
+    study_path: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    node = receiving()
+    answer = node.post(multipart([p.read_bytes() for p in study]), path="/" + study_path)
+    assert (answer.status_code, answer.text) == (
+        400,
+        "the URL's study is not a Study Instance UID\n",
+    )
+    assert "forged" not in caplog.text
+    node.assert_up_and_clean()
+
+
 @pytest.mark.parametrize(
     "content_type",
     [
