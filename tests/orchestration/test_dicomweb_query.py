@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 from pathlib import Path
 
 import pydicom
@@ -19,6 +20,7 @@ from dicom_node.schema import Study, StudyState, utcnow
 from tests.conftest import get_free_port
 from tests.orchestration.conftest import add_study
 from tests.orchestration.studies import ct_series
+from tests.orchestration.web_archive import Answer, run_web_archive
 from tests.peers import Orthanc
 
 pytestmark = pytest.mark.integration
@@ -88,3 +90,19 @@ def test_wado_retrieves_every_instance_of_a_study(web_pacs: Orthanc, tmp_path: P
 def test_wado_of_an_unknown_study_names_the_status(web_pacs: Orthanc, tmp_path: Path) -> None:
     with pytest.raises(DicomwebError, match=r"WADO-RS study: HTTP 404"):
         retrieve_study(connector(web_pacs.dicomweb_url), "1.2.3.999", tmp_path / "none")
+
+
+def test_an_archive_that_omits_the_counts_gives_no_evidence() -> None:
+    study = {"0020000D": {"vr": "UI", "Value": ["1.2.3"]}}
+    series = {"0020000E": {"vr": "UI", "Value": ["1.2.3.1"]}}
+    json_type = {"Content-Type": "application/dicom+json"}
+    with run_web_archive() as archive:
+        archive.answers = [
+            Answer(200, json.dumps([study]).encode(), json_type),
+            Answer(200, json.dumps([series]).encode(), json_type),
+        ]
+        assert find_study_counts(connector(archive.url), ["1.2.3"]) == {}
+        paths = [path for path, _, _ in archive.received]
+    assert paths[0].startswith("/dicom-web/studies?")
+    assert "includefield=NumberOfStudyRelatedInstances" in paths[0]
+    assert paths[1].startswith("/dicom-web/studies/1.2.3/series?")
