@@ -13,10 +13,12 @@ C-STORE status as FailureReason; 200 when all were stored, 202 when some, 409 wh
 Before a byte of the body is read: the client's address must be allowed (403), a
 bearer token from ``tokens_file`` must be presented when one is configured (401; with
 ``tls.ca_file`` the TLS layer has already required a client certificate), the content
-type must be multipart/related of application/dicom (415), and a declared length must
-fit ``max_body_mb`` (413). A body that grows past it (413), stalls longer than
-``node.network_timeout_seconds`` (408), or ends before its closing boundary (400)
-loses only the part in progress; the parts already stored are listed in the answer.
+type must be multipart/related of application/dicom (415), a declared length must
+fit ``max_body_mb`` (413), and the spool must keep ``node.min_free_disk_mb`` free after
+it (503 with Retry-After, as C-STORE answers 0xA700). A body that grows past the limit
+(413), stalls longer than ``node.network_timeout_seconds`` (408), or ends before its
+closing boundary (400) loses only the part in progress; the parts already stored are
+listed in the answer.
 """
 
 from __future__ import annotations
@@ -66,6 +68,8 @@ MEDIA_TYPE_NOT_SUPPORTED = 0x0122
 START_TIMEOUT_S = 30.0
 # Seconds an HTTP connection may stay silent (before its first request, or between two).
 KEEP_ALIVE_S = 5
+# Retry-After (seconds) when the spool is below node.min_free_disk_mb.
+RETRY_AFTER_FULL_S = 60
 _UID = re.compile(r"[0-9]{1,64}(\.[0-9]{1,64}){0,63}")
 STOP_GRACE_S = 30.0
 
@@ -192,9 +196,12 @@ class BearerTokens:
         return any(matches)
 
 
-def _error(status: int, reason: str, log: dict[str, Any]) -> Response:
+def _error(
+    status: int, reason: str, log: dict[str, Any], headers: dict[str, str] | None = None
+) -> Response:
     logger.warning("STOW-RS refused", extra={**log, "http_status": status, "reason": reason})
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    if status == 401:
+        headers = {"WWW-Authenticate": "Bearer"}
     return Response(reason + "\n", status_code=status, media_type="text/plain", headers=headers)
 
 
@@ -262,8 +269,13 @@ class StowApp:
         if not options.get(b"boundary"):
             return _error(400, "the content type has no boundary", log)
         length = request.headers.get("content-length", "")
-        if length.isdigit() and int(length) > self.max_body:
+        declared = int(length) if length.isdigit() else 0
+        if declared > self.max_body:
             return _error(413, f"the body is larger than max_body_mb ({self.max_body} bytes)", log)
+        if self.spool.free_bytes() - declared < self.handler.min_free_bytes:
+            # Like C-STORE's 0xA700: the sender retries later, nothing is half-written.
+            headers = {"Retry-After": str(RETRY_AFTER_FULL_S)}
+            return _error(503, "free disk below node.min_free_disk_mb", log, headers)
         return None
 
     @property

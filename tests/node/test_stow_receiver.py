@@ -391,3 +391,16 @@ def test_a_silent_connection_is_closed_and_holds_no_slot(
         assert sock.recv(1024) == b""  # closed by the node, not by the test's timeout
         assert time.monotonic() - started < 5
     node.assert_up_and_clean()  # the only slot is free again
+
+
+def test_a_full_disk_is_503_with_retry_after(
+    receiving: Callable[..., Receiving], study: list[Path]
+) -> None:
+    node = receiving()
+    node.node.service.listener.handler.min_free_bytes = 1 << 60  # a floor no disk meets
+    answer = node.post(multipart([study[0].read_bytes()]))
+    assert (answer.status_code, answer.headers["Retry-After"]) == (503, "60")
+    assert answer.text == "free disk below node.min_free_disk_mb\n"
+    assert node.stored() == 0
+    node.node.service.listener.handler.min_free_bytes = 0
+    node.assert_up_and_clean()
