@@ -1,4 +1,5 @@
-"""QIDO-RS: how many instances a DICOMweb peer holds of a study, for completion by counts.
+"""QIDO-RS: how many instances a DICOMweb peer holds of a study, for completion by counts
+(and a one-study query that checks the link, for ``dicom-node echo``).
 
 The DICOMweb counterpart of `dicom_node.scu.find_study_counts`: per study, one
 ``GET /studies?StudyInstanceUID=...&includefield=NumberOfStudyRelatedInstances`` and
@@ -110,3 +111,19 @@ def find_study_counts(
                 counts[uid] = found
     logger.debug("QIDO-RS counts", extra={"peer": connector.peer.name, "studies": len(counts)})
     return counts
+
+
+def ping(connector: DicomwebConnector) -> int:
+    """QIDO-RS ``GET /studies?limit=1``, to check the link (``dicom-node echo``); how many
+    studies came back (0 or 1).
+
+    Raises
+    ------
+    DicomwebError
+        When the peer cannot be reached, refuses the credentials or answers an error.
+    """
+    with connector.client() as client:
+        found = dicomweb_call(
+            connector, "QIDO-RS studies", partial(client.search_for_studies, limit=1)
+        )
+    return len(found)

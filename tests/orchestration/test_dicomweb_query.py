@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from dicom_node.cli import main
 from dicom_node.completion import CompletionScanner
 from dicom_node.config import CompletionSection, DicomwebPeerConfig
 from dicom_node.dicomweb_auth import DicomwebConnector, DicomwebError
@@ -19,6 +20,7 @@ from dicom_node.dicomweb_retrieve import retrieve_study
 from dicom_node.schema import Study, StudyState, utcnow
 from tests.conftest import get_free_port
 from tests.orchestration.conftest import add_study
+from tests.orchestration.node import write_config
 from tests.orchestration.studies import ct_series
 from tests.orchestration.web_archive import Answer, run_web_archive
 from tests.peers import Orthanc
@@ -106,3 +108,22 @@ def test_an_archive_that_omits_the_counts_gives_no_evidence() -> None:
     assert paths[0].startswith("/dicom-web/studies?")
     assert "includefield=NumberOfStudyRelatedInstances" in paths[0]
     assert paths[1].startswith("/dicom-web/studies/1.2.3/series?")
+
+
+def test_echo_checks_a_dicomweb_peer_with_qido(
+    web_pacs: Orthanc, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    down = f"http://127.0.0.1:{get_free_port()}/dicom-web"
+    peers = [
+        {"name": "pacs", "kind": "dicomweb", "url": web_pacs.dicomweb_url},
+        {"name": "down", "kind": "dicomweb", "url": down},
+    ]
+    config = write_config(tmp_path / "node.toml", {"peers": peers})
+    assert main(["echo", "pacs", "-c", str(config)]) == 0
+    assert f"QIDO-RS {web_pacs.dicomweb_url}: answered (0 study listed)" in capsys.readouterr().out
+    assert main(["echo", "down", "-c", str(config)]) == 1
+    assert "QIDO-RS failed: DICOMweb peer down: QIDO-RS studies: ConnectionError" in (
+        capsys.readouterr().err
+    )
+    assert main(["send", str(tmp_path), "--to", "pacs", "-c", str(config)]) == 2
+    assert "'pacs' is a DICOMweb peer" in capsys.readouterr().err
