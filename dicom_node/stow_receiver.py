@@ -5,10 +5,11 @@
 type="application/dicom"`` body. The body is parsed as it streams in; each part is
 written to a temp file in the spool's ``incoming/`` folder, and as soon as a part is
 complete it goes through `dicom_node.scp.StoreHandler.store_file` (fsync, header
-read, rename into the spool, rows committed), so memory stays flat and no instance
-waits for the rest of the request. The answer lists each instance (PS3.18 10.5.3):
-stored ones in ReferencedSOPSequence, refused ones in FailedSOPSequence with the
-C-STORE status as FailureReason; 200 when all were stored, 202 when some, 409 when none.
+read, rename into the spool, rows committed; a few parts at once, in threads), so
+memory stays flat and no instance waits for the rest of the request. The answer lists
+each instance (PS3.18 10.5.3): stored ones in ReferencedSOPSequence, refused ones in
+FailedSOPSequence with the C-STORE status as FailureReason; 200 when all were stored,
+202 when some, 409 when none.
 
 Before a byte of the body is read: the client's address must be allowed (403), a
 bearer token from ``tokens_file`` must be presented when one is configured (401; with
@@ -32,7 +33,7 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from ipaddress import ip_address, ip_network
 from pathlib import Path
@@ -68,8 +69,10 @@ MEDIA_TYPE_NOT_SUPPORTED = 0x0122
 START_TIMEOUT_S = 30.0
 # Seconds an HTTP connection may stay silent (before its first request, or between two).
 KEEP_ALIVE_S = 5
-# Retry-After (seconds) when the spool is below node.min_free_disk_mb.
-RETRY_AFTER_FULL_S = 60
+# Parts of one request stored at once.
+PARALLEL_STORES = 4
+# Retry-After (seconds) of a 503: the spool is full or cannot be written.
+RETRY_LATER_S = 60
 _UID = re.compile(r"[0-9]{1,64}(\.[0-9]{1,64}){0,63}")
 STOP_GRACE_S = 30.0
 
@@ -159,6 +162,26 @@ class _PartWriter:
         self.done.clear()
 
 
+class _Stores:
+    """Parts being stored, at most ``depth`` at once (their fsyncs overlap, as those of
+    several associations do), with their outcomes in the order of the body."""
+
+    def __init__(self, depth: int) -> None:
+        self.depth = depth
+        self._tasks: list[asyncio.Future[_Part]] = []
+
+    async def add(self, store: Awaitable[_Part]) -> None:
+        """Start storing a part; wait while ``depth`` are being stored."""
+        self._tasks.append(asyncio.ensure_future(store))
+        running = [task for task in self._tasks if not task.done()]
+        if len(running) >= self.depth:
+            await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+
+    async def outcomes(self) -> list[_Part]:
+        """Every part's outcome, once all are stored."""
+        return list(await asyncio.gather(*self._tasks))
+
+
 class BearerTokens:
     """The tokens allowed to write, one per line of ``path`` (``#`` starts a comment);
     re-read when the file changes, so that a token is revoked without a restart."""
@@ -196,13 +219,12 @@ class BearerTokens:
         return any(matches)
 
 
-def _error(
-    status: int, reason: str, log: dict[str, Any], headers: dict[str, str] | None = None
-) -> Response:
+def _error(status: int, reason: str, log: dict[str, Any]) -> Response:
     logger.warning("STOW-RS refused", extra={**log, "http_status": status, "reason": reason})
-    if status == 401:
-        headers = {"WWW-Authenticate": "Bearer"}
-    return Response(reason + "\n", status_code=status, media_type="text/plain", headers=headers)
+    headers = {401: {"WWW-Authenticate": "Bearer"}, 503: {"Retry-After": str(RETRY_LATER_S)}}
+    return Response(
+        reason + "\n", status_code=status, media_type="text/plain", headers=headers.get(status)
+    )
 
 
 def stow_response(parts: list[_Part], http_status: int | None = None) -> Response:
@@ -274,8 +296,7 @@ class StowApp:
             return _error(413, f"the body is larger than max_body_mb ({self.max_body} bytes)", log)
         if self.spool.free_bytes() - declared < self.handler.min_free_bytes:
             # Like C-STORE's 0xA700: the sender retries later, nothing is half-written.
-            headers = {"Retry-After": str(RETRY_AFTER_FULL_S)}
-            return _error(503, "free disk below node.min_free_disk_mb", log, headers)
+            return _error(503, "free disk below node.min_free_disk_mb", log)
         return None
 
     @property
@@ -304,29 +325,37 @@ class StowApp:
         _, options = parse_options_header(request.headers["content-type"])
         writer = _PartWriter(self.spool.incoming_dir)
         parser = MultipartParser(options[b"boundary"], writer.callbacks())
-        stored: list[_Part] = []
+        stores = _Stores(PARALLEL_STORES)
+        failure: tuple[int, str] | None = None
         received = 0
         try:
             async for chunk in self._chunks(request):
                 # Parts that end within the limit are stored, whatever the chunking.
                 parser.write(chunk[: max(0, self.max_body - received)])
                 received += len(chunk)
-                stored.extend([await self._store(part, study, log) for part in writer.done])
+                for part in writer.done:
+                    await stores.add(self._store(part, study, log))
                 writer.done.clear()
                 if received > self.max_body:
-                    return self._after_failure(stored, 413, "the body grew past max_body_mb", log)
-            parser.finalize()
+                    failure = (413, "the body grew past max_body_mb")
+                    break
+            else:
+                parser.finalize()
+                if not writer.ended:
+                    failure = (400, "the body ended before its last boundary")
         except MultipartParseError as exc:
-            return self._after_failure(stored, 400, f"malformed multipart body: {exc}", log)
+            failure = (400, f"malformed multipart body: {exc}")
         except TimeoutError:
-            return self._after_failure(stored, 408, "the body stalled", log)
+            failure = (408, "the body stalled")
         except ClientDisconnect:
-            logger.warning("STOW-RS sender disconnected", extra={**log, "stored": len(stored)})
-            return Response(status_code=400)
+            failure = (400, "the sender disconnected")
+        except OSError as exc:  # writing a part to incoming/: disk full, permissions
+            failure = (503, f"cannot write the incoming part: {exc.strerror}")
         finally:
             writer.discard()
-        if not writer.ended:
-            return self._after_failure(stored, 400, "the body ended before its last boundary", log)
+            stored = await stores.outcomes()  # every part handed over is finished
+        if failure is not None:
+            return self._after_failure(stored, *failure, log)
         logger.info(
             "STOW-RS request stored",
             extra={**log, "instances": len(stored), "failed": sum(p.status != 0 for p in stored)},

@@ -3,6 +3,7 @@ with the right HTTP status or FailureReason, the node still up, nothing half-wri
 
 from __future__ import annotations
 
+import errno
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -403,4 +404,21 @@ def test_a_full_disk_is_503_with_retry_after(
     assert answer.text == "free disk below node.min_free_disk_mb\n"
     assert node.stored() == 0
     node.node.service.listener.handler.min_free_bytes = 0
+    node.assert_up_and_clean()
+
+
+def test_a_disk_that_fills_while_a_part_is_written_is_503(
+    receiving: Callable[..., Receiving], study: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node = receiving()
+
+    def full(*args: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(stow_receiver._PartWriter, "_data", full)
+        answer = node.post(multipart([study[0].read_bytes()]))
+    assert (answer.status_code, answer.headers["Retry-After"]) == (503, "60")
+    assert answer.text == "cannot write the incoming part: No space left on device\n"
+    assert node.stored() == 0
     node.assert_up_and_clean()
