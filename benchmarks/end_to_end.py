@@ -39,8 +39,8 @@ from sqlalchemy import func, select
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dicom_node.db import create_db_engine, session_factory
-from dicom_node.schema import Delivery, Instance, Job, Study, WorkState
+from dicom_node.db.schema import Delivery, Instance, Job, Study, WorkState
+from dicom_node.db.sessions import create_db_engine, session_factory
 from tests.conftest import get_free_port
 from tests.orchestration.node import node_document, run_node, wait_until, write_config
 from tests.orchestration.studies import ct_series

@@ -11,17 +11,19 @@ Run:  python -m benchmarks.receive_floor PORT INCOMING_DIR
 
 from __future__ import annotations
 
+import functools
 import signal
 import sys
 import tempfile
 import threading
 from pathlib import Path
 
-from pynetdicom import _config, evt
+from pynetdicom import evt
 from pynetdicom.events import Event
 
 from dicom_node.config import parse_config
-from dicom_node.scp import ListenerRequestHandler, ListenerServer, build_listener_ae
+from dicom_node.net.pynetdicom_internals import receive_into_files
+from dicom_node.net.scp import build_listener_ae, make_listener_server
 
 FLOOR_AET = "FLOOR"
 
@@ -33,20 +35,16 @@ def answer_success(_event: Event) -> int:
 def main() -> int:
     port, incoming = int(sys.argv[1]), Path(sys.argv[2])
     incoming.mkdir(parents=True, exist_ok=True)
-    config = parse_config({"node": {"ae_title": FLOOR_AET, "port": port}}, "floor", incoming)
-    _config.STORE_RECV_CHUNKED_DATASET = True
-    tempfile.tempdir = str(incoming)
-    ae = build_listener_ae(config)
-    server = ae.make_server(
-        ("127.0.0.1", port),
-        evt_handlers=[(evt.EVT_C_STORE, answer_success)],
-        server_class=ListenerServer,
-        request_handler=ListenerRequestHandler,
+    config = parse_config(
+        {"node": {"ae_title": FLOOR_AET, "host": "127.0.0.1", "port": port}}, "floor", incoming
     )
+    ae = build_listener_ae(config)
+    server = make_listener_server(ae, config, [(evt.EVT_C_STORE, answer_success)])
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    stop.wait()  # the benchmark stops it between runs; nothing in flight matters
+    with receive_into_files(functools.partial(tempfile.NamedTemporaryFile, dir=incoming)):
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        stop.wait()  # the benchmark stops it between runs; nothing in flight matters
     return 0
 
 

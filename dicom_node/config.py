@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -28,6 +29,7 @@ from pydicom.datadict import tag_for_keyword
 from pynetdicom.utils import set_ae
 
 from dicom_node.errors import ConfigError
+from dicom_node.uid_syntax import is_uid
 
 # Match keys that are not DICOM keywords but facts of the association.
 ASSOCIATION_MATCH_KEYS = frozenset({"CallingAETitle"})
@@ -60,6 +62,8 @@ class TlsSection(_Section):
 
 
 class NodeSection(_Section):
+    """``[node]``: who and where the listener is, storage, database, limits, logging."""
+
     ae_title: AETitle = "AINODE"
     host: str = "0.0.0.0"
     port: Port = 11112
@@ -69,6 +73,8 @@ class NodeSection(_Section):
     duplicate_policy: Literal["keep_first", "replace"] = "keep_first"
     private_sop_classes: list[str] = []
     max_associations: int = Field(default=32, ge=1)
+    max_associations_per_host: int = Field(default=16, ge=1)
+    association_request_timeout_seconds: float = Field(default=5.0, gt=0)
     network_timeout_seconds: float = Field(default=60.0, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -78,7 +84,7 @@ class NodeSection(_Section):
     @classmethod
     def _uids(cls, value: list[str]) -> list[str]:
         for uid in value:
-            if not re.fullmatch(r"[0-9]+(\.[0-9]+)*", uid) or len(uid) > 64:
+            if not is_uid(uid):
                 raise ValueError(f"not a valid UID {uid!r}")
         return value
 
@@ -93,15 +99,19 @@ def _networks(value: list[str]) -> list[str]:
 
 
 class SecuritySection(_Section):
-    allowed_calling_aets: list[str] = []
+    """``[security]``: who may associate (AE titles, addresses) and the listener's TLS."""
+
+    allowed_calling_aets: list[Annotated[AETitle, AfterValidator(_ae_title)]] = []
     allowed_hosts: list[str] = []
+    check_called_aet: bool = True
     tls: TlsSection | None = None
 
     _validate_hosts = field_validator("allowed_hosts")(classmethod(lambda cls, v: _networks(v)))
 
 
 class PeerConfig(_Section):
-    """A DIMSE peer (``kind = "dimse"``, the default): C-STORE, C-FIND, commitment."""
+    """One ``[[peers]]`` entry of ``kind = "dimse"`` (the default): a DICOM peer results
+    go to (C-STORE, storage commitment), or counts come from (C-FIND)."""
 
     kind: Literal["dimse"] = "dimse"
     name: str = Field(min_length=1)
@@ -208,6 +218,8 @@ Peer = Annotated[
 
 
 class CompletionSection(_Section):
+    """``[completion]``: when a study counts as complete (quiet timer, C-FIND counts)."""
+
     stable_seconds: float = Field(default=30.0, ge=0)
     query_peer: str | None = None
     min_seconds: float = Field(default=5.0, ge=0)
@@ -224,6 +236,8 @@ class CompletionSection(_Section):
 
 
 class ModelConfig(_Section):
+    """One ``[[models]]`` entry: a model package and the backend and device to run it on."""
+
     name: str = Field(min_length=1)
     path: Path
     backend: Literal["auto", "tensorrt", "onnxruntime", "torch"] = "auto"
@@ -231,6 +245,8 @@ class ModelConfig(_Section):
 
 
 class RegexMatch(_Section):
+    """A route condition ``{regex = "..."}``: the value must contain a match."""
+
     regex: str
 
     @field_validator("regex")
@@ -244,6 +260,8 @@ class RegexMatch(_Section):
 
 
 class RangeMatch(_Section):
+    """A route condition ``{min = .., max = ..}``: a closed numeric range."""
+
     min: float | None = None
     max: float | None = None
 
@@ -304,9 +322,12 @@ class RouteConfig(_Section):
 
 
 class WorkerSection(_Section):
+    """``[worker]``: inference threads, retries with capped backoff, leases, ONNX threads."""
+
     count: int = Field(default=1, ge=0)
     max_attempts: int = Field(default=3, ge=1)
     retry_backoff_seconds: float = Field(default=30.0, ge=0)
+    retry_backoff_max_seconds: float = Field(default=1800.0, ge=0)
     poll_seconds: float = Field(default=1.0, gt=0)
     intra_op_threads: int = Field(default=0, ge=0)
     inter_op_threads: int = Field(default=0, ge=0)
@@ -314,6 +335,8 @@ class WorkerSection(_Section):
 
 
 class DeliverySection(_Section):
+    """``[delivery]``: retries with capped backoff, timeouts, batches, commitment wait."""
+
     max_attempts: int = Field(default=12, ge=1)
     backoff_initial_seconds: float = Field(default=10.0, ge=0)
     backoff_max_seconds: float = Field(default=600.0, ge=0)
@@ -323,7 +346,18 @@ class DeliverySection(_Section):
     commitment_timeout_seconds: float = Field(default=3600.0, gt=0)
 
 
+class ResultsSection(_Section):
+    """How result objects are labelled and encoded (`sr_writer.build_results`)."""
+
+    manufacturer: str | None = Field(default=None, min_length=1, max_length=64)
+    institution_name: str | None = Field(default=None, min_length=1, max_length=64)
+    segmentation: Literal["binary", "fractional"] = "binary"
+    parametric_maps: bool = False
+
+
 class RetentionSection(_Section):
+    """``[retention]``: how long spooled instances and results are kept."""
+
     keep_hours: float = Field(default=72.0, ge=0)
     delete_when_done: bool = False
     scan_interval_seconds: float = Field(default=300.0, gt=0)
@@ -357,6 +391,8 @@ class DicomwebSection(_Section):
 
 
 class MetricsSection(_Section):
+    """``[metrics]``: the Prometheus endpoint, off by default."""
+
     enabled: bool = False
     host: str = "127.0.0.1"
     port: Port = 9108
@@ -373,6 +409,7 @@ class NodeConfig(_Section):
     routes: list[RouteConfig] = []
     worker: WorkerSection = WorkerSection()
     delivery: DeliverySection = DeliverySection()
+    results: ResultsSection = ResultsSection()
     retention: RetentionSection = RetentionSection()
     metrics: MetricsSection = MetricsSection()
     dicomweb: DicomwebSection = DicomwebSection()

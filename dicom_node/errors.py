@@ -17,9 +17,10 @@ class ConfigError(DicomNodeError):
         super().__init__(f"{path}: {len(problems)} problem(s)\n{lines}")
 
 
-class PeerUnavailable(DicomNodeError):
-    """A peer gave no usable answer (no association, no HTTP response, an error status);
-    ``reason`` says why. Subclasses: ``scu.AssociationError`` (DIMSE) and
-    ``dicomweb_auth.DicomwebError`` (DICOMweb)."""
+class PeerError(DicomNodeError):
+    """A peer could not be reached, refused or dropped us, or did not answer; ``reason``
+    says which (`dicom_node.net.scu.AssociationError` adds the peer)."""
 
-    reason: str
+    def __init__(self, message: str, reason: str) -> None:
+        self.reason = reason
+        super().__init__(message)

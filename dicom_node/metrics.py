@@ -22,8 +22,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.config import MetricsSection
-from dicom_node.schema import Delivery, Job, WorkState, utcnow
-from dicom_node.timestamps import as_utc
+from dicom_node.db.schema import Delivery, Job, WorkState, utcnow
+from dicom_node.db.timestamps import as_utc
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +57,7 @@ class QueueCollector(Collector):
         self._sessions = sessions
 
     def collect(self) -> Iterator[Metric]:
+        """Jobs and deliveries by state, queue depth and oldest queued age, read now."""
         jobs = GaugeMetricFamily(
             "dicom_node_jobs", "Jobs by state and model", labels=["state", "model"]
         )

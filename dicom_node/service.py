@@ -1,17 +1,10 @@
 """One node process: the components its role needs, started together, stopped cleanly.
 
-``dicom-node serve --role listener|worker|all`` builds a :class:`Service`. Each entry
-of :data:`COMPONENTS` is ``(roles, build)``: when the process's role is in ``roles``,
-``build(service)`` is called once to add what it needs, either
-
-* a long-running part with ``service.add_component(component)`` (anything with
-  ``start()`` and ``stop()``; started in order, stopped in reverse order), or
-* a periodic job with ``service.add_job(func, seconds, name)`` on the shared
-  APScheduler scheduler (one run at a time per job, the first run at start-up, so
-  that work left over while the node was down is picked up at once).
-
-Extension point: orchestration adds routing, workers and delivery by appending to
-``COMPONENTS`` (e.g. ``(WORKER_ROLES, add_workers)``), nothing else changes.
+``dicom-node serve --role listener|worker|all`` builds a :class:`Service`: the database
+engine, the spool, our AE identity and a scheduler, then whatever
+`dicom_node.roles.COMPONENTS` lists for its role (listener, completion, routing,
+workers, delivery, retention, metrics), added through :meth:`Service.add_component`
+and :meth:`Service.add_job`.
 
 On SIGTERM or SIGINT the listener stops accepting associations and lets C-STOREs in
 flight finish, the scheduler finishes running jobs, the other components stop, and
@@ -20,44 +13,25 @@ flight finish, the scheduler finishes running jobs, the other components stop, a
 
 from __future__ import annotations
 
-import functools
 import logging
 import signal
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from types import FrameType
-from typing import Literal, Protocol
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node import orchestration
-from dicom_node.completion import CompletionScanner, CountSource
-from dicom_node.config import DicomwebPeerConfig, NodeConfig
-from dicom_node.db import create_db_engine, session_factory
-from dicom_node.dicomweb_auth import DicomwebConnector
-from dicom_node.dicomweb_query import find_study_counts as qido_study_counts
-from dicom_node.scp import Listener
-from dicom_node.scu import LocalAE, find_study_counts
-from dicom_node.spool import Spool
-from dicom_node.stow_receiver import StowReceiver
+from dicom_node.config import NodeConfig
+from dicom_node.db.sessions import create_db_engine, session_factory
+from dicom_node.intake.spool import Spool
+from dicom_node.net.scp import Listener
+from dicom_node.net.scu import LocalAE
+from dicom_node.roles import COMPONENTS, ROLES, Component, Role
 
 logger = logging.getLogger(__name__)
-
-Role = Literal["listener", "worker", "all"]
-ROLES: tuple[Role, ...] = ("listener", "worker", "all")
-LISTENER_ROLES = frozenset({"listener", "all"})
-WORKER_ROLES = frozenset({"worker", "all"})
-
-
-class Component(Protocol):
-    """A long-running part of the process."""
-
-    def start(self) -> None: ...
-
-    def stop(self) -> None: ...
 
 
 class Service:
@@ -68,7 +42,7 @@ class Service:
     config
         The validated config.
     role
-        Which parts run here; see :data:`COMPONENTS`.
+        Which parts run here; see `dicom_node.roles.COMPONENTS`.
     engine
         A database engine to share (tests); by default one for ``node.database_url``.
     """
@@ -93,6 +67,7 @@ class Service:
                 build(self)
 
     def add_component(self, component: Component) -> None:
+        """Start ``component`` with the others (in order) and stop it in reverse order."""
         self.components.append(component)
 
     def add_job(self, func: Callable[[], object], seconds: float, name: str) -> None:
@@ -159,55 +134,3 @@ class Service:
         finally:
             self.stop()
         return 0
-
-
-def add_listener(service: Service) -> None:
-    """The DICOM listener (C-ECHO, C-STORE into the spool and the index)."""
-    service.listener = Listener(service.config, service.sessions, service.spool)
-    service.add_component(service.listener)
-
-
-def add_stow_receiver(service: Service) -> None:
-    """The STOW-RS receiver, when ``[dicomweb] enabled``: stores through the listener's
-    C-STORE handler, so it needs the listener (added before it)."""
-    if not service.config.dicomweb.enabled:
-        return
-    if service.listener is None:
-        raise RuntimeError("the STOW-RS receiver needs the listener (listener role)")
-    receiver = StowReceiver(service.config, service.listener.handler, service.spool)
-    service.add_component(receiver)
-
-
-def add_completion(service: Service) -> None:
-    """The completion scan: quiet timer, and the query peer's counts when one is set
-    (C-FIND, or QIDO-RS for a DICOMweb peer)."""
-    settings = service.config.completion
-    counts: CountSource | None = None
-    evidence = "C-FIND"
-    if settings.query_peer is not None:
-        peer = service.config.peer(settings.query_peer)
-        if isinstance(peer, DicomwebPeerConfig):
-            counts = functools.partial(qido_study_counts, DicomwebConnector(peer))
-            evidence = "QIDO-RS"
-        else:
-            counts = functools.partial(find_study_counts, service.local_ae, peer)
-    scanner = CompletionScanner(service.sessions, settings, counts, evidence=evidence)
-    service.add_job(scanner.scan, settings.scan_interval_seconds, "completion")
-
-
-Builder = Callable[[Service], None]
-
-# (roles that run it, what it adds). Orchestration appends its own entries here.
-COMPONENTS: list[tuple[frozenset[str], Builder]] = [
-    (LISTENER_ROLES, add_listener),
-    (LISTENER_ROLES, add_stow_receiver),
-    (LISTENER_ROLES, add_completion),
-    # Orchestration (dicom_node.orchestration): routing, commitment reports, retention,
-    # workers with crash recovery, delivery, metrics.
-    (LISTENER_ROLES, orchestration.add_routing),
-    (LISTENER_ROLES, orchestration.add_commitment_reports),
-    (LISTENER_ROLES, orchestration.add_retention),
-    (WORKER_ROLES, orchestration.add_workers),
-    (WORKER_ROLES, orchestration.add_delivery),
-    (frozenset(ROLES), orchestration.add_metrics),
-]

@@ -9,9 +9,12 @@
   ``spec`` (`ModelSpec`) holds name, version, task and modalities;
 * the errors: `InferenceError` and its subclasses `ModelPackageError` (broken
   package), `UnsupportedSeriesError` (skip the job) and `BackendUnavailableError`;
-* the Prediction types shared with `sr_writer`.
+* the Prediction types shared with `sr_writer`;
+* `atomic_write` and `fsync_dir`, the project's one durable-write rule (temp name,
+  fsync, rename), which the node's outbox and spool use too.
 """
 
+from inference.atomic_file import atomic_write, fsync_dir
 from inference.devices import GpuGate
 from inference.errors import (
     BackendUnavailableError,
@@ -57,6 +60,8 @@ __all__ = [
     "Segmentation",
     "Task",
     "UnsupportedSeriesError",
+    "atomic_write",
+    "fsync_dir",
     "load_model",
     "validate_package",
 ]

@@ -2,8 +2,8 @@
 
 An engine is only valid for the exact ONNX file, TensorRT version, GPU model and
 precision (and the batch/shape profile) it was built for, so all of these go into
-the key. Files are written to a temporary name and renamed, so that a node killed
-mid-write never leaves a truncated engine that the next start would load.
+the key. Files are written with `atomic_write` (temp name, fsync, rename), so that a
+node killed mid-write never leaves a truncated engine that the next start would load.
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ import hashlib
 import logging
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from inference.atomic_file import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -87,15 +88,6 @@ class EngineCache:
         """
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.path(model_name, key)
-        fd, temp = tempfile.mkstemp(dir=self.folder, prefix=".partial-", suffix=ENGINE_SUFFIX)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(engine)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temp, path)
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
+        atomic_write(path, lambda handle: handle.write(engine))
         logger.info("stored TensorRT engine %s (%d bytes)", path, len(engine))
         return path

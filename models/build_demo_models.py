@@ -1,25 +1,29 @@
-"""Build the demonstration model packages shipped in ``models/``, from scratch.
+"""Build the demonstration CT package from scratch; hold what both demo builds share.
 
-    python models/build_demo_models.py   # writes models/demo-ct-bone, models/demo-cr-classifier
+    python models/build_demo_models.py       # writes models/demo-ct-bone
+    python models/build_demo_classifier.py   # writes models/demo-cr-classifier
 
-Both models learn from images this script generates (fixed seeds, no download), and
-their inputs go through the node's own preprocessing (`inference.preprocessing`), so
-that what a model sees in training is exactly what it sees in the node:
+Both builds learn from images generated here (fixed seeds, no download), whose inputs
+go through the node's own preprocessing (`inference.preprocessing`), so that what a
+model sees in training is exactly what it sees in the node. Both have the same shape:
+``build(out, ...)`` returns the package folder it wrote, ``main`` takes ``--out`` and
+``--scale``. This module holds what they share: the synthetic CT phantoms and
+radiographs, and both packages' specs (``CT_TOML``, ``CR_TOML``).
 
-* ``demo-ct-bone``: a small 2D U-Net that segments high-attenuation structures
-  (HU >= 300, i.e. bone and calcification) on CT slices of any size, fitted to 256 x
-  256 with a fixed HU window. Phantoms hold air, fat, soft tissue, lungs, cortical
-  rings with marrow, vertebra-like discs and blobs just either side of the threshold,
-  with noise and partial-volume blur.
-* ``demo-cr-classifier``: a small CNN with global average pooling and a linear head
-  that tells whether a synthetic radiograph holds a nodule (small dense disc) and/or
-  a mass (large dense disc); it exports its last feature map beside the logits, so
-  the node can draw class activation maps with any backend.
+* ``demo-ct-bone`` (this script): a small 2D U-Net that segments high-attenuation
+  structures (HU >= 300, i.e. bone and calcification) on CT slices of any size,
+  fitted to 256 x 256 with a fixed HU window. Phantoms hold air, fat, soft tissue,
+  lungs, cortical rings with marrow, vertebra-like discs and blobs just either side of
+  the threshold, with noise and partial-volume blur.
+* ``demo-cr-classifier`` (``build_demo_classifier.py``): fine-tuned through the
+  fine-tuning path from a pretrained backbone on radiographs drawn by `radiograph`,
+  to tell whether one holds a nodule (small dense disc) and/or a mass (large dense
+  disc), with class activation maps.
 
 Each package gets ``model.toml``, ``model.onnx`` (runs with ONNX Runtime alone) and
 ``model.pt2`` (a ``torch.export`` program, for the PyTorch backend). They are
 demonstration models, not for clinical use, and their ``model.toml`` says so.
-PyTorch is needed to run this script, not to use the packages.
+PyTorch is needed to build them, not to use the packages.
 """
 
 from __future__ import annotations
@@ -189,16 +193,6 @@ def ct_sample(rng: np.random.Generator) -> tuple[Array, Array]:
     return image, target
 
 
-def cr_sample(rng: np.random.Generator) -> tuple[Array, Array]:
-    """One training pair: letterboxed, percentile-normalised radiograph and its labels."""
-    rows, cols = int(rng.integers(160, 321)), int(rng.integers(140, 321))
-    nodule, mass = bool(rng.random() < 0.45), bool(rng.random() < 0.45)
-    image, _ = radiograph(rng, rows, cols, nodule, mass)
-    fit = plan_fit((rows, cols), CR_SIZE, ResizeMode.LETTERBOX)
-    normalized = to_model(normalize(image[..., np.newaxis], CR_INTENSITY), fit)[..., 0]
-    return normalized, np.asarray([nodule, mass], dtype=np.float32)
-
-
 def make_dataset(
     sample: Callable[[np.random.Generator], tuple[Array, Array]], count: int, seed: int
 ) -> tuple[Array, Array]:
@@ -210,7 +204,8 @@ def make_dataset(
 # --------------------------------------------------------------------------- networks
 
 
-def _networks() -> tuple[type[Any], type[Any]]:
+def _bone_unet() -> Any:
+    """Two-level U-Net, 12/24/48 channels: small, fully convolutional."""
     import torch
     from torch import nn
 
@@ -220,8 +215,6 @@ def _networks() -> tuple[type[Any], type[Any]]:
         )
 
     class BoneUNet(nn.Module):
-        """Two-level U-Net, 12/24/48 channels: small, fully convolutional."""
-
         def __init__(self) -> None:
             super().__init__()
             self.enc1 = nn.Sequential(block(1, 12), block(12, 12))
@@ -241,24 +234,7 @@ def _networks() -> tuple[type[Any], type[Any]]:
             d1 = self.dec1(torch.cat([self.up1(d2), e1], dim=1))
             return self.head(torch.cat([d1, x], dim=1))
 
-    class CamClassifier(nn.Module):
-        """Conv stack, global average pooling, one linear head: CAM-ready by design."""
-
-        def __init__(self, labels: int) -> None:
-            super().__init__()
-            self.features = nn.Sequential(
-                block(1, 16), nn.MaxPool2d(2),
-                block(16, 32), nn.MaxPool2d(2),
-                block(32, 64), nn.MaxPool2d(2),
-                block(64, 64), block(64, 64),
-            )  # fmt: skip
-            self.head = nn.Linear(64, labels)
-
-        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            features = self.features(x)
-            return self.head(features.mean(dim=(2, 3))), features
-
-    return BoneUNet, CamClassifier
+    return BoneUNet()
 
 
 # --------------------------------------------------------------------------- training
@@ -269,7 +245,7 @@ class Training:
     steps: int
     batch: int
     lr: float
-    crop: int | None  # random square crops for the fully convolutional model
+    crop: int  # random square crops for the fully convolutional model
 
 
 def train(
@@ -293,13 +269,11 @@ def train(
     for step in range(plan.steps):
         index = torch.randint(0, len(x_all), (plan.batch,), generator=generator)
         x, y = x_all[index], y_all[index]
-        if plan.crop is not None:
-            top, left = (
-                int(v)
-                for v in torch.randint(0, x.shape[-1] - plan.crop + 1, (2,), generator=generator)
-            )
-            x = x[..., top : top + plan.crop, left : left + plan.crop]
-            y = y[..., top : top + plan.crop, left : left + plan.crop]
+        top, left = (
+            int(v) for v in torch.randint(0, x.shape[-1] - plan.crop + 1, (2,), generator=generator)
+        )
+        x = x[..., top : top + plan.crop, left : left + plan.crop]
+        y = y[..., top : top + plan.crop, left : left + plan.crop]
         optimizer.zero_grad()
         loss = loss_fn(model(x), y)
         loss.backward()
@@ -339,10 +313,6 @@ def _export(
             opset_version=17,
             dynamo=False,
         )
-
-
-def _write(folder: Path, text: str) -> None:
-    (folder / "model.toml").write_text(text.lstrip(), encoding="utf-8")
 
 
 CT_DESCRIPTION = (
@@ -401,7 +371,7 @@ precision = "fp16"
 """
 
 CR_TOML = f"""
-# {NOT_CLINICAL} Built by models/build_demo_models.py from synthetic radiographs.
+# {NOT_CLINICAL} Built by models/build_demo_classifier.py from synthetic radiographs.
 [model]
 name = "demo-cr-classifier"
 version = "1.0.0"
@@ -449,13 +419,13 @@ precision = "fp16"
 """
 
 
-def build_ct(out: Path, scale: float) -> None:
+def build(out: Path, scale: float = 1.0) -> Path:
+    """Generate phantoms, train the U-Net, export the package; return its folder."""
     import torch
 
-    bone_unet, _ = _networks()
     torch.manual_seed(1)
     inputs, targets = make_dataset(ct_sample, max(16, int(400 * scale)), seed=11)
-    model = bone_unet()
+    model = _bone_unet()
     bce = torch.nn.BCEWithLogitsLoss()
     train(
         model,
@@ -466,44 +436,18 @@ def build_ct(out: Path, scale: float) -> None:
         seed=12,
     )
     folder = out / "demo-ct-bone"
-    _fresh(folder)
-    _export(model, torch.from_numpy(inputs[:2]), folder, "image", ["logits"])
-    _write(folder, CT_TOML)
-
-
-def build_cr(out: Path, scale: float) -> None:
-    import torch
-
-    _, cam_classifier = _networks()
-    torch.manual_seed(2)
-    inputs, targets = make_dataset(cr_sample, max(16, int(3000 * scale)), seed=21)
-    model = cam_classifier(len(CR_LABELS))
-    bce = torch.nn.BCEWithLogitsLoss()
-    train(
-        model,
-        inputs,
-        targets,
-        Training(int(600 * scale), 16, 3e-3, None),
-        lambda out, y: bce(out[0], y),
-        seed=22,
-    )
-    folder = out / "demo-cr-classifier"
-    _fresh(folder)
-    _export(model, torch.from_numpy(inputs[:2]), folder, "image", ["logits", "features"])
-    _write(folder, CR_TOML)
-
-
-def _fresh(folder: Path) -> None:
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
+    _export(model, torch.from_numpy(inputs[:2]), folder, "image", ["logits"])
+    (folder / "model.toml").write_text(CT_TOML.lstrip(), encoding="utf-8")
+    return folder
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Parse arguments and build the packages."""
+    """Parse arguments and build the package."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=HERE, help="folder to write the packages into")
-    parser.add_argument("--only", choices=["ct", "cr"], help="build one package")
+    parser.add_argument("--out", type=Path, default=HERE, help="folder to write the package into")
     parser.add_argument(
         "--scale", type=float, default=1.0, help="fraction of data and steps (tests: small)"
     )
@@ -512,10 +456,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    if args.only in (None, "ct"):
-        build_ct(args.out, args.scale)
-    if args.only in (None, "cr"):
-        build_cr(args.out, args.scale)
+    print(f"wrote {build(args.out, args.scale)}")
 
 
 if __name__ == "__main__":

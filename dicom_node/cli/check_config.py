@@ -8,11 +8,13 @@ from typing import Any
 
 from dicom_node.config import load_config
 from dicom_node.errors import ConfigError
-from dicom_node.package_check import model_package_problems
-from dicom_node.routing import unmatchable_conditions
+from dicom_node.net.scp import tls_problems
+from dicom_node.work.package_check import model_package_problems
+from dicom_node.work.routing import unmatchable_conditions
 
 
 def add_parser(subparsers: Any) -> None:
+    """Register ``check-config`` and its options."""
     parser = subparsers.add_parser(
         "check-config", help="validate a config file and print each problem with its key"
     )
@@ -28,11 +30,12 @@ def _report(path: str, problems: list[tuple[str, str]]) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Print every problem with its key; 0 when the config and its packages are valid, else 1."""
     try:
         config = load_config(args.config)
     except ConfigError as exc:
         return _report(exc.path, exc.problems)
-    problems = model_package_problems(config)
+    problems = model_package_problems(config) + tls_problems(config)
     if problems:
         return _report(args.config, problems)
     for key, message in unmatchable_conditions(config):

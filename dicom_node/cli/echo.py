@@ -9,13 +9,14 @@ from typing import Any
 
 from dicom_node.cli.peer_args import add_peer_options, dicomweb_peer, local_and_peer
 from dicom_node.config import DicomwebPeerConfig
-from dicom_node.dicomweb_auth import DicomwebConnector, DicomwebError
-from dicom_node.dicomweb_query import ping
 from dicom_node.errors import ConfigError
-from dicom_node.scu import AssociationError, echo
+from dicom_node.net.dicomweb_auth import DicomwebConnector, DicomwebError
+from dicom_node.net.dicomweb_query import ping
+from dicom_node.net.scu import AssociationError, echo
 
 
 def add_parser(subparsers: Any) -> None:
+    """Register ``echo`` and its options."""
     parser = subparsers.add_parser(
         "echo", help="send C-ECHO to a peer (name or AET@host:port); QIDO-RS to a DICOMweb peer"
     )
@@ -25,6 +26,8 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """C-ECHO the peer (one QIDO-RS query to a DICOMweb peer) and print its status; 0 on
+    success, 1 on failure, 2 on bad arguments."""
     try:
         web_peer = dicomweb_peer(args, args.peer)
         if web_peer is not None:

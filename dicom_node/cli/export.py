@@ -10,6 +10,7 @@ _TRAIN_EXTRA = "export needs the train extra: pip install 'dicom-ai-node[train]'
 
 
 def add_parser(subparsers: Any) -> None:
+    """Register ``export`` and its options."""
     parser = subparsers.add_parser(
         "export",
         help="export a fine-tuning run as a model package (ONNX + model.toml), parity-checked",
@@ -18,7 +19,11 @@ def add_parser(subparsers: Any) -> None:
         "--run", dest="run_dir", required=True, help="the run folder of `dicom-node finetune`"
     )
     parser.add_argument("--out", required=True, help="the package folder to write")
-    parser.add_argument("--fold", type=int, help="which fold (default: best validation metric)")
+    parser.add_argument(
+        "--fold",
+        type=int,
+        help="which fold's network, with its own thresholds (default: the run's selected fold)",
+    )
     parser.add_argument("--name", help="model name in model.toml (default: the config's)")
     parser.add_argument("--version", help="model version in model.toml (default: the config's)")
     parser.add_argument(
@@ -27,7 +32,11 @@ def add_parser(subparsers: Any) -> None:
         default=1e-3,
         help="largest allowed |PyTorch - ONNX Runtime| (default 1e-3)",
     )
-    parser.add_argument("--force", action="store_true", help="replace an existing package")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing package (only once the new one is complete and checked)",
+    )
     parser.add_argument(
         "--torch-program",
         action="store_true",
@@ -37,6 +46,7 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Export and parity-check the package; 0 when written, 1 when export fails, 2 without torch."""
     try:
         from inference.finetune import ExportError, export_package
     except ImportError as exc:
@@ -54,8 +64,9 @@ def run(args: argparse.Namespace) -> int:
             tolerance=args.tolerance,
             overwrite=args.force,
             torch_program=args.torch_program,
+            echo=lambda line: print(f"export: {line}", flush=True),
         )
-    except (ExportError, ModelPackageError, FileNotFoundError, FileExistsError) as exc:
+    except (ExportError, ModelPackageError, FileNotFoundError, FileExistsError, ValueError) as exc:
         print(f"export: {exc}", file=sys.stderr)
         return 1
     spec = result.package.spec

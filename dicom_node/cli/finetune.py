@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 _TRAIN_EXTRA = "fine-tuning needs the train extra: pip install 'dicom-ai-node[train]'"
 
 
 def add_parser(subparsers: Any) -> None:
+    """Register ``finetune`` and its options."""
     parser = subparsers.add_parser(
         "finetune",
         help="fine-tune a network on labelled DICOM with k-fold validation and a report",
@@ -38,12 +40,20 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--seed", type=int)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
-    parser.add_argument("--export", metavar="PACKAGE", help="also export the best fold here")
+    parser.add_argument(
+        "--export", metavar="PACKAGE", help="also export the selected fold's network here"
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="with --export: replace an existing package (checked before training starts)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    """Train (and export when asked); 0 when done, 1 when training fails, 2 without torch."""
     try:
         from inference.finetune import (
             ExportError,
@@ -66,6 +76,13 @@ def run(args: argparse.Namespace) -> int:
         "lr": args.lr,
         "seed": args.seed,
     }
+    if args.export and Path(args.export).exists() and not args.force:
+        print(
+            f"finetune: package folder exists: {args.export} (replace it: --force); "
+            "nothing was trained",
+            file=sys.stderr,
+        )
+        return 1
     try:
         config = read_config(args.config, overrides)
         finetune(
@@ -78,8 +95,15 @@ def run(args: argparse.Namespace) -> int:
             threads=args.threads,
         )
         if args.export:
-            export_package(args.out, args.export, overwrite=True)
-    except (ModelPackageError, ExportError, LabelFileError, FileNotFoundError, ValueError) as exc:
+            export_package(args.out, args.export, overwrite=args.force)
+    except (
+        ModelPackageError,
+        ExportError,
+        LabelFileError,
+        FileExistsError,
+        FileNotFoundError,
+        ValueError,
+    ) as exc:
         print(f"finetune: {exc}", file=sys.stderr)
         return 1
     return 0

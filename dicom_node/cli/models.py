@@ -20,6 +20,7 @@ from inference import InferenceError, load_model
 
 
 def add_parser(subparsers: Any) -> None:
+    """Register ``models`` and its options."""
     parser = subparsers.add_parser(
         "models", help="list models with their version, task, backend and device"
     )

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 
 from dicom_node.config import DicomwebPeerConfig, NodeConfig, PeerConfig, load_config
-from dicom_node.scu import LocalAE, resolve_peer
+from dicom_node.net.scu import LocalAE, resolve_peer
 
 
 def add_peer_options(parser: argparse.ArgumentParser) -> None:
+    """Add ``--config``, ``--aet`` and ``--timeout`` to a command that calls a peer."""
     parser.add_argument(
         "-c", "--config", help="the node's config: peer names, our AE title and TLS material"
     )

@@ -13,14 +13,15 @@ import sys
 from typing import Any
 
 from dicom_node.config import load_config
-from dicom_node.db import create_db_engine, session_factory
-from dicom_node.delivery_queue import requeue_deliveries
+from dicom_node.db.schema import Job, WorkState
+from dicom_node.db.sessions import create_db_engine, session_factory
 from dicom_node.errors import ConfigError
-from dicom_node.jobs import requeue_jobs
-from dicom_node.schema import Job, WorkState
+from dicom_node.work.delivery_queue import requeue_deliveries
+from dicom_node.work.jobs import requeue_jobs
 
 
 def add_parser(subparsers: Any) -> None:
+    """Register ``retry`` and its options."""
     parser = subparsers.add_parser("retry", help="requeue a failed job, or all failed work")
     parser.add_argument("-c", "--config", required=True, help="path to the node's TOML config")
     which = parser.add_mutually_exclusive_group(required=True)

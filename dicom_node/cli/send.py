@@ -12,10 +12,11 @@ from tqdm import tqdm
 
 from dicom_node.cli.peer_args import add_peer_options, local_and_peer
 from dicom_node.errors import ConfigError
-from dicom_node.scu import FileStatus, send_files
+from dicom_node.net.scu import FileStatus, send_files
 
 
 def add_parser(subparsers: Any) -> None:
+    """Register ``send`` and its options."""
     parser = subparsers.add_parser(
         "send", help="send files or folders (recursively) to a peer with C-STORE"
     )
@@ -48,12 +49,15 @@ def collect(paths: list[Path]) -> list[Path]:
 
 
 def describe(status: FileStatus) -> str:
+    """A file's outcome as ``send`` prints it: the status in hex, or ``not sent``."""
     if status.status is None:
         return "not sent"
     return f"0x{status.status:04X}"
 
 
 def run(args: argparse.Namespace) -> int:
+    """Send every file; 0 when the peer stored them all (success or warning status), 1 when
+    any failed, 2 on bad arguments."""
     try:
         local, peer = local_and_peer(args, args.to)
         files = collect(args.paths)

@@ -1,8 +1,8 @@
 """``dicom-node status -c CONFIG [--json]``: what the node holds, read from the database.
 
 The report is a list of sections; each is a function ``(session, config) -> dict``
-registered in :data:`SECTIONS` under its title. Orchestration adds its own (jobs and
-deliveries by state) by appending to that list.
+listed in :data:`SECTIONS` under its title: studies and the spool here, the queue
+(jobs, deliveries, recent failures) from `dicom_node.work.queue_report`.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from dicom_node import queue_report
 from dicom_node.config import NodeConfig, load_config
-from dicom_node.db import create_db_engine, session_factory
+from dicom_node.db.schema import Instance, Series, Study, StudyState
+from dicom_node.db.sessions import create_db_engine, session_factory
 from dicom_node.errors import ConfigError
-from dicom_node.schema import Instance, Series, Study, StudyState
+from dicom_node.work import queue_report
 
 Section = Callable[[Session, NodeConfig], dict[str, Any]]
 
@@ -52,7 +52,6 @@ def spool_section(session: Session, config: NodeConfig) -> dict[str, Any]:
 SECTIONS: list[tuple[str, Section]] = [
     ("studies", studies_section),
     ("spool", spool_section),
-    # Orchestration: the queue (dicom_node.queue_report).
     ("jobs", queue_report.jobs_section),
     ("deliveries", queue_report.deliveries_section),
     ("failures", queue_report.failures_section),
@@ -60,6 +59,7 @@ SECTIONS: list[tuple[str, Section]] = [
 
 
 def add_parser(subparsers: Any) -> None:
+    """Register ``status`` and its options."""
     parser = subparsers.add_parser("status", help="studies, instances and disk use by state")
     parser.add_argument("-c", "--config", required=True, help="path to the node's TOML config")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -87,6 +87,7 @@ def _human(value: Any, key: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Print every section of the report (or one JSON object); 2 on a bad config."""
     try:
         config = load_config(args.config)
     except ConfigError as exc:

@@ -11,15 +11,19 @@ generator, so that a seeded run is repeatable.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
+from pydantic import ConfigDict
+from pydantic.dataclasses import dataclass
 from torch.nn import functional
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class AugmentConfig:
     """How strongly to augment; zeros switch a transform off.
+
+    Also the ``[training.augment]`` section of a training config (unknown keys are
+    errors there), so that the keys and their ranges are defined once.
 
     Parameters
     ----------

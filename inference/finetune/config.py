@@ -32,26 +32,6 @@ FEATURES_OUTPUT = "features"
 INPUT_NAME_DEFAULT = "image"
 
 
-class AugmentSection(BaseModel):
-    """``[training.augment]``: see `AugmentConfig` for the meaning of each key."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    rotation_degrees: float = 10.0
-    flip_horizontal: float = 0.0
-    flip_vertical: float = 0.0
-    scale: float = 0.1
-    elastic_alpha: float = 0.03
-    elastic_grid: int = 4
-    brightness: float = 0.1
-    contrast: float = 0.1
-    noise_std: float = 0.02
-
-    def build(self) -> AugmentConfig:
-        """The augmentation settings as the training loop takes them."""
-        return AugmentConfig(**self.model_dump())
-
-
 class TrainingSection(BaseModel):
     """``[training]``: the backbone, the optimisation and the validation protocol."""
 
@@ -85,7 +65,7 @@ class TrainingSection(BaseModel):
     threshold: str = "youden"  # youden | sensitivity:X | a number in (0, 1)
     age_bands: tuple[int, ...] = (18, 40, 65)
     bootstrap: Annotated[int, Field(ge=0)] = 1000
-    augment: AugmentSection = AugmentSection()
+    augment: AugmentConfig = AugmentConfig()
 
     @model_validator(mode="after")
     def _check(self) -> TrainingSection:
@@ -94,7 +74,6 @@ class TrainingSection(BaseModel):
             or min(self.age_bands, default=1) < 1
         ):
             raise ValueError(f"age_bands must be increasing positive ages, got {self.age_bands}")
-        self.augment.build()  # range checks
         return self
 
 

@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import csv
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import highdicom as hd
 import numpy as np
 import numpy.typing as npt
 from pydicom import Dataset
+from tqdm import tqdm
 
 from inference.errors import UnsupportedSeriesError
 from inference.finetune.dicom_index import DicomIndex, SeriesEntry, index_folder
@@ -36,6 +38,7 @@ from inference.spec import ModelSpec, Task
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
 KEY_COLUMNS = {"StudyInstanceUID": "study", "SeriesInstanceUID": "series"}
 _TRUE = {"1", "1.0", "true", "yes", "y"}
 _FALSE = {"0", "0.0", "false", "no", "n"}
@@ -60,6 +63,48 @@ class Case:
     target: tuple[float, ...] = ()
 
 
+SKIP_KINDS = {
+    "no_label": "in the DICOM folder with no label",
+    "no_dicom": "labelled, with no DICOM in the folder",
+    "other_modality": "of a modality the model does not take",
+    "unreadable": "unreadable or not DICOM",
+    "not_prepared": "left out by the preprocessing",
+}
+
+
+@dataclass
+class SkippedInputs:
+    """Everything the data left out, by kind (the keys of `SKIP_KINDS`), each item
+    naming what was left out (a UID or a file) and why, for the summary and report.
+    """
+
+    items: dict[str, list[str]] = field(default_factory=lambda: {k: [] for k in SKIP_KINDS})
+
+    def add(self, kind: str, item: str) -> None:
+        """Record one input left out.
+
+        Raises
+        ------
+        KeyError
+            When ``kind`` is not one of `SKIP_KINDS`.
+        """
+        if kind not in SKIP_KINDS:
+            raise KeyError(f"unknown kind of skipped input {kind!r}; one of {list(SKIP_KINDS)}")
+        self.items[kind].append(item)
+
+    def counts(self) -> dict[str, int]:
+        """How many of each kind."""
+        return {kind: len(items) for kind, items in self.items.items()}
+
+    def lines(self) -> list[str]:
+        """One line per kind that occurred: count, meaning and a first example."""
+        return [
+            f"{len(items)} {SKIP_KINDS[kind]} ({kind}), e.g. {items[0]}"
+            for kind, items in self.items.items()
+            if items
+        ]
+
+
 @dataclass
 class TrainingData:
     """Preprocessed images, their targets, and the case each image belongs to.
@@ -77,7 +122,7 @@ class TrainingData:
     targets: npt.NDArray[np.generic]
     case_of: npt.NDArray[np.int64]
     spacing: npt.NDArray[np.float64]
-    skipped: list[str] = field(default_factory=list)
+    skipped: SkippedInputs = field(default_factory=SkippedInputs)
 
     def summary(self) -> str:
         """Label counts and class balance, per label, in cases and images."""
@@ -101,8 +146,7 @@ class TrainingData:
                     f"  {name}: present on {present} of {len(self.images)} image(s), "
                     f"{pixels:.2%} of pixels"
                 )
-        if self.skipped:
-            lines.append(f"  {len(self.skipped)} part(s) skipped, e.g. {self.skipped[0]}")
+        lines += [f"  skipped: {line}" for line in self.skipped.lines()]
         return "\n".join(lines)
 
 
@@ -181,7 +225,7 @@ class _Collected:
     targets: list[npt.NDArray[np.generic]] = field(default_factory=list)
     case_of: list[int] = field(default_factory=list)
     spacing: list[tuple[float, float]] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
+    skipped: SkippedInputs = field(default_factory=SkippedInputs)
 
 
 def _prepare(
@@ -191,9 +235,10 @@ def _prepare(
     try:
         plan = plan_series(datasets, spec)
     except UnsupportedSeriesError as exc:
-        out.skipped.append(str(exc))
+        out.skipped.add("not_prepared", str(exc))
         return []
-    out.skipped.extend(plan.skipped)
+    for reason in plan.skipped:
+        out.skipped.add("not_prepared", reason)
     spacing_of = {}
     for stack in plan.stacks:
         for frame in stack.frames:
@@ -201,7 +246,7 @@ def _prepare(
     prepared = []
     for item in iter_prepared(datasets, plan.stacks, spec, pool):
         if isinstance(item, FrameFailure):
-            out.skipped.append(item.reason)
+            out.skipped.add("not_prepared", item.reason)
             continue
         source = spacing_of.get(item.frame.ref)
         if source is None:
@@ -213,14 +258,36 @@ def _prepare(
     return prepared
 
 
+def _takes_modality(entry: SeriesEntry, spec: ModelSpec, out: _Collected) -> bool:
+    """Whether the model takes the series' modality; records it as skipped if not."""
+    wanted = {m.upper() for m in spec.input.modalities}
+    if entry.modality.upper() in wanted:
+        return True
+    out.skipped.add(
+        "other_modality",
+        f"series {entry.series_uid}: Modality {entry.modality or '(none)'!r} "
+        f"not in {list(spec.input.modalities)}",
+    )
+    return False
+
+
+def _progress(items: Sequence[T], description: str, enabled: bool) -> Iterable[T]:
+    return tqdm(items, desc=description, unit="series", disable=not enabled, leave=False)
+
+
 def load_classification(
     index: DicomIndex,
     labels_csv: Path | str,
     spec: ModelSpec,
     age_bands: Sequence[int],
     pool: ThreadPoolExecutor,
+    progress: bool = False,
 ) -> TrainingData:
     """Preprocess every labelled study or series of an indexed folder for a classifier.
+
+    Series and labels that cannot be used are counted in ``skipped``: keys with no
+    DICOM, DICOM with no label, series of another modality, unreadable files and
+    parts the preprocessing leaves out.
 
     Raises
     ------
@@ -239,29 +306,31 @@ def load_classification(
         raise ValueError(
             f"none of the {len(targets)} {level} UIDs in {labels_csv} is in the folder"
         )
-    if absent:
-        logger.warning(
-            "%d labelled %s(s) not in the DICOM folder, e.g. %s", len(absent), level, absent[0]
-        )
     out = _Collected()
+    for key in absent:
+        out.skipped.add("no_dicom", f"{level} {key}")
+    for key in groups:
+        if key not in targets:
+            out.skipped.add("no_label", f"{level} {key}")
+    for reason in index.unreadable:
+        out.skipped.add("unreadable", reason)
     cases: list[Case] = []
-    for key, target in targets.items():
-        if key not in groups:
-            continue
-        entries = groups[key]
-        case = _case(key, entries[0].header, age_bands, target)
+    labelled = [key for key in targets if key in groups]
+    for key in _progress(labelled, "reading and preprocessing", progress):
+        target = targets[key]
+        entries = [e for e in groups[key] if _takes_modality(e, spec, out)]
         frames = []
         for entry in entries:
             frames += _prepare(index.read_series(entry.series_uid), spec, pool, out)
         if not frames:
-            out.skipped.append(f"{level} {key}: no image the model takes")
+            out.skipped.add("not_prepared", f"{level} {key}: no image the model takes")
             continue
         for item, mm in frames:
             out.images.append(item.input)
             out.targets.append(np.asarray(target, dtype=np.float32))
             out.case_of.append(len(cases))
             out.spacing.append(mm)
-        cases.append(case)
+        cases.append(_case(key, groups[key][0].header, age_bands, target))
     return _finish(Task.CLASSIFICATION, names, level, cases, out)
 
 
@@ -295,7 +364,11 @@ def _mask_to_model(
 
 
 def load_segmentation(
-    index: DicomIndex, spec: ModelSpec, age_bands: Sequence[int], pool: ThreadPoolExecutor
+    index: DicomIndex,
+    spec: ModelSpec,
+    age_bands: Sequence[int],
+    pool: ThreadPoolExecutor,
+    progress: bool = False,
 ) -> TrainingData:
     """Preprocess every series that a SEG object in the folder annotates.
 
@@ -313,12 +386,18 @@ def load_segmentation(
     if not index.segmentations:
         raise ValueError("no SEG objects in the DICOM folder: segmentation needs them as masks")
     out = _Collected()
+    for reason in index.unreadable:
+        out.skipped.add("unreadable", reason)
     cases: list[Case] = []
-    for path in index.segmentations:
+    annotated: set[str] = set()
+    for path in _progress(index.segmentations, "reading and preprocessing", progress):
         seg = hd.seg.segread(path)
         series_uid = str(seg.ReferencedSeriesSequence[0].SeriesInstanceUID)
         if series_uid not in index.series:
-            out.skipped.append(f"{path}: source series {series_uid} not in the folder")
+            out.skipped.add("no_dicom", f"{path}: source series {series_uid} not in the folder")
+            continue
+        annotated.add(series_uid)
+        if not _takes_modality(index.series[series_uid], spec, out):
             continue
         numbers = _segment_numbers(seg, names, path)
         frames = _prepare(index.read_series(series_uid), spec, pool, out)
@@ -345,6 +424,9 @@ def load_segmentation(
             out.case_of.append(len(cases))
             out.spacing.append(mm)
         cases.append(case)
+    for series_uid in index.series:
+        if series_uid not in annotated:
+            out.skipped.add("no_label", f"series {series_uid}: no SEG in the folder annotates it")
     return _finish(Task.SEGMENTATION, names, "series", cases, out)
 
 
@@ -352,7 +434,7 @@ def _finish(
     task: Task, names: tuple[str, ...], level: str, cases: list[Case], out: _Collected
 ) -> TrainingData:
     if not out.images:
-        reasons = "; ".join(out.skipped[:3])
+        reasons = "; ".join(out.skipped.lines()[:3])
         raise ValueError(f"no labelled image could be prepared for the model ({reasons})")
     return TrainingData(
         task=task,
@@ -373,6 +455,7 @@ def load_training_data(
     age_bands: Sequence[int],
     labels_csv: Path | str | None = None,
     threads: int = 4,
+    progress: bool = False,
 ) -> TrainingData:
     """Index a DICOM folder and preprocess its labelled images for the task.
 
@@ -388,6 +471,8 @@ def load_training_data(
         Classification labels; required for classification.
     threads : int
         Decoding threads.
+    progress : bool
+        Progress bars while headers are indexed and series read and preprocessed.
 
     Returns
     -------
@@ -402,14 +487,15 @@ def load_training_data(
     ValueError
         When nothing labelled could be prepared, or a classifier has no CSV.
     """
-    index = index_folder(dicom_dir)
+    classification = spec.model.task is Task.CLASSIFICATION
+    if classification and labels_csv is None:
+        raise ValueError("classification needs a labels CSV (--labels)")
+    if labels_csv is not None and classification and not Path(labels_csv).is_file():
+        raise FileNotFoundError(f"labels CSV not found: {labels_csv}")
+    index = index_folder(dicom_dir, progress)
     with ThreadPoolExecutor(
         max_workers=max(1, threads), thread_name_prefix="finetune-prep"
     ) as pool:
-        if spec.model.task is Task.SEGMENTATION:
-            return load_segmentation(index, spec, age_bands, pool)
-        if labels_csv is None:
-            raise ValueError("classification needs a labels CSV (--labels)")
-        if not Path(labels_csv).is_file():
-            raise FileNotFoundError(f"labels CSV not found: {labels_csv}")
-        return load_classification(index, labels_csv, spec, age_bands, pool)
+        if labels_csv is None or not classification:
+            return load_segmentation(index, spec, age_bands, pool, progress)
+        return load_classification(index, labels_csv, spec, age_bands, pool, progress)

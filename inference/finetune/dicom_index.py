@@ -16,6 +16,7 @@ from pathlib import Path
 import pydicom
 from pydicom import Dataset
 from pydicom.errors import InvalidDicomError
+from tqdm import tqdm
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ def _files(root: Path) -> Iterable[Path]:
             yield Path(folder) / name
 
 
-def index_folder(root: Path | str) -> DicomIndex:
+def index_folder(root: Path | str, progress: bool = False) -> DicomIndex:
     """Index every DICOM file under a folder (recursively), by series.
 
     Files that are not DICOM are skipped and counted; instances without a Series or
@@ -76,6 +77,8 @@ def index_folder(root: Path | str) -> DicomIndex:
     ----------
     root : pathlib.Path or str
         The folder.
+    progress : bool
+        A progress bar over the files, shown from the first file on.
 
     Returns
     -------
@@ -94,7 +97,8 @@ def index_folder(root: Path | str) -> DicomIndex:
     series: dict[str, SeriesEntry] = {}
     segmentations: list[Path] = []
     unreadable: list[str] = []
-    for path in _files(folder):
+    files = tqdm(_files(folder), desc="indexing DICOM headers", unit="file", disable=not progress)
+    for path in files:
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
         except (InvalidDicomError, OSError, ValueError) as exc:
@@ -116,6 +120,7 @@ def index_folder(root: Path | str) -> DicomIndex:
             entry = SeriesEntry(series_uid, study_uid, patient, str(ds.get("Modality", "")), ds)
             series[series_uid] = entry
         entry.files.append(path)
+    files.close()
     if unreadable:
         logger.info("%d file(s) under %s skipped (not DICOM or no UIDs)", len(unreadable), folder)
     if not series:

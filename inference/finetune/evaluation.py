@@ -6,22 +6,37 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from inference.finetune.data import TrainingData
+from inference.finetune.intervals import (
+    MIN_PER_CLASS,
+    auc_score_interval,
+    class_count_note,
+    wilson_interval,
+)
 from inference.finetune.metrics import (
+    OperatingPoint,
     auc,
     bootstrap_auc_ci,
     calibration,
     choose_threshold,
     dice,
     hausdorff,
+    is_fixed_threshold,
     operating_point,
     roc_curve,
+)
+from inference.finetune.selection import (
+    CLASSIFICATION_RULE,
+    SEGMENTATION_RULE,
+    FoldScore,
+    classification_score,
+    segmentation_score,
+    select_fold,
 )
 from inference.finetune.subgroups import subgroup_results
 from inference.finetune.training import FoldOutcome
@@ -34,36 +49,112 @@ def _finite(value: float) -> float | None:
     return None if math.isnan(value) or math.isinf(value) else round(float(value), 6)
 
 
-def _classification_block(
+def _pair(values: tuple[float, float]) -> list[float | None] | None:
+    low, high = values
+    return None if math.isnan(low) or math.isnan(high) else [_finite(low), _finite(high)]
+
+
+def _auc_block(
     truth: npt.NDArray[np.float64],
     scores: npt.NDArray[np.float64],
     patients: Sequence[str],
-    threshold: float,
     resamples: int,
     seed: int,
 ) -> Json:
-    point = operating_point(truth, scores, threshold)
-    low, high = bootstrap_auc_ci(truth, scores, groups=patients, resamples=resamples, seed=seed)
-    fpr, tpr, _ = roc_curve(truth, scores)
-    cal = calibration(truth, scores)
+    """AUC with a patient-bootstrap interval, or the reason it is not estimated."""
+    positives = int(truth.sum())
+    negatives = int(truth.size - positives)
+    note = class_count_note(positives, negatives)
+    interval = None
+    if note is None:
+        interval = _pair(
+            bootstrap_auc_ci(truth, scores, groups=patients, resamples=resamples, seed=seed)
+        )
     return {
         "n": int(truth.size),
-        "positives": int(truth.sum()),
+        "positives": positives,
+        "negatives": negatives,
         "auc": _finite(auc(truth, scores)),
-        "auc_ci95": [_finite(low), _finite(high)],
-        "threshold": round(threshold, 6),
-        "sensitivity": _finite(point.sensitivity),
-        "specificity": _finite(point.specificity),
-        "confusion": point.confusion,
-        "roc": {"fpr": fpr.round(6).tolist(), "tpr": tpr.round(6).tolist()},
-        "calibration": {
-            "mean_predicted": [round(v, 6) for v in cal.mean_predicted],
-            "observed": [round(v, 6) for v in cal.observed],
-            "counts": cal.counts,
-            "ece": _finite(cal.ece),
-            "brier": _finite(cal.brier),
-        },
+        "auc_ci95": interval,
+        "auc_ci_note": note,
     }
+
+
+def _rates(point: OperatingPoint) -> Json:
+    """Sensitivity and specificity with their Wilson intervals, and the confusion matrix."""
+    return {
+        "sensitivity": _finite(point.sensitivity),
+        "sensitivity_ci95": _pair(wilson_interval(point.tp, point.positives)),
+        "specificity": _finite(point.specificity),
+        "specificity_ci95": _pair(wilson_interval(point.tn, point.negatives)),
+        "confusion": point.confusion,
+    }
+
+
+def _calibration(truth: npt.NDArray[np.float64], scores: npt.NDArray[np.float64]) -> Json:
+    cal = calibration(truth, scores)
+    return {
+        "bins": [
+            {
+                "low": round(b.low, 6),
+                "high": round(b.high, 6),
+                "count": b.count,
+                "mean_predicted": round(b.mean_predicted, 6),
+                "observed": round(b.observed, 6),
+            }
+            for b in cal.bins
+        ],
+        "bin_count": cal.bin_count,
+        "empty_bins": cal.empty_bins,
+        "ece": _finite(cal.ece),
+        "ece_note": (
+            None
+            if not math.isnan(cal.ece)
+            else f"withheld: {cal.empty_bins} of {cal.bin_count} bins are empty"
+        ),
+        "brier": _finite(cal.brier),
+    }
+
+
+def _threshold_note(positives: int, negatives: int, rule: str) -> str | None:
+    """Why a threshold chosen on these counts is not to be trusted, or ``None``."""
+    if is_fixed_threshold(rule):
+        return None
+    if positives == 0 or negatives == 0:
+        return f"no {'positive' if positives == 0 else 'negative'} case to choose on: 0.5"
+    if class_count_note(positives, negatives) is None:
+        return None
+    return (
+        f"chosen on only {positives} positive(s) and {negatives} negative(s) (fewer than "
+        f"{MIN_PER_CLASS} of each): on other data it may sit far from this"
+    )
+
+
+def _fold_block(
+    truth: npt.NDArray[np.float64],
+    scores: npt.NDArray[np.float64],
+    patients: Sequence[str],
+    rule: str,
+    resamples: int,
+    seed: int,
+) -> Json:
+    """One fold's network on its own validation set, at a threshold chosen there."""
+    threshold = choose_threshold(truth, scores, rule)
+    block = _auc_block(truth, scores, patients, resamples, seed)
+    low, _ = auc_score_interval(auc(truth, scores), block["positives"], block["negatives"])
+    return {
+        **block,
+        "auc_lower_bound": _finite(low),
+        "threshold": threshold,  # unrounded: export writes this very value
+        "threshold_note": _threshold_note(block["positives"], block["negatives"], rule),
+        **_rates(operating_point(truth, scores, threshold)),
+        "roc": _roc(truth, scores),
+    }
+
+
+def _roc(truth: npt.NDArray[np.float64], scores: npt.NDArray[np.float64]) -> Json:
+    fpr, tpr, _ = roc_curve(truth, scores)
+    return {"fpr": fpr.round(6).tolist(), "tpr": tpr.round(6).tolist()}
 
 
 def _subgroups(
@@ -71,16 +162,30 @@ def _subgroups(
     cases: npt.NDArray[np.int64],
     truth: npt.NDArray[np.float64],
     scores: npt.NDArray[np.float64],
-    threshold: float,
+    thresholds: npt.NDArray[np.float64],
+    resamples: int,
+    seed: int,
 ) -> list[Json]:
+    patients = [data.cases[c].patient for c in cases]
     out = []
     for attribute, values in (
         ("sex", [data.cases[c].sex for c in cases]),
         ("age_band", [data.cases[c].age_band for c in cases]),
     ):
-        result = subgroup_results(attribute, values, truth, scores, threshold)
+        result = subgroup_results(
+            attribute, values, truth, scores, thresholds, patients, resamples, seed
+        )
         groups = [
-            {k: (_finite(v) if isinstance(v, float) else v) for k, v in asdict(g).items()}
+            {
+                "group": g.group,
+                "n": g.n,
+                "positives": g.positives,
+                "auc": _finite(g.auc),
+                "auc_ci95": None if g.auc_ci95 is None else _pair(g.auc_ci95),
+                "auc_note": g.note,
+                "sensitivity": _finite(g.sensitivity),
+                "false_positive_rate": _finite(g.false_positive_rate),
+            }
             for g in result.groups
         ]
         out.append(
@@ -88,9 +193,15 @@ def _subgroups(
                 "attribute": attribute,
                 "groups": groups,
                 "equalized_odds_gap": _finite(result.equalized_odds_gap),
+                "gap_ci95": None if result.gap_ci95 is None else _pair(result.gap_ci95),
+                "gap_note": result.gap_note,
             }
         )
     return out
+
+
+def _truth(data: TrainingData, cases: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
+    return np.asarray([data.cases[c].target for c in cases], dtype=np.float64)
 
 
 def evaluate_classification(
@@ -100,36 +211,73 @@ def evaluate_classification(
     resamples: int,
     seed: int,
 ) -> Json:
-    """Per label: threshold from the pooled out-of-fold scores, then fold and pooled results."""
+    """Per fold, per label: a threshold chosen on the fold network's own validation
+    scores and its operating point there; pooled: the out-of-fold AUC, the summed
+    decisions of every fold at its own threshold, calibration and subgroups; and
+    the fold whose network is shipped (`select_fold`).
+    """
     pooled_cases = np.concatenate([o.cases for o in outcomes])
     pooled_scores = np.concatenate([np.asarray(o.scores, dtype=np.float64) for o in outcomes])
-    labels: list[Json] = []
-    for k, name in enumerate(data.labels):
-        truth = np.asarray([data.cases[c].target[k] for c in pooled_cases], dtype=np.float64)
-        scores = pooled_scores[:, k]
-        threshold = choose_threshold(truth, scores, threshold_rule)
-        patients = [data.cases[c].patient for c in pooled_cases]
-        pooled = _classification_block(truth, scores, patients, threshold, resamples, seed)
-        pooled["subgroups"] = _subgroups(data, pooled_cases, truth, scores, threshold)
-        folds = []
-        for outcome in outcomes:
-            fold_truth = np.asarray(
-                [data.cases[c].target[k] for c in outcome.cases], dtype=np.float64
-            )
-            fold_patients = [data.cases[c].patient for c in outcome.cases]
-            block = _classification_block(
-                fold_truth,
-                np.asarray(outcome.scores, dtype=np.float64)[:, k],
-                fold_patients,
-                threshold,
+    patients = [data.cases[c].patient for c in pooled_cases]
+    fold_blocks = {
+        o.fold: [
+            _fold_block(
+                _truth(data, o.cases)[:, k],
+                np.asarray(o.scores, dtype=np.float64)[:, k],
+                [data.cases[c].patient for c in o.cases],
+                threshold_rule,
                 resamples,
                 seed,
             )
-            folds.append({"fold": outcome.fold, "best_epoch": outcome.best_epoch + 1, **block})
+            for k in range(len(data.labels))
+        ]
+        for o in outcomes
+    }
+    labels: list[Json] = []
+    for k, name in enumerate(data.labels):
+        truth = _truth(data, pooled_cases)[:, k]
+        scores = pooled_scores[:, k]
+        per_case = np.concatenate(
+            [np.full(o.cases.size, fold_blocks[o.fold][k]["threshold"]) for o in outcomes]
+        )
+        pooled = {
+            **_auc_block(truth, scores, patients, resamples, seed),
+            **_rates(operating_point(truth, scores, per_case)),
+            "roc": _roc(truth, scores),
+            "calibration": _calibration(truth, scores),
+            "subgroups": _subgroups(data, pooled_cases, truth, scores, per_case, resamples, seed),
+        }
+        folds = [
+            {"fold": o.fold, "best_epoch": o.best_epoch, **fold_blocks[o.fold][k]} for o in outcomes
+        ]
+        defined = [f["auc"] for f in folds if f["auc"] is not None]
+        pooled["fold_auc_mean"] = _finite(float(np.mean(defined))) if defined else None
         labels.append(
             {"label": name, "threshold_rule": threshold_rule, "pooled": pooled, "folds": folds}
         )
-    return {"task": Task.CLASSIFICATION.value, "level": data.level, "labels": labels}
+    ranking = [
+        FoldScore(
+            o.fold,
+            classification_score(_truth(data, o.cases), np.asarray(o.scores, dtype=np.float64)),
+            int(o.cases.size),
+        )
+        for o in outcomes
+    ]
+    return {
+        "task": Task.CLASSIFICATION.value,
+        "level": data.level,
+        "labels": labels,
+        "selection": _selection(ranking, CLASSIFICATION_RULE),
+    }
+
+
+def _selection(ranking: Sequence[FoldScore], rule: str) -> Json:
+    chosen = select_fold(ranking)
+    return {
+        "rule": rule,
+        "fold": chosen.fold,
+        "scores": [{"fold": r.fold, "score": round(r.score, 6), "cases": r.cases} for r in ranking],
+    }
 
 
 def _segmentation_block(
@@ -161,7 +309,7 @@ def evaluate_segmentation(data: TrainingData, outcomes: Sequence[FoldOutcome]) -
     """Per label: Dice and Hausdorff per fold and pooled, with Dice by sex and age band."""
     images = np.concatenate([o.images for o in outcomes])
     predicted = np.concatenate([np.asarray(o.scores, dtype=np.int64) for o in outcomes])
-    labels = []
+    labels: list[Json] = []
     for k, name in enumerate(data.labels):
         pooled = _segmentation_block(data, images, predicted, k)
         groups = []
@@ -181,10 +329,25 @@ def evaluate_segmentation(data: TrainingData, outcomes: Sequence[FoldOutcome]) -
         folds = [
             {
                 "fold": o.fold,
-                "best_epoch": o.best_epoch + 1,
+                "best_epoch": o.best_epoch,
                 **_segmentation_block(data, o.images, np.asarray(o.scores, dtype=np.int64), k),
             }
             for o in outcomes
         ]
         labels.append({"label": name, "pooled": pooled, "folds": folds})
-    return {"task": Task.SEGMENTATION.value, "level": "image", "labels": labels}
+    ranking = []
+    for position, o in enumerate(outcomes):
+        per_label = []
+        for label in labels:
+            dices = np.asarray(label["folds"][position]["dice"])
+            case_of = data.case_of[o.images]
+            per_label.append(
+                segmentation_score([float(dices[case_of == c].mean()) for c in np.unique(case_of)])
+            )
+        ranking.append(FoldScore(o.fold, float(np.mean(per_label)), int(o.cases.size)))
+    return {
+        "task": Task.SEGMENTATION.value,
+        "level": "image",
+        "labels": labels,
+        "selection": _selection(ranking, SEGMENTATION_RULE),
+    }

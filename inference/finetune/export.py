@@ -1,10 +1,11 @@
 """From a fine-tuning run to a model package the node runs unchanged.
 
-The chosen fold's best weights are exported to ONNX with a dynamic batch axis; a
-classifier's graph also outputs its last feature map, and its head is global
-average pooling plus one linear layer, so that the node computes class activation
-maps from the head's weight initializer. The package's ``model.toml`` is the
-training config's spec with the thresholds chosen on validation and the CAM head
+The run's selected fold's best weights (or another fold's, on request) are exported
+to ONNX with a dynamic batch axis; a classifier's graph also outputs its last
+feature map, and its head is global average pooling plus one linear layer, so that
+the node computes class activation maps from the head's weight initializer. The
+package's ``model.toml`` is the training config's spec with that fold's own
+thresholds (chosen on that fold network's validation scores) and the CAM head
 named; the package is then checked by `inference.validate_package`, and PyTorch and
 ONNX Runtime are compared on held-out images before anything is called done.
 """
@@ -14,10 +15,12 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -127,10 +130,37 @@ def parity_check(
     }
 
 
-def _fold(run_dir: Path, fold: int | None) -> int:
-    if fold is not None:
-        return fold
-    return int(read_summary(run_dir)["best_fold"])
+def _fold_and_thresholds(summary: dict[str, Any], fold: int | None) -> tuple[int, list[float]]:
+    """The fold to export (the run's selected one by default) and its own thresholds.
+
+    Raises
+    ------
+    ValueError
+        When the run has no such fold.
+    """
+    chosen = int(summary["selected_fold"]) if fold is None else fold
+    for row in summary["folds"]:
+        if row["fold"] == chosen:
+            return chosen, [float(t) for t in row["thresholds"]]
+    known = [row["fold"] for row in summary["folds"]]
+    raise ValueError(f"the run has no fold {chosen} (folds {known})")
+
+
+def _check_target(target: Path, overwrite: bool) -> None:
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"package folder exists: {target} (replace it: --force)")
+
+
+def _replace(staging: Path, target: Path) -> None:
+    """Put the finished package in place; an existing one is removed only now."""
+    if target.exists():
+        retired = target.with_name(f".{target.name}.replaced")
+        shutil.rmtree(retired, ignore_errors=True)
+        target.rename(retired)
+        staging.rename(target)
+        shutil.rmtree(retired)
+    else:
+        staging.rename(target)
 
 
 def load_fold_model(run_dir: Path, fold: int, config: FinetuneConfig) -> nn.Module:
@@ -180,18 +210,21 @@ def export_package(
         The package folder to write (``model.toml``, ``model.onnx``,
         ``training.json``).
     fold : int, optional
-        Which fold's weights; by default the fold with the best validation metric.
+        Which fold's network, with that fold's own thresholds; by default the fold
+        the run selected (see `inference.finetune.selection`).
     name, version : str, optional
         Override the model name and version of the training config.
     tolerance : float
         Largest allowed absolute difference between PyTorch and ONNX Runtime.
     overwrite : bool
-        Replace an existing package folder.
+        Replace an existing package folder. Checked before any work; the package
+        is written beside it and replaces it only once it is complete and checked,
+        so a failed export leaves the old package as it was.
     torch_program : bool
         Also write ``model.pt2`` (a ``torch.export`` program) so that the node's
         PyTorch backend can run the package; checked against PyTorch too.
     echo : callable
-        Where the parity line is printed.
+        Where each step and the parity line are printed.
 
     Returns
     -------
@@ -201,6 +234,8 @@ def export_package(
     ------
     FileNotFoundError
         When the run is not finished or the fold has no weights.
+    ValueError
+        When the run has no such fold.
     FileExistsError
         When the package folder exists and ``overwrite`` is false.
     ExportError
@@ -210,24 +245,74 @@ def export_package(
     """
     run = Path(run_dir)
     target = Path(package_dir)
+    _check_target(target, overwrite)
     config = load_run_config(run)
     summary = read_summary(run)
-    chosen = _fold(run, fold)
+    chosen, thresholds = _fold_and_thresholds(summary, fold)
+    echo(f"exporting fold {chosen} of {run} with threshold(s) {thresholds}")
     model = load_fold_model(run, chosen, config)
-    if target.exists():
-        if not overwrite:
-            raise FileExistsError(f"package folder exists: {target} (overwrite it: --force)")
-        shutil.rmtree(target)
-    target.mkdir(parents=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        result = _write_package(
+            staging,
+            run,
+            chosen,
+            thresholds,
+            config,
+            model,
+            name,
+            version,
+            tolerance,
+            torch_program,
+            echo,
+        )
+        provenance = {
+            "run": str(run.resolve()),
+            "fold": chosen,
+            "thresholds": thresholds,
+            "fingerprint": config.fingerprint(),
+            "training": config.training.model_dump(mode="json"),
+            "validation": summary,
+            "parity_max_abs_diff": result.max_abs_diff,
+        }
+        (staging / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=1), encoding="utf-8")
+        _check_target(target, overwrite)  # another export may have written it meanwhile
+        _replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    package = validate_package(target)
+    spec = package.spec
+    logger.info(
+        "exported %s %s (fold %d) to %s", spec.model.name, spec.model.version, chosen, target
+    )
+    return ExportResult(package, chosen, result.parity_images, result.max_abs_diff)
+
+
+def _write_package(
+    folder: Path,
+    run: Path,
+    chosen: int,
+    thresholds: list[float],
+    config: FinetuneConfig,
+    model: nn.Module,
+    name: str | None,
+    version: str | None,
+    tolerance: float,
+    torch_program: bool,
+    echo: Callable[[str], None],
+) -> ExportResult:
+    """Graph, ``model.toml`` (and the torch program) into ``folder``, parity-checked."""
     images = np.load(run / f"fold-{chosen}" / PARITY_INPUTS).astype(np.float32)
     input_name = config.spec.input.name
     classifier = isinstance(model, Classifier)
     outputs = [LOGITS_OUTPUT, FEATURES_OUTPUT] if classifier else [LOGITS_OUTPUT]
-    onnx_path = target / ONNX_FILE
+    onnx_path = folder / ONNX_FILE
+    echo("writing the ONNX graph")
     _export_graph(model, torch.from_numpy(images[:2]), onnx_path, input_name, outputs)
     labels = len(config.spec.output.labels)
     cam_weight = _cam_weight_name(onnx_path, labels) if classifier else None
-    spec = exported_spec(config, list(summary["thresholds"]), cam_weight)
+    spec = exported_spec(config, thresholds, cam_weight)
     info = spec.model.model_copy(
         update={k: v for k, v in (("name", name), ("version", version)) if v is not None}
     )
@@ -237,32 +322,27 @@ def export_package(
         f"fine-tuning run\n(backbone {config.training.backbone.value}); provenance and "
         f"validation in {PROVENANCE_FILE}"
     )
-    (target / SPEC_FILE).write_text(dumps(spec.model_dump(mode="json"), header), encoding="utf-8")
+    document = spec.model_dump(mode="json")
+    if not torch_program:
+        del document["runtime"]["torch_file"]  # name no file that is not there
+    (folder / SPEC_FILE).write_text(dumps(document, header), encoding="utf-8")
+    echo(f"comparing PyTorch and ONNX Runtime on {len(images)} held-out image(s)")
     diffs = parity_check(model, onnx_path, images, input_name, outputs)
     if torch_program:
-        program_path = target / spec.runtime.torch_file
+        echo("writing the torch.export program")
+        program_path = folder / spec.runtime.torch_file
         _export_program(model, torch.from_numpy(images[:2]), program_path, spec.runtime.max_batch)
         loaded = torch.export.load(str(program_path)).module()
         reference = _outputs(model, torch.from_numpy(images))
-        for name, ours, theirs in zip(
+        for output, ours, theirs in zip(
             outputs, reference, _outputs(loaded, torch.from_numpy(images)), strict=True
         ):
-            diffs[f"{name} (torch program)"] = float(np.max(np.abs(ours - theirs)))
-    result = ExportResult(validate_package(target), chosen, len(images), diffs)
+            diffs[f"{output} (torch program)"] = float(np.max(np.abs(ours - theirs)))
+    result = ExportResult(validate_package(folder), chosen, len(images), diffs)
     echo(result.parity_line())
     worst = max(diffs.values())
     if worst > tolerance:
         raise ExportError(
             onnx_path, "graph", f"max |PyTorch - ONNX Runtime| {worst:.3g} > {tolerance}"
         )
-    provenance = {
-        "run": str(run.resolve()),
-        "fold": chosen,
-        "fingerprint": config.fingerprint(),
-        "training": config.training.model_dump(mode="json"),
-        "validation": summary,
-        "parity_max_abs_diff": diffs,
-    }
-    (target / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=1), encoding="utf-8")
-    logger.info("exported %s %s (fold %d) to %s", info.name, info.version, chosen, target)
     return result

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from inference.finetune.intervals import cluster_bootstrap
+
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
 
@@ -80,29 +82,16 @@ def bootstrap_auc_ci(
         NaN, NaN when the data hold a single class.
     """
     y, s = _binary(targets, scores)
-    ids = np.arange(y.size) if groups is None else np.asarray(groups).ravel()
-    clusters, inverse = np.unique(ids, return_inverse=True)
-    members = [np.flatnonzero(inverse == c) for c in range(clusters.size)]
-    rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(resamples):
-        picked = rng.integers(0, clusters.size, clusters.size)
-        index = np.concatenate([members[c] for c in picked])
-        value = auc(y[index], s[index])
-        if not np.isnan(value):
-            values.append(value)
-    if not values:
-        return float("nan"), float("nan")
-    tail = (1 - level) / 2 * 100
-    low, high = np.percentile(values, [tail, 100 - tail])
-    return float(low), float(high)
+    ids = np.arange(y.size) if groups is None else groups
+    return cluster_bootstrap(
+        lambda index: auc(y[index], s[index]), ids, resamples=resamples, seed=seed, level=level
+    )
 
 
 @dataclass(frozen=True)
 class OperatingPoint:
-    """Counts and rates at one threshold."""
+    """Decision counts and rates (at one threshold, or at one threshold per case)."""
 
-    threshold: float
     tp: int
     fp: int
     tn: int
@@ -124,28 +113,64 @@ class OperatingPoint:
         return 1.0 - self.specificity
 
     @property
+    def positives(self) -> int:
+        """Cases that are truly positive."""
+        return self.tp + self.fn
+
+    @property
+    def negatives(self) -> int:
+        """Cases that are truly negative."""
+        return self.tn + self.fp
+
+    def __add__(self, other: OperatingPoint) -> OperatingPoint:
+        """Counts of two disjoint sets together (e.g. folds, each at its own threshold)."""
+        return OperatingPoint(
+            self.tp + other.tp, self.fp + other.fp, self.tn + other.tn, self.fn + other.fn
+        )
+
+    @property
     def confusion(self) -> list[list[int]]:
         """[[TN, FP], [FN, TP]]: rows truth (negative, positive), columns decision."""
         return [[self.tn, self.fp], [self.fn, self.tp]]
 
 
-def operating_point(
-    targets: npt.ArrayLike, scores: npt.ArrayLike, threshold: float
-) -> OperatingPoint:
-    """Confusion counts when scores at or above ``threshold`` are called positive."""
-    y, s = _binary(targets, scores)
-    called = s >= threshold
+def decision_counts(targets: npt.ArrayLike, called: npt.ArrayLike) -> OperatingPoint:
+    """Confusion counts of given decisions (True: called positive)."""
+    y, c = _binary(targets, called)
+    decided = c.astype(bool)
     return OperatingPoint(
-        threshold=float(threshold),
-        tp=int((called & y).sum()),
-        fp=int((called & ~y).sum()),
-        tn=int((~called & ~y).sum()),
-        fn=int((~called & y).sum()),
+        tp=int((decided & y).sum()),
+        fp=int((decided & ~y).sum()),
+        tn=int((~decided & ~y).sum()),
+        fn=int((~decided & y).sum()),
     )
+
+
+def operating_point(
+    targets: npt.ArrayLike, scores: npt.ArrayLike, threshold: npt.ArrayLike
+) -> OperatingPoint:
+    """Confusion counts when scores at or above the threshold are called positive.
+
+    ``threshold`` is one number, or one per case (cases of several folds, each
+    decided by its own network's threshold). At or above, as the node decides.
+    """
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    return decision_counts(targets, s >= np.asarray(threshold, dtype=np.float64).ravel())
+
+
+def is_fixed_threshold(rule: str) -> bool:
+    """Whether a threshold rule is a number (used as given) rather than a rule."""
+    return rule.replace(".", "", 1).isdigit()
 
 
 def choose_threshold(targets: npt.ArrayLike, scores: npt.ArrayLike, rule: str = "youden") -> float:
     """Pick a decision threshold from validation scores.
+
+    The threshold lies halfway between the lowest score called positive and the
+    next lower score, not on a score: the exported graph computes the scores again
+    (ONNX Runtime, float32), and a case sitting exactly on the threshold would flip
+    on a difference of 1e-7, so that the package would not reproduce the
+    operating point it was chosen for.
 
     Parameters
     ----------
@@ -157,7 +182,8 @@ def choose_threshold(targets: npt.ArrayLike, scores: npt.ArrayLike, rule: str = 
     Returns
     -------
     float
-        A threshold in (0, 1) (model.toml's range).
+        A threshold in (0, 1) (model.toml's range); 0.5 when the scores hold a
+        single class and the rule needs both.
 
     Raises
     ------
@@ -166,33 +192,53 @@ def choose_threshold(targets: npt.ArrayLike, scores: npt.ArrayLike, rule: str = 
     """
     y, s = _binary(targets, scores)
     low, high = 1e-4, 1 - 1e-4
-    if rule.replace(".", "", 1).isdigit():
+    if is_fixed_threshold(rule):
         return float(np.clip(float(rule), low, high))
+    if rule != "youden" and not rule.startswith("sensitivity:"):
+        raise ValueError(f"threshold rule {rule!r}: use youden, sensitivity:X or a number")
     if not y.any() or y.all():
         return 0.5
     fpr, tpr, thresholds = roc_curve(y, s)
     if rule == "youden":
         best = int(np.argmax(tpr[1:] - fpr[1:])) + 1
-    elif rule.startswith("sensitivity:"):
+    else:
         try:
             target = float(rule.split(":", 1)[1])
         except ValueError as exc:
             raise ValueError(f"threshold rule {rule!r}: sensitivity must be a number") from exc
         best = int(np.flatnonzero(tpr[1:] >= target)[0]) + 1
-    else:
-        raise ValueError(f"threshold rule {rule!r}: use youden, sensitivity:X or a number")
-    return float(np.clip(thresholds[best], low, high))
+    below = thresholds[best + 1] if best + 1 < thresholds.size else 0.0
+    return float(np.clip((thresholds[best] + below) / 2, low, high))
+
+
+@dataclass(frozen=True)
+class CalibrationBin:
+    """One bin of a reliability diagram: its score range, count and rates."""
+
+    low: float
+    high: float
+    count: int
+    mean_predicted: float
+    observed: float
 
 
 @dataclass(frozen=True)
 class Calibration:
-    """Reliability diagram data: per bin mean score, observed rate and count."""
+    """Reliability diagram data (non-empty bins), the number of bins, ECE and Brier.
 
-    mean_predicted: list[float]
-    observed: list[float]
-    counts: list[int]
+    ``ece`` is NaN when more than half of the bins are empty: scores bunched in a
+    few bins give an ECE that measures the binning more than the model.
+    """
+
+    bins: tuple[CalibrationBin, ...]
+    bin_count: int
     ece: float
     brier: float
+
+    @property
+    def empty_bins(self) -> int:
+        """Bins without a case."""
+        return self.bin_count - len(self.bins)
 
 
 def calibration(targets: npt.ArrayLike, scores: npt.ArrayLike, bins: int = 10) -> Calibration:
@@ -200,7 +246,7 @@ def calibration(targets: npt.ArrayLike, scores: npt.ArrayLike, bins: int = 10) -
     y, s = _binary(targets, scores)
     edges = np.linspace(0.0, 1.0, bins + 1)
     which = np.clip(np.digitize(s, edges[1:-1]), 0, bins - 1)
-    mean_predicted, observed, counts = [], [], []
+    filled = []
     ece = 0.0
     for b in range(bins):
         inside = which == b
@@ -208,12 +254,12 @@ def calibration(targets: npt.ArrayLike, scores: npt.ArrayLike, bins: int = 10) -
         if count == 0:
             continue
         mean_p, rate = float(s[inside].mean()), float(y[inside].mean())
-        mean_predicted.append(mean_p)
-        observed.append(rate)
-        counts.append(count)
+        filled.append(CalibrationBin(float(edges[b]), float(edges[b + 1]), count, mean_p, rate))
         ece += count / max(1, s.size) * abs(mean_p - rate)
+    if bins - len(filled) > bins / 2:
+        ece = float("nan")
     brier = float(np.mean((s - y) ** 2)) if s.size else float("nan")
-    return Calibration(mean_predicted, observed, counts, float(ece), brier)
+    return Calibration(tuple(filled), bins, float(ece), brier)
 
 
 def dice(truth: npt.ArrayLike, predicted: npt.ArrayLike) -> float:

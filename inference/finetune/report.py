@@ -14,6 +14,8 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
+from inference.finetune.intervals import MIN_PER_CLASS
+
 logger = logging.getLogger(__name__)
 
 Json = dict[str, Any]
@@ -23,12 +25,32 @@ FIGURES_JSON = "figures.json"
 RESULTS_JSON = "results.json"
 
 
-def _fmt(value: object, digits: int = 3) -> str:
+def fmt(value: object, digits: int = 3) -> str:
+    """A figure as printed: floats to ``digits`` decimals, ``None`` as n/a."""
     if value is None:
         return "n/a"
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return str(value)
+
+
+def interval_text(interval: list[float] | None, note: str | None) -> str:
+    """``95% CI 0.712-0.934``, or why there is none."""
+    if interval is None:
+        return note or "no interval"
+    return f"95% CI {fmt(interval[0])}-{fmt(interval[1])}"
+
+
+def _interval_cell(interval: list[float] | None, note: str | None) -> str:
+    if interval is not None:
+        return f"{fmt(interval[0])}-{fmt(interval[1])}"
+    return "unreliable, not shown" if note and note.startswith("too few") else "n/a"
+
+
+def _rate_cell(value: float | None, interval: list[float] | None) -> str:
+    if value is None:
+        return "n/a"
+    return f"{fmt(value)} ({fmt(interval[0], 2)}-{fmt(interval[1], 2)})" if interval else fmt(value)
 
 
 def _row_name(fold: object) -> str:
@@ -41,7 +63,12 @@ def _save(figure: Figure, path: Path) -> str:
     return path.name
 
 
-def _roc_figure(label: Json, folder: Path) -> tuple[str, Json]:
+def _shipped(label: Json, fold: int) -> Json:
+    row: Json = next(f for f in label["folds"] if f["fold"] == fold)
+    return row
+
+
+def _roc_figure(label: Json, shipped: int, folder: Path) -> tuple[str, Json]:
     figure = Figure(figsize=(4.5, 4.5))  # no pyplot: no global state
     axes = figure.subplots()
     data: Json = {"pooled": label["pooled"]["roc"], "folds": {}}
@@ -51,7 +78,7 @@ def _roc_figure(label: Json, folder: Path) -> tuple[str, Json]:
             fold["roc"]["tpr"],
             alpha=0.35,
             lw=1,
-            label=f"fold {fold['fold']} (AUC {_fmt(fold['auc'])})",
+            label=f"fold {fold['fold']} (AUC {fmt(fold['auc'])}, n {fold['n']})",
         )
         data["folds"][str(fold["fold"])] = fold["roc"]
     pooled = label["pooled"]
@@ -60,16 +87,19 @@ def _roc_figure(label: Json, folder: Path) -> tuple[str, Json]:
         pooled["roc"]["tpr"],
         color="black",
         lw=2,
-        label=f"pooled (AUC {_fmt(pooled['auc'])})",
+        label=f"pooled (AUC {fmt(pooled['auc'])})",
     )
     axes.plot([0, 1], [0, 1], ls=":", color="grey")
-    axes.scatter(
-        [1 - (pooled["specificity"] or 0)],
-        [pooled["sensitivity"] or 0],
-        color="red",
-        zorder=3,
-        label=f"threshold {pooled['threshold']:.3f}",
-    )
+    row = _shipped(label, shipped)
+    if row["sensitivity"] is not None and row["specificity"] is not None:
+        axes.scatter(
+            [1 - row["specificity"]],
+            [row["sensitivity"]],
+            color="red",
+            zorder=3,
+            label=f"shipped: fold {shipped} at {row['threshold']:.3f}",
+        )
+    data["shipped"] = {"fold": shipped, "threshold": row["threshold"]}
     axes.set(xlabel="1 - specificity", ylabel="sensitivity", title=f"ROC: {label['label']}")
     axes.legend(fontsize=7, loc="lower right")
     return _save(figure, folder / f"roc_{label['label']}.png"), data
@@ -80,12 +110,27 @@ def _calibration_figure(label: Json, folder: Path) -> tuple[str, Json]:
     figure = Figure(figsize=(4.5, 4.5))
     axes = figure.subplots()
     axes.plot([0, 1], [0, 1], ls=":", color="grey")
-    axes.plot(cal["mean_predicted"], cal["observed"], marker="o")
+    x = [b["mean_predicted"] for b in cal["bins"]]
+    y = [b["observed"] for b in cal["bins"]]
+    axes.plot(x, y, marker="o")
+    for b in cal["bins"]:
+        axes.annotate(
+            f"n={b['count']}",
+            (b["mean_predicted"], b["observed"]),
+            textcoords="offset points",
+            xytext=(4, -10),
+            fontsize=7,
+        )
+    ece = f"ECE {fmt(cal['ece'])}" if cal["ece"] is not None else "ECE withheld"
     axes.set(
+        xlim=(0, 1),
+        ylim=(-0.05, 1.05),
         xlabel="mean predicted probability",
         ylabel="observed positive rate",
-        title=f"Calibration: {label['label']} (ECE {_fmt(cal['ece'])})",
+        title=f"Calibration: {label['label']} ({ece}; {cal['empty_bins']} of "
+        f"{cal['bin_count']} bins empty)",
     )
+    axes.title.set_fontsize(8)
     return _save(figure, folder / f"calibration_{label['label']}.png"), cal
 
 
@@ -104,7 +149,7 @@ def _confusion_figure(label: Json, folder: Path) -> tuple[str, Json]:
         "rows": "truth (negative, positive)",
         "columns": "model",
         "matrix": matrix,
-        "threshold": label["pooled"]["threshold"],
+        "thresholds": "each fold's network at its own threshold",
     }
     return _save(figure, folder / f"confusion_{label['label']}.png"), data
 
@@ -117,49 +162,178 @@ def _dice_figure(label: Json, folder: Path) -> tuple[str, Json]:
     return _save(figure, folder / f"dice_{label['label']}.png"), {"dice": label["pooled"]["dice"]}
 
 
-def _classification_section(label: Json, level: str, folder: Path, figures: Json) -> list[str]:
+def _label_warnings(label: Json, shipped: int) -> list[str]:
+    """Every figure of a label that rests on too few cases, in words."""
+    name = label["label"]
+    out = []
+    for row in [*label["folds"], {"fold": "pooled", **label["pooled"]}]:
+        where = f"`{name}` {_row_name(row['fold'])}"
+        if row["auc_ci_note"]:
+            out.append(f"{where}: AUC interval not shown, {row['auc_ci_note']}.")
+        elif row["auc_ci95"] and row["auc_ci95"][0] == row["auc_ci95"][1]:
+            out.append(f"{where}: the AUC bootstrap interval collapsed to a point.")
+        if row.get("threshold_note"):
+            shipped_mark = " (the shipped network)" if row["fold"] == shipped else ""
+            out.append(f"{where}{shipped_mark}: threshold {row['threshold_note']}.")
+    cal = label["pooled"]["calibration"]
+    if cal["ece_note"]:
+        out.append(f"`{name}` calibration: ECE {cal['ece_note']}.")
+    for attribute in label["pooled"]["subgroups"]:
+        small = [g for g in attribute["groups"] if g["auc_note"]]
+        if small:
+            groups = ", ".join(
+                f"{g['group']} ({g['positives']} positive of {g['n']})" for g in small
+            )
+            out.append(
+                f"`{name}` {attribute['attribute']}: subgroup AUC too few to estimate for "
+                f"{groups}: fewer than {MIN_PER_CLASS} positives or negatives."
+            )
+        if attribute["gap_note"]:
+            out.append(
+                f"`{name}` {attribute['attribute']}: equalized-odds gap {attribute['gap_note']}."
+            )
+    return out
+
+
+def small_number_warnings(results: Json) -> list[str]:
+    """Every figure of the results that rests on too few cases, in words (empty for
+    segmentation, whose figures are per image)."""
+    if results["task"] != "classification":
+        return []
+    shipped = results["selection"]["fold"]
+    return [w for label in results["labels"] for w in _label_warnings(label, shipped)]
+
+
+def _classification_section(
+    label: Json, level: str, shipped: int, folder: Path, figures: Json
+) -> list[str]:
     name, pooled = label["label"], label["pooled"]
     lines = [f"## Label `{name}`", ""]
     lines += [
-        f"Threshold {pooled['threshold']:.4f} (rule `{label['threshold_rule']}`, chosen on the "
-        f"pooled out-of-fold scores). Unit: one {level} (highest image probability).",
+        f"Each fold's threshold: rule `{label['threshold_rule']}` on that fold network's own "
+        f"validation scores. Unit: one {level} (highest image probability). Pooled: the "
+        "out-of-fold AUC over all folds, and the decisions of every fold at its own threshold "
+        "summed. Sensitivity and specificity with Wilson 95% intervals; AUC intervals by "
+        f"patient bootstrap, only from {MIN_PER_CLASS} positives and {MIN_PER_CLASS} "
+        "negatives up.",
         "",
-        "| | n | positives | AUC | 95% CI | sensitivity | specificity | TN FP FN TP |",
-        "|---|---|---|---|---|---|---|---|",
+        "| | n | positives | AUC | AUC 95% CI | threshold | sensitivity | specificity "
+        "| TN FP FN TP |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for row in [*label["folds"], {"fold": "pooled", **pooled}]:
-        ci = row["auc_ci95"]
+    for row in [*label["folds"], {"fold": "pooled", "threshold": None, **pooled}]:
         cm = row["confusion"]
+        mark = " (shipped)" if row["fold"] == shipped else ""
+        threshold = fmt(row["threshold"], 4) if row["threshold"] is not None else "per fold"
         lines.append(
-            f"| {_row_name(row['fold'])} | {row['n']} | {row['positives']} | {_fmt(row['auc'])} | "
-            f"{_fmt(ci[0])}-{_fmt(ci[1])} | {_fmt(row['sensitivity'])} | "
-            f"{_fmt(row['specificity'])} | {cm[0][0]} {cm[0][1]} {cm[1][0]} {cm[1][1]} |"
+            f"| {_row_name(row['fold'])}{mark} | {row['n']} | {row['positives']} | "
+            f"{fmt(row['auc'])} | {_interval_cell(row['auc_ci95'], row['auc_ci_note'])} | "
+            f"{threshold} | {_rate_cell(row['sensitivity'], row['sensitivity_ci95'])} | "
+            f"{_rate_cell(row['specificity'], row['specificity_ci95'])} | "
+            f"{cm[0][0]} {cm[0][1]} {cm[1][0]} {cm[1][1]} |"
         )
+    if len(label["folds"]) > 1:
+        thresholds = [f["threshold"] for f in label["folds"]]
+        lines += [
+            "",
+            f"Mean of the fold AUCs: {fmt(pooled['fold_auc_mean'])}. The pooled AUC ranks the "
+            f"scores of {len(thresholds)} different networks together; their scales differ "
+            f"(thresholds {min(thresholds):.3f} to {max(thresholds):.3f}), which can pull it "
+            "below every fold's own AUC.",
+        ]
     cal = pooled["calibration"]
-    lines += ["", f"Calibration: ECE {_fmt(cal['ece'])}, Brier {_fmt(cal['brier'])}.", ""]
+    ece = f"ECE {fmt(cal['ece'])}" if cal["ece"] is not None else f"ECE {cal['ece_note']}"
     lines += [
+        "",
+        f"### Calibration (pooled): {ece}; Brier {fmt(cal['brier'])}",
+        "",
+        "| score bin | n | mean predicted | observed positive rate |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {b['low']:.1f}-{b['high']:.1f} | {b['count']} | {fmt(b['mean_predicted'])} | "
+        f"{fmt(b['observed'])} |"
+        for b in cal["bins"]
+    ]
+    lines += [
+        "",
+        f"{cal['empty_bins']} of {cal['bin_count']} bins are empty.",
+        "",
         "### Subgroups",
         "",
-        "| attribute | group | n | positives | AUC | sensitivity | FPR |",
+        "| attribute | group | n | positives | AUC (95% CI) | sensitivity | FPR |",
         "|---|---|---|---|---|---|---|",
     ]
     gaps = []
     for attribute in pooled["subgroups"]:
         for g in attribute["groups"]:
+            area = (
+                "too few to estimate"
+                if g["auc_note"]
+                else f"{fmt(g['auc'])} ({_interval_cell(g['auc_ci95'], None)})"
+            )
             lines.append(
                 f"| {attribute['attribute']} | {g['group']} | {g['n']} | {g['positives']} | "
-                f"{_fmt(g['auc'])} | {_fmt(g['sensitivity'])} | {_fmt(g['false_positive_rate'])} |"
+                f"{area} | {fmt(g['sensitivity'])} | {fmt(g['false_positive_rate'])} |"
             )
-        gaps.append(f"{attribute['attribute']}: {_fmt(attribute['equalized_odds_gap'])}")
+        gap = (
+            attribute["gap_note"]
+            if attribute["gap_note"]
+            else f"{fmt(attribute['equalized_odds_gap'])} "
+            f"({interval_text(attribute['gap_ci95'], None)})"
+        )
+        gaps.append(f"{attribute['attribute']}: {gap}")
     lines += ["", f"Equalized-odds gap (max spread of TPR or FPR): {'; '.join(gaps)}.", ""]
     for draw, kind in (
-        (_roc_figure, "roc"),
+        (lambda lab, fol: _roc_figure(lab, shipped, fol), "roc"),
         (_calibration_figure, "calibration"),
         (_confusion_figure, "confusion"),
     ):
         file, data = draw(label, folder)
         figures[f"{kind}_{name}"] = {"file": file, **data}
         lines.append(f"![{kind} {name}]({file})")
+    return [*lines, ""]
+
+
+def _shipped_section(results: Json) -> list[str]:
+    selection = results["selection"]
+    fold = selection["fold"]
+    lines = [
+        "## Shipped network and its operating point",
+        "",
+        f"`dicom-node export` ships the network of fold {fold} with its own thresholds. "
+        f"Selected: {selection['rule']}. Every fold's threshold is chosen on that fold "
+        "network's own validation scores, so the package reproduces the figures below on "
+        "that fold's validation set, the data its threshold was chosen on. They flatter it "
+        "twice: the threshold was chosen on those cases, and the fold was picked as the best "
+        "of several; the pooled and per-fold rows below describe the training procedure, and "
+        "only an independent labelled set gives an unbiased figure for the shipped network.",
+        "",
+        "| fold | validation cases | selection score |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| {s['fold']}{' (shipped)' if s['fold'] == fold else ''} | {s['cases']} | "
+        f"{fmt(s['score'])} |"
+        for s in selection["scores"]
+    ]
+    if results["task"] != "classification":
+        return [*lines, ""]
+    lines += [
+        "",
+        "| label | threshold | n | positives | sensitivity (95% CI) | specificity (95% CI) "
+        "| TN FP FN TP |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for label in results["labels"]:
+        row = _shipped(label, fold)
+        cm = row["confusion"]
+        lines.append(
+            f"| {label['label']} | {fmt(row['threshold'], 4)} | {row['n']} | "
+            f"{row['positives']} | {_rate_cell(row['sensitivity'], row['sensitivity_ci95'])} | "
+            f"{_rate_cell(row['specificity'], row['specificity_ci95'])} | "
+            f"{cm[0][0]} {cm[0][1]} {cm[1][0]} {cm[1][1]} |"
+        )
     return [*lines, ""]
 
 
@@ -175,9 +349,9 @@ def _segmentation_section(label: Json, folder: Path, figures: Json) -> list[str]
     ]
     for row in [*label["folds"], {"fold": "pooled", **pooled}]:
         lines.append(
-            f"| {_row_name(row['fold'])} | {row['n']} | {_fmt(row['dice_mean'])} | "
-            f"{_fmt(row['dice_median'])} | {_fmt(row['hausdorff95_mean'])} | "
-            f"{_fmt(row['hausdorff_max_mean'])} | {row['hausdorff_undefined']} |"
+            f"| {_row_name(row['fold'])} | {row['n']} | {fmt(row['dice_mean'])} | "
+            f"{fmt(row['dice_median'])} | {fmt(row['hausdorff95_mean'])} | "
+            f"{fmt(row['hausdorff_max_mean'])} | {row['hausdorff_undefined']} |"
         )
     lines += [
         "",
@@ -187,26 +361,48 @@ def _segmentation_section(label: Json, folder: Path, figures: Json) -> list[str]
         "|---|---|---|---|",
     ]
     for g in pooled["subgroups"]:
-        lines.append(f"| {g['attribute']} | {g['group']} | {g['n']} | {_fmt(g['dice_mean'])} |")
+        lines.append(f"| {g['attribute']} | {g['group']} | {g['n']} | {fmt(g['dice_mean'])} |")
     file, data = _dice_figure(label, folder)
     figures[f"dice_{name}"] = {"file": file, **data}
     return [*lines, "", f"![dice {name}]({file})", ""]
 
 
+def _skipped_section(run: Json) -> list[str]:
+    counts = {kind: n for kind, n in run["skipped"].items() if n}
+    lines = ["## Inputs left out", ""]
+    if not counts:
+        return [*lines, "None.", ""]
+    lines += [f"- {kind}: {n}" for kind, n in counts.items()]
+    return [*lines, "", "Every item and its reason is listed in `summary.json` (`skipped`).", ""]
+
+
+def _inline(text: str) -> str:
+    """Escaped text with Markdown code spans as ``<code>``, never literal backticks."""
+    parts = html.escape(text).split("`")
+    if len(parts) % 2 == 0:  # an unpaired backtick: no code spans, and no backtick left
+        return "".join(parts)
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+
+
 def _to_html(markdown: str, folder: Path) -> str:
-    """A minimal Markdown subset (headings, tables, images, paragraphs) to one HTML page."""
+    """A minimal Markdown subset (headings, tables, lists, images, paragraphs, code
+    spans) to one self-contained HTML page."""
     body: list[str] = []
     table: list[list[str]] = []
+    items: list[str] = []
 
     def flush() -> None:
         if table:
             head, *rows = table
-            cells = "".join(f"<th>{html.escape(c)}</th>" for c in head)
+            cells = "".join(f"<th>{_inline(c)}</th>" for c in head)
             body.append(f"<table><tr>{cells}</tr>")
             for row in rows:
-                body.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>")
+                body.append("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in row) + "</tr>")
             body.append("</table>")
             table.clear()
+        if items:
+            body.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in items) + "</ul>")
+            items.clear()
 
     for line in markdown.splitlines():
         if line.startswith("|"):
@@ -214,16 +410,19 @@ def _to_html(markdown: str, folder: Path) -> str:
             if not all(set(c) <= {"-"} for c in cells):
                 table.append(cells)
             continue
+        if line.startswith("- "):
+            items.append(line[2:])
+            continue
         flush()
         if line.startswith("#"):
             level = len(line) - len(line.lstrip("#"))
-            body.append(f"<h{level}>{html.escape(line.lstrip('# '))}</h{level}>")
+            body.append(f"<h{level}>{_inline(line.lstrip('# '))}</h{level}>")
         elif line.startswith("![") and "](" in line:
             file = line[line.index("](") + 2 : -1]
             data = base64.b64encode((folder / file).read_bytes()).decode()
             body.append(f'<img alt="{html.escape(file)}" src="data:image/png;base64,{data}">')
         elif line.strip():
-            body.append(f"<p>{html.escape(line)}</p>")
+            body.append(f"<p>{_inline(line)}</p>")
     flush()
     style = (
         "body{font-family:sans-serif;max-width:60em;margin:auto}"
@@ -243,7 +442,8 @@ def write_report(results: Json, run: Json, folder: Path) -> Path:
     results : dict
         From `evaluate_classification` or `evaluate_segmentation`.
     run : dict
-        What was trained: model name, backbone, initialisation, folds, data summary.
+        What was trained: model name, backbone, initialisation, folds, data summary,
+        skipped-input counts.
     folder : pathlib.Path
         Created if needed.
 
@@ -253,11 +453,12 @@ def write_report(results: Json, run: Json, folder: Path) -> Path:
         The Markdown report.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    init = run["initialisation"]
+    shipped = results["selection"]["fold"]
     lines = [
         f"# Validation report: {run['model']} {run['version']}",
         "",
-        f"Task {results['task']}, backbone `{run['backbone']}`, initialisation: {init}.",
+        f"Task {results['task']}, backbone `{run['backbone']}`, initialisation: "
+        f"{run['initialisation']}.",
         f"{run['folds']} fold(s), patient-level splits, seed {run['seed']}; "
         f"{run['device']}{' with mixed precision' if run['amp'] else ''}.",
         "",
@@ -265,18 +466,27 @@ def write_report(results: Json, run: Json, folder: Path) -> Path:
         "",
     ]
     figures: Json = {}
+    sections: list[str] = [*_skipped_section(run), *_shipped_section(results)]
     for label in results["labels"]:
         if results["task"] == "classification":
-            lines += _classification_section(label, results["level"], folder, figures)
+            sections += _classification_section(label, results["level"], shipped, folder, figures)
         else:
-            lines += _segmentation_section(label, folder, figures)
-    markdown = "\n".join(lines)
+            sections += _segmentation_section(label, folder, figures)
+    warnings = small_number_warnings(results)
+    if warnings:
+        lines += [
+            "## Small numbers: figures to read with care",
+            "",
+            *[f"- {w}" for w in warnings],
+            "",
+        ]
+    markdown = "\n".join([*lines, *sections])
     path = folder / REPORT_MD
     path.write_text(markdown, encoding="utf-8")
     (folder / REPORT_HTML).write_text(_to_html(markdown, folder), encoding="utf-8")
     (folder / FIGURES_JSON).write_text(json.dumps(figures, indent=1), encoding="utf-8")
     (folder / RESULTS_JSON).write_text(
-        json.dumps({"run": run, **results}, indent=1), encoding="utf-8"
+        json.dumps({"run": run, **results, "warnings": warnings}, indent=1), encoding="utf-8"
     )
     logger.info("validation report written to %s", path)
     return path

@@ -7,11 +7,19 @@ The run folder holds everything needed to resume, to audit and to export::
     RUN/fold-K/best.pt          the fold's best weights (by validation metric)
     RUN/fold-K/done.json        written when the fold is finished
     RUN/report/                 report.md, report.html, PNG plots, figures.json
-    RUN/summary.json            thresholds, the best fold, pooled results
+    RUN/summary.json            the shipped fold and its thresholds, every fold's
+                                thresholds and validation keys, skipped inputs
+
+Which network is shipped, and at which threshold: every fold's threshold is chosen
+on that fold network's own validation scores, and export ships one fold's network
+with its own thresholds, so that the package reproduces, on the data the threshold
+was chosen on, the operating point the report states for it. The fold is chosen by
+`inference.finetune.selection`, which does not reward a small fold's luck.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -27,7 +35,7 @@ from tqdm import tqdm
 from inference.finetune.config import FinetuneConfig
 from inference.finetune.data import TrainingData, load_training_data
 from inference.finetune.evaluation import evaluate_classification, evaluate_segmentation
-from inference.finetune.report import write_report
+from inference.finetune.report import fmt, interval_text, small_number_warnings, write_report
 from inference.finetune.splits import patient_splits
 from inference.finetune.training import FoldOutcome, train_fold
 from inference.spec import Task
@@ -41,30 +49,33 @@ REPORT_DIR = "report"
 
 @dataclass(frozen=True)
 class RunSummary:
-    """What a run produced: where, which fold is best, thresholds and results."""
+    """What a run produced: where, which fold is shipped, its thresholds and results."""
 
     run_dir: Path
     report: Path
-    best_fold: int
+    selected_fold: int
     thresholds: tuple[float, ...]
     results: dict[str, Any]
 
     def headline(self) -> str:
-        """One line per label: pooled AUC with its interval, or mean Dice."""
+        """Per label: pooled AUC with its interval (or why none), and the shipped
+        fold's operating point; or the pooled Dice."""
         lines = []
         for label in self.results["labels"]:
             pooled = label["pooled"]
             if self.results["task"] == Task.CLASSIFICATION.value:
-                low, high = pooled["auc_ci95"]
+                shipped = next(f for f in label["folds"] if f["fold"] == self.selected_fold)
                 lines.append(
-                    f"{label['label']}: pooled AUC {pooled['auc']} (95% CI {low}-{high}), "
-                    f"sensitivity {pooled['sensitivity']}, specificity {pooled['specificity']} "
-                    f"at threshold {pooled['threshold']}"
+                    f"{label['label']}: pooled out-of-fold AUC {fmt(pooled['auc'])} "
+                    f"({interval_text(pooled['auc_ci95'], pooled['auc_ci_note'])}); shipped "
+                    f"fold {self.selected_fold} at threshold {fmt(shipped['threshold'], 4)}: "
+                    f"sensitivity {fmt(shipped['sensitivity'])}, specificity "
+                    f"{fmt(shipped['specificity'])} on its {shipped['n']} validation case(s)"
                 )
             else:
                 lines.append(
-                    f"{label['label']}: pooled Dice {pooled['dice_mean']}, "
-                    f"HD95 {pooled['hausdorff95_mean']} {pooled['hausdorff_unit']}"
+                    f"{label['label']}: pooled Dice {fmt(pooled['dice_mean'])}, "
+                    f"HD95 {fmt(pooled['hausdorff95_mean'])} {pooled['hausdorff_unit']}"
                 )
         return "\n".join(lines)
 
@@ -102,11 +113,39 @@ def _strata(data: TrainingData) -> list[str]:
     return ["".join(str(int(v > 0.5)) for v in case.target) for case in data.cases]
 
 
-def _initialisation(config: FinetuneConfig) -> str:
-    weights = config.weights_path
+def weights_provenance(path: Path | None) -> dict[str, str] | None:
+    """What the tool knows of pretrained weights: the file's name and SHA-256.
+
+    Where the weights came from (which data, which licence) is only what the user
+    says; the report states it as declared, not as checked.
+    """
+    if path is None:
+        return None
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return {
+        "file": path.name,
+        "sha256": digest.hexdigest(),
+        "provenance": "as declared by the user",
+    }
+
+
+def _initialisation(weights: dict[str, str] | None) -> str:
     if weights is None:
         return "random (no pretrained weights given)"
-    return f"pretrained weights from {weights}"
+    return (
+        f"pretrained weights from the file {weights['file']} (sha256 {weights['sha256']}; "
+        "provenance as declared by the user)"
+    )
+
+
+def _fold_thresholds(results: dict[str, Any], fold: int) -> list[float]:
+    return [
+        next(f["threshold"] for f in label["folds"] if f["fold"] == fold)
+        for label in results["labels"]
+    ]
 
 
 def finetune(
@@ -162,7 +201,8 @@ def finetune(
         torch.set_num_threads(threads)
     if config.weights_path is not None and not config.weights_path.is_file():
         raise FileNotFoundError(f"pretrained weights not found: {config.weights_path}")
-    data = load_training_data(dicom_dir, config.spec, t.age_bands, labels_csv)
+    echo(f"Indexing and preprocessing {dicom_dir} ...")
+    data = load_training_data(dicom_dir, config.spec, t.age_bands, labels_csv, progress=progress)
     echo(f"Training data ({config.spec.model.name}):\n{data.summary()}")
     splits = patient_splits(
         [c.patient for c in data.cases], _strata(data), t.folds, t.seed, t.val_fraction
@@ -181,45 +221,66 @@ def finetune(
         )
     if data.task is Task.CLASSIFICATION:
         results = evaluate_classification(data, outcomes, t.threshold, t.bootstrap, t.seed)
-        thresholds = tuple(label["pooled"]["threshold"] for label in results["labels"])
     else:
         results = evaluate_segmentation(data, outcomes)
-        thresholds = tuple(label.threshold for label in config.spec.output.labels)
+    selected = int(results["selection"]["fold"])
+    fold_thresholds = {
+        o.fold: (
+            _fold_thresholds(results, o.fold)
+            if data.task is Task.CLASSIFICATION
+            else [label.threshold for label in config.spec.output.labels]
+        )
+        for o in outcomes
+    }
+    weights = weights_provenance(config.weights_path)
     run_info = {
         "model": config.spec.model.name,
         "version": config.spec.model.version,
         "backbone": t.backbone.value,
-        "initialisation": _initialisation(config),
+        "initialisation": _initialisation(weights),
+        "weights": weights,
         "folds": len(splits),
         "seed": t.seed,
         "device": str(torch_device),
         "amp": t.amp and torch_device.type == "cuda",
         "data": data.summary(),
+        "skipped": data.skipped.counts(),
     }
     report = write_report(results, run_info, target / REPORT_DIR)
-    best = max(outcomes, key=lambda o: o.best_metric)
-    summary = RunSummary(target, report, best.fold, thresholds, results)
+    summary = RunSummary(target, report, selected, tuple(fold_thresholds[selected]), results)
     (target / SUMMARY_JSON).write_text(
         json.dumps(
             {
-                "best_fold": best.fold,
-                "thresholds": list(thresholds),
+                "selected_fold": selected,
+                "selection_rule": results["selection"]["rule"],
+                "thresholds": fold_thresholds[selected],
                 "run": run_info,
                 "folds": [
                     {
                         "fold": o.fold,
-                        "best_epoch": o.best_epoch + 1,
+                        "best_epoch": o.best_epoch,
                         "best_metric": o.best_metric,
                         "epochs_run": o.epochs_run,
+                        "thresholds": fold_thresholds[o.fold],
+                        "validation": [data.cases[c].key for c in o.cases],
                     }
                     for o in outcomes
                 ],
+                "skipped": data.skipped.items,
             },
             indent=1,
         ),
         encoding="utf-8",
     )
     echo(summary.headline())
+    warnings = small_number_warnings(results)
+    if warnings:
+        echo(
+            f"{len(warnings)} figure(s) rest on small numbers, e.g. {warnings[0]} "
+            "(all in the report's 'Small numbers' section)"
+        )
+    for line in data.skipped.lines():
+        echo(f"Skipped: {line}")
     echo(f"Report: {report}")
     return summary
 
@@ -253,4 +314,11 @@ def read_summary(run_dir: Path | str) -> dict[str, Any]:
     return summary
 
 
-__all__ = ["RunSummary", "finetune", "load_run_config", "read_summary", "resolve_device"]
+__all__ = [
+    "RunSummary",
+    "finetune",
+    "load_run_config",
+    "read_summary",
+    "resolve_device",
+    "weights_provenance",
+]

@@ -40,7 +40,8 @@ _PARITY_IMAGES = 8
 
 @dataclass(frozen=True)
 class FoldOutcome:
-    """What one fold left: its best epoch and validation predictions.
+    """What one fold left: its best epoch (counted from 1, as printed everywhere) and
+    validation predictions.
 
     ``scores`` is (validation cases, labels) for classification (the highest image
     probability of each case, as the node scores a series) and (validation images,
@@ -232,7 +233,7 @@ def train_fold(
             "fold %d: resuming at epoch %d from %s", split.fold, state.epoch + 1, checkpoint
         )
     train_images = image_indices(data, split.train)
-    augment = t.augment.build()
+    augment = t.augment
     images = torch.from_numpy(data.images)
     targets = torch.from_numpy(data.targets)
     bar = tqdm(
@@ -306,14 +307,14 @@ def train_fold(
     summary = {
         "fingerprint": fingerprint,
         "fold": split.fold,
-        "best_epoch": state.best_epoch,
+        "best_epoch": state.best_epoch + 1,
         "best_metric": state.best_metric,
         "epochs_run": state.epoch,
     }
     done.write_text(json.dumps(summary, indent=2), encoding="utf-8")
     return FoldOutcome(
         split.fold,
-        state.best_epoch,
+        state.best_epoch + 1,
         state.best_metric,
         state.epoch,
         split.validation,

@@ -30,6 +30,7 @@ from inference.finetune.config import parse_config
 from inference.finetune.export import export_package
 from inference.finetune.metrics import auc, bootstrap_auc_ci
 from inference.finetune.networks import Backbone
+from inference.finetune.report import fmt, interval_text
 from inference.finetune.run import RunSummary, finetune
 from inference.finetune.synthetic import (
     GENERIC_CLASSES,
@@ -174,9 +175,9 @@ class ArmResult:
     def line(self) -> str:
         """The arm's figures on one line."""
         pooled = self.summary.results["labels"][0]["pooled"]
-        low, high = pooled["auc_ci95"]
         return (
-            f"{self.name:<10} out-of-fold AUC {pooled['auc']:.3f} (95% CI {low:.3f}-{high:.3f}); "
+            f"{self.name:<10} out-of-fold AUC {fmt(pooled['auc'])} "
+            f"({interval_text(pooled['auc_ci95'], pooled['auc_ci_note'])}); "
             f"independent test AUC {self.test_auc:.3f} "
             f"(95% CI {self.test_ci[0]:.3f}-{self.test_ci[1]:.3f})"
         )

@@ -85,3 +85,18 @@ def test_exported_spec_round_trips_through_toml(tmp_path: Path) -> None:
     assert ModelSpec.model_validate(tomllib.loads(text)) == spec
     with pytest.raises(ValueError, match="2 thresholds for 1 labels"):
         exported_spec(config, [0.3, 0.4], None)
+
+
+@pytest.mark.parametrize(
+    ("augment", "message"),
+    [
+        ("rotaton_degrees = 5.0", "rotaton_degrees"),
+        ("flip_vertical = 1.5", "flip_vertical is a probability"),
+    ],
+)
+def test_augment_keys_and_ranges_are_checked_where_the_config_is_read(
+    tmp_path: Path, augment: str, message: str
+) -> None:
+    text = f"{CONFIG}\n[training.augment]\n{augment}\n"
+    with pytest.raises(ModelPackageError, match=message):
+        read_config(_write(tmp_path, text))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 
 from inference.finetune.config import parse_config
@@ -93,3 +94,36 @@ def test_labels_that_match_no_study_are_an_error(tmp_path: Path) -> None:
         load_training_data(tmp_path / "set" / "dicom", config.spec, (40,), labels)
     with pytest.raises(ValueError, match="classification needs a labels CSV"):
         load_training_data(tmp_path / "set" / "dicom", config.spec, (40,))
+
+
+def test_inputs_left_out_are_counted_and_listed_by_kind(tmp_path: Path) -> None:
+    write_chest_set(tmp_path / "set", 6, (NODULE, MASS), size=32, seed=2)
+    dicom, labels = tmp_path / "set" / "dicom", tmp_path / "set" / "labels.csv"
+    header, *rows = labels.read_text(encoding="utf-8").splitlines()
+    unlabelled = rows[0].split(",")[0]
+    labels.write_text("\n".join([header, *rows[1:], "9.9.9,1,0"]) + "\n", encoding="utf-8")
+    files = sorted(dicom.glob("*.dcm"))
+    other = pydicom.dcmread(files[1])
+    other.Modality = "MR"
+    other.save_as(files[1])
+    (dicom / "broken.dcm").write_bytes(b"\0" * 64)
+    config = parse_config(_config(tmp_path), tmp_path / "train.toml")
+    data = load_training_data(dicom, config.spec, (40,), labels)
+    assert data.skipped.counts() == {
+        "no_label": 1,
+        "no_dicom": 1,
+        "other_modality": 1,
+        "unreadable": 1,
+        "not_prepared": 1,  # the study whose only series is MR
+    }
+    items = data.skipped.items
+    assert items["no_label"] == [f"study {unlabelled}"]
+    assert items["no_dicom"] == ["study 9.9.9"]
+    assert items["other_modality"] == [
+        f"series {other.SeriesInstanceUID}: Modality 'MR' not in ['CR']"
+    ]
+    assert items["unreadable"][0].startswith(f"{dicom / 'broken.dcm'}: ")
+    assert len(data.cases) == 4
+    summary = data.summary()
+    assert "skipped: 1 in the DICOM folder with no label (no_label), e.g. study" in summary
+    assert "skipped: 1 of a modality the model does not take (other_modality)" in summary

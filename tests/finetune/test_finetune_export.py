@@ -104,6 +104,8 @@ def test_report_has_every_figure_and_its_data(trained: tuple[Path, Path]) -> Non
     assert "Equalized-odds gap" in text and "| sex |" in text and "| age_band |" in text
     figures = json.loads((report / "figures.json").read_text(encoding="utf-8"))
     assert set(figures) == {"roc_nodule", "calibration_nodule", "confusion_nodule"}
+    assert figures["roc_nodule"]["shipped"]["fold"] in (1, 2)
+    assert all("count" in b for b in figures["calibration_nodule"]["bins"])
     for figure in figures.values():
         assert (report / figure["file"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     html = (report / "report.html").read_text(encoding="utf-8")
@@ -126,7 +128,7 @@ def test_package_spec_carries_threshold_and_cam(trained: tuple[Path, Path]) -> N
 def test_node_predictions_equal_pytorch(chest: Path, trained: tuple[Path, Path]) -> None:
     run, package = trained
     config = read_config(chest / "train.toml")
-    fold = json.loads((run / "summary.json").read_text(encoding="utf-8"))["best_fold"]
+    fold = json.loads((run / "summary.json").read_text(encoding="utf-8"))["selected_fold"]
     network = load_fold_model(run, fold, config)
     data = load_training_data(chest / "dicom", config.spec, (18, 40, 65), chest / "labels.csv")
     with torch.no_grad():
@@ -151,6 +153,8 @@ def test_torch_program_runs_on_the_torch_backend_like_onnxruntime(
     run, _ = trained
     result = export_package(run, tmp_path / "package", torch_program=True, echo=lambda _: None)
     assert (tmp_path / "package" / "model.pt2").is_file()
+    spec = tomllib.loads((tmp_path / "package" / "model.toml").read_text(encoding="utf-8"))
+    assert spec["runtime"]["torch_file"] == "model.pt2"
     assert result.max_abs_diff["logits (torch program)"] < 1e-5
     ds = pydicom.dcmread(sorted((chest / "dicom").glob("*.dcm"))[0])
     scores = []

@@ -90,7 +90,7 @@ def test_report_has_dice_and_hausdorff(trained: tuple[Path, Path, Path]) -> None
 def test_node_segmentation_equals_pytorch(trained: tuple[Path, Path, Path]) -> None:
     folder, run, package = trained
     config = read_config(folder / "train.toml")
-    fold = json.loads((run / "summary.json").read_text(encoding="utf-8"))["best_fold"]
+    fold = json.loads((run / "summary.json").read_text(encoding="utf-8"))["selected_fold"]
     network = load_fold_model(run, fold, config)
     series = sorted((folder / "dicom").glob("SEG00200000_0*.dcm"))
     datasets = [pydicom.dcmread(p) for p in series]

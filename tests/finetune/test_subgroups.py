@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 from pydicom import Dataset
 
@@ -44,15 +45,39 @@ def test_equalized_odds_gap_is_the_larger_rate_spread() -> None:
     sexes = ["F", "F", "F", "F", "M", "M", "M", "M"]
     truth = [1, 1, 0, 0, 1, 1, 0, 0]
     scores = [0.9, 0.8, 0.7, 0.1, 0.9, 0.2, 0.3, 0.1]
-    result = subgroup_results("sex", sexes, truth, scores, 0.5)
+    result = subgroup_results("sex", sexes, truth, scores, 0.5, [str(i) for i in range(8)])
     by_group = {g.group: g for g in result.groups}
     assert by_group["F"].sensitivity == 1.0 and by_group["F"].false_positive_rate == 0.5
     assert by_group["M"].sensitivity == 0.5 and by_group["M"].false_positive_rate == 0.0
     assert result.equalized_odds_gap == pytest.approx(0.5)
+    # Two positives a group: neither the groups' AUCs nor the gap get an interval.
+    assert all(g.auc_ci95 is None and "too few to estimate" in str(g.note) for g in result.groups)
+    assert result.gap_ci95 is None
+    assert result.gap_note == (
+        "too few to estimate: F 2 positive(s) and 2 negative(s), M 2 positive(s) and "
+        "2 negative(s), fewer than 10 of each"
+    )
+
+
+def test_large_groups_get_patient_bootstrap_intervals() -> None:
+    rng = np.random.default_rng(4)
+    n = 240
+    sexes = np.where(np.arange(n) % 2 == 0, "F", "M")
+    truth = rng.random(n) < 0.4
+    scores = truth * 0.6 + rng.random(n) * np.where(sexes == "F", 0.8, 1.2)
+    patients = [f"P{i // 2}" for i in range(n)]  # two studies a patient
+    result = subgroup_results("sex", sexes.tolist(), truth, scores, 0.55, patients, 200, 1)
+    for group in result.groups:
+        assert group.note is None and group.auc_ci95 is not None
+        assert group.auc_ci95[0] < group.auc < group.auc_ci95[1]
+    assert result.gap_note is None and result.gap_ci95 is not None
+    assert result.gap_ci95[0] <= result.equalized_odds_gap <= result.gap_ci95[1]
+    assert result.gap_ci95[1] - result.gap_ci95[0] > 0.02  # an interval, not a point
 
 
 def test_gap_undefined_with_one_evaluable_group() -> None:
-    result = subgroup_results("sex", ["F", "M"], [1, 0], [0.9, 0.1], 0.5)
+    result = subgroup_results("sex", ["F", "M"], [1, 0], [0.9, 0.1], 0.5, ["a", "b"])
     assert math.isnan(result.equalized_odds_gap)
-    with pytest.raises(ValueError, match="1 sex values but 2 targets"):
-        subgroup_results("sex", ["F"], [1, 0], [0.9, 0.1], 0.5)
+    assert result.gap_note == "undefined: fewer than two groups hold both classes"
+    with pytest.raises(ValueError, match="1 sex values and 2 patients but 2 targets"):
+        subgroup_results("sex", ["F"], [1, 0], [0.9, 0.1], 0.5, ["a", "b"])

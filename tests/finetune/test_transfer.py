@@ -6,6 +6,7 @@ the benchmark ``python -m inference.finetune.transfer``.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -89,4 +90,9 @@ def test_pretrained_backbone_is_loaded_and_early_stages_stay_frozen(tmp_path: Pa
     ]
     assert any(changed)  # the late stages learnt
     report = (tmp_path / "run" / "report" / "report.md").read_text(encoding="utf-8")
-    assert f"initialisation: pretrained weights from {weights}" in report
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert (
+        f"initialisation: pretrained weights from the file generic.pt (sha256 {digest}; "
+        "provenance as declared by the user)" in report
+    )
+    assert str(tmp_path) not in report  # the file's name, not where it lies

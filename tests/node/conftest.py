@@ -14,15 +14,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
-from pydicom.uid import generate_uid
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.config import NodeConfig, PeerConfig, load_config, parse_config
-from dicom_node.db import create_db_engine, session_factory
-from dicom_node.scu import LocalAE
+from dicom_node.db.sessions import create_db_engine, session_factory
+from dicom_node.net.scu import LocalAE
 from dicom_node.service import Service
 from tests.conftest import REPO_ROOT, get_free_port
 from tests.peers import stop_process, wait_for_port
@@ -190,6 +192,18 @@ def write_series(folder: Path, count: int, template: str = "CT_small.dcm") -> li
         source.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
+
+
+def large_ct(megabytes: int) -> Dataset:
+    """A new CT instance of about ``megabytes`` MB (blank 512 x 512 frames, explicit VR)."""
+    ds = dcmread(get_testdata_file("CT_small.dcm"))
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    frames = megabytes * 2  # 0.5 MB each
+    ds.Rows = ds.Columns = 512
+    ds.NumberOfFrames = frames
+    ds.PixelData = np.zeros((frames, 512, 512), dtype=np.int16).tobytes()
+    return ds
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 20.0, step: float = 0.1) -> bool:

@@ -110,3 +110,14 @@ def test_systemd_unit_runs_serve_and_stops_with_sigterm() -> None:
         args = build_parser().parse_args(argv[1:])  # the unit's command line is ours
         assert args.config == "/etc/dicom-node/node.toml"
     assert build_parser().parse_args(shlex.split(settings["ExecStart"])[1:]).role == "all"
+
+
+def test_systemd_unit_runs_as_its_own_user_with_a_private_umask() -> None:
+    unit = (REPO_ROOT / "config" / "dicom-node.service").read_text()
+    settings = dict(
+        line.split("=", 1) for line in unit.splitlines() if "=" in line and line[0] != "#"
+    )
+    assert settings["UMask"] == "0027"
+    assert settings["User"] == settings["Group"] == "dicom-node"
+    assert settings["StateDirectory"] == "dicom-node"
+    assert settings["StateDirectoryMode"] == "0750"

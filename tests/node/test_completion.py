@@ -11,13 +11,13 @@ from pydicom.uid import generate_uid
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node.catalog import ReceivedInstance, record_instance
-from dicom_node.completion import CompletionScanner
 from dicom_node.config import CompletionSection, PeerConfig
-from dicom_node.db import create_db_engine, session_factory
-from dicom_node.headers import InstanceHeaders
-from dicom_node.schema import Study, StudyState, utcnow
-from dicom_node.scu import AssociationError, StudyCounts
+from dicom_node.db.schema import Study, StudyState, utcnow
+from dicom_node.db.sessions import create_db_engine, session_factory
+from dicom_node.intake.catalog import ReceivedInstance, record_instance
+from dicom_node.intake.completion import CompletionScanner
+from dicom_node.intake.headers import InstanceHeaders
+from dicom_node.net.scu import AssociationError, StudyCounts
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=utcnow().tzinfo)
 SETTINGS = CompletionSection(stable_seconds=30, min_seconds=5, max_seconds=900)

@@ -156,28 +156,54 @@ def test_bad_network_in_allowed_hosts() -> None:
     assert "'10.0.0.300'" in message
 
 
-def test_check_config_cli_prints_each_problem(tmp_path: Path) -> None:
-    path = tmp_path / "node.toml"
-    path.write_text('[node]\nport = "x"\nfoo = 1\n[[peers]]\nname = "a"\n')
-    result = subprocess.run(
+def check_config(path: Path) -> subprocess.CompletedProcess[str]:
+    """``dicom-node check-config -c path`` as an administrator runs it."""
+    return subprocess.run(
         [sys.executable, "-m", "dicom_node", "check-config", "-c", str(path)],
         capture_output=True,
         text=True,
         check=False,
     )
+
+
+def test_check_config_cli_prints_each_problem(tmp_path: Path) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text('[node]\nport = "x"\nfoo = 1\n[[peers]]\nname = "a"\n')
+    result = check_config(path)
     assert result.returncode == 1
     assert "node.port" in result.stderr
     assert "node.foo: unknown key" in result.stderr
     assert "peers[0].ae_title: Field required" in result.stderr
 
 
+def test_check_config_refuses_what_serve_would(tmp_path: Path) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text('[security]\nallowed_calling_aets = ["ORTHANC", "A_TITLE_OF_20_CHARS"]\n')
+    result = check_config(path)
+    assert result.returncode == 1
+    assert "security.allowed_calling_aets[1]: String should have at most 16" in result.stderr
+    [(key, message)] = problems_of(valid(security={"allowed_calling_aets": ["BAD\\AE"]}))
+    assert key == "security.allowed_calling_aets[0]"
+    assert "BAD" in message
+
+
+def test_check_config_refuses_tls_files_serve_cannot_load(tmp_path: Path) -> None:
+    path = tmp_path / "node.toml"
+    (tmp_path / "node.crt").write_text("not a certificate\n")
+    path.write_text('[security.tls]\ncert_file = "node.crt"\nkey_file = "missing.key"\n')
+    result = check_config(path)
+    assert result.returncode == 1
+    assert "security.tls: cannot load the certificate, key or CA file" in result.stderr
+
+
+def test_private_sop_classes_must_be_uids() -> None:
+    [(key, message)] = problems_of(valid(node={"private_sop_classes": ["1.2.03"]}))
+    assert key == "node.private_sop_classes"
+    assert "'1.2.03'" in message
+
+
 def test_check_config_cli_accepts_example() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "dicom_node", "check-config", "-c", str(EXAMPLE)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    result = check_config(EXAMPLE)
     assert result.returncode == 0, result.stderr
 
 

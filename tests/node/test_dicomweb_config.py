@@ -17,7 +17,7 @@ from dicom_node.config import (
     parse_config,
 )
 from dicom_node.errors import ConfigError
-from dicom_node.scu import resolve_peer
+from dicom_node.net.scu import resolve_peer
 from tests.node.test_config import PEER, problems_of, valid
 
 WEB = {"name": "cloud", "kind": "dicomweb", "url": "https://archive.example/dicom-web/"}

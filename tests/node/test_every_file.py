@@ -18,8 +18,8 @@ from pynetdicom import AllStoragePresentationContexts
 from pynetdicom.dsutils import split_dataset
 from sqlalchemy import select
 
-from dicom_node.schema import Instance
-from dicom_node.scu import echo, send_files
+from dicom_node.db.schema import Instance
+from dicom_node.net.scu import echo, send_files
 from tests.node.conftest import SENDER, NodeProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]

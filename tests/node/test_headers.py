@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from pydicom.data import get_testdata_file
 
-from dicom_node.headers import read_headers
+from dicom_node.intake.headers import read_headers
 
 FILES = ["CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm", "rtplan.dcm", "693_J2KI.dcm"]
 
@@ -19,6 +19,6 @@ def test_short_read_gives_the_full_reads_fields_but_the_series_ones(name: str) -
     path = Path(get_testdata_file(name))
     full = read_headers(path)
     short = read_headers(path, series_fields=False)
-    assert short.headers == {}
-    assert short == replace(full, headers={})
-    assert full.headers  # the full read has routing fields
+    assert short.routing_fields == {}
+    assert short == replace(full, routing_fields={})
+    assert full.routing_fields  # the full read has routing fields

@@ -11,7 +11,7 @@ import pytest
 from pydicom import dcmread
 from sqlalchemy import func, select
 
-from dicom_node.schema import Instance, Study, StudyState
+from dicom_node.db.schema import Instance, Study, StudyState
 from tests.conftest import get_free_port
 from tests.node.conftest import NODE_AET, RunningNode, rows, scalar, wait_for, write_series
 from tests.peers import have_dcmtk, have_orthanc, run_orthanc

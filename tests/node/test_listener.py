@@ -4,23 +4,25 @@ from __future__ import annotations
 
 import errno
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from pydicom import config as pydicom_config
 from pydicom import dcmread
 from pydicom.data import get_charset_files, get_testdata_file
 from pydicom.uid import ExplicitVRLittleEndian, HTJ2KLossless, generate_uid
 from pynetdicom.dsutils import split_dataset
 from sqlalchemy import func, select
 
-from dicom_node import scp as scp_module
-from dicom_node import spool as spool_module
-from dicom_node.completion import CompletionScanner
-from dicom_node.headers import read_headers
-from dicom_node.schema import Instance, Series, Study, StudyState
-from dicom_node.scu import AssociationError, LocalAE, echo, send_files
+from dicom_node.db.schema import Instance, Series, Study, StudyState
+from dicom_node.intake import spool as spool_module
+from dicom_node.intake.completion import CompletionScanner
+from dicom_node.intake.headers import read_headers
+from dicom_node.net import scp as scp_module
+from dicom_node.net.scu import AssociationError, LocalAE, echo, send_files
 from tests.node.conftest import SENDER, RunningNode, rows, scalar, wait_for, write_series
 
 StartNode = Callable[..., RunningNode]
@@ -55,9 +57,9 @@ def test_store_writes_raw_bytes_and_indexes_them(start_node: StartNode) -> None:
     assert instance.calling_ae_title == SENDER.ae_title
     [series] = rows(node.sessions, select(Series))
     assert series.modality == "CT"
-    assert series.headers["Modality"] == "CT"
-    assert series.headers["SliceThickness"] == str(ds.SliceThickness)
-    assert series.headers["ImageType"] == "\\".join(ds.ImageType)
+    assert series.routing_fields["Modality"] == "CT"
+    assert series.routing_fields["SliceThickness"] == str(ds.SliceThickness)
+    assert series.routing_fields["ImageType"] == "\\".join(ds.ImageType)
     [study] = rows(node.sessions, select(Study))
     assert (study.state, study.instance_count, study.generation) == (StudyState.RECEIVING, 1, 0)
     assert study.patient_id == ds.PatientID
@@ -269,7 +271,7 @@ def test_only_a_series_first_instance_gets_its_routing_fields_parsed(
     assert all(r.ok for r in send_files(SENDER, node.peer, paths))
     assert len(full_reads) == 1
     [series] = rows(node.sessions, select(Series))
-    assert series.headers["Rows"] == "128" and series.headers["Modality"] == "CT"
+    assert series.routing_fields["Rows"] == "128" and series.routing_fields["Modality"] == "CT"
     numbers = sorted(i.instance_number for i in rows(node.sessions, select(Instance)))
     assert numbers == [1, 2, 3] and series.instance_count == 3
 
@@ -290,3 +292,18 @@ def test_replace_moves_an_instance_resent_under_other_study_uids(
     assert list((node.config.node.storage_dir / "instances").rglob("*.dcm")) == [
         Path(instance.path)
     ]
+
+
+@pytest.mark.parametrize("uid", ["1.2.03.4", "1.2.3\n4", "1.2..3", "1.2.3a"])
+def test_a_value_that_is_not_a_uid_is_refused(
+    start_node: StartNode, tmp_path: Path, uid: str
+) -> None:
+    node = start_node()
+    with pydicom_config.disable_value_validation():
+        path = _variant(tmp_path, "bad.dcm", SeriesInstanceUID=uid)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom on the bad value, both sides
+        [result] = send_files(SENDER, node.peer, [path])
+    assert result.status == 0xC223
+    assert scalar(node.sessions, select(func.count(Instance.id))) == 0
+    assert not list((node.config.node.storage_dir / "instances").rglob("*.dcm"))

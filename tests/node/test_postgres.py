@@ -12,9 +12,9 @@ import pytest
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.exc import OperationalError
 
-from dicom_node.completion import CompletionScanner
-from dicom_node.schema import Instance, Series, Study, StudyState
-from dicom_node.scu import FileStatus, send_files
+from dicom_node.db.schema import Instance, Series, Study, StudyState
+from dicom_node.intake.completion import CompletionScanner
+from dicom_node.net.scu import FileStatus, send_files
 from tests.node.conftest import SENDER, RunningNode, rows, scalar, write_series
 
 pytestmark = pytest.mark.integration

@@ -12,8 +12,8 @@ from pydicom import dcmread
 from pynetdicom.dsutils import split_dataset
 from sqlalchemy import select
 
-from dicom_node.schema import Instance, Study
-from dicom_node.scu import FileStatus, send_files
+from dicom_node.db.schema import Instance, Study
+from dicom_node.net.scu import FileStatus, send_files
 from tests.node.conftest import SENDER, NodeProcess, wait_for, write_series
 
 pytestmark = pytest.mark.slow

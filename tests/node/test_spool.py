@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dicom_node.spool import Spool
+from dicom_node.intake.spool import Spool
 
 
 def test_layout_is_study_series_instance(tmp_path: Path) -> None:

@@ -15,9 +15,9 @@ import pytest
 import requests
 from sqlalchemy import func, select
 
-from dicom_node import stow_receiver
-from dicom_node.schema import Instance
-from dicom_node.stow_receiver import StowReceiver
+from dicom_node.db.schema import Instance
+from dicom_node.net import stow_receiver
+from dicom_node.net.stow_receiver import StowReceiver
 from tests.conftest import get_free_port
 from tests.node.conftest import RunningNode
 from tests.node.test_tls import make_pki

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import ssl
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,8 +19,9 @@ from pydicom.data import get_testdata_file
 from pynetdicom import AE
 
 from dicom_node.config import TlsSection
-from dicom_node.scu import VERIFICATION, AssociationError, LocalAE, echo, send_files
-from tests.node.conftest import SENDER_AET, RunningNode
+from dicom_node.net.scu import VERIFICATION, AssociationError, LocalAE, echo, send_files
+from tests.node.conftest import SENDER_AET, RunningNode, wait_for
+from tests.node.raw_peer import closed_by_node, connect
 
 
 def _name(common_name: str) -> x509.Name:
@@ -110,3 +113,66 @@ def test_tls_association_with_client_certificate(
         assert not assoc.is_established
     finally:
         ae.shutdown()
+
+
+def _tls_node(start_node: Callable[..., RunningNode], pki: Path, **security: object) -> RunningNode:
+    tls = {
+        "cert_file": str(pki / "node.crt"),
+        "key_file": str(pki / "node.key"),
+        "ca_file": str(pki / "ca.crt"),
+    }
+    return start_node(security={"allowed_calling_aets": [SENDER_AET], "tls": tls, **security})
+
+
+def _client(pki: Path) -> LocalAE:
+    return LocalAE(
+        SENDER_AET,
+        10,
+        TlsSection(
+            cert_file=pki / "client.crt", key_file=pki / "client.key", ca_file=pki / "ca.crt"
+        ),
+    )
+
+
+def test_a_silent_connection_does_not_stall_tls_clients(
+    start_node: Callable[..., RunningNode], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    pki = make_pki(tmp_path / "pki")
+    node = _tls_node(start_node, pki, allowed_hosts=["127.0.0.1/32"])
+    port = node.config.node.port
+    silent = connect(port)  # plain TCP, never a byte: no handshake on the accepting thread
+    refused = connect(port, source="127.0.0.2")  # not allowed: closed before any handshake
+    try:
+        start = time.monotonic()
+        assert echo(_client(pki), node.peer.model_copy(update={"tls": True})) == 0
+        assert time.monotonic() - start < 5
+        assert closed_by_node(refused, timeout=1)
+    finally:
+        silent.close()
+        refused.close()
+    [address] = [r for r in caplog.records if r.message.startswith("connection refused: address")]
+    assert address.client == "127.0.0.2"
+
+
+def test_failed_handshakes_are_logged_with_client_and_reason(
+    start_node: Callable[..., RunningNode], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    pki = make_pki(tmp_path / "pki")
+    node = _tls_node(start_node, pki)
+    with pytest.raises(AssociationError, match="no association"):
+        echo(LocalAE(SENDER_AET, 5), node.peer)  # plain DICOM to the TLS port
+    # A client that trusts the node but presents no certificate (from another address,
+    # since failures are logged once a minute per client and reason).
+    context = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+    context.check_hostname = False
+    plain = connect(node.config.node.port, source="127.0.0.2")
+    with plain, contextlib.suppress(OSError), context.wrap_socket(plain) as tls:
+        tls.recv(1)
+    assert wait_for(
+        lambda: len([r for r in caplog.records if r.message == "TLS handshake failed"]) == 2,
+        timeout=5,
+    )
+    first, second = [r for r in caplog.records if r.message == "TLS handshake failed"]
+    assert (first.client, second.client) == ("127.0.0.1", "127.0.0.2")
+    assert "WRONG_VERSION_NUMBER" in first.reason or "HTTP" in first.reason, first.reason
+    assert "CERTIFICATE" in second.reason, second.reason

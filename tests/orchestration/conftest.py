@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +14,8 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.config import NodeConfig, parse_config
-from dicom_node.db import create_db_engine, session_factory
-from dicom_node.schema import Base, Instance, Series, Study, StudyState, utcnow
+from dicom_node.db.schema import Base, Instance, Series, Study, StudyState, utcnow
+from dicom_node.db.sessions import create_db_engine, session_factory
 from tests.peers import Orthanc, have_dicomweb_plugin, run_orthanc
 
 POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -47,9 +48,9 @@ def drop_postgres_database(url: str, admin: Engine) -> None:
     admin.dispose()
 
 
-@pytest.fixture(scope="session")
-def postgres_database() -> Iterator[str]:
-    """A uniquely named PostgreSQL database for this test run, dropped at the end."""
+@contextmanager
+def fresh_postgres_database() -> Iterator[str]:
+    """A uniquely named PostgreSQL database, dropped on exit; skips without a server."""
     if not postgres_available():
         pytest.skip("no PostgreSQL server on 127.0.0.1:5432")
     url, admin = create_postgres_database()
@@ -57,6 +58,13 @@ def postgres_database() -> Iterator[str]:
         yield url
     finally:
         drop_postgres_database(url, admin)
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    """A uniquely named PostgreSQL database for this test run, dropped at the end."""
+    with fresh_postgres_database() as url:
+        yield url
 
 
 @pytest.fixture
@@ -137,7 +145,7 @@ def add_study(
     """A study with its series and instance rows, as the listener would have written them.
 
     Each series dict may hold ``uid``, ``modality``, ``description``, ``number``,
-    ``headers``, ``sop_class`` and ``instances`` (a count, or a list of file paths).
+    ``routing_fields``, ``sop_class`` and ``instances`` (a count, or a list of file paths).
     """
     now = utcnow()
     study = Study(
@@ -164,7 +172,7 @@ def add_study(
             modality=spec.get("modality", "CT"),
             series_number=spec.get("number", index + 1),
             series_description=spec.get("description"),
-            headers=spec.get("headers", {}),
+            routing_fields=spec.get("routing_fields", {}),
         )
         session.add(row)
         session.flush()

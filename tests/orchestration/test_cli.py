@@ -1,4 +1,5 @@
-"""The orchestration side of the CLI: models, status, retry, and model checks in check-config."""
+"""The orchestration side of the CLI: models, status, retry, send's exit status, and model
+checks in check-config."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ import pytest
 
 from dicom_node.cli import main
 from dicom_node.config import load_config
-from dicom_node.db import create_db_engine, session_factory
-from dicom_node.jobs import claim_job, retry_or_fail
-from dicom_node.routing import route_complete_studies
+from dicom_node.db.sessions import create_db_engine, session_factory
+from dicom_node.work.jobs import claim_job, retry_or_fail
+from dicom_node.work.routing import route_complete_studies
+from tests.orchestration.archive import run_archive
 from tests.orchestration.conftest import add_study
 from tests.orchestration.node import MODELS, dump_toml
+from tests.orchestration.studies import ct_series
 
 
 def write(tmp_path: Path, models: list[dict[str, object]]) -> Path:
@@ -96,7 +99,14 @@ def test_status_shows_the_queue_and_failures_and_retry_requeues(
     route_complete_studies(sessions, loaded)
     job = claim_job(sessions, "w", 60)
     assert job is not None
-    retry_or_fail(sessions, job, "RuntimeError: boom", max_attempts=1, backoff_seconds=0)
+    retry_or_fail(
+        sessions,
+        job,
+        "RuntimeError: boom",
+        max_attempts=1,
+        backoff_seconds=0,
+        backoff_max_seconds=0,
+    )
     engine.dispose()
     assert main(["status", "-c", str(config), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
@@ -111,3 +121,39 @@ def test_status_shows_the_queue_and_failures_and_retry_requeues(
     assert capsys.readouterr().out.strip() == f"requeued 1 job(s) ({job.id}) and 0 delivery(ies)"
     assert main(["retry", "-c", str(config), "--job", "999"]) == 1
     assert "no job with id 999" in capsys.readouterr().err
+
+
+SEND_STATUSES = [
+    (0x0000, 0),  # Success
+    (0x0001, 0),  # Warning: Requested optional attributes are not supported
+    (0x0107, 0),  # Warning: Attribute list error
+    (0x0116, 0),  # Warning: Attribute value out of range
+    (0xB000, 0),  # Warning: Coercion of data elements
+    (0xB007, 0),  # Warning: Data set does not match SOP class
+    (0xA700, 1),  # Failure: Out of resources (transient)
+    (0x0213, 1),  # Failure: Resource limitation (transient)
+    (0xA900, 1),  # Failure: Data set does not match SOP class (permanent)
+    (0xC000, 1),  # Failure: Cannot understand (permanent)
+    (0x0122, 1),  # Failure: SOP class not supported (permanent)
+]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("status", "exit_code"),
+    SEND_STATUSES,
+    ids=[f"0x{status:04X}" for status, _ in SEND_STATUSES],
+)
+def test_send_exit_status_follows_the_store_outcome_of_each_status_class(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], status: int, exit_code: int
+) -> None:
+    """A warning status means the peer stored the instance: `send` succeeds (it exited 1)."""
+    files = ct_series(tmp_path / "ct", 2)
+    with run_archive() as archive:
+        archive.status = status
+        spec = f"{archive.ae_title}@127.0.0.1:{archive.port}"
+        code = main(["send", str(tmp_path / "ct"), "--to", spec, "--no-progress"])
+    assert code == exit_code
+    out, err = capsys.readouterr()
+    assert f"0x{status:04X} x{len(files)}" in out
+    assert (str(files[0]) in err) == (exit_code == 1)  # only failures are listed

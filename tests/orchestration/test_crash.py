@@ -16,9 +16,9 @@ import pytest
 from sqlalchemy import select
 
 from dicom_node.config import PeerConfig
-from dicom_node.db import create_db_engine, session_factory
-from dicom_node.schema import Delivery, Job, WorkState
-from dicom_node.scu import LocalAE, send_files
+from dicom_node.db.schema import Delivery, Job, WorkState
+from dicom_node.db.sessions import create_db_engine, session_factory
+from dicom_node.net.scu import LocalAE, send_files
 from tests.conftest import get_free_port
 from tests.orchestration.archive import run_archive
 from tests.orchestration.node import NodeProcess, node_document, run_node, wait_until, write_config

@@ -14,16 +14,18 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.cli import main
-from dicom_node.delivery import DeliveryScanner
-from dicom_node.delivery_queue import (
-    ResultObject,
+from dicom_node.config import DeliverySection
+from dicom_node.db.schema import Delivery, Job, WorkState, utcnow
+from dicom_node.net.scu import LocalAE
+from dicom_node.work.commitment import CommitmentReportHandler
+from dicom_node.work.delivery import DeliveryScanner
+from dicom_node.work.delivery_queue import (
     claim_batch,
     queue_deliveries,
     record_outcome,
     renew_leases,
 )
-from dicom_node.schema import Delivery, Job, WorkState, utcnow
-from dicom_node.scu import LocalAE
+from dicom_node.work.outbox import OutboxFile
 from tests.conftest import get_free_port
 from tests.orchestration.archive import Archive, run_archive
 from tests.orchestration.conftest import add_study, make_config
@@ -67,7 +69,7 @@ def queue_results(sessions: sessionmaker[Session], tmp_path: Path, count: int) -
         objects = []
         for path in files:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
-            objects.append(ResultObject(str(path), str(ds.SOPInstanceUID), str(ds.SOPClassUID)))
+            objects.append(OutboxFile(path, str(ds.SOPInstanceUID), str(ds.SOPClassUID)))
         queue_deliveries(session, job.id, objects, ["pacs"])
     return [o.sop_instance_uid for o in objects]
 
@@ -142,6 +144,34 @@ def test_out_of_resources_is_transient_until_max_attempts(
     )
 
 
+def test_archive_that_fails_to_commit_twice_fails_the_delivery(
+    sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    """A commitment failure is permanent: one retry, then failed, though each send was
+    stored (the stored send cleared the error text the rule used to read: a loop)."""
+    (uid,) = queue_results(sessions, tmp_path, 1)
+    handler = CommitmentReportHandler(sessions, DeliverySection(backoff_initial_seconds=0))
+    seen = []
+    for transaction_uid in ("1.2.9.1", "1.2.9.2"):
+        make_due(sessions)
+        (item,) = claim_batch(sessions, "pacs", "me", 10, lease_seconds=60)
+        with sessions.begin() as session:
+            assert record_outcome(
+                session,
+                item,
+                WorkState.WAITING_COMMITMENT,
+                status=0,
+                error=None,
+                retry_at=utcnow() + timedelta(hours=1),
+                commitment_uid=transaction_uid,
+            )
+        assert handler.apply(transaction_uid, {}, {uid: 0x0110}) == (0, 1)
+        (row,) = deliveries(sessions)
+        seen.append((row.state, row.attempts, row.last_status, row.permanent_failures))
+    assert seen == [(WorkState.QUEUED, 1, 0x0110, 1), (WorkState.FAILED, 2, 0x0110, 2)]
+    assert row.error == "permanent: 0x0110 archive did not commit (reason 0x0110)"
+
+
 def test_unreachable_peer_backs_off_exponentially(
     sessions: sessionmaker[Session], tmp_path: Path
 ) -> None:
@@ -197,7 +227,12 @@ def test_retry_command_requeues_failed_deliveries(
     )
     assert main(["retry", "-c", str(config), "--failed"]) == 0
     (row,) = deliveries(sessions)
-    assert (row.state, row.attempts, row.error) == (WorkState.QUEUED, 0, None)
+    assert (row.state, row.attempts, row.error, row.permanent_failures) == (
+        WorkState.QUEUED,
+        0,
+        None,
+        0,
+    )
     archive.status = 0x0000
     assert scanner.scan() == 1
     assert archive.receipts[uid] == 3
@@ -247,7 +282,7 @@ def test_reprocessed_result_requeues_its_delivery_instead_of_adding_one(
         session.add(job)
         session.flush()
         queue_deliveries(
-            session, job.id, [ResultObject(first.path, uid, first.sop_class_uid)], ["pacs"]
+            session, job.id, [OutboxFile(Path(first.path), uid, first.sop_class_uid)], ["pacs"]
         )
     (again,) = deliveries(sessions)
     assert (again.id, again.job_id, again.state, again.attempts) == (

@@ -16,9 +16,9 @@ import pytest
 from pydicom import Dataset
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node.delivery import DeliveryScanner
-from dicom_node.schema import WorkState, utcnow
-from dicom_node.scu import LocalAE
+from dicom_node.db.schema import WorkState, utcnow
+from dicom_node.net.scu import LocalAE
+from dicom_node.work.delivery import DeliveryScanner
 from tests.conftest import get_free_port
 from tests.orchestration.conftest import make_config
 from tests.orchestration.pacs import outage

@@ -11,8 +11,8 @@ import pydicom
 import pytest
 from sqlalchemy import select
 
-from dicom_node.db import create_db_engine, session_factory
-from dicom_node.schema import Study
+from dicom_node.db.schema import Study
+from dicom_node.db.sessions import create_db_engine, session_factory
 from tests.conftest import get_free_port
 from tests.node.test_tls import make_pki
 from tests.orchestration.node import node_document, run_node, wait_until, write_config

@@ -12,12 +12,12 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.cli import main
-from dicom_node.completion import CompletionScanner
 from dicom_node.config import CompletionSection, DicomwebPeerConfig
-from dicom_node.dicomweb_auth import DicomwebConnector, DicomwebError
-from dicom_node.dicomweb_query import find_study_counts
-from dicom_node.dicomweb_retrieve import retrieve_study
-from dicom_node.schema import Study, StudyState, utcnow
+from dicom_node.db.schema import Study, StudyState, utcnow
+from dicom_node.intake.completion import CompletionScanner
+from dicom_node.net.dicomweb_auth import DicomwebConnector, DicomwebError
+from dicom_node.net.dicomweb_query import find_study_counts
+from dicom_node.net.dicomweb_retrieve import retrieve_study
 from tests.conftest import get_free_port
 from tests.orchestration.conftest import add_study
 from tests.orchestration.node import write_config

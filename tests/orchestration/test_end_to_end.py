@@ -21,8 +21,8 @@ import pydicom
 import pytest
 from sqlalchemy import select
 
-from dicom_node.db import create_db_engine, session_factory
-from dicom_node.schema import Delivery, Job, WorkState
+from dicom_node.db.schema import Delivery, Job, WorkState
+from dicom_node.db.sessions import create_db_engine, session_factory
 from tests.conftest import REPO_ROOT, get_free_port
 from tests.orchestration.node import (
     NodeProcess,

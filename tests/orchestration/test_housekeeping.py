@@ -12,10 +12,10 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.config import MetricsSection, NodeConfig
+from dicom_node.db.schema import Delivery, Instance, Job, WorkState
 from dicom_node.metrics import MetricsServer
-from dicom_node.retention import apply_retention
-from dicom_node.routing import route_complete_studies
-from dicom_node.schema import Delivery, Instance, Job, WorkState
+from dicom_node.work.retention import apply_retention
+from dicom_node.work.routing import route_complete_studies
 from tests.conftest import get_free_port
 from tests.orchestration.conftest import add_study, make_config
 from tests.orchestration.studies import ct_series

@@ -11,18 +11,18 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node.jobs import (
+from dicom_node.db.leases import counts_by_state
+from dicom_node.db.ownership import owner_id, owner_is_gone, process_owner_id
+from dicom_node.db.schema import Job, WorkState, utcnow
+from dicom_node.work.jobs import (
     claim_job,
-    counts_by_state,
     end_job,
     reclaim_abandoned,
     renew_lease,
     requeue_jobs,
     retry_or_fail,
 )
-from dicom_node.ownership import owner_id, owner_is_gone, process_owner_id
-from dicom_node.routing import route_complete_studies
-from dicom_node.schema import Job, WorkState, utcnow
+from dicom_node.work.routing import route_complete_studies
 from tests.orchestration.conftest import add_study, make_config
 
 
@@ -48,7 +48,7 @@ def test_claims_are_exclusive_and_oldest_first(queued: sessionmaker[Session]) ->
     assert first is not None
     assert (first.attempts, first.worker_id, first.model_name) == (1, "w0", "ct-model")
     with queued() as session:
-        assert counts_by_state(session) == {"running": 3}
+        assert counts_by_state(session, Job) == {"running": 3}
 
 
 def test_only_the_owner_may_finish_or_renew(queued: sessionmaker[Session]) -> None:
@@ -74,41 +74,50 @@ def test_retry_with_doubling_backoff_then_fail_with_error_kept(
     queued: sessionmaker[Session],
 ) -> None:
     delays = []
-    for attempt in (1, 2):
+    for attempt in (1, 2, 3):
         job = claim_job(queued, "w", 60)
         assert job is not None and job.attempts == attempt
         before = utcnow()
         assert (
-            retry_or_fail(queued, job, "boom", max_attempts=3, backoff_seconds=10)
+            retry_or_fail(
+                queued, job, "boom", max_attempts=4, backoff_seconds=10, backoff_max_seconds=30
+            )
             == WorkState.QUEUED
         )
         with queued.begin() as session:
             row = session.get_one(Job, job.id)
-            delays.append(round((row.not_before - before).total_seconds()))
-            row.not_before = utcnow() - timedelta(seconds=1)  # make it due for the next claim
-    assert delays == [10, 20]
+            delays.append(round((row.next_attempt_at - before).total_seconds()))
+            row.next_attempt_at = utcnow() - timedelta(seconds=1)  # due for the next claim
+    assert delays == [10, 20, 30]  # 40 capped at 30
     job = claim_job(queued, "w", 60)
-    assert job is not None and job.attempts == 3
-    assert (
-        retry_or_fail(queued, job, "boom 3", max_attempts=3, backoff_seconds=10) == WorkState.FAILED
+    assert job is not None and job.attempts == 4
+    state = retry_or_fail(
+        queued, job, "boom 4", max_attempts=4, backoff_seconds=10, backoff_max_seconds=30
     )
+    assert state == WorkState.FAILED
     with queued() as session:
         row = session.get_one(Job, job.id)
-        assert (row.state, row.error) == (WorkState.FAILED, "boom 3")
+        assert (row.state, row.error) == (WorkState.FAILED, "boom 4")
 
 
 def test_permanent_error_fails_at_once(queued: sessionmaker[Session]) -> None:
     job = claim_job(queued, "w", 60)
     assert job is not None
     state = retry_or_fail(
-        queued, job, "bad package", max_attempts=3, backoff_seconds=0, permanent=True
+        queued,
+        job,
+        "bad package",
+        max_attempts=3,
+        backoff_seconds=0,
+        backoff_max_seconds=0,
+        permanent=True,
     )
     assert state == WorkState.FAILED
 
 
 def dead_owner() -> str:
     """The owner id a process had that has exited since."""
-    code = "from dicom_node.ownership import owner_id; print(owner_id('worker'))"
+    code = "from dicom_node.db.ownership import owner_id; print(owner_id('worker'))"
     return subprocess.run(
         [sys.executable, "-c", code], check=True, capture_output=True, text=True
     ).stdout.strip()
@@ -149,7 +158,7 @@ def test_requeue_by_hand(queued: sessionmaker[Session]) -> None:
     assert job is not None
     with pytest.raises(LookupError, match=f"job {job.id} is running"):
         requeue_jobs(queued, job_id=job.id)
-    retry_or_fail(queued, job, "x", max_attempts=1, backoff_seconds=0)
+    retry_or_fail(queued, job, "x", max_attempts=1, backoff_seconds=0, backoff_max_seconds=0)
     with pytest.raises(LookupError, match="no job with id 999"):
         requeue_jobs(queued, job_id=999)
     with pytest.raises(ValueError, match="either job_id or failed"):

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from dicom_node.config import RouteConfig
-from dicom_node.route_match import route_matches, split_values
+from dicom_node.work.route_match import route_matches, split_values
 
 
 def route(match: dict[str, Any]) -> RouteConfig:

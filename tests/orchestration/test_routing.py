@@ -7,8 +7,8 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node.routing import route_complete_studies, unmatchable_conditions
-from dicom_node.schema import Job, Study, StudyState, WorkState
+from dicom_node.db.schema import Job, Study, StudyState, WorkState
+from dicom_node.work.routing import route_complete_studies, unmatchable_conditions
 from tests.orchestration.conftest import add_study, make_config
 
 CR = "1.2.840.10008.5.1.4.1.1.1"
@@ -44,8 +44,8 @@ def test_one_job_per_model_with_matched_series(
             session,
             "1.2.3",
             [
-                {"uid": "1.2.3.1", "modality": "CT", "headers": {"SliceThickness": "5"}},
-                {"uid": "1.2.3.2", "modality": "CT", "headers": {"SliceThickness": "1.25"}},
+                {"uid": "1.2.3.1", "modality": "CT", "routing_fields": {"SliceThickness": "5"}},
+                {"uid": "1.2.3.2", "modality": "CT", "routing_fields": {"SliceThickness": "1.25"}},
                 {"uid": "1.2.3.3", "modality": "SR"},
             ],
             calling_ae="CTSCANNER",

@@ -19,9 +19,9 @@ import pytest
 from sqlalchemy import select
 
 from dicom_node.config import parse_config
-from dicom_node.db import create_db_engine, session_factory
-from dicom_node.routing import route_complete_studies
-from dicom_node.schema import Delivery, Job, WorkState
+from dicom_node.db.schema import Delivery, Job, WorkState
+from dicom_node.db.sessions import create_db_engine, session_factory
+from dicom_node.work.routing import route_complete_studies
 from tests.conftest import get_free_port
 from tests.orchestration.archive import run_archive
 from tests.orchestration.conftest import add_study
@@ -138,7 +138,7 @@ def test_listener_and_worker_processes_share_database_and_spool(
             on_listener, on_worker = scrape(listener_metrics), scrape(worker_metrics)
     assert "study routed" in listener_log and "job started" not in listener_log
     assert "job done" in worker_log and "result delivered" in worker_log
-    assert "study routed" not in worker_log and "dicom_node.scp listening" not in worker_log
+    assert "study routed" not in worker_log and "dicom_node.net.scp listening" not in worker_log
     # Counters count what each process did; queue gauges are read from the shared database.
     assert "dicom_node_instances_received_total 3.0" in on_listener
     assert "dicom_node_studies_completed_total 1.0" in on_listener

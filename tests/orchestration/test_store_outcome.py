@@ -1,4 +1,4 @@
-"""Transient vs permanent delivery failures, and the retry schedule they lead to."""
+"""Transient vs permanent delivery failures, from typed kinds, and the retries they lead to."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from dicom_node.config import DeliverySection
-from dicom_node.delivery import classify_file
-from dicom_node.schema import WorkState, utcnow
-from dicom_node.scu import FileStatus
-from dicom_node.store_outcome import Outcome, backoff_seconds, classify_status, next_state
+from dicom_node.db.schema import WorkState, utcnow
+from dicom_node.net.scu import FileStatus
+from dicom_node.net.store_outcome import FailureKind, Outcome, classify_status
+from dicom_node.work.delivery_queue import NextTry, backoff_seconds, next_try
 
 SETTINGS = DeliverySection(max_attempts=5, backoff_initial_seconds=10, backoff_max_seconds=60)
 
@@ -44,27 +44,39 @@ def test_error_text_carries_status_and_meaning() -> None:
 
 
 @pytest.mark.parametrize(
-    ("status", "reason", "outcome", "code"),
+    ("status", "reason", "failure", "outcome", "code"),
     [
-        (None, "refused or timed out", Outcome.TRANSIENT, None),
-        (None, "association lost", Outcome.TRANSIENT, None),
-        (None, "no C-STORE response", Outcome.TRANSIENT, None),
-        (
-            None,
-            "peer accepted no context for 1.2.3 in 1.2.840.10008.1.2.1",
-            Outcome.PERMANENT,
-            0x0122,
-        ),
-        (None, "not a DICOM file: [Errno 2] No such file", Outcome.PERMANENT, None),
-        (0xA701, "", Outcome.TRANSIENT, 0xA701),
-        (0xC210, "", Outcome.PERMANENT, 0xC210),
+        (None, "refused or timed out", FailureKind.NETWORK, Outcome.TRANSIENT, None),
+        (None, "association lost", FailureKind.NETWORK, Outcome.TRANSIENT, None),
+        (None, "no C-STORE response", FailureKind.NETWORK, Outcome.TRANSIENT, None),
+        # The kind decides, never the words: the same text under another kind.
+        (None, "peer accepted no context", FailureKind.NETWORK, Outcome.TRANSIENT, None),
+        (None, "any words", FailureKind.NO_CONTEXT, Outcome.PERMANENT, 0x0122),
+        (None, "not a DICOM file: [Errno 2]", FailureKind.NOT_DICOM, Outcome.PERMANENT, None),
+        (None, "gone", FailureKind.NOT_DICOM, Outcome.PERMANENT, None),
+        # A status decides over any kind.
+        (0xA701, "", FailureKind.NETWORK, Outcome.TRANSIENT, 0xA701),
+        (0xC210, "", FailureKind.NETWORK, Outcome.PERMANENT, 0xC210),
+        (0x0107, "", FailureKind.NO_CONTEXT, Outcome.STORED, 0x0107),
     ],
 )
 def test_file_outcomes_from_scu(
-    status: int | None, reason: str, outcome: Outcome, code: int | None
+    status: int | None, reason: str, failure: FailureKind, outcome: Outcome, code: int | None
 ) -> None:
-    result = classify_file(FileStatus(Path("x.dcm"), "1.2", status, reason), "1.2.3")
+    result = FileStatus(Path("x.dcm"), "1.2", status, reason, failure).result
     assert (result.outcome, result.status) == (outcome, code)
+    assert FileStatus(Path("x.dcm"), "1.2", status, reason, failure).ok == (
+        outcome is Outcome.STORED
+    )
+
+
+def test_no_context_keeps_the_reason_in_the_meaning() -> None:
+    no_context = FileStatus(
+        Path("x"), "1", None, "peer accepted no context for 1.2.3", FailureKind.NO_CONTEXT
+    )
+    assert no_context.result.error == (
+        "permanent: 0x0122 Refused: SOP Class Not Supported (peer accepted no context for 1.2.3)"
+    )
 
 
 def test_backoff_doubles_and_is_capped() -> None:
@@ -73,25 +85,25 @@ def test_backoff_doubles_and_is_capped() -> None:
 
 def test_transient_failures_retry_until_max_attempts() -> None:
     now = utcnow()
-    refused = classify_file(FileStatus(Path("x"), "1", None, "refused"), "1.2")
-    bad_before = classify_status(0xA900).error
-    state, at = next_state(refused, 1, None, SETTINGS, now)
-    assert state == WorkState.QUEUED and at == now + timedelta(seconds=10)
+    refused = FileStatus(Path("x"), "1", None, "refused").result
+    after = next_try(refused, 1, 0, SETTINGS, now)
+    assert after == NextTry(WorkState.QUEUED, now + timedelta(seconds=10), 0)
     # A transient failure after a permanent one is not held against it.
-    state, _ = next_state(refused, 4, bad_before, SETTINGS, now)
-    assert state == WorkState.QUEUED
-    assert next_state(refused, 5, None, SETTINGS, now) == (WorkState.FAILED, None)
+    assert next_try(refused, 4, 1, SETTINGS, now).state == WorkState.QUEUED
+    assert next_try(refused, 5, 0, SETTINGS, now) == NextTry(WorkState.FAILED, None, 0)
 
 
 def test_permanent_failure_is_retried_once_then_failed() -> None:
     now = utcnow()
     bad = classify_status(0xA900)
-    state, at = next_state(bad, 1, None, SETTINGS, now)
-    assert state == WorkState.QUEUED and at is not None
-    assert next_state(bad, 2, bad.error, SETTINGS, now) == (WorkState.FAILED, None)
+    after = next_try(bad, 1, 0, SETTINGS, now)
+    assert after.state == WorkState.QUEUED and after.retry_at is not None
+    assert after.permanent_failures == 1
+    assert next_try(bad, 2, 1, SETTINGS, now) == NextTry(WorkState.FAILED, None, 2)
     # A permanent failure without a status (unreadable file) also gets one retry only.
-    unreadable = classify_file(FileStatus(Path("x"), None, None, "not a DICOM file: gone"), "1")
-    assert next_state(unreadable, 2, unreadable.error, SETTINGS, now) == (WorkState.FAILED, None)
-    # After a transient failure the first permanent one still gets its one retry.
-    state, _ = next_state(bad, 2, classify_status(0xA700).error, SETTINGS, now)
-    assert state == WorkState.QUEUED
+    unreadable = FileStatus(Path("x"), None, None, "gone", FailureKind.NOT_DICOM).result
+    assert next_try(unreadable, 2, 1, SETTINGS, now).state == WorkState.FAILED
+    # After a transient failure the first permanent one still gets its one retry,
+    assert next_try(bad, 2, 0, SETTINGS, now).state == WorkState.QUEUED
+    # and a transient failure between two permanent ones does not buy another.
+    assert next_try(bad, 3, 1, SETTINGS, now).state == WorkState.FAILED

@@ -8,17 +8,18 @@ from typing import Any
 
 import pydicom
 import pytest
+from pydicom.uid import generate_uid
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.config import NodeConfig
-from dicom_node.model_cache import ModelCache
-from dicom_node.routing import route_complete_studies
-from dicom_node.schema import Delivery, Job, WorkState, utcnow
-from dicom_node.worker import Worker
+from dicom_node.db.schema import Delivery, Job, WorkState, utcnow
+from dicom_node.work.model_cache import ModelCache
+from dicom_node.work.routing import route_complete_studies
+from dicom_node.work.worker import Worker
 from tests.orchestration.conftest import add_study, make_config
 from tests.orchestration.node import MODELS
-from tests.orchestration.studies import ct_series, pydicom_file
+from tests.orchestration.studies import ct_series, pydicom_file, radiograph
 
 pytestmark = pytest.mark.slow  # loads a real model (seconds on this CPU)
 
@@ -197,3 +198,72 @@ def test_worker_that_lost_its_lease_drops_its_results(
     assert (job.state, job.worker_id) == (WorkState.RUNNING, "other")
     with sessions() as session:
         assert session.scalars(select(Delivery)).all() == []
+
+
+def test_results_section_reaches_the_result_objects(
+    sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    """``[results]``: manufacturer, institution, fractional SEG and Parametric Maps."""
+    models = [
+        {"name": "ct-model", "path": str(MODELS / "demo-ct-bone"), "backend": "onnxruntime"},
+        {"name": "cr-model", "path": str(MODELS / "demo-cr-classifier"), "backend": "onnxruntime"},
+    ]
+    routes = [
+        {
+            "name": "ct",
+            "models": ["ct-model"],
+            "match": {"Modality": "CT"},
+            "destinations": ["pacs"],
+        },
+        {
+            "name": "cr",
+            "models": ["cr-model"],
+            "match": {"Modality": "CR"},
+            "destinations": ["pacs"],
+        },
+    ]
+    results = {
+        "manufacturer": "Radiology AI team",
+        "institution_name": "General Hospital",
+        "segmentation": "fractional",
+        "parametric_maps": True,
+    }
+    config = make_config(tmp_path, models=models, routes=routes, results=results)
+    add_files(sessions, ct_series(tmp_path / "ct", 3))
+    cr = radiograph(tmp_path / "cr")
+    placed = pydicom.dcmread(cr)  # a Parametric Map needs the image placed in space
+    placed.FrameOfReferenceUID = generate_uid()
+    placed.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    placed.ImagePositionPatient = [0, 0, 0]
+    placed.PixelSpacing = [0.5, 0.5]
+    placed.SliceThickness = 1.0
+    placed.save_as(cr)
+    add_files(sessions, [cr], modality="CR")
+    route_complete_studies(sessions, config)
+    cache = ModelCache(config)
+    try:
+        worker = Worker(config, sessions, cache)
+        while worker.run_once("w1"):
+            pass
+    finally:
+        cache.close()
+    with sessions() as session:
+        jobs = list(session.scalars(select(Job)))
+    assert [(j.state, j.error) for j in jobs] == [(WorkState.DONE, None)] * 2
+    written = [
+        pydicom.dcmread(path, stop_before_pixels=True)
+        for path in sorted((config.node.storage_dir / "outbox").rglob("*.dcm"))
+    ]
+    by_class = {ds.SOPClassUID.name: ds for ds in written}
+    assert {
+        "Comprehensive 3D SR Storage",
+        "Segmentation Storage",
+        "Secondary Capture Image Storage",
+        "Parametric Map Storage",
+    } <= set(by_class), sorted(by_class)
+    assert by_class["Segmentation Storage"].SegmentationType == "FRACTIONAL"
+    assert {ds.Manufacturer for ds in written} == {"Radiology AI team"}
+    # highdicom's Parametric Map takes no institution; every other object carries it.
+    assert {
+        name: ds.InstitutionName for name, ds in by_class.items() if "Parametric" not in name
+    } == dict.fromkeys(set(by_class) - {"Parametric Map Storage"}, "General Hospital")

@@ -1,0 +1,16 @@
+"""From a complete study to delivered results.
+
+- ``routing``, ``route_match``: routes matched against the catalog, jobs created;
+- ``jobs``, ``worker``, ``worker_pool``, ``model_cache``, ``package_check``: the job
+  queue and the inference workers with their loaded models;
+- ``outbox``: result files on disk until every destination has them;
+- ``delivery_queue``, ``delivery``, ``commitment``: sending results, retries, storage
+  commitment (here rather than in `dicom_node.net` because its report handler
+  updates delivery rows);
+- ``retention``: removing what nothing needs any more;
+- ``queue_report``: jobs and deliveries for ``dicom-node status``.
+
+May import `dicom_node.net`, `dicom_node.intake`, `dicom_node.db`, the top-level
+config, errors, logs and metrics, and `inference` and `sr_writer` through their
+public API; never the service or the CLI.
+"""

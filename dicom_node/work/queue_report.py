@@ -1,0 +1,66 @@
+"""The queue at a glance, for ``dicom-node status``: jobs and deliveries by state.
+
+Each function is a status section ``(session, config) -> dict`` (see
+`dicom_node.cli.status`); every state is listed, zeros included, so that scripts
+reading ``status --json`` find every key.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from dicom_node.config import NodeConfig
+from dicom_node.db.leases import counts_by_state
+from dicom_node.db.schema import Delivery, Job, WorkState, utcnow
+
+RECENT_FAILURES = 10
+JOB_STATES = [s for s in WorkState if s is not WorkState.WAITING_COMMITMENT]
+
+
+def jobs_section(session: Session, config: NodeConfig) -> dict[str, Any]:
+    """Jobs by state, and how long the oldest queued job has waited (seconds)."""
+    counts = counts_by_state(session, Job)
+    oldest = session.scalar(
+        select(Job.created_at)
+        .where(Job.state == WorkState.QUEUED)
+        .order_by(Job.created_at)
+        .limit(1)
+    )
+    report: dict[str, Any] = {state.value: int(counts.get(state, 0)) for state in JOB_STATES}
+    report["oldest_queued_seconds"] = (
+        None if oldest is None else round((utcnow() - oldest).total_seconds(), 1)
+    )
+    return report
+
+
+def deliveries_section(session: Session, config: NodeConfig) -> dict[str, Any]:
+    """Deliveries by state."""
+    counts = counts_by_state(session, Delivery)
+    return {state.value: int(counts.get(state, 0)) for state in WorkState}
+
+
+def failures_section(session: Session, config: NodeConfig) -> dict[str, Any]:
+    """The most recent failed jobs and deliveries, each with its error."""
+    jobs = session.execute(
+        select(Job.id, Job.model_name, Job.error, Job.finished_at)
+        .where(Job.state == WorkState.FAILED)
+        .order_by(Job.finished_at.desc())
+        .limit(RECENT_FAILURES)
+    ).all()
+    deliveries = session.execute(
+        select(Delivery.id, Delivery.job_id, Delivery.peer_name, Delivery.error)
+        .where(Delivery.state == WorkState.FAILED)
+        .order_by(Delivery.updated_at.desc())
+        .limit(RECENT_FAILURES)
+    ).all()
+    report: dict[str, Any] = {f"job {row.id} ({row.model_name})": row.error or "" for row in jobs}
+    report.update(
+        {
+            f"delivery {row.id} (job {row.job_id} -> {row.peer_name})": row.error or ""
+            for row in deliveries
+        }
+    )
+    return report
