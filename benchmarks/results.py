@@ -132,7 +132,7 @@ def plain_highdicom_seg(sources: list[Dataset], prediction: Segmentation) -> hd.
             name=MODEL.name, family=codes.DCM.ArtificialIntelligence, version=MODEL.version
         ),
     )
-    mask = np.ascontiguousarray(prediction.masks[..., 0], dtype=np.uint8)
+    mask = np.ascontiguousarray(prediction.mask(0), dtype=np.uint8)
     return hd.seg.Segmentation(
         source_images=sources,
         pixel_array=mask,

@@ -9,7 +9,8 @@
   ``spec`` (`ModelSpec`) holds name, version, task and modalities;
 * the errors: `InferenceError` and its subclasses `ModelPackageError` (broken
   package), `UnsupportedSeriesError` (skip the job) and `BackendUnavailableError`;
-* the Prediction types shared with `sr_writer`;
+* the Prediction types shared with `sr_writer`, and the one reading of frame
+  geometry (`frame_geometry`, `FrameGeometry`) that results are written with;
 * `atomic_write` and `fsync_dir`, the project's one durable-write rule (temp name,
   fsync, rename), which the node's outbox and spool use too.
 """
@@ -37,6 +38,7 @@ from inference.prediction import (
     Prediction,
     Segmentation,
 )
+from inference.preprocessing.geometry import FrameGeometry, frame_geometry
 from inference.spec import ModelSpec, Task
 
 __all__ = [
@@ -45,6 +47,7 @@ __all__ = [
     "Classification",
     "CodedConcept",
     "Detection",
+    "FrameGeometry",
     "FrameRef",
     "GpuGate",
     "Heatmap",
@@ -61,6 +64,7 @@ __all__ = [
     "Task",
     "UnsupportedSeriesError",
     "atomic_write",
+    "frame_geometry",
     "fsync_dir",
     "load_model",
     "validate_package",

@@ -1,6 +1,11 @@
 """A loaded model: `load_model` checks the package and starts a backend; `Model.predict`
 turns the instances of one series into a Prediction.
 
+2D packages run frame by frame; a package with ``[input.window]`` runs as a real 3D
+model (`inference.volumes`: its own spacing and orientation, sliding windows over
+every network of an ensemble, results on the source slices); the old 3D packages
+without it take the whole stack fitted to ``input.size``.
+
 What happens to a series the model cannot fully take:
 
 * nothing in it can run (wrong modality, no pixel data, no stack the model accepts,
@@ -16,6 +21,7 @@ import logging
 import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 
@@ -24,12 +30,12 @@ from pydicom import Dataset
 from inference.backends.base import Array, Backend, BackendOptions
 from inference.backends.selection import create_backend
 from inference.devices import SHARED_GATE, GpuGate, resolve_device
-from inference.errors import UnsupportedSeriesError
+from inference.errors import BackendUnavailableError, UnsupportedSeriesError
 from inference.package import ModelPackage, validate_package
 from inference.postprocessing.classification import build_classification
 from inference.postprocessing.detection import build_detection
 from inference.postprocessing.segmentation import (
-    build_segmentation,
+    decide_segmentation,
     slice_probabilities,
     volume_probabilities,
 )
@@ -43,7 +49,9 @@ from inference.preprocessing.loader import (
 )
 from inference.preprocessing.pixels import DecodeError
 from inference.preprocessing.plan import SeriesPlan, plan_series
+from inference.sliding_window import Network
 from inference.spec import ModelSpec, Task
+from inference.volumes import predict_windowed
 
 logger = logging.getLogger(__name__)
 
@@ -58,10 +66,16 @@ class Model:
     """
 
     def __init__(
-        self, package: ModelPackage, backend: Backend, gate: GpuGate, preprocess_threads: int
+        self,
+        package: ModelPackage,
+        backend: Backend,
+        gate: GpuGate,
+        preprocess_threads: int,
+        ensemble: Sequence[Backend] = (),
     ) -> None:
         self.package = package
         self._backend = backend
+        self._ensemble = tuple(ensemble)  # the package's other networks, same backend kind
         self._gate = gate
         self._pool = ThreadPoolExecutor(
             max_workers=preprocess_threads, thread_name_prefix=f"prep-{package.spec.model.name}"
@@ -118,16 +132,23 @@ class Model:
         """
         plan = plan_series(series, self.spec)
         task = self.spec.model.task
+        if self.spec.input.window is not None:
+            with self._gate.hold(self.device):
+                return predict_windowed(
+                    series,
+                    plan,
+                    self.spec,
+                    self.identity,
+                    self._pool,
+                    [self._network(b) for b in (self._backend, *self._ensemble)],
+                    keep_probabilities,
+                )
         if task is Task.SEGMENTATION and self.spec.input.dimensions == 3:
             return self._predict_volume(series, plan, keep_probabilities)
-        prepared: list[PreparedFrame] = []
-        failures: list[str] = []
-        outputs = self._run(
-            self._collect(
-                iter_prepared(series, plan.stacks, self.spec, self._pool), prepared, failures
-            )
-        )
-        skipped = plan.skipped + tuple(failures)
+        feed = _FrameFeed(iter_prepared(series, plan.stacks, self.spec, self._pool))
+        outputs = self._run(iter(feed))
+        prepared = feed.prepared
+        skipped = plan.skipped + tuple(feed.failures)
         if not prepared:
             raise UnsupportedSeriesError("; ".join(skipped), plan.series_instance_uid)
         if task is Task.CLASSIFICATION:
@@ -147,7 +168,7 @@ class Model:
         probs = slice_probabilities(
             self.spec, outputs[self.spec.output.name], [p.fit for p in prepared]
         )
-        return build_segmentation(
+        return decide_segmentation(
             self.spec,
             self.identity,
             plan.series_instance_uid,
@@ -158,20 +179,14 @@ class Model:
             keep_probabilities,
         )
 
-    def _collect(
-        self,
-        items: Iterator[PreparedFrame | FrameFailure],
-        prepared: list[PreparedFrame],
-        failures: list[str],
-    ) -> Iterator[Array]:
-        """Pass model inputs on, remembering which frame each was and which failed."""
-        for item in items:
-            if isinstance(item, FrameFailure):
-                logger.warning("%s", item.reason)
-                failures.append(item.reason)
-                continue
-            prepared.append(item)
-            yield item.input
+    def _network(self, backend: Backend) -> Network:
+        """One backend as a function from a window batch to the main output."""
+        name = self.spec.output.name
+
+        def run(batch: Array) -> Array:
+            return backend.infer(iter([batch]))[name]
+
+        return run
 
     def _run(self, inputs: Iterator[Array]) -> dict[str, Array]:
         with self._gate.hold(self.device):
@@ -189,7 +204,7 @@ class Model:
             ) from exc
         outputs = self._run(iter([volume]))
         probs = volume_probabilities(self.spec, outputs[self.spec.output.name], fit)
-        return build_segmentation(
+        return decide_segmentation(
             self.spec,
             self.identity,
             plan.series_instance_uid,
@@ -203,7 +218,8 @@ class Model:
     def close(self) -> None:
         """Stop the preprocessing threads and release the backend."""
         self._pool.shutdown(wait=True, cancel_futures=True)
-        self._backend.close()
+        for backend in (self._backend, *self._ensemble):
+            backend.close()
 
     def __enter__(self) -> Model:
         return self
@@ -215,6 +231,26 @@ class Model:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
+
+
+class _FrameFeed:
+    """The model inputs of prepared frames, in order; it keeps which frame each input
+    was (``prepared``, in output order) and why the others failed (``failures``), so
+    that outputs are matched to frames once the backend has run them all."""
+
+    def __init__(self, items: Iterator[PreparedFrame | FrameFailure]) -> None:
+        self._items = items
+        self.prepared: list[PreparedFrame] = []
+        self.failures: list[str] = []
+
+    def __iter__(self) -> Iterator[Array]:
+        for item in self._items:
+            if isinstance(item, FrameFailure):
+                logger.warning("%s", item.reason)
+                self.failures.append(item.reason)
+                continue
+            self.prepared.append(item)
+            yield item.input
 
 
 def load_model(
@@ -258,7 +294,8 @@ def load_model(
     ModelPackageError
         When the package is broken (names the file and field).
     BackendUnavailableError
-        When the backend asked for cannot run here, or with ``auto`` none can.
+        When the backend asked for cannot run here, or with ``auto`` none can, or
+        an ensemble package (several ``runtime.networks``) is asked to run on torch.
     ValueError
         When ``backend`` or ``device`` is not a known name, or thread counts are
         negative.
@@ -275,8 +312,25 @@ def load_model(
         cache_dir=Path(cache_dir) if cache_dir is not None else None,
     )
     built = create_backend(package, backend, options)
+    if len(package.networks) > 1 and built.name == "torch":
+        built.close()
+        raise BackendUnavailableError(
+            "torch",
+            f"{package.path}: runtime.networks holds {len(package.networks)} ONNX networks "
+            "(an ensemble); the torch backend runs one torch file: use onnxruntime or tensorrt",
+        )
+    ensemble = []
+    try:
+        for network in package.networks[1:]:
+            ensemble.append(
+                create_backend(replace(package, onnx_path=network), built.name, built.options)
+            )
+    except Exception:
+        for started in (built, *ensemble):
+            started.close()
+        raise
     threads = preprocess_threads or min(8, os.cpu_count() or 1)
-    return Model(package, built, gpu_gate or SHARED_GATE, threads)
+    return Model(package, built, gpu_gate or SHARED_GATE, threads, ensemble)
 
 
 __all__ = ["Model", "load_model"]

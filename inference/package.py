@@ -50,6 +50,8 @@ class ModelPackage:
     torch_path: Path | None
     inputs: tuple[TensorInfo, ...]
     outputs: tuple[TensorInfo, ...]
+    networks: tuple[Path, ...] = ()
+    """Every ONNX network of the package (``runtime.networks``); several: an ensemble."""
 
     @property
     def output_names(self) -> tuple[str, ...]:
@@ -105,7 +107,8 @@ def validate_package(path: Path | str) -> ModelPackage:
     if not folder.is_dir():
         raise ModelPackageError(folder, "-", "model package folder not found")
     spec = read_spec(folder)
-    onnx_path = folder / ONNX_FILE
+    _check_license(folder, spec)
+    onnx_path = folder / spec.runtime.networks[0]
     ts_path = folder / spec.runtime.torch_file
     has_ts = ts_path.is_file()
     if not onnx_path.is_file():
@@ -113,14 +116,43 @@ def validate_package(path: Path | str) -> ModelPackage:
             raise ModelPackageError(
                 onnx_path, "-", f"file not found (nor a torch file {spec.runtime.torch_file})"
             )
+        if len(spec.runtime.networks) > 1:
+            raise ModelPackageError(onnx_path, "runtime.networks", "file not found")
         logger.info("package %s has no %s; only the torch backend can run it", folder, ONNX_FILE)
         return ModelPackage(folder, spec, None, ts_path, (), ())
+    networks = tuple(folder / name for name in spec.runtime.networks)
+    package = _checked_network(folder, spec, onnx_path, ts_path if has_ts else None, networks)
+    for other in networks[1:]:
+        if not other.is_file():
+            raise ModelPackageError(other, "runtime.networks", "file not found")
+        _checked_network(folder, spec, other, None, networks)
+    return package
+
+
+def _checked_network(
+    folder: Path,
+    spec: ModelSpec,
+    onnx_path: Path,
+    torch_path: Path | None,
+    networks: tuple[Path, ...],
+) -> ModelPackage:
+    """The package as seen through one of its networks, checked against the spec."""
     model = _load_onnx(onnx_path)
     inputs, outputs = _graph_io(model.graph)
-    package = ModelPackage(folder, spec, onnx_path, ts_path if has_ts else None, inputs, outputs)
+    package = ModelPackage(folder, spec, onnx_path, torch_path, inputs, outputs, networks)
     _check_input(package, onnx_path)
     _check_outputs(package, model.graph, onnx_path)
     return package
+
+
+def _check_license(folder: Path, spec: ModelSpec) -> None:
+    origin = spec.origin
+    if origin is not None and origin.license_file and not (folder / origin.license_file).is_file():
+        raise ModelPackageError(
+            folder / SPEC_FILE,
+            "origin.license_file",
+            f"{origin.license_file!r} is not a file in the package",
+        )
 
 
 def _load_onnx(path: Path) -> onnx.ModelProto:

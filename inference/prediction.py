@@ -9,6 +9,7 @@ that frame's own pixel grid, so that result objects land on the right image.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -89,22 +90,75 @@ class Classification:
 class Segmentation:
     """Per-label masks at source resolution, one mask frame per source frame.
 
-    ``masks`` is bool, shape (len(frames), rows, columns, len(labels)), in the order of
-    ``frames``. ``probabilities``, when the model gives them, has the same shape as
-    float32 in [0, 1] (for fractional SEG). ``pixel_spacing_mm`` is (row, column)
-    spacing and ``slice_spacing_mm`` the distance between frames along the normal,
-    so that voxel volume is their product; ``None`` where the source does not say.
+    The masks come in one of two forms: ``masks``, bool (len(frames), rows,
+    columns, len(labels)), for labels that may overlap (sigmoid); or
+    ``label_map``, unsigned (len(frames), rows, columns) where 0 is background and
+    ``k`` is label ``k`` (1-based), for exclusive labels (softmax), which keeps a
+    100-label result on a large CT at one byte per voxel. Read either through
+    `mask` and `voxel_counts`. ``probabilities``, when asked for, has the
+    ``masks`` shape as float32 in [0, 1] (for fractional SEG).
+    ``pixel_spacing_mm`` is (row, column) spacing and ``slice_spacing_mm`` the
+    distance between frames along the normal, so that voxel volume is their
+    product; ``None`` where the source does not say.
     """
 
     model: ModelIdentity
     series_instance_uid: str
     frames: tuple[FrameRef, ...]
     labels: tuple[Label, ...]
-    masks: npt.NDArray[np.bool_]
+    masks: npt.NDArray[np.bool_] | None
     pixel_spacing_mm: tuple[float, float] | None = None
     slice_spacing_mm: float | None = None
     probabilities: npt.NDArray[np.float32] | None = field(default=None, repr=False)
     skipped: tuple[str, ...] = ()
+    label_map: npt.NDArray[np.unsignedinteger[Any]] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if (self.masks is None) == (self.label_map is None):
+            raise ValueError("a Segmentation holds either masks or a label_map, exactly one")
+        frames, labels = len(self.frames), len(self.labels)
+        if self.label_map is not None:
+            if self.label_map.ndim != 3 or self.label_map.shape[0] != frames:
+                raise ValueError(
+                    f"label_map must have shape (frames={frames}, rows, columns), "
+                    f"got {self.label_map.shape}"
+                )
+            if self.label_map.dtype.kind != "u" or (labels < int(self.label_map.max(initial=0))):
+                raise ValueError(
+                    f"label_map must hold unsigned values 0..{labels}, got "
+                    f"{self.label_map.dtype} up to {int(self.label_map.max(initial=0))}"
+                )
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(frames, rows, columns) of the masks."""
+        source = self.masks if self.masks is not None else self.label_map
+        assert source is not None  # one of them, checked at construction
+        return int(source.shape[0]), int(source.shape[1]), int(source.shape[2])
+
+    def mask(self, index: int) -> npt.NDArray[np.bool_]:
+        """The (frames, rows, columns) mask of label ``index`` (0-based, label order)."""
+        if self.masks is not None:
+            return self.masks[..., index]
+        assert self.label_map is not None
+        return np.asarray(self.label_map == index + 1)
+
+    def frame_mask(self, index: int, frame: int) -> npt.NDArray[np.bool_]:
+        """The (rows, columns) mask of label ``index`` on one frame (0-based position)."""
+        if self.masks is not None:
+            return self.masks[frame, ..., index]
+        assert self.label_map is not None
+        return np.asarray(self.label_map[frame] == index + 1)
+
+    def voxel_counts(self) -> npt.NDArray[np.int64]:
+        """Voxels of each label on each frame, shape (frames, labels)."""
+        if self.masks is not None:
+            return np.count_nonzero(self.masks, axis=(1, 2)).astype(np.int64)
+        assert self.label_map is not None
+        bins = len(self.labels) + 1
+        return np.stack(
+            [np.bincount(frame.ravel(), minlength=bins)[1:bins] for frame in self.label_map]
+        ).astype(np.int64)
 
     @property
     def voxel_volume_mm3(self) -> float | None:

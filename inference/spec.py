@@ -13,9 +13,16 @@ from __future__ import annotations
 import tomllib
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from inference.errors import ModelPackageError
 from inference.prediction import CodedConcept, Label, ModelIdentity
@@ -39,6 +46,10 @@ class IntensityMethod(StrEnum):
     ZSCORE = "zscore"  # per image: (x - mean) / std
     MINMAX = "minmax"  # per image: to [0, 1] from min and max
     PERCENTILE = "percentile"  # per image: clip at percentiles, then to [0, 1]
+    SCALE_RANGE = "scale_range"  # MONAI ScaleIntensityRange: a_min..a_max to b_min..b_max
+    NORMALIZE = "normalize"  # MONAI NormalizeIntensity: fixed or per-image mean and std
+    CT_NORMALIZATION = "ct_normalization"  # nnU-Net CTNormalization: clip, then mean/std
+    CHANNEL_MEAN_STD = "channel_mean_std"  # to [0, 1], then fixed mean/std per channel
 
 
 class ResizeMode(StrEnum):
@@ -54,6 +65,13 @@ class Activation(StrEnum):
     SIGMOID = "sigmoid"  # one independent channel per label
     SOFTMAX = "softmax"  # background channel 0, then one channel per label
     NONE = "none"  # the graph already outputs probabilities
+
+
+class Interpolated(StrEnum):
+    """What goes back onto the source grid linearly, before the decision."""
+
+    PROBABILITIES = "probabilities"  # MONAI bundles: Activationsd, then Invertd
+    LOGITS = "logits"  # nnU-Net: resample the logits, then softmax / sigmoid
 
 
 class Precision(StrEnum):
@@ -105,17 +123,57 @@ class ModelInfo(_Strict):
     not_for_clinical_use: bool = True
 
 
+_METHOD_FIELDS: dict[IntensityMethod, frozenset[str]] = {
+    IntensityMethod.WINDOW: frozenset({"center", "width"}),
+    IntensityMethod.VOI: frozenset(),
+    IntensityMethod.ZSCORE: frozenset(),
+    IntensityMethod.MINMAX: frozenset(),
+    IntensityMethod.PERCENTILE: frozenset({"low_percentile", "high_percentile"}),
+    IntensityMethod.SCALE_RANGE: frozenset({"a_min", "a_max", "b_min", "b_max", "clip"}),
+    IntensityMethod.NORMALIZE: frozenset({"mean", "std", "nonzero"}),
+    IntensityMethod.CT_NORMALIZATION: frozenset({"lower", "upper", "mean", "std"}),
+    IntensityMethod.CHANNEL_MEAN_STD: frozenset(
+        {"mean", "std", "center", "width", "a_min", "a_max"}
+    ),
+}
+"""The keys each method reads; any other key set beside it is an error."""
+
+
 class IntensitySpec(_Strict):
-    """Intensity handling; which fields apply depends on ``method``."""
+    """Intensity handling; which fields apply depends on ``method``.
+
+    Every method reads only its own keys (`_METHOD_FIELDS`); a key of another
+    method set to a value is refused, so that a package never silently ignores
+    what it says.
+    """
 
     method: IntensityMethod
     center: float | None = None
     width: Annotated[float, Field(gt=0.0)] | None = None
     low_percentile: Annotated[float, Field(ge=0.0, le=100.0)] = 0.5
     high_percentile: Annotated[float, Field(ge=0.0, le=100.0)] = 99.5
+    a_min: float | None = None
+    a_max: float | None = None
+    b_min: float = 0.0
+    b_max: float = 1.0
+    clip: bool = False
+    mean: float | tuple[float, ...] | None = None
+    std: float | tuple[float, ...] | None = None
+    nonzero: bool = False
+    lower: float | None = None
+    upper: float | None = None
 
     @model_validator(mode="after")
     def _check_method_fields(self) -> IntensitySpec:
+        # A key of another method set to anything but its default is an error; the
+        # defaults themselves pass, so that a dumped spec (every field) reads back.
+        foreign = sorted(
+            key
+            for key in self.model_fields_set - _METHOD_FIELDS[self.method] - {"method"}
+            if getattr(self, key) != type(self).model_fields[key].default
+        )
+        if foreign:
+            raise ValueError(f"method {self.method.value!r} does not use {foreign}")
         if self.method is IntensityMethod.WINDOW and (self.center is None or self.width is None):
             raise ValueError("method 'window' needs both center and width")
         if self.low_percentile >= self.high_percentile:
@@ -123,6 +181,175 @@ class IntensitySpec(_Strict):
                 f"low_percentile {self.low_percentile} must be below "
                 f"high_percentile {self.high_percentile}"
             )
+        check = _METHOD_CHECKS.get(self.method)
+        if check is not None:
+            check(self)
+        return self
+
+    def channel_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(mean, std) per channel for ``channel_mean_std`` (a scalar repeats)."""
+        mean, std = self.mean, self.std
+        assert mean is not None and std is not None  # checked by the validator
+        return (
+            mean if isinstance(mean, tuple) else (mean,),
+            std if isinstance(std, tuple) else (std,),
+        )
+
+
+def _positive(values: float | tuple[float, ...], key: str) -> None:
+    numbers = values if isinstance(values, tuple) else (values,)
+    if not numbers or min(numbers) <= 0:
+        raise ValueError(f"{key} must be positive, got {values!r}")
+
+
+def _check_scale_range(spec: IntensitySpec) -> None:
+    if spec.a_min is None or spec.a_max is None:
+        raise ValueError("method 'scale_range' needs a_min and a_max")
+    if spec.a_min == spec.a_max:
+        raise ValueError(f"a_min and a_max are both {spec.a_min}: the range is empty")
+
+
+def _check_normalize(spec: IntensitySpec) -> None:
+    if (spec.mean is None) != (spec.std is None):
+        raise ValueError("method 'normalize' takes mean and std together, or neither (per image)")
+    if isinstance(spec.mean, tuple) or isinstance(spec.std, tuple):
+        raise ValueError("method 'normalize' takes one mean and one std, not lists")
+    if spec.std is not None:
+        _positive(spec.std, "std")
+
+
+def _check_ct_normalization(spec: IntensitySpec) -> None:
+    values = {"lower": spec.lower, "upper": spec.upper, "mean": spec.mean, "std": spec.std}
+    missing = [key for key, value in values.items() if value is None]
+    if missing:
+        raise ValueError(f"method 'ct_normalization' needs {missing}")
+    if isinstance(spec.mean, tuple) or isinstance(spec.std, tuple):
+        raise ValueError("method 'ct_normalization' takes one mean and one std, not lists")
+    assert spec.lower is not None and spec.upper is not None and spec.std is not None
+    if spec.lower >= spec.upper:
+        raise ValueError(f"lower {spec.lower} must be below upper {spec.upper}")
+    _positive(spec.std, "std")
+
+
+def _check_channel_mean_std(spec: IntensitySpec) -> None:
+    if spec.mean is None or spec.std is None:
+        raise ValueError("method 'channel_mean_std' needs mean and std (one per channel)")
+    _positive(spec.std, "std")
+    window = spec.center is not None or spec.width is not None
+    scale = spec.a_min is not None or spec.a_max is not None
+    if window == scale:
+        raise ValueError(
+            "method 'channel_mean_std' scales to [0, 1] by either center and width or "
+            "a_min and a_max (exactly one pair)"
+        )
+    if window and (spec.center is None or spec.width is None):
+        raise ValueError("method 'channel_mean_std' needs both center and width")
+    if scale:
+        _check_scale_range(spec)
+
+
+_METHOD_CHECKS = {
+    IntensityMethod.SCALE_RANGE: _check_scale_range,
+    IntensityMethod.NORMALIZE: _check_normalize,
+    IntensityMethod.CT_NORMALIZATION: _check_ct_normalization,
+    IntensityMethod.CHANNEL_MEAN_STD: _check_channel_mean_std,
+}
+
+
+AXIS_LETTERS = {"L": 0, "R": 0, "P": 1, "A": 1, "S": 2, "I": 2}
+"""Which patient axis (LPS x, y, z) each orientation letter names."""
+SOURCE_ORIENTATION = "source"
+
+
+class Blending(StrEnum):
+    """How overlapping windows are weighted where they meet."""
+
+    GAUSSIAN = "gaussian"  # centre counts most (MONAI, nnU-Net)
+    CONSTANT = "constant"  # plain average
+
+
+class Placement(StrEnum):
+    """Where windows start along an axis."""
+
+    INTERVAL = "interval"  # MONAI: every int(patch * (1 - overlap)), the last flush with the end
+    EVEN = "even"  # nnU-Net: as few as the overlap allows, spread evenly from start to end
+
+
+class Padding(StrEnum):
+    """How a volume smaller than one patch is padded up to it."""
+
+    CONSTANT = "constant"
+    EDGE = "edge"
+    REFLECT = "reflect"
+
+
+def _orientation_code(value: str) -> str:
+    code = value.upper() if value != SOURCE_ORIENTATION else value
+    if code == SOURCE_ORIENTATION:
+        return code
+    if len(code) != 3 or any(c not in AXIS_LETTERS for c in code):
+        raise ValueError(
+            f"orientation {value!r} must be 'source' or three letters of L/R, P/A, S/I"
+        )
+    if sorted(AXIS_LETTERS[c] for c in code) != [0, 1, 2]:
+        raise ValueError(f"orientation {value!r} names one patient axis twice")
+    return code
+
+
+Spacing = Annotated[float, Field(gt=0.0, le=100.0)] | Literal["keep"]
+
+
+class GeometrySpec(_Strict):
+    """The voxel grid the network was trained on (network axis order), see CONTRACT.
+
+    ``orientation`` is a three-letter code (where each array axis points as its
+    index grows, MONAI's convention: the node then resamples as MONAI's
+    ``Orientationd`` + ``Spacingd`` do) or ``"source"`` (slice, row, column as the
+    stack lies, nnU-Net's view: the node resamples by shape as nnU-Net does).
+    ``transpose`` permutes the axes after that; ``spacing`` is per network axis.
+    """
+
+    orientation: str = SOURCE_ORIENTATION
+    transpose: tuple[int, int, int] = (0, 1, 2)
+    spacing: tuple[Spacing, Spacing, Spacing] = ("keep", "keep", "keep")
+    interpolation: Annotated[int, Field(ge=0, le=3)] = 1
+    max_slice_step_deviation: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
+    resample_uneven: bool = False
+    crop_foreground: bool = False
+    crop_threshold: float = 0.0
+    crop_margin: Annotated[int, Field(ge=0, le=1024)] = 0
+
+    _orientation = field_validator("orientation")(_orientation_code)
+
+    @field_validator("transpose")
+    @classmethod
+    def _check_transpose(cls, value: tuple[int, int, int]) -> tuple[int, int, int]:
+        if sorted(value) != [0, 1, 2]:
+            raise ValueError(f"transpose {list(value)} is not a permutation of 0, 1, 2")
+        return value
+
+
+class WindowSpec(_Strict):
+    """Sliding-window inference over the network grid (network axis order)."""
+
+    patch: tuple[
+        Annotated[int, Field(ge=1, le=1024)],
+        Annotated[int, Field(ge=1, le=1024)],
+        Annotated[int, Field(ge=1, le=1024)],
+    ]
+    overlap: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.25
+    blending: Blending = Blending.GAUSSIAN
+    placement: Placement = Placement.INTERVAL
+    sigma_scale: Annotated[float, Field(gt=0.0, le=10.0)] = 0.125
+    batch: Annotated[int, Field(ge=1, le=1024)] = 1
+    padding: Padding = Padding.CONSTANT
+    padding_value: float = 0.0
+    mirror_axes: tuple[Annotated[int, Field(ge=0, le=2)], ...] = ()
+
+    @model_validator(mode="after")
+    def _check(self) -> WindowSpec:
+        if len(set(self.mirror_axes)) != len(self.mirror_axes):
+            raise ValueError(f"mirror_axes {list(self.mirror_axes)} repeats an axis")
         return self
 
 
@@ -140,6 +367,8 @@ class InputSpec(_Strict):
     min_slices: Annotated[int, Field(ge=1)] = 1
     max_spacing_deviation: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
     intensity: IntensitySpec
+    geometry: GeometrySpec | None = None
+    window: WindowSpec | None = None
 
     @model_validator(mode="after")
     def _check_size(self) -> InputSpec:
@@ -148,7 +377,30 @@ class InputSpec(_Strict):
                 f"size {list(self.size)} must hold {self.dimensions} positive lengths "
                 f"({'slices, ' if self.dimensions == 3 else ''}rows, columns)"
             )
+        if self.intensity.method is IntensityMethod.CHANNEL_MEAN_STD:
+            mean, std = self.intensity.channel_stats()
+            if len(mean) not in (1, self.channels) or len(std) not in (1, self.channels):
+                raise ValueError(
+                    f"intensity.mean {list(mean)} and intensity.std {list(std)} need one "
+                    f"value or one per channel ({self.channels})"
+                )
+        if (self.geometry is not None or self.window is not None) and self.dimensions != 3:
+            raise ValueError("input.geometry and input.window apply to 3D inputs (dimensions = 3)")
+        if self.geometry is not None and self.window is None:
+            raise ValueError("input.geometry needs input.window (the network runs patch by patch)")
+        if self.window is not None and tuple(self.window.patch) != tuple(self.size):
+            raise ValueError(
+                f"input.size {list(self.size)} must equal input.window.patch "
+                f"{list(self.window.patch)}"
+            )
         return self
+
+    @property
+    def volume_geometry(self) -> GeometrySpec | None:
+        """The grid of a windowed 3D package (the source grid where none is given)."""
+        if self.window is None:
+            return None
+        return self.geometry or GeometrySpec()
 
 
 class CamSpec(_Strict):
@@ -169,6 +421,7 @@ class OutputSpec(_Strict):
     boxes: str = ""
     scores: str = ""
     activation: Activation = Activation.SIGMOID
+    interpolate: Interpolated = Interpolated.PROBABILITIES
     labels: Annotated[tuple[LabelSpec, ...], Field(min_length=1)]
     cam: CamSpec | None = None
     iou_threshold: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5
@@ -183,6 +436,12 @@ class OutputSpec(_Strict):
         return self
 
 
+FileName = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[^/\\]+$")]
+"""A file in the package folder itself (no path separators)."""
+NetworkFile = Annotated[str, Field(min_length=6, max_length=255, pattern=r"^[^/\\]+\.onnx$")]
+"""An ONNX network file in the package folder."""
+
+
 class RuntimeSpec(_Strict):
     """Hints for the backends."""
 
@@ -190,6 +449,34 @@ class RuntimeSpec(_Strict):
     precision: Precision = Precision.FP16
     calibration: str = ""  # .npy of preprocessed inputs (N, C, ...), for int8
     torch_file: str = "model.pt2"  # torch.export program (.pt2) or TorchScript (.pt)
+    networks: Annotated[tuple[NetworkFile, ...], Field(min_length=1, max_length=32)] = (
+        "model.onnx",
+    )
+
+    @model_validator(mode="after")
+    def _check_networks(self) -> RuntimeSpec:
+        repeated = sorted({n for n in self.networks if self.networks.count(n) > 1})
+        if repeated:
+            raise ValueError(f"networks repeats {repeated}")
+        return self
+
+
+class OriginKind(StrEnum):
+    """Where an imported package came from."""
+
+    MONAI_BUNDLE = "monai-bundle"
+    NNUNET = "nnunet"
+    FINETUNE = "finetune"
+
+
+class OriginSpec(_Strict):
+    """Where the package came from (written by importers, shown by the node)."""
+
+    kind: OriginKind
+    name: Annotated[str, Field(min_length=1, max_length=256)]
+    version: str = ""
+    source: str = ""
+    license_file: FileName | None = None
 
 
 class ModelSpec(_Strict):
@@ -199,6 +486,7 @@ class ModelSpec(_Strict):
     input: InputSpec
     output: OutputSpec
     runtime: RuntimeSpec = RuntimeSpec()
+    origin: OriginSpec | None = None
 
     @model_validator(mode="after")
     def _check_task_outputs(self) -> ModelSpec:
@@ -214,6 +502,15 @@ class ModelSpec(_Strict):
             raise ValueError("classification models take 2D images (input.dimensions = 2)")
         if self.runtime.precision is Precision.INT8 and not self.runtime.calibration:
             raise ValueError("runtime.precision 'int8' needs runtime.calibration")
+        window = self.input.window
+        if window is not None:
+            if task is not Task.SEGMENTATION:
+                raise ValueError("input.window applies to segmentation models only")
+            if window.batch > self.runtime.max_batch:
+                raise ValueError(
+                    f"input.window.batch {window.batch} exceeds runtime.max_batch "
+                    f"{self.runtime.max_batch}"
+                )
         return self
 
     @property

@@ -25,10 +25,10 @@ npm ci --prefix tests/viewer --no-audit --no-fund
 python3 -m venv .venv
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
-# torch and torchvision for fine-tuning and the parity tests: these pins come from the
+# torch and torchvision for fine-tuning and the parity tests (MONAI, nnU-Net): these pins come from the
 # machine's local wheel store; any other version would download a multi-GB CUDA build.
 python -m pip install -q torch==2.14.1 torchvision==0.29.1
-python -m pip install -q -e '.[test,postgres,train]'
+python -m pip install -q -e '.[test,postgres,train,import]'
 
 ruff check .
 ruff format --check .

@@ -9,6 +9,7 @@ Set a source may declare can encode.
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -190,7 +191,8 @@ def copy_source_context(result: Dataset, source: Dataset) -> None:
     The character set is the source's, so that its names survive (also where
     highdicom does not know it). A result about a de-identified patient is
     de-identified too, and the standard then requires the method: copied where the
-    source states it, otherwise written as unknown rather than left out.
+    source states it, otherwise (absent or empty) written as not stated rather than
+    left out or left empty.
     """
     value = _normalized_character_set(source)
     if value is not None:
@@ -198,12 +200,14 @@ def copy_source_context(result: Dataset, source: Dataset) -> None:
     if str(source.get("PatientIdentityRemoved", "")).upper() != "YES":
         return
     result.PatientIdentityRemoved = "YES"
+    stated = False
     for keyword in ("DeidentificationMethod", "DeidentificationMethodCodeSequence"):
-        if keyword in source:
+        if keyword in source and not source[keyword].is_empty:
             result[keyword] = source[keyword]
-    if "DeidentificationMethod" not in result and "DeidentificationMethodCodeSequence" not in (
-        result
-    ):
+            stated = True
+        elif keyword in result:
+            del result[keyword]  # an empty value is no method (Type 1C)
+    if not stated:
         result.DeidentificationMethod = _UNSTATED_DEIDENTIFICATION
 
 
@@ -215,3 +219,13 @@ def copy_laterality(result: Dataset, source: Dataset) -> None:
     """
     if "Laterality" not in result:
         result.Laterality = source.get("Laterality", "")
+
+
+_CONTENT_LABEL_LENGTH = 16
+
+
+def content_label(model: ModelIdentity) -> str:
+    """The Content Label of a SEG or a parametric map (CS: upper case, digits, space,
+    underscore; 16 characters at most), from the model's name."""
+    label = re.sub(r"[^A-Z0-9_ ]", "_", model.name.upper())[:_CONTENT_LABEL_LENGTH].strip()
+    return label or "AI_SEGMENTATION"

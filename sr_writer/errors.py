@@ -6,6 +6,9 @@
 
 from __future__ import annotations
 
+HIGHDICOM_REJECTIONS = (ValueError, RuntimeError, KeyError, AttributeError, TypeError)
+"""What highdicom raises for sources it cannot build on (checked, not crashed on)."""
+
 
 class ResultBuildError(Exception):
     """A result object cannot be built from this prediction and these sources."""

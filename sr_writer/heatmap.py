@@ -25,16 +25,16 @@ from inference import Heatmap, ModelIdentity
 from sr_writer.content import (
     ascii_text,
     character_set,
+    content_label,
     copy_laterality,
     copy_source_context,
     manufacturer,
     series_description,
 )
 from sr_writer.enum import ObjectKind
-from sr_writer.errors import UnsupportedSourceError
+from sr_writer.errors import HIGHDICOM_REJECTIONS, UnsupportedSourceError
 from sr_writer.options import ResultOptions
-from sr_writer.seg import HIGHDICOM_REJECTIONS, content_label
-from sr_writer.sources import SourceFrame, SourceSeries
+from sr_writer.sources import ImageFrame, SourceSeries
 from sr_writer.uids import derive_uid
 
 SC_SERIES_NUMBER = 9103
@@ -104,7 +104,7 @@ def build_overlay(
         sop_instance_uid=sc_sop_uid,
         instance_number=instance_number,
         manufacturer=ascii_text(manufacturer(model, options)),
-        pixel_spacing=frame.pixel_spacing(),  # type: ignore[arg-type]  # annotated int, takes mm
+        pixel_spacing=frame.geometry.pixel_spacing,  # type: ignore[arg-type]  # annotated int, takes mm
         # highdicom takes one letter per direction; the full value is set below.
         patient_orientation=(orientation[0][:1], orientation[1][:1]) if orientation else ("L", "F"),
         series_description=series_description(model, "overlay"),
@@ -167,7 +167,7 @@ def build_parametric_map(
         raise UnsupportedSourceError("Parametric Map", problem)
     frame = sources.frame(heatmap.frame)
     _check_shape(heatmap, frame)
-    if frame.slice_thickness() is None:
+    if frame.geometry.thickness is None:
         raise UnsupportedSourceError("Parametric Map", "source has no Slice Thickness")
     pm_series_uid, pm_sop_uid = _uids(heatmap, sources, model, options, ObjectKind.PARAMETRIC_MAP)
     mapping = hd.pm.RealWorldValueMapping(
@@ -301,7 +301,7 @@ def _caption(heatmap: Heatmap, model: ModelIdentity) -> list[str]:
     return lines
 
 
-def _check_shape(heatmap: Heatmap, frame: SourceFrame) -> None:
+def _check_shape(heatmap: Heatmap, frame: ImageFrame) -> None:
     if heatmap.values.shape != frame.shape:
         raise ValueError(
             f"heatmap of {heatmap.label.name!r} has shape {heatmap.values.shape}, its frame "
@@ -309,7 +309,7 @@ def _check_shape(heatmap: Heatmap, frame: SourceFrame) -> None:
         )
 
 
-def _display_gray(frame: SourceFrame) -> npt.NDArray[np.float64]:
+def _display_gray(frame: ImageFrame) -> npt.NDArray[np.float64]:
     """The frame as a radiologist first sees it, scaled to [0, 1]."""
     values = frame.pixels()
     if values.ndim == 3:  # colour source: fuse over its luminance
@@ -345,13 +345,13 @@ def _first(value: object) -> float:
     return float(value[0] if isinstance(value, MultiValue) else value)  # type: ignore[arg-type]
 
 
-def _patient_orientation(frame: SourceFrame) -> tuple[str, str] | None:
+def _patient_orientation(frame: ImageFrame) -> tuple[str, str] | None:
     """Patient Orientation for rows and columns: from the cosines, else as stated.
 
     Oblique directions get several letters, most significant first ("LP").
     ``None`` where the source says nothing about orientation.
     """
-    cosines = frame.image_orientation()
+    cosines = frame.geometry.orientation
     if cosines is not None:
         return _letters(cosines[:3]), _letters(cosines[3:])
     stated = frame.dataset.get("PatientOrientation")
@@ -370,7 +370,7 @@ def _letters(vector: tuple[float, ...]) -> str:
     return "".join(letters)
 
 
-def _source_reference(frame: SourceFrame) -> Dataset:
+def _source_reference(frame: ImageFrame) -> Dataset:
     item = Dataset()
     item.ReferencedSOPClassUID = frame.dataset.SOPClassUID
     item.ReferencedSOPInstanceUID = frame.sop_instance_uid
@@ -380,7 +380,7 @@ def _source_reference(frame: SourceFrame) -> Dataset:
 
 
 def _frame_geometry(
-    frame: SourceFrame,
+    frame: ImageFrame,
 ) -> tuple[
     list[hd.PlanePositionSequence] | None,
     hd.PlaneOrientationSequence | None,
@@ -392,9 +392,9 @@ def _frame_geometry(
     """
     if not frame.is_multi_frame:
         return None, None, None
-    position = frame.image_position()
-    cosines = frame.image_orientation()
-    spacing = frame.pixel_spacing()
+    position = frame.geometry.position
+    cosines = frame.geometry.orientation
+    spacing = frame.geometry.pixel_spacing
     if position is None or cosines is None or spacing is None:
         raise UnsupportedSourceError(
             "Parametric Map",
@@ -404,7 +404,7 @@ def _frame_geometry(
     return (
         [hd.PlanePositionSequence(patient, position)],
         hd.PlaneOrientationSequence(patient, cosines),
-        hd.PixelMeasuresSequence(pixel_spacing=spacing, slice_thickness=frame.slice_thickness()),
+        hd.PixelMeasuresSequence(pixel_spacing=spacing, slice_thickness=frame.geometry.thickness),
     )
 
 

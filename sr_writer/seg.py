@@ -9,7 +9,6 @@ fractional writes the model's probabilities where it gives them.
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 
 import highdicom as hd
@@ -22,23 +21,21 @@ from sr_writer.content import (
     algorithm_sequence,
     ascii_text,
     character_set,
+    content_label,
     copy_source_context,
     manufacturer,
     series_description,
     to_code,
 )
 from sr_writer.enum import ObjectKind, SegmentationKindValues
-from sr_writer.errors import UnsupportedSourceError
+from sr_writer.errors import HIGHDICOM_REJECTIONS, UnsupportedSourceError
 from sr_writer.options import ResultOptions
-from sr_writer.sources import SourceFrame, SourceSeries, with_values
+from sr_writer.sources import ImageFrame, SourceSeries, with_type2_attributes, with_values
 from sr_writer.uids import derive_uid
 
 logger = logging.getLogger(__name__)
 
 SEG_SERIES_NUMBER = 9102
-HIGHDICOM_REJECTIONS = (ValueError, RuntimeError, KeyError, AttributeError, TypeError)
-"""What highdicom raises for sources it cannot build on (checked, not crashed on)."""
-_CONTENT_LABEL_LENGTH = 16
 SEGMENT_COLORS = (
     (230, 25, 75),
     (60, 180, 75),
@@ -92,7 +89,8 @@ def build_segmentation(
         If the masks do not match the frames and labels in shape.
     """
     _check_shape(prediction)
-    present = [i for i in range(len(prediction.labels)) if prediction.masks[..., i].any()]
+    counts = prediction.voxel_counts()
+    present = [i for i in range(len(prediction.labels)) if counts[:, i].any()]
     if not present:
         logger.info("all %d masks empty: no SEG written", len(prediction.labels))
         return None
@@ -109,7 +107,9 @@ def build_segmentation(
         for number, index in enumerate(present, start=1)
     ]
     study, series = sources.study_instance_uid, sources.series_instance_uid
-    source_images = _with_thickness(prediction, frames, source_images)
+    source_images = _with_thickness(
+        prediction, frames, [with_type2_attributes(ds) for ds in source_images]
+    )
     try:
         seg = hd.seg.Segmentation(
             source_images=source_images,
@@ -142,27 +142,22 @@ def build_segmentation(
     return SegmentationResult(dataset=seg, segment_numbers=numbers)
 
 
-def content_label(model: ModelIdentity) -> str:
-    """The SEG Content Label (CS: upper case, digits, space, underscore; 16 chars)."""
-    label = re.sub(r"[^A-Z0-9_ ]", "_", model.name.upper())[:_CONTENT_LABEL_LENGTH].strip()
-    return label or "AI_SEGMENTATION"
-
-
 def _check_shape(prediction: Segmentation) -> None:
     expected = (len(prediction.frames), len(prediction.labels))
-    shape = prediction.masks.shape
-    if prediction.masks.ndim != 4 or (shape[0], shape[3]) != expected:
+    masks = prediction.masks
+    if masks is not None and (masks.ndim != 4 or (masks.shape[0], masks.shape[3]) != expected):
         raise ValueError(
             f"masks must have shape (frames={expected[0]}, rows, columns, "
-            f"labels={expected[1]}), got {shape}"
+            f"labels={expected[1]}), got {masks.shape}"
         )
+    shape = (*prediction.shape, expected[1])
     if prediction.probabilities is not None and prediction.probabilities.shape != shape:
         raise ValueError(
             f"probabilities shape {prediction.probabilities.shape} differs from masks {shape}"
         )
 
 
-def _layout(frames: list[SourceFrame]) -> tuple[list[Dataset], list[int]]:
+def _layout(frames: list[ImageFrame]) -> tuple[list[Dataset], list[int]]:
     """The source images highdicom takes and each prediction frame's position there.
 
     Single-frame series: one source image per prediction frame, in prediction order.
@@ -184,7 +179,7 @@ def _layout(frames: list[SourceFrame]) -> tuple[list[Dataset], list[int]]:
 
 
 def _with_thickness(
-    prediction: Segmentation, frames: list[SourceFrame], source_images: list[Dataset]
+    prediction: Segmentation, frames: list[ImageFrame], source_images: list[Dataset]
 ) -> list[Dataset]:
     """The source images, given a slice thickness where they lack one.
 
@@ -192,7 +187,7 @@ def _with_thickness(
     into the SEG, where it is required. The model's slice spacing stands in, on
     copies, never on the caller's datasets; without it no SEG is written.
     """
-    if all(frame.slice_thickness() is not None for frame in frames):
+    if all(frame.geometry.thickness is not None for frame in frames):
         return source_images
     thickness = prediction.slice_spacing_mm
     if thickness is None:
@@ -233,6 +228,8 @@ def _pixel_array(
         values: npt.NDArray[np.generic] = np.ascontiguousarray(
             probabilities[..., present], dtype=np.float32
         )
+    elif prediction.masks is None:
+        values = _segment_map(prediction, present)
     else:
         # Indexing with a list copies into a C-contiguous array; viewing the bools
         # as uint8 then costs nothing (masks of another dtype are thresholded first).
@@ -245,6 +242,18 @@ def _pixel_array(
     full = np.zeros((frame_count, *values.shape[1:]), dtype=values.dtype)
     full[positions] = values
     return full
+
+
+def _segment_map(prediction: Segmentation, present: list[int]) -> npt.NDArray[np.generic]:
+    """Exclusive labels as a highdicom label-map array: segment numbers, 0 elsewhere.
+
+    One byte per voxel (two beyond 255 segments) instead of one mask per label.
+    """
+    assert prediction.label_map is not None
+    dtype = np.uint8 if len(present) < 256 else np.uint16
+    numbers = np.zeros(len(prediction.labels) + 1, dtype=dtype)
+    numbers[np.asarray(present) + 1] = np.arange(1, len(present) + 1, dtype=dtype)
+    return numbers[prediction.label_map]
 
 
 def _description(

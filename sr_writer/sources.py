@@ -1,15 +1,18 @@
 """The source series a prediction was made on: lookup of frames and their geometry.
 
 Predictions name source frames by SOP Instance UID and 1-based frame number; this
-module finds them among the datasets the node loaded and reads what result objects
-need from them (pixel spacing, orientation, Frame of Reference), for single-frame
-series and enhanced multi-frame instances alike.
+module finds them among the datasets the node loaded and gives what result objects
+need from them (references, pixels, Frame of Reference), for single-frame series
+and enhanced multi-frame instances alike. Frame geometry is `inference`'s
+(`inference.frame_geometry`): one reading of position, orientation and spacing
+for the model and its results.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import numpy.typing as npt
@@ -17,13 +20,13 @@ from highdicom.sr import SourceImageForMeasurement, SourceImageForRegion
 from pydicom import Dataset
 from pydicom.pixels import apply_color_lut, apply_rescale, pixel_array
 
-from inference import FrameRef
+from inference import FrameGeometry, FrameRef, frame_geometry
 from sr_writer.errors import SourceMismatchError, UnsupportedSourceError
 
 
 @dataclass(frozen=True)
-class SourceFrame:
-    """One frame of one source instance."""
+class ImageFrame:
+    """One frame of one source instance, as result objects reference and measure it."""
 
     dataset: Dataset
     frame_number: int
@@ -46,39 +49,10 @@ class SourceFrame:
         """(rows, columns) of the frame."""
         return int(self.dataset.Rows), int(self.dataset.Columns)
 
-    def pixel_spacing(self) -> tuple[float, float] | None:
-        """(row, column) spacing in mm, or ``None`` where the source does not say."""
-        item = _functional_item(self.dataset, self.frame_number, "PixelMeasuresSequence")
-        for holder in (item, self.dataset):
-            if holder is not None and "PixelSpacing" in holder:
-                row, column = (float(value) for value in holder.PixelSpacing)
-                # Some writers put 0\0 for "unknown"; it must not reach a result.
-                return (row, column) if row > 0 and column > 0 else None
-        return None
-
-    def image_orientation(self) -> tuple[float, ...] | None:
-        """Row and column direction cosines, or ``None`` where the source has none."""
-        item = _functional_item(self.dataset, self.frame_number, "PlaneOrientationSequence")
-        for holder in (item, self.dataset):
-            if holder is not None and "ImageOrientationPatient" in holder:
-                return tuple(float(value) for value in holder.ImageOrientationPatient)
-        return None
-
-    def image_position(self) -> tuple[float, ...] | None:
-        """Position of the frame's first pixel in the patient, or ``None``."""
-        item = _functional_item(self.dataset, self.frame_number, "PlanePositionSequence")
-        for holder in (item, self.dataset):
-            if holder is not None and "ImagePositionPatient" in holder:
-                return tuple(float(value) for value in holder.ImagePositionPatient)
-        return None
-
-    def slice_thickness(self) -> float | None:
-        """Nominal slice thickness in mm, or ``None``."""
-        item = _functional_item(self.dataset, self.frame_number, "PixelMeasuresSequence")
-        for holder in (item, self.dataset):
-            if holder is not None and holder.get("SliceThickness") not in (None, ""):
-                return float(holder.SliceThickness)
-        return None
+    @cached_property
+    def geometry(self) -> FrameGeometry:
+        """Position, orientation, spacings and thickness, read as `inference` reads them."""
+        return frame_geometry(self.dataset, self.frame_number - 1)
 
     def region_source(self) -> SourceImageForRegion:
         """The SR reference for a region drawn on this frame."""
@@ -151,10 +125,10 @@ class SourceSeries:
             datasets[0].get("SeriesInstanceUID", "")
         )
         """The source series: with the study, what every result UID derives from."""
-        self.reference = _with_type2_attributes(self.datasets[0])
+        self.reference = with_type2_attributes(self.datasets[0])
         """The dataset whose patient and study modules the results copy."""
 
-    def frame(self, ref: FrameRef) -> SourceFrame:
+    def frame(self, ref: FrameRef) -> ImageFrame:
         """Return the source frame a prediction names.
 
         Raises
@@ -172,7 +146,7 @@ class SourceSeries:
             raise SourceMismatchError(
                 ref.sop_instance_uid, ref.frame_number, f"the instance has {frames} frame(s)"
             )
-        return SourceFrame(dataset, ref.frame_number)
+        return ImageFrame(dataset, ref.frame_number)
 
     def spatial_problem(self) -> str | None:
         """Why the sources cannot carry spatial objects (SEG, Parametric Map), if so.
@@ -184,7 +158,7 @@ class SourceSeries:
         for uid, dataset in self._by_uid.items():
             if "FrameOfReferenceUID" not in dataset:
                 return f"source has no Frame of Reference UID ({uid})"
-            if SourceFrame(dataset, 1).image_orientation() is None:
+            if ImageFrame(dataset, 1).geometry.orientation is None:
                 return f"source has no Image Orientation (Patient) ({uid})"
         return None
 
@@ -203,11 +177,12 @@ _PATIENT_STUDY_TYPE2 = (
 """Type 2 attributes highdicom's SR reads from its first evidence unconditionally."""
 
 
-def _with_type2_attributes(dataset: Dataset) -> Dataset:
+def with_type2_attributes(dataset: Dataset) -> Dataset:
     """The dataset, or a copy of it with missing Type 2 patient/study attributes empty.
 
-    Archives do hold instances without e.g. a Patient ID; the result then says
-    "unknown" (empty), as the standard allows, instead of failing.
+    Archives do hold instances without e.g. a Patient ID or Birth Date; the
+    result then says "unknown" (empty), as the standard allows, instead of
+    failing (highdicom refuses SEG sources without them).
     """
     missing = [keyword for keyword in _PATIENT_STUDY_TYPE2 if keyword not in dataset]
     return with_values(dataset, dict.fromkeys(missing, "")) if missing else dataset
@@ -226,17 +201,3 @@ def with_values(dataset: Dataset, values: dict[str, object]) -> Dataset:
     for keyword, value in values.items():
         setattr(view, keyword, value)
     return view
-
-
-def _functional_item(dataset: Dataset, frame_number: int, keyword: str) -> Dataset | None:
-    """The functional group item for a frame: per-frame first, then shared."""
-    for groups, index in (
-        ("PerFrameFunctionalGroupsSequence", frame_number - 1),
-        ("SharedFunctionalGroupsSequence", 0),
-    ):
-        sequence = dataset.get(groups)
-        if sequence is not None and len(sequence) > index and keyword in sequence[index]:
-            items = sequence[index][keyword]
-            if len(items.value) > 0:
-                return items.value[0]
-    return None

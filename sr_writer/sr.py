@@ -83,7 +83,7 @@ from sr_writer.errors import UnsupportedSourceError
 from sr_writer.library import image_library, insert_library
 from sr_writer.options import ResultOptions
 from sr_writer.seg import SegmentationResult
-from sr_writer.sources import SourceFrame, SourceSeries
+from sr_writer.sources import ImageFrame, SourceSeries
 from sr_writer.uids import derive_uid, device_uid
 
 logger = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ class _Report:
     def planar(
         self,
         tracking: TrackingIdentifier,
-        frame: SourceFrame,
+        frame: ImageFrame,
         points: npt.NDArray[np.float64],
         label: Label,
         measurements: Sequence[Measurement],
@@ -178,7 +178,7 @@ class _Report:
             present=False,
         )
 
-    def key_frame(self) -> SourceFrame:
+    def key_frame(self) -> ImageFrame:
         """The image absent labels are drawn on: the middle frame the model read.
 
         Raises
@@ -319,24 +319,20 @@ def _segmentation_groups(
     """
     groups: list[Group] = []
     volume = prediction.voxel_volume_mm3
-    empty = [i for i in range(len(prediction.labels)) if not prediction.masks[..., i].any()]
+    counts = prediction.voxel_counts()
+    empty = [i for i in range(len(prediction.labels)) if not counts[:, i].any()]
     for index, label in enumerate(prediction.labels):
-        mask = prediction.masks[..., index]
-        per_frame = np.count_nonzero(mask, axis=(1, 2))
+        per_frame = counts[:, index]
         if not per_frame.any():
             groups.append(report.absent(label, _slot(empty, index)))
             continue
         key = int(np.argmax(per_frame))
         total = None if volume is None else _volume(int(per_frame.sum()), volume)
         key_extra = [total] if total is not None and segmentation is None else []
-        groups.append(
-            _outline(report, prediction, label, mask[key], key, label.name, (), key_extra)
-        )
+        groups.append(_outline(report, prediction, label, index, key, label.name, (), key_extra))
         if total is None:
             groups.extend(
-                _outline(
-                    report, prediction, label, mask[p], p, f"{label.name} ({p + 1})", (str(p),)
-                )
+                _outline(report, prediction, label, index, p, f"{label.name} ({p + 1})", (str(p),))
                 for p in np.flatnonzero(per_frame).tolist()
                 if p != key
             )
@@ -351,7 +347,7 @@ def _outline(
     report: _Report,
     prediction: Segmentation,
     label: Label,
-    mask: npt.NDArray[np.bool_],
+    index: int,
     position: int,
     identifier: str,
     parts: tuple[str, ...],
@@ -359,6 +355,7 @@ def _outline(
 ) -> PlanarROIMeasurementsAndQualitativeEvaluations:
     """The outline of a label's largest region on one frame, with the label's area there."""
     frame = report.sources.frame(prediction.frames[position])
+    mask = prediction.frame_mask(index, position)
     outline = largest_outline(mask)
     if outline is None:  # unreachable: only frames holding the label come here
         raise ValueError(f"label {label.name!r} is empty on frame {position + 1}")
@@ -466,19 +463,19 @@ def _evaluation(label: Label, *, present: bool) -> QualitativeEvaluation:
     return QualitativeEvaluation(name=to_code(label.finding), value=value)
 
 
-def _pixel_area(prediction: Segmentation, frame: SourceFrame) -> float | None:
-    spacing = prediction.pixel_spacing_mm or frame.pixel_spacing()
+def _pixel_area(prediction: Segmentation, frame: ImageFrame) -> float | None:
+    spacing = prediction.pixel_spacing_mm or frame.geometry.measuring_spacing
     if spacing is None:
         return None
     return spacing[0] * spacing[1]
 
 
-def _frame_border(frame: SourceFrame) -> npt.NDArray[np.float64]:
+def _frame_border(frame: ImageFrame) -> npt.NDArray[np.float64]:
     rows, columns = frame.shape
     return _rectangle(0.0, 0.0, float(columns), float(rows))
 
 
-def _key_image_frame(frame: SourceFrame, slot: Slot) -> npt.NDArray[np.float64]:
+def _key_image_frame(frame: ImageFrame, slot: Slot) -> npt.NDArray[np.float64]:
     """The ``position``-th of ``count`` frames around one image, each apart from the others.
 
     The first is the image's border. Each next one lies inside the one before: its
@@ -516,7 +513,7 @@ def _rectangle(left: float, top: float, right: float, bottom: float) -> npt.NDAr
 
 
 def _box_polyline(
-    bounds: tuple[float, float, float, float], frame: SourceFrame
+    bounds: tuple[float, float, float, float], frame: ImageFrame
 ) -> npt.NDArray[np.float64] | None:
     """The box clipped to its frame as a closed (column, row) polyline, if any is left."""
     rows, columns = frame.shape
@@ -524,19 +521,10 @@ def _box_polyline(
     row_max, column_max = min(bounds[2], float(rows)), min(bounds[3], float(columns))
     if row_max <= row_min or column_max <= column_min:
         return None
-    return np.array(
-        [
-            [column_min, row_min],
-            [column_max, row_min],
-            [column_max, row_max],
-            [column_min, row_max],
-            [column_min, row_min],
-        ],
-        dtype=np.float64,
-    )
+    return _rectangle(column_min, row_min, column_max, row_max)
 
 
-def _hot_region(values: npt.NDArray[np.float32], frame: SourceFrame) -> npt.NDArray[np.float64]:
+def _hot_region(values: npt.NDArray[np.float32], frame: ImageFrame) -> npt.NDArray[np.float64]:
     """Outline of the heatmap's hot region; the whole frame for a flat map."""
     if values.shape != frame.shape:
         raise ValueError(

@@ -55,6 +55,7 @@ SECTIONS: list[tuple[str, Section]] = [
     ("jobs", queue_report.jobs_section),
     ("deliveries", queue_report.deliveries_section),
     ("failures", queue_report.failures_section),
+    ("skipped", queue_report.skipped_section),
 ]
 
 

@@ -42,21 +42,31 @@ def deliveries_section(session: Session, config: NodeConfig) -> dict[str, Any]:
     return {state.value: int(counts.get(state, 0)) for state in WorkState}
 
 
-def failures_section(session: Session, config: NodeConfig) -> dict[str, Any]:
-    """The most recent failed jobs and deliveries, each with its error."""
+def _recent_jobs(session: Session, state: WorkState) -> dict[str, str]:
+    """The most recent jobs in a final state, each with its error or reason."""
     jobs = session.execute(
         select(Job.id, Job.model_name, Job.error, Job.finished_at)
-        .where(Job.state == WorkState.FAILED)
+        .where(Job.state == state)
         .order_by(Job.finished_at.desc())
         .limit(RECENT_FAILURES)
     ).all()
+    return {f"job {row.id} ({row.model_name})": row.error or "" for row in jobs}
+
+
+def skipped_section(session: Session, config: NodeConfig) -> dict[str, Any]:
+    """The most recent skipped jobs, each with why the model could not take the series."""
+    return _recent_jobs(session, WorkState.SKIPPED)
+
+
+def failures_section(session: Session, config: NodeConfig) -> dict[str, Any]:
+    """The most recent failed jobs and deliveries, each with its error."""
     deliveries = session.execute(
         select(Delivery.id, Delivery.job_id, Delivery.peer_name, Delivery.error)
         .where(Delivery.state == WorkState.FAILED)
         .order_by(Delivery.updated_at.desc())
         .limit(RECENT_FAILURES)
     ).all()
-    report: dict[str, Any] = {f"job {row.id} ({row.model_name})": row.error or "" for row in jobs}
+    report: dict[str, Any] = _recent_jobs(session, WorkState.FAILED)
     report.update(
         {
             f"delivery {row.id} (job {row.job_id} -> {row.peer_name})": row.error or ""

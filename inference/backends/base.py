@@ -65,9 +65,15 @@ class Backend(ABC):
 
 
 def concatenate(parts: dict[str, list[Array]]) -> dict[str, Array]:
-    """Join per-batch outputs along the batch axis, as float32; empty when nothing ran."""
+    """Join per-batch outputs along the batch axis, as float32; empty when nothing ran.
+
+    One batch is returned as it is (no copy): a window batch of a many-label 3D
+    model is tens of megabytes.
+    """
     return {
-        name: np.concatenate(chunks, axis=0).astype(np.float32, copy=False)
+        name: (chunks[0] if len(chunks) == 1 else np.concatenate(chunks, axis=0)).astype(
+            np.float32, copy=False
+        )
         for name, chunks in parts.items()
         if chunks
     }

@@ -10,6 +10,7 @@ source resolution unless the caller asks for them.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -22,16 +23,37 @@ from inference.spec import Activation, ModelSpec
 
 
 def _masks(spec: ModelSpec, probs: Array) -> npt.NDArray[np.bool_]:
-    """probs is (..., labels); softmax labels are exclusive (arg-max), sigmoid ones not."""
-    if spec.output.activation is Activation.SOFTMAX:
-        background = 1.0 - probs.sum(axis=-1, keepdims=True)
-        winner = np.argmax(np.concatenate([background, probs], axis=-1), axis=-1)
-        return np.asarray(winner[..., np.newaxis] == np.arange(1, probs.shape[-1] + 1))
+    """Independent labels: each probability (..., labels) at its label's threshold."""
     thresholds = np.asarray([label.threshold for label in spec.labels], dtype=np.float32)
     return np.asarray(probs >= thresholds)
 
 
-def build_segmentation(
+def label_map_dtype(labels: int) -> type[np.unsignedinteger[Any]]:
+    """The smallest unsigned type holding label numbers 0..labels."""
+    return np.uint8 if labels < 256 else np.uint16
+
+
+def _winners(probs: Array, dtype: type[np.unsignedinteger[Any]]) -> npt.NDArray[Any]:
+    """Exclusive labels (softmax, background implied): the arg-max, 0 for background.
+
+    probs is (..., labels) without the background, which is 1 - their sum; a tie
+    goes to the background, then to the lower label, as arg-max over all does.
+    One pass per label over (..., ) planes: fast whether the labels are the
+    contiguous axis (2D path) or the outermost one behind a view (3D path).
+    """
+    planes = [probs[..., index] for index in range(probs.shape[-1])]
+    best = np.ones(probs.shape[:-1], dtype=np.float32)
+    for plane in planes:
+        best -= plane
+    winner = np.zeros(probs.shape[:-1], dtype=dtype)
+    for number, plane in enumerate(planes, start=1):
+        better = plane > best
+        winner[better] = number
+        np.maximum(best, plane, out=best)
+    return winner
+
+
+def decide_segmentation(
     spec: ModelSpec,
     identity: ModelIdentity,
     series_uid: str,
@@ -40,8 +62,14 @@ def build_segmentation(
     source_probs: Iterator[Array],
     skipped: tuple[str, ...],
     keep_probabilities: bool,
+    as_label_map: bool = False,
 ) -> Segmentation:
-    """Threshold source-grid probabilities, frame by frame, into masks.
+    """Decide source-grid probabilities, frame by frame, into masks or a label map.
+
+    Softmax labels are exclusive (arg-max with the background), sigmoid labels each
+    decided at their threshold. Exclusive labels can be kept as one label map
+    (``as_label_map``: the 3D path, one byte per voxel for any number of labels)
+    instead of one mask per label.
 
     Parameters
     ----------
@@ -60,16 +88,28 @@ def build_segmentation(
         Reasons for parts of the series left out.
     keep_probabilities : bool
         Carry the probabilities in the result (for fractional SEG).
+    as_label_map : bool
+        Keep softmax results as a label map (ignored for sigmoid labels).
 
     Returns
     -------
     Segmentation
     """
-    shape = (len(frames), *stack.shape, len(spec.labels))
-    masks = np.empty(shape, dtype=np.bool_)
-    kept = np.empty(shape, dtype=np.float32) if keep_probabilities else None
+    labels = len(spec.labels)
+    shape = (len(frames), *stack.shape)
+    exclusive = spec.output.activation is Activation.SOFTMAX
+    dtype = label_map_dtype(labels)
+    label_map = np.empty(shape, dtype=dtype) if exclusive and as_label_map else None
+    masks = None if label_map is not None else np.empty((*shape, labels), dtype=np.bool_)
+    numbers = np.arange(1, labels + 1, dtype=dtype)
+    kept = np.empty((*shape, labels), dtype=np.float32) if keep_probabilities else None
     for index, probs in enumerate(source_probs):
-        masks[index] = _masks(spec, probs)
+        if label_map is not None:
+            label_map[index] = _winners(probs, dtype)
+        elif masks is not None and exclusive:
+            masks[index] = _winners(probs, dtype)[..., np.newaxis] == numbers
+        elif masks is not None:
+            masks[index] = _masks(spec, probs)
         if kept is not None:
             kept[index] = probs
     complete = len(frames) == len(stack.frames)
@@ -79,6 +119,7 @@ def build_segmentation(
         frames=tuple(frames),
         labels=spec.labels,
         masks=masks,
+        label_map=label_map,
         pixel_spacing_mm=stack.pixel_spacing_mm,
         slice_spacing_mm=stack.slice_spacing_mm if complete and stack.regular else None,
         probabilities=kept,

@@ -1,9 +1,13 @@
-"""Where each frame lies in the patient: position, orientation and pixel spacing.
+"""Where each frame lies in the patient: position, orientation, spacing, thickness.
 
-Single-frame images carry Image Position/Orientation (Patient) and Pixel Spacing at
-the top level; enhanced multi-frame images carry them per frame or shared in the
-functional groups. Values that are missing or malformed give ``None``, so that the
-caller decides what a model without geometry may still do.
+The one reading of frame geometry in the project: `inference` groups, sorts and
+resamples by it, and `sr_writer` (through `inference`'s exports) writes its
+references, planes and measurements from it. Single-frame images carry Image
+Position/Orientation (Patient) and Pixel Spacing at the top level; enhanced
+multi-frame images carry them per frame or shared in the functional groups (per
+frame first). Values that are missing, malformed, not finite or (for spacings)
+not positive give ``None``, so that the caller decides what a frame without
+geometry may still do.
 """
 
 from __future__ import annotations
@@ -27,6 +31,16 @@ class FrameGeometry:
     position: tuple[float, float, float] | None
     orientation: tuple[float, float, float, float, float, float] | None
     pixel_spacing: tuple[float, float] | None
+    """(row, column) Pixel Spacing in the patient plane."""
+    imager_pixel_spacing: tuple[float, float] | None = None
+    """(row, column) Imager Pixel Spacing at the detector (projection radiographs)."""
+    thickness: float | None = None
+    """Slice Thickness in mm."""
+
+    @property
+    def measuring_spacing(self) -> tuple[float, float] | None:
+        """The spacing areas are measured with: Pixel Spacing, else the imager's."""
+        return self.pixel_spacing or self.imager_pixel_spacing
 
     @property
     def normal(self) -> npt.NDArray[np.float64] | None:
@@ -106,18 +120,21 @@ def frame_geometry(ds: Dataset, frame_index: int) -> FrameGeometry:
         measures = functional_item(ds, frame_index, "PixelMeasuresSequence")
         if measures is not None:
             spacing = measures.get("PixelSpacing")
-    if spacing is None:
-        spacing = ds.get("ImagerPixelSpacing")  # projection radiographs
     pos = _floats(position, 3, "ImagePositionPatient")
     ori = _floats(orientation, 6, "ImageOrientationPatient")
-    spc = _floats(spacing, 2, "PixelSpacing")
-    if spc is not None and min(spc) <= 0:
-        spc = None
     return FrameGeometry(
         position=pos,  # type: ignore[arg-type]
         orientation=ori,  # type: ignore[arg-type]
-        pixel_spacing=spc,  # type: ignore[arg-type]
+        pixel_spacing=_spacing(spacing, "PixelSpacing"),
+        imager_pixel_spacing=_spacing(ds.get("ImagerPixelSpacing"), "ImagerPixelSpacing"),
+        thickness=slice_thickness(ds, frame_index),
     )
+
+
+def _spacing(value: Any, what: str) -> tuple[float, float] | None:
+    numbers = _floats(value, 2, what)
+    # Some writers put 0\0 for "unknown"; it must reach neither a model nor a result.
+    return None if numbers is None or min(numbers) <= 0 else (numbers[0], numbers[1])
 
 
 def slice_thickness(ds: Dataset, frame_index: int) -> float | None:

@@ -1,8 +1,23 @@
-"""Stored values to model input values: windows, z-score, min-max, percentile clip.
+"""Stored values to model input values: windows, z-score, min-max, percentile clip,
+and the field's own formulas.
 
-The model package says which; this module applies it to one frame after the
-Modality LUT, and inverts MONOCHROME1 so that "bright" means the same thing in every
-image the model sees.
+The model package says which; this module applies it to a frame or a volume after
+the Modality LUT (channels last), and inverts MONOCHROME1 so that "bright" means
+the same thing in every image the model sees. The formulas taken from MONAI and
+nnU-Net (`field_formula`) are applied exactly as those libraries write them, on
+physical values (CT: Hounsfield units), where their packages were trained:
+
+* ``scale_range``: MONAI ``ScaleIntensityRange``,
+  ``(x - a_min) / (a_max - a_min) * (b_max - b_min) + b_min``, clipped to
+  [b_min, b_max] when ``clip``;
+* ``normalize``: MONAI ``NormalizeIntensity``, ``(x - mean) / std`` with fixed
+  values or the image's own (population std, 1 where it is 0); with ``nonzero``
+  only non-zero voxels are normalized and counted;
+* ``ct_normalization``: nnU-Net ``CTNormalization``, clip to [lower, upper] (the
+  dataset's 0.5 and 99.5 percentiles), then ``(x - mean) / max(std, 1e-8)``;
+* ``channel_mean_std``: to [0, 1] by a window or an a_min..a_max range
+  (clipped), then ``(x - mean[c]) / std[c]`` per channel (ImageNet statistics for
+  fine-tuned torchvision backbones).
 """
 
 from __future__ import annotations
@@ -87,6 +102,8 @@ def normalize(
         ``zscore``.
     """
     method = spec.method
+    if method in _FIELD_FORMULAS:
+        return field_formula(values, spec)
     if method is IntensityMethod.ZSCORE:
         std = float(values.std())
         out = (values - float(values.mean())) / (std if std > 0 else 1.0)
@@ -104,3 +121,88 @@ def normalize(
             logger.debug("no VOI window in the dataset; using min-max")
         out = _scale(values, float(values.min()), float(values.max()))
     return (1.0 - out) if monochrome1 else out
+
+
+def _scale_range(values: npt.NDArray[np.float32], spec: IntensitySpec) -> npt.NDArray[np.float32]:
+    assert spec.a_min is not None and spec.a_max is not None  # checked by IntensitySpec
+    out = (values - np.float32(spec.a_min)) / np.float32(spec.a_max - spec.a_min)
+    out = out * np.float32(spec.b_max - spec.b_min) + np.float32(spec.b_min)
+    if spec.clip:
+        np.clip(out, spec.b_min, spec.b_max, out=out)
+    return out.astype(np.float32, copy=False)
+
+
+def _normalize(values: npt.NDArray[np.float32], spec: IntensitySpec) -> npt.NDArray[np.float32]:
+    selected = values != 0 if spec.nonzero else None
+    chosen = values[selected] if selected is not None else values
+    if isinstance(spec.mean, float) and isinstance(spec.std, float):
+        mean, std = spec.mean, spec.std
+    elif chosen.size:
+        mean, std = float(chosen.mean(dtype=np.float64)), float(chosen.std(dtype=np.float64))
+    else:
+        mean, std = 0.0, 1.0
+    std = std if std != 0 else 1.0
+    if selected is None:
+        return ((values - np.float32(mean)) / np.float32(std)).astype(np.float32, copy=False)
+    out = values.astype(np.float32, copy=True)
+    out[selected] = (chosen - np.float32(mean)) / np.float32(std)
+    return out
+
+
+def _ct_normalization(
+    values: npt.NDArray[np.float32], spec: IntensitySpec
+) -> npt.NDArray[np.float32]:
+    lower, upper, mean, std = spec.lower, spec.upper, spec.mean, spec.std
+    # IntensitySpec checked all four are set and mean/std are single numbers.
+    assert lower is not None and upper is not None
+    assert isinstance(mean, float) and isinstance(std, float)
+    out = np.clip(values, lower, upper).astype(np.float32, copy=False)
+    out -= np.float32(mean)
+    out /= np.float32(max(std, 1e-8))
+    return out
+
+
+def _channel_mean_std(
+    values: npt.NDArray[np.float32], spec: IntensitySpec
+) -> npt.NDArray[np.float32]:
+    if spec.center is not None and spec.width is not None:
+        unit = _window(values, (spec.center, spec.width))
+    else:
+        assert spec.a_min is not None and spec.a_max is not None
+        unit = _scale(values, spec.a_min, spec.a_max)
+    mean, std = spec.channel_stats()
+    return ((unit - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)).astype(np.float32)
+
+
+_FIELD_FORMULAS = {
+    IntensityMethod.SCALE_RANGE: _scale_range,
+    IntensityMethod.NORMALIZE: _normalize,
+    IntensityMethod.CT_NORMALIZATION: _ct_normalization,
+    IntensityMethod.CHANNEL_MEAN_STD: _channel_mean_std,
+}
+
+
+def field_formula(values: npt.NDArray[np.float32], spec: IntensitySpec) -> npt.NDArray[np.float32]:
+    """Apply one of MONAI's / nnU-Net's intensity formulas (see the module notes).
+
+    Parameters
+    ----------
+    values : numpy.ndarray
+        float32 physical values, channels last.
+    spec : IntensitySpec
+        ``scale_range``, ``normalize``, ``ct_normalization`` or ``channel_mean_std``.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 of the same shape.
+
+    Raises
+    ------
+    ValueError
+        When ``spec.method`` is not one of these formulas.
+    """
+    formula = _FIELD_FORMULAS.get(spec.method)
+    if formula is None:
+        raise ValueError(f"intensity method {spec.method.value!r} is not a field formula")
+    return formula(values, spec)

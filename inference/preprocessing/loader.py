@@ -114,6 +114,45 @@ def iter_prepared(
             yield results.pop(key)
 
 
+def decode_stack(
+    datasets: Sequence[Dataset], stack: Stack, spec: ModelSpec, pool: Executor
+) -> tuple[Array, bool]:
+    """Decode a whole stack into one float32 array (slices, rows, columns, channels).
+
+    Instances are decoded in the pool and copied into one preallocated array, so
+    that the peak is the volume plus the instances in flight, not two volumes.
+
+    Returns
+    -------
+    volume : numpy.ndarray
+        Physical values (after the Modality LUT), in stack order.
+    monochrome1 : bool
+        Whether the stack's first instance is MONOCHROME1.
+
+    Raises
+    ------
+    DecodeError
+        When any instance of the stack does not decode: a volume with a hole is
+        not a volume.
+    """
+    first = stack.frames[0]
+    volume = np.empty(
+        (len(stack.frames), first.rows, first.columns, spec.input.channels), dtype=np.float32
+    )
+    slots: dict[int, list[tuple[int, int]]] = {}
+    for position, frame in enumerate(stack.frames):
+        slots.setdefault(frame.dataset_index, []).append((position, frame.frame_index))
+    monochrome1 = False
+    for index, (pixels, inverted) in zip(
+        slots, pool.map(lambda i: _physical_frames(datasets[i], spec), slots), strict=True
+    ):
+        for position, frame_index in slots[index]:
+            volume[position] = pixels[frame_index]
+        if index == first.dataset_index:
+            monochrome1 = inverted
+    return volume, monochrome1
+
+
 def prepare_volume(
     datasets: Sequence[Dataset], stack: Stack, spec: ModelSpec, pool: Executor
 ) -> tuple[Array, Fit]:
@@ -124,15 +163,9 @@ def prepare_volume(
     Raises
     ------
     DecodeError
-        When any instance of the stack does not decode: a volume with a hole is
-        not a volume.
+        When any instance of the stack does not decode.
     """
-    indices = list(dict.fromkeys(f.dataset_index for f in stack.frames))
-    decoded = dict(
-        zip(indices, pool.map(lambda i: _physical_frames(datasets[i], spec), indices), strict=True)
-    )
-    volume = np.stack([decoded[f.dataset_index][0][f.frame_index] for f in stack.frames])
-    monochrome1 = decoded[stack.frames[0].dataset_index][1]
+    volume, monochrome1 = decode_stack(datasets, stack, spec, pool)
     first = stack.frames[0]
     values = normalize(
         volume,

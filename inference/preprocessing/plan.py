@@ -49,14 +49,15 @@ def _instance_reason(ds: Dataset, spec: ModelSpec) -> str | None:
 def _stack_reason(stack: Stack, spec: ModelSpec) -> str | None:
     if spec.input.dimensions == 2:
         return None
+    if len(stack.frames) < spec.input.min_slices:
+        return f"stack ({stack.description}): fewer than {spec.input.min_slices} slices"
     if stack.slice_spacing_mm is None or len(stack.frames) < 2:
         return (
             f"stack ({stack.description}): a 3D model needs slice positions and two or more slices"
         )
-    if not stack.regular:
+    if not stack.regular and spec.input.window is None:
+        # A windowed package's volume geometry judges the steps (and may resample).
         return f"stack ({stack.description}): slice spacing not regular (gaps or repeats)"
-    if len(stack.frames) < spec.input.min_slices:
-        return f"stack ({stack.description}): fewer than {spec.input.min_slices} slices"
     return None
 
 
@@ -85,15 +86,19 @@ def plan_series(datasets: Sequence[Dataset], spec: ModelSpec) -> SeriesPlan:
         raise UnsupportedSeriesError("the series holds no instances")
     skipped: list[str] = []
     accepted: list[Dataset] = []
-    for ds in datasets:
+    original_index: list[int] = []  # of each accepted dataset in the caller's sequence
+    for index, ds in enumerate(datasets):
         reason = _instance_reason(ds, spec)
         if reason is None:
             accepted.append(ds)
+            original_index.append(index)
         else:
             skipped.append(reason)
     frames, frame_skips = list_frames(accepted)
     skipped += frame_skips
-    stacks, stack_skips = split_stacks(frames, spec.input.max_spacing_deviation)
+    geometry = spec.input.volume_geometry
+    deviation = geometry.max_slice_step_deviation if geometry else spec.input.max_spacing_deviation
+    stacks, stack_skips = split_stacks(frames, deviation)
     skipped += stack_skips
     runnable: list[Stack] = []
     for stack in stacks:
@@ -109,16 +114,13 @@ def plan_series(datasets: Sequence[Dataset], spec: ModelSpec) -> SeriesPlan:
         runnable = runnable[:1]
     if not runnable:
         raise UnsupportedSeriesError("; ".join(skipped) or "no frames", series_uid)
-    # Keep the index mapping to the caller's datasets, not to the accepted subset.
-    index_of = {id(ds): i for i, ds in enumerate(datasets)}
-    remapped = tuple(_reindex(stack, accepted, index_of) for stack in runnable)
+    # Frames index the caller's datasets, not the accepted subset.
+    remapped = tuple(_reindex(stack, original_index) for stack in runnable)
     for reason in skipped:
         logger.info("series %s: skipped %s", series_uid, reason)
     return SeriesPlan(series_uid, remapped, tuple(skipped))
 
 
-def _reindex(stack: Stack, accepted: Sequence[Dataset], index_of: dict[int, int]) -> Stack:
-    frames = tuple(
-        replace(f, dataset_index=index_of[id(accepted[f.dataset_index])]) for f in stack.frames
-    )
+def _reindex(stack: Stack, original_index: Sequence[int]) -> Stack:
+    frames = tuple(replace(f, dataset_index=original_index[f.dataset_index]) for f in stack.frames)
     return replace(stack, frames=frames)

@@ -20,7 +20,7 @@ import numpy as np
 from pydicom import Dataset
 
 from inference.prediction import FrameRef
-from inference.preprocessing.geometry import FrameGeometry, frame_geometry, slice_thickness
+from inference.preprocessing.geometry import FrameGeometry, frame_geometry
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,6 @@ class SourceFrame:
     geometry: FrameGeometry
     acquisition: str
     is_localizer: bool
-    thickness_mm: float | None = None
 
 
 @dataclass(frozen=True)
@@ -64,7 +63,7 @@ class Stack:
     @property
     def pixel_spacing_mm(self) -> tuple[float, float] | None:
         """(row, column) spacing shared by the stack's frames, or ``None``."""
-        return self.frames[0].geometry.pixel_spacing
+        return self.frames[0].geometry.measuring_spacing
 
 
 def list_frames(datasets: Sequence[Dataset]) -> tuple[list[SourceFrame], list[str]]:
@@ -112,7 +111,6 @@ def list_frames(datasets: Sequence[Dataset]) -> tuple[list[SourceFrame], list[st
                     geometry=frame_geometry(ds, frame_index),
                     acquisition=str(ds.get("AcquisitionNumber", "") or ""),
                     is_localizer="LOCALIZER" in image_type,
-                    thickness_mm=slice_thickness(ds, frame_index),
                 )
             )
     return frames, skipped
@@ -137,8 +135,8 @@ def _group_key(frame: SourceFrame) -> tuple[object, ...]:
     )
     spacing = (
         None
-        if geometry.pixel_spacing is None
-        else tuple(round(v, 4) for v in geometry.pixel_spacing)
+        if geometry.measuring_spacing is None
+        else tuple(round(v, 4) for v in geometry.measuring_spacing)
     )
     return frame.rows, frame.columns, orientation, spacing
 
@@ -197,7 +195,7 @@ def _make_stack(frames: list[SourceFrame], max_deviation: float) -> Stack:
     order = np.argsort(np.asarray(distances, dtype=np.float64), kind="stable")
     ordered = tuple(frames[i] for i in order)
     if len(ordered) == 1:  # one slice: its thickness is the best spacing there is
-        return Stack(ordered, first.thickness_mm, True, where)
+        return Stack(ordered, first.geometry.thickness, True, where)
     steps = np.diff(np.sort(np.asarray(distances, dtype=np.float64)))
     spacing = float(np.median(steps))
     regular = bool(

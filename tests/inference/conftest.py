@@ -12,6 +12,7 @@ from tests.conftest import REPO_ROOT
 
 DEMO_CT = REPO_ROOT / "models" / "demo-ct-bone"
 DEMO_CR = REPO_ROOT / "models" / "demo-cr-classifier"
+DEMO_3D = REPO_ROOT / "models" / "demo-ct-body3d"
 
 
 @pytest.fixture(scope="session")

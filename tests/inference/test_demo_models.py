@@ -16,9 +16,11 @@ from types import ModuleType
 import numpy as np
 import pytest
 
-from inference import Classification, Model, Segmentation, validate_package
+from inference import Classification, Model, Segmentation, load_model, validate_package
 from tests.conftest import REPO_ROOT
+from tests.inference.conftest import DEMO_3D
 from tests.inference.dicom_factory import radiograph_dataset, read_testdata
+from tests.inference.volume_data import real_ct_stack
 
 BONE_HU = 300.0
 
@@ -127,3 +129,19 @@ def test_build_script_writes_the_shipped_ct_package(tmp_path: Path) -> None:
     assert (package / "model.toml").read_text() == shipped
     with pytest.raises(SystemExit, match="2"):  # --only cr is retired
         _builder().main(["--out", str(tmp_path), "--only", "cr"])
+
+
+def test_3d_demo_finds_body_and_bone_on_real_ct() -> None:
+    package = validate_package(DEMO_3D)
+    window = package.spec.input.window
+    assert window is not None and window.patch == (64, 64, 64)
+    datasets = real_ct_stack(12, template="693_UNCI.dcm", step_mm=3.0)
+    with load_model(DEMO_3D, backend="onnxruntime", device="cpu") as model:
+        prediction = model.predict(datasets)
+    assert isinstance(prediction, Segmentation) and prediction.label_map is not None
+    counts = prediction.voxel_counts().sum(axis=0)
+    names = [label.name for label in prediction.labels]
+    assert names == ["body", "lung", "bone"]
+    # The real slice is an abdomen-level CT: mostly body, some bone.
+    assert counts[0] > 0.2 * prediction.label_map.size and counts[2] > 1000
+    assert prediction.model.not_for_clinical_use

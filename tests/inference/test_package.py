@@ -10,7 +10,7 @@ import onnx
 import pytest
 
 from inference import ModelPackageError, Task, load_model, validate_package
-from tests.inference.conftest import DEMO_CR, DEMO_CT
+from tests.inference.conftest import DEMO_3D, DEMO_CR, DEMO_CT
 from tests.inference.graphs import (
     CLASSIFIER_TOML,
     DETECTOR_TOML,
@@ -28,7 +28,7 @@ def _classifier(folder: Path, toml_text: str = CLASSIFIER_TOML) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("package", [DEMO_CT, DEMO_CR])
+@pytest.mark.parametrize("package", [DEMO_CT, DEMO_CR, DEMO_3D])
 def test_demo_packages_validate_and_say_not_for_clinical_use(package: Path) -> None:
     checked = validate_package(package)
     assert checked.spec.model.not_for_clinical_use

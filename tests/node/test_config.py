@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from dicom_node.config import NodeConfig, load_config, parse_config
 from dicom_node.errors import ConfigError
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, get_free_port
 
 EXAMPLE = REPO_ROOT / "config" / "node.example.toml"
 
@@ -233,3 +233,8 @@ def test_serve_refuses_a_broken_model_package(tmp_path: Path) -> None:
     assert result.returncode == 2, result.stderr
     assert "models[0].path" in result.stderr
     assert "model.toml" in result.stderr
+
+
+def test_free_ports_are_never_handed_out_twice() -> None:
+    ports = [get_free_port() for _ in range(200)]
+    assert len(set(ports)) == len(ports)

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from dicom_node.cli import main
 from dicom_node.config import load_config
+from dicom_node.db.schema import WorkState
 from dicom_node.db.sessions import create_db_engine, session_factory
-from dicom_node.work.jobs import claim_job, retry_or_fail
+from dicom_node.work.jobs import ClaimedJob, claim_job, end_job, retry_or_fail
 from dicom_node.work.routing import route_complete_studies
 from tests.orchestration.archive import run_archive
 from tests.orchestration.conftest import add_study
@@ -68,6 +70,20 @@ def test_check_config_names_a_broken_model_package(
     assert "models[0].path: " in err and str(broken) in err
 
 
+def test_check_config_names_the_3d_package_key_that_makes_no_sense(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = (MODELS / "demo-ct-body3d" / "model.toml").read_text()
+    package = tmp_path / "body3d"
+    package.mkdir()
+    (package / "model.onnx").write_bytes((MODELS / "demo-ct-body3d" / "model.onnx").read_bytes())
+    (package / "model.toml").write_text(text.replace('orientation = "RAS"', 'orientation = "RAX"'))
+    config = write(tmp_path, [{"name": "ct", "path": str(package)}])
+    assert main(["check-config", "-c", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert "models[0].path: " in err and "input.geometry.orientation" in err and "'RAX'" in err
+
+
 @pytest.mark.slow  # starts a real model
 def test_models_lists_version_task_backend_and_device(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -86,19 +102,25 @@ def test_models_lists_version_task_backend_and_device(
     assert missing["name"] == "gone" and "gone" in missing["error"]
 
 
-def test_status_shows_the_queue_and_failures_and_retry_requeues(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def _claimed_job(tmp_path: Path, studies: int) -> tuple[Path, Any, Any, ClaimedJob]:
+    """A config, its database with ``studies`` routed CT studies, and one claimed job."""
     config = write(tmp_path, [{"name": "ct", "path": str(MODELS / "demo-ct-bone")}])
     loaded = load_config(config)
     engine = create_db_engine(loaded.node.database_url)
     sessions = session_factory(engine)
     with sessions.begin() as session:
-        for n in range(3):
+        for n in range(studies):
             add_study(session, f"1.5.{n}", [{"modality": "CT"}])
     route_complete_studies(sessions, loaded)
     job = claim_job(sessions, "w", 60)
     assert job is not None
+    return config, engine, sessions, job
+
+
+def test_status_shows_the_queue_and_failures_and_retry_requeues(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config, engine, sessions, job = _claimed_job(tmp_path, studies=3)
     retry_or_fail(
         sessions,
         job,
@@ -157,3 +179,17 @@ def test_send_exit_status_follows_the_store_outcome_of_each_status_class(
     out, err = capsys.readouterr()
     assert f"0x{status:04X} x{len(files)}" in out
     assert (str(files[0]) in err) == (exit_code == 1)  # only failures are listed
+
+
+def test_status_says_why_a_job_was_skipped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config, engine, sessions, job = _claimed_job(tmp_path, studies=1)
+    reason = "series 1.2.3: stack (40 frame(s) of 512x512): uneven slice steps"
+    with sessions.begin() as session:
+        assert end_job(session, job, WorkState.SKIPPED, error=reason)
+    engine.dispose()
+    assert main(["status", "-c", str(config), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["skipped"] == {f"job {job.id} (ct)": reason}
+    assert main(["status", "-c", str(config)]) == 0
+    assert "skipped:" in capsys.readouterr().out
