@@ -11,7 +11,9 @@ fresh node (empty spool and database), so every instance is a first receipt. The
 Runtime) on other studies throughout the transfer: the goal is at most 1.25x the idle
 node's time per instance (inference in its own lower-priority process).
 Finally 16 associations send large instances to the node at once while its peak RSS is
-sampled: received data goes to disk as it arrives, so memory must stay flat.
+sampled: received data goes to disk as it arrives, so memory must stay flat. Last,
+Orthanc sends the series to a fresh node by C-STORE and, with its DICOMweb client, by
+STOW-RS over HTTPS, so that a user sees what each path costs.
 
 Run:  python -m benchmarks.ingest [--slices 200] [--rounds 3]
 """
@@ -41,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.receive_floor import FLOOR_AET
 from tests.conftest import get_free_port
+from tests.node.test_tls import make_pki
 from tests.peers import run_orthanc, run_storescp, stop_process, wait_for_port
 
 STORESCU = "/usr/bin/storescu"
@@ -154,10 +157,11 @@ def _status_kb(pid: int, field: str) -> int:
 class NodeRunner:
     """Starts fresh nodes (empty spool and database) on one fixed port."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, extra_config: str = "") -> None:
         self.workdir = workdir
         self.port = get_free_port()
         self.runs = 0
+        self.extra_config = extra_config  # more TOML sections (the STOW-RS receiver)
 
     def start(self, model: bool = False) -> Node:
         """A fresh node; with ``model``, CT studies run through demo-ct-bone."""
@@ -170,6 +174,7 @@ class NodeRunner:
             'storage_dir = "spool"\ndatabase_url = "sqlite:///node.db"\n'
             'max_associations = 32\nlog_level = "INFO"\n'
             + (MODEL_CONFIG if model else "[completion]\nstable_seconds = 3600\n")
+            + self.extra_config
         )
         process = subprocess.Popen(
             [sys.executable, "-m", "dicom_node", "serve", "-c", str(config)],
@@ -314,6 +319,78 @@ def table(title: str, times: dict[str, list[float]], count: int, megabytes: floa
     )
 
 
+def stow_vs_c_store(
+    work: Path, files: list[Path], count: int
+) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """Seconds per round for Orthanc sending the series to a fresh node by C-STORE and by
+    STOW-RS (its DICOMweb client, one request, HTTPS with a bearer token), and the node's
+    highest peak RSS (MB) per path."""
+    pki = make_pki(work / "pki")
+    (work / "stow-tokens").write_text("bench-token\n")
+    web_port = get_free_port()
+    runner = NodeRunner(
+        work / "stow",
+        f'[dicomweb]\nenabled = true\nhost = "127.0.0.1"\nport = {web_port}\n'
+        f'tokens_file = "{work / "stow-tokens"}"\n[dicomweb.tls]\n'
+        f'cert_file = "{pki / "node.crt"}"\nkey_file = "{pki / "node.key"}"\n',
+    )
+    runner.workdir.mkdir()
+    server = {
+        "Url": f"https://127.0.0.1:{web_port}/",
+        "HttpHeaders": {"Authorization": "Bearer bench-token"},
+    }
+    times: dict[str, list[float]] = {"C-STORE": [], "STOW-RS": []}
+    peaks = dict.fromkeys(times, 0.0)
+    with run_orthanc(
+        work / "stow",
+        modalities={"node": (NODE_AET, "127.0.0.1", runner.port)},
+        dicomweb=True,
+        dicomweb_servers={"node": server},
+        extra={"HttpsCACertificates": str(pki / "ca.crt"), "HttpsVerifyPeers": True},
+    ) as pacs:
+        pacs.upload(files)
+        [study_id] = pacs.study_ids()
+        sends: dict[str, Callable[[], object]] = {
+            "C-STORE": lambda: pacs.store("node", [study_id]),
+            "STOW-RS": lambda: pacs.rest(
+                "POST", "/dicom-web/servers/node/stow", {"Resources": [study_id]}, timeout=600
+            ),
+        }
+        for _ in range(count):
+            for name, send in sends.items():
+                node = runner.start()
+                try:
+                    times[name].append(timed(send))
+                    peaks[name] = max(peaks[name], node.peak_rss_mb())
+                finally:
+                    stop_process(node.process)
+                stored = len(list((node.root / "spool" / "instances").rglob("*.dcm")))
+                if stored != len(files):
+                    raise RuntimeError(f"{name}: the node stored {stored} of {len(files)}")
+    return times, peaks
+
+
+def stow_table(
+    measured: tuple[dict[str, list[float]], dict[str, float]], count: int, megabytes: float
+) -> None:
+    times, peaks = measured
+    print(
+        f"\nOrthanc sends to the node by C-STORE and by STOW-RS (HTTPS, one request): "
+        f"{count} instances, {megabytes:.0f} MB, median of {len(times['STOW-RS'])}"
+    )
+    print(f"{'path':<10} {'seconds':>8} {'inst/s':>8} {'MB/s':>8} {'ms/inst':>8} {'peak MB':>8}")
+    for name, rounds_ in times.items():
+        seconds = statistics.median(rounds_)
+        print(
+            f"{name:<10} {seconds:8.2f} {count / seconds:8.1f} {megabytes / seconds:8.1f} "
+            f"{seconds / count * 1000:8.1f} {peaks[name]:8.0f}"
+        )
+    print(
+        "  rounds: "
+        + "; ".join(f"{k} " + " ".join(f"{t:.2f}" for t in v) for k, v in times.items())
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slices", type=int, default=200)
@@ -361,6 +438,7 @@ def main() -> int:
             f"({sent / args.associations:.0f} MB each): node RSS {before:.0f} MB before, "
             f"peak {peak:.0f} MB"
         )
+        stow_table(stow_vs_c_store(work, files, args.rounds), len(files), megabytes)
     return 0
 
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 import ipaddress
 import re
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -36,6 +37,9 @@ ASSOCIATION_MATCH_KEYS = frozenset({"CallingAETitle"})
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+_SectionT = TypeVar("_SectionT", bound=_Section)
 
 
 def _ae_title(value: str) -> str:
@@ -85,6 +89,15 @@ class NodeSection(_Section):
         return value
 
 
+def _networks(value: list[str]) -> list[str]:
+    for host in value:
+        try:
+            ipaddress.ip_network(host, strict=False)
+        except ValueError:
+            raise ValueError(f"not an IP address or network {host!r}") from None
+    return value
+
+
 class SecuritySection(_Section):
     """``[security]``: who may associate (AE titles, addresses) and the listener's TLS."""
 
@@ -93,20 +106,14 @@ class SecuritySection(_Section):
     check_called_aet: bool = True
     tls: TlsSection | None = None
 
-    @field_validator("allowed_hosts")
-    @classmethod
-    def _networks(cls, value: list[str]) -> list[str]:
-        for host in value:
-            try:
-                ipaddress.ip_network(host, strict=False)
-            except ValueError:
-                raise ValueError(f"not an IP address or network {host!r}") from None
-        return value
+    _validate_hosts = field_validator("allowed_hosts")(classmethod(lambda cls, v: _networks(v)))
 
 
 class PeerConfig(_Section):
-    """One ``[[peers]]`` entry: a DICOM peer results go to, or counts come from."""
+    """One ``[[peers]]`` entry of ``kind = "dimse"`` (the default): a DICOM peer results
+    go to (C-STORE, storage commitment), or counts come from (C-FIND)."""
 
+    kind: Literal["dimse"] = "dimse"
     name: str = Field(min_length=1)
     ae_title: AETitle
     host: str
@@ -115,6 +122,99 @@ class PeerConfig(_Section):
     tls: bool = False
 
     _validate_ae = field_validator("ae_title")(classmethod(lambda cls, v: _ae_title(v)))
+
+
+class NoAuth(_Section):
+    type: Literal["none"] = "none"
+
+
+def _exactly_one(section: BaseModel, *keys: str) -> None:
+    given = [key for key in keys if getattr(section, key) is not None]
+    if len(given) != 1:
+        raise ValueError(f"give exactly one of {', '.join(keys)} (got {given or 'none'})")
+
+
+class BasicAuth(_Section):
+    """HTTP basic: the password comes from an environment variable or a file, never
+    from the config file itself."""
+
+    type: Literal["basic"]
+    username: str = Field(min_length=1)
+    password_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    password_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> BasicAuth:
+        _exactly_one(self, "password_env", "password_file")
+        return self
+
+
+class BearerAuth(_Section):
+    """A bearer token read from a file or printed by a command (``gcloud auth
+    print-access-token``, ``az account get-access-token ...``), re-read every
+    ``refresh_seconds`` so that short-lived tokens are renewed."""
+
+    type: Literal["bearer"]
+    token_file: Path | None = None
+    token_command: list[str] | None = Field(default=None, min_length=1)
+    refresh_seconds: float = Field(default=300.0, gt=0)
+    command_timeout_seconds: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> BearerAuth:
+        _exactly_one(self, "token_file", "token_command")
+        return self
+
+
+class ClientCertificateAuth(_Section):
+    """TLS client certificate (mutual TLS)."""
+
+    type: Literal["client_certificate"]
+    cert_file: Path
+    key_file: Path
+
+
+DicomwebAuth = Annotated[
+    NoAuth | BasicAuth | BearerAuth | ClientCertificateAuth, Field(discriminator="type")
+]
+
+
+class DicomwebPeerConfig(_Section):
+    """A DICOMweb peer (``kind = "dicomweb"``): STOW-RS delivery, QIDO-RS counts,
+    WADO-RS retrieval, under ``url`` (the service root, e.g. ``.../dicom-web``)."""
+
+    kind: Literal["dicomweb"]
+    name: str = Field(min_length=1)
+    url: str
+    auth: DicomwebAuth = NoAuth()
+    ca_file: Path | None = None
+    verify_tls: bool = True
+    connect_timeout_seconds: float = Field(default=10.0, gt=0)
+    read_timeout_seconds: float = Field(default=120.0, gt=0)
+    max_request_mb: float = Field(default=64.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.fullmatch(r"https?://[^/\s?#]+(/[^\s?#]*)?", value):
+            raise ValueError(f"not an http:// or https:// URL without query {value!r}")
+        return value.rstrip("/")
+
+
+def _peer_kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return str(value.get("kind", "dimse"))
+    return str(getattr(value, "kind", "dimse"))
+
+
+Peer = Annotated[
+    Annotated[PeerConfig, Tag("dimse")] | Annotated[DicomwebPeerConfig, Tag("dicomweb")],
+    Discriminator(
+        _peer_kind,
+        custom_error_type="peer_kind",
+        custom_error_message="kind must be 'dimse' (the default) or 'dicomweb'",
+    ),
+]
 
 
 class CompletionSection(_Section):
@@ -294,6 +394,33 @@ class AuditSection(_Section):
     include_patient_ids: bool = False
 
 
+class DicomwebSection(_Section):
+    """The STOW-RS receiver (listener role), off by default. Writing needs a bearer
+    token from ``tokens_file`` or, with ``tls.ca_file``, a client certificate."""
+
+    enabled: bool = False
+    host: str = "0.0.0.0"
+    port: Port = 8443
+    tls: TlsSection | None = None
+    allow_plain_http: bool = False
+    tokens_file: Path | None = None
+    allowed_hosts: list[str] = []
+    max_body_mb: float = Field(default=2048.0, gt=0)
+    max_connections: int = Field(default=32, ge=1)
+
+    _validate_hosts = field_validator("allowed_hosts")(classmethod(lambda cls, v: _networks(v)))
+
+    @model_validator(mode="after")
+    def _secured(self) -> DicomwebSection:
+        if not self.enabled:
+            return self
+        if self.tls is None and not self.allow_plain_http:
+            raise ValueError("enabled without tls: set [dicomweb.tls] or allow_plain_http = true")
+        if self.tokens_file is None and (self.tls is None or self.tls.ca_file is None):
+            raise ValueError("enabled without tokens_file or tls.ca_file: nobody could write")
+        return self
+
+
 class MetricsSection(_Section):
     """``[metrics]``: the Prometheus endpoint, off by default."""
 
@@ -317,7 +444,7 @@ class NodeConfig(_Section):
 
     node: NodeSection = NodeSection()
     security: SecuritySection = SecuritySection()
-    peers: list[PeerConfig] = []
+    peers: list[Peer] = []
     completion: CompletionSection = CompletionSection()
     models: list[ModelConfig] = []
     routes: list[RouteConfig] = []
@@ -328,8 +455,9 @@ class NodeConfig(_Section):
     retention: RetentionSection = RetentionSection()
     metrics: MetricsSection = MetricsSection()
     audit: AuditSection = AuditSection()
+    dicomweb: DicomwebSection = DicomwebSection()
 
-    def peer(self, name: str) -> PeerConfig:
+    def peer(self, name: str) -> PeerConfig | DicomwebPeerConfig:
         """The peer called ``name``; ``KeyError`` naming it otherwise."""
         for peer in self.peers:
             if peer.name == name:
@@ -344,8 +472,16 @@ class NodeConfig(_Section):
         raise KeyError(f"no model named {name!r} in the config")
 
 
+# Tagged unions whose tag pydantic puts into an error's location, by the key above them.
+_UNION_TAGS = {
+    "peers": {"dimse", "dicomweb"},
+    "auth": {"none", "basic", "bearer", "client_certificate"},
+}
+
+
 def _key_path(loc: tuple[int | str, ...]) -> str:
     path = ""
+    key, previous = "", None
     for part in loc:
         if isinstance(part, int):
             path += f"[{part}]"
@@ -353,8 +489,12 @@ def _key_path(loc: tuple[int | str, ...]) -> str:
             ".match."
         ):
             continue  # pydantic names the union branch it tried; not a key of the file
+        elif part in _UNION_TAGS.get(key, ()) and (previous == key or isinstance(previous, int)):
+            continue  # ...and the tag of a peer kind or an auth type
         else:
             path += f".{part}" if path else part
+            key = part
+        previous = part
     return path
 
 
@@ -384,6 +524,18 @@ def _cross_reference_problems(config: NodeConfig) -> list[tuple[str, str]]:
     return problems
 
 
+def _resolved(section: _SectionT, resolve: Callable[[Path], Path]) -> _SectionT:
+    """``section`` with every path in it (nested sections included) made absolute."""
+    update: dict[str, Any] = {}
+    for name in type(section).model_fields:
+        value = getattr(section, name)
+        if isinstance(value, Path):
+            update[name] = resolve(value)
+        elif isinstance(value, _Section):
+            update[name] = _resolved(value, resolve)
+    return section.model_copy(update=update)
+
+
 def _resolve_paths(data: dict[str, Any], base: Path) -> NodeConfig:
     config = NodeConfig.model_validate(data)
 
@@ -396,24 +548,15 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> NodeConfig:
     if url.startswith(prefix) and url != "sqlite:///:memory:":
         url = prefix + str(resolve(Path(url[len(prefix) :])))
     node = node.model_copy(update={"database_url": url})
-    models = [m.model_copy(update={"path": resolve(m.path)}) for m in config.models]
-    audit = config.audit.model_copy(update={"dir": resolve(config.audit.dir)})
-    security = config.security
-    if security.tls is not None:
-        tls = security.tls
-        security = security.model_copy(
-            update={
-                "tls": tls.model_copy(
-                    update={
-                        "cert_file": resolve(tls.cert_file),
-                        "key_file": resolve(tls.key_file),
-                        "ca_file": resolve(tls.ca_file) if tls.ca_file else None,
-                    }
-                )
-            }
-        )
     return config.model_copy(
-        update={"node": node, "models": models, "security": security, "audit": audit}
+        update={
+            "node": node,
+            "models": [_resolved(m, resolve) for m in config.models],
+            "peers": [_resolved(p, resolve) for p in config.peers],
+            "security": _resolved(config.security, resolve),
+            "dicomweb": _resolved(config.dicomweb, resolve),
+            "audit": _resolved(config.audit, resolve),
+        }
     )
 
 

@@ -60,8 +60,11 @@ def configure_logging(level: str = "INFO") -> None:
     root.setLevel(level.upper())
     # pynetdicom logs every PDU and highdicom every copied module at INFO; keep their
     # chatter for debugging only, so that an INFO log is one line per node event.
-    for chatty in ("pynetdicom", "highdicom"):
+    for chatty in ("pynetdicom", "highdicom", "dicomweb_client"):
         logging.getLogger(chatty).setLevel(max(root.level, logging.WARNING))
+    # dicomweb-client's retry helper logs every failed request with a traceback, even
+    # with its retries off; delivery logs each outcome once.
+    logging.getLogger("retrying").setLevel(max(root.level, logging.ERROR))
     warnings_logger = logging.getLogger("py.warnings")
     if not any(isinstance(f, PersonNameWarningFilter) for f in warnings_logger.filters):
         warnings_logger.addFilter(PersonNameWarningFilter())

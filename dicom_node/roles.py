@@ -13,7 +13,8 @@ builder adds
 Builders see the process only through the small :class:`Host` protocol, never the
 service class itself, so that this module and the service do not import each other.
 
-- listener role: the DICOM listener, completion, routing of complete studies into
+- listener role: the DICOM listener, the STOW-RS receiver (when enabled), completion,
+  routing of complete studies into
   jobs, the storage commitment report handler (the archive's N-EVENT-REPORT arrives
   at the listener's port), retention;
 - worker role: crash recovery and the inference worker threads, reclaiming work of
@@ -30,13 +31,16 @@ from typing import Literal, Protocol
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node.config import NodeConfig
-from dicom_node.intake.completion import CompletionScanner
+from dicom_node.config import DicomwebPeerConfig, NodeConfig
+from dicom_node.intake.completion import CompletionScanner, CountSource
 from dicom_node.intake.orphans import reconcile_orphans
 from dicom_node.intake.spool import Spool
 from dicom_node.metrics import MetricsServer
+from dicom_node.net.dicomweb_auth import DicomwebConnector
+from dicom_node.net.dicomweb_query import find_study_counts as qido_study_counts
 from dicom_node.net.scp import Listener
 from dicom_node.net.scu import LocalAE, find_study_counts
+from dicom_node.net.stow_receiver import StowReceiver
 from dicom_node.work.commitment import CommitmentReportHandler, CommitmentReports
 from dicom_node.work.delivery import DeliveryScanner
 from dicom_node.work.drift_monitor import DriftCollector, load_profiles
@@ -85,14 +89,36 @@ def add_listener(host: Host) -> None:
     host.add_component(host.listener)
 
 
+def add_stow_receiver(host: Host) -> None:
+    """The STOW-RS receiver, when ``[dicomweb] enabled``: it stores through the
+    listener's C-STORE handler.
+
+    Raises
+    ------
+    RuntimeError
+        When no listener was added before (a wiring error in :data:`COMPONENTS`).
+    """
+    if not host.config.dicomweb.enabled:
+        return
+    if host.listener is None:
+        raise RuntimeError("the STOW-RS receiver needs the listener (listener role)")
+    host.add_component(StowReceiver(host.config, host.listener.handler, host.spool))
+
+
 def add_completion(host: Host) -> None:
-    """The completion scan: quiet timer, and C-FIND evidence when a query peer is set."""
+    """The completion scan: quiet timer, and the query peer's counts when one is set
+    (C-FIND, or QIDO-RS for a DICOMweb peer)."""
     settings = host.config.completion
-    counts = None
+    counts: CountSource | None = None
+    evidence = "C-FIND"
     if settings.query_peer is not None:
         peer = host.config.peer(settings.query_peer)
-        counts = functools.partial(find_study_counts, host.local_ae, peer)
-    scanner = CompletionScanner(host.sessions, settings, counts)
+        if isinstance(peer, DicomwebPeerConfig):
+            counts = functools.partial(qido_study_counts, DicomwebConnector(peer))
+            evidence = "QIDO-RS"
+        else:
+            counts = functools.partial(find_study_counts, host.local_ae, peer)
+    scanner = CompletionScanner(host.sessions, settings, counts, evidence=evidence)
     host.add_job(scanner.scan, settings.scan_interval_seconds, "completion")
 
 
@@ -155,6 +181,7 @@ Builder = Callable[[Host], None]
 # (roles that run it, what it adds), in start order.
 COMPONENTS: list[tuple[frozenset[str], Builder]] = [
     (LISTENER_ROLES, add_listener),
+    (LISTENER_ROLES, add_stow_receiver),
     (LISTENER_ROLES, add_completion),
     (LISTENER_ROLES, add_routing),
     (LISTENER_ROLES, add_commitment_reports),

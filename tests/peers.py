@@ -30,6 +30,7 @@ from tests.conftest import get_free_port
 ORTHANC = Path("/usr/sbin/Orthanc")
 STORESCP = Path("/usr/bin/storescp")
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+DICOMWEB_ROOT = "/dicom-web/"
 START_TIMEOUT_S = 30.0
 
 
@@ -39,6 +40,10 @@ class PeerError(RuntimeError):
 
 def have_orthanc() -> bool:
     return ORTHANC.exists()
+
+
+def have_dicomweb_plugin() -> bool:
+    return DICOMWEB_PLUGIN.exists()
 
 
 def have_dcmtk() -> bool:
@@ -90,6 +95,11 @@ class Orthanc:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
+    @property
+    def dicomweb_url(self) -> str:
+        """The DICOMweb service root (with ``run_orthanc(..., dicomweb=True)``)."""
+        return self.url + DICOMWEB_ROOT.rstrip("/")
+
     def rest(self, method: str, path: str, body: Any = None, timeout: float = 120.0) -> Any:
         """Call the REST API; JSON in and out (bytes are sent as they are).
 
@@ -136,20 +146,27 @@ def run_orthanc(
     aet: str = "ORTHANC",
     plugins: Sequence[Path] = (),
     extra: dict[str, Any] | None = None,
+    dicomweb: bool = False,
+    dicomweb_servers: dict[str, Any] | None = None,
 ) -> Iterator[Orthanc]:
     """Start Orthanc on free loopback ports with storage under ``workdir``.
 
     ``modalities`` maps a name to ``(AE title, host, port)``: the peers Orthanc talks to
-    (it answers C-FIND and storage commitment only for those). ``extra`` is merged into
-    its JSON config last. Waits until the REST API answers; always terminates it.
+    (it answers C-FIND and storage commitment only for those). ``dicomweb`` loads the
+    DICOMweb plugin, serving under :attr:`Orthanc.dicomweb_url`; ``dicomweb_servers``
+    are its ``DicomWeb.Servers`` (the DICOMweb peers it sends to). ``extra`` is merged
+    into its JSON config last. Waits until the REST API answers; always terminates it.
 
     Raises
     ------
     PeerError
-        When Orthanc is not installed or does not come up.
+        When Orthanc (or, with ``dicomweb``, its plugin) is not installed or does not
+        come up.
     """
     if not have_orthanc():
         raise PeerError(f"Orthanc is not installed at {ORTHANC}")
+    if dicomweb and not have_dicomweb_plugin():
+        raise PeerError(f"Orthanc's DICOMweb plugin is not installed at {DICOMWEB_PLUGIN}")
     root = workdir / "orthanc"
     root.mkdir(parents=True, exist_ok=True)
     dicom_port, http_port = get_free_port(), get_free_port()
@@ -170,8 +187,14 @@ def run_orthanc(
         "StorageCompression": False,
         "SaveJobs": False,
         "OverwriteInstances": True,
-        "Plugins": [str(p) for p in plugins],
+        "Plugins": [str(p) for p in (*plugins, *([DICOMWEB_PLUGIN] if dicomweb else []))],
     }
+    if dicomweb:
+        config["DicomWeb"] = {
+            "Enable": True,
+            "Root": DICOMWEB_ROOT,
+            "Servers": dicomweb_servers or {},
+        }
     config.update(extra or {})
     config_path = root / "orthanc.json"
     config_path.write_text(json.dumps(config, indent=2))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from dicom_node.config import NodeConfig, PeerConfig, load_config
+from dicom_node.config import DicomwebPeerConfig, NodeConfig, PeerConfig, load_config
 from dicom_node.net.scu import LocalAE, resolve_peer
 
 
@@ -35,3 +35,19 @@ def local_and_peer(args: argparse.Namespace, spec: str) -> tuple[LocalAE, PeerCo
     if args.timeout:
         local = LocalAE(local.ae_title, args.timeout, local.tls)
     return local, peer
+
+
+def dicomweb_peer(args: argparse.Namespace, spec: str) -> DicomwebPeerConfig | None:
+    """The DICOMweb peer that ``spec`` names in ``--config``; None for anything else.
+
+    Raises
+    ------
+    ConfigError
+        When ``--config`` is given and invalid.
+    """
+    if not args.config:
+        return None
+    for peer in load_config(args.config).peers:
+        if peer.name == spec and isinstance(peer, DicomwebPeerConfig):
+            return peer
+    return None

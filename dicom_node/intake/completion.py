@@ -9,10 +9,10 @@ Two rules:
 
 * quiet timer: complete after ``stable_seconds`` without a new instance;
 * evidence (when ``query_peer`` is set): after ``min_seconds`` of quiet, ask the peer
-  by C-FIND how many instances it holds of the study and of each series; complete as
-  soon as we hold them all, or give up after ``max_seconds`` of quiet with some
-  missing. When the peer gives no counts (unreachable, study unknown) the quiet timer
-  decides.
+  by C-FIND (QIDO-RS for a DICOMweb peer) how many instances it holds of the study and
+  of each series; complete as soon as we hold them all, or give up after
+  ``max_seconds`` of quiet with some missing. When the peer gives no counts
+  (unreachable, study unknown) the quiet timer decides.
 
 The state change is a conditional UPDATE (still RECEIVING, no instance since we
 looked), so a concurrently arriving instance or a second scanner never loses a race.
@@ -79,7 +79,7 @@ def _seconds(value: float) -> str:
 
 
 class CompletionScanner:
-    """Completes studies by the quiet timer and, with a count source, by C-FIND evidence.
+    """Completes studies by the quiet timer and, with a count source, by the peer's counts.
 
     Parameters
     ----------
@@ -89,8 +89,11 @@ class CompletionScanner:
         The ``[completion]`` section.
     counts
         ``counts(study_uids) -> {uid: StudyCounts}``, usually
-        ``functools.partial(scu.find_study_counts, local, peer)``; None for the quiet
-        timer only. It may raise :class:`~dicom_node.errors.PeerError`.
+        ``functools.partial(scu.find_study_counts, local, peer)`` (or
+        `dicom_node.net.dicomweb_query`'s); None for the quiet timer only. It may raise
+        :class:`~dicom_node.errors.PeerError`.
+    evidence
+        How the counts are obtained, for the completion reason ("C-FIND", "QIDO-RS").
     clock
         Current UTC time (tests pass a fake one).
     """
@@ -101,11 +104,13 @@ class CompletionScanner:
         settings: CompletionSection,
         counts: CountSource | None = None,
         clock: Callable[[], datetime] = utcnow,
+        evidence: str = "C-FIND",
     ) -> None:
         self.sessions = sessions
         self.settings = settings
         self.counts = counts
         self.clock = clock
+        self.evidence = evidence
 
     def scan(self) -> list[Decision]:
         """Complete every receiving study that qualifies now; the decisions taken."""
@@ -184,7 +189,7 @@ class CompletionScanner:
             return None
         expected = evidence.expected
         if study.instances >= expected and evidence.series_complete:
-            return f"C-FIND counts match {study.instances}/{expected}"
+            return f"{self.evidence} counts match {study.instances}/{expected}"
         if study.quiet >= settings.max_seconds:
             waited = _seconds(settings.max_seconds)
             return f"gave up waiting after {waited}: {study.instances}/{expected}"

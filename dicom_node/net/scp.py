@@ -76,6 +76,8 @@ logger = logging.getLogger(__name__)
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 PROCESSING_FAILURE = 0x0110
+# STOW-RS to /studies/{uid} of an instance of another study (PS3.18 10.5.3).
+DATA_SET_MISMATCH = 0xA900
 # pynetdicom reads PDUs in Python; larger PDUs mean fewer round trips through it.
 MAX_PDU_BYTES = 1 << 20
 # Series whose routing fields this process has indexed (see StoreHandler._read_headers);
@@ -101,7 +103,8 @@ class StoreHandler:
         self._idle = threading.Condition()
 
     @contextmanager
-    def _tracked(self) -> Iterator[None]:
+    def tracked(self) -> Iterator[None]:
+        """Count a store in flight (see :meth:`wait_idle`) while the block runs."""
         with self._idle:
             self._in_flight += 1
         try:
@@ -117,7 +120,7 @@ class StoreHandler:
             return self._idle.wait_for(lambda: self._in_flight == 0, timeout)
 
     def __call__(self, event: Event) -> int:
-        with self._tracked():
+        with self.tracked():
             request = cast(C_STORE, event.request)
             calling = event.assoc.requestor.ae_title
             sop_uid = str(request.AffectedSOPInstanceUID or "")
@@ -136,6 +139,28 @@ class StoreHandler:
                 extra=log,
             )
             return OUT_OF_RESOURCES
+        transfer_syntax = str(event.context.transfer_syntax)
+        return self.store_file(path, transfer_syntax, calling, sop_uid, log, assoc=event.assoc)
+
+    def store_file(
+        self,
+        path: Path,
+        transfer_syntax_uid: str,
+        calling: str | None,
+        sop_uid: str,
+        log: dict[str, Any],
+        study_uid: str | None = None,
+        assoc: Association | None = None,
+    ) -> int:
+        """Store a complete received file (in the spool's ``incoming/``) as C-STORE does:
+        fsync, header read, rename into the spool, rows committed; the DIMSE status.
+
+        The STOW-RS receiver (`dicom_node.net.stow_receiver`) calls it for each part, inside
+        :meth:`tracked`. ``sop_uid`` is the UID the sender announced, and ``study_uid``
+        the study a STOW-RS request was addressed to: the dataset must agree. ``assoc``
+        is the C-STORE's association, whose audit line counts the instance (a STOW-RS
+        part has none).
+        """
         try:
             data_sync = self.spool.start_fsync(path)
         except OSError as exc:
@@ -149,6 +174,9 @@ class StoreHandler:
             )
             return exc.status
         log["study_uid"] = headers.study_instance_uid
+        if study_uid is not None and headers.study_instance_uid != study_uid:
+            logger.warning("C-STORE refused: not of the study addressed", extra=log)
+            return DATA_SET_MISMATCH
         if self.spool.free_bytes() < self.min_free_bytes:
             logger.error(
                 "C-STORE refused: free disk below min_free_disk_mb",
@@ -160,7 +188,7 @@ class StoreHandler:
         )
         received = ReceivedInstance(
             headers=headers,
-            transfer_syntax_uid=str(event.context.transfer_syntax),
+            transfer_syntax_uid=transfer_syntax_uid,
             path=str(dest),
             size_bytes=path.stat().st_size,
             calling_ae_title=calling,
@@ -169,14 +197,12 @@ class StoreHandler:
         try:
             pending = self.spool.move_in(path, dest, data_sync)
         except FileExistsError:
-            return self._store_again(event.assoc, path, dest, received, log)
+            return self._store_again(assoc, path, dest, received, log)
         except OSError as exc:
             logger.error("C-STORE refused: cannot write the spool", extra={**log, "error": exc})
             return OUT_OF_RESOURCES
         replace = self.config.node.duplicate_policy == "replace"
-        recorded = self._record(
-            event.assoc, received, log, before_commit=pending.wait, replace=replace
-        )
+        recorded = self._record(assoc, received, log, before_commit=pending.wait, replace=replace)
         if recorded is None:
             return OUT_OF_RESOURCES
         if recorded.outcome is RecordOutcome.KEPT:
@@ -197,7 +223,7 @@ class StoreHandler:
 
     def _store_again(
         self,
-        assoc: Association,
+        assoc: Association | None,
         path: Path,
         dest: Path,
         received: ReceivedInstance,
@@ -222,7 +248,7 @@ class StoreHandler:
 
     def _record(
         self,
-        assoc: Association,
+        assoc: Association | None,
         received: ReceivedInstance,
         log: dict[str, Any],
         before_commit: Callable[[], None] | None,
@@ -248,7 +274,9 @@ class StoreHandler:
         self._count(assoc, received, outcome)
         return recorded
 
-    def _count(self, assoc: Association, received: ReceivedInstance, outcome: str) -> None:
+    def _count(self, assoc: Association | None, received: ReceivedInstance, outcome: str) -> None:
+        if assoc is None:
+            return
         h = received.headers
         self.reception.stored(
             assoc,

@@ -113,12 +113,16 @@ def resolve_peer(spec: str, config: NodeConfig | None) -> PeerConfig:
     Raises
     ------
     ValueError
-        When ``spec`` is neither a peer name in ``config`` nor ``AET@host:port``.
+        When ``spec`` is neither a peer name in ``config`` nor ``AET@host:port``, or
+        names a DICOMweb peer.
     """
     if config is not None:
         for peer in config.peers:
-            if peer.name == spec:
-                return peer
+            if peer.name != spec:
+                continue
+            if not isinstance(peer, PeerConfig):
+                raise ValueError(f"peer {spec!r} is a DICOMweb peer; this command speaks DIMSE")
+            return peer
     match = _PEER_SPEC.match(spec)
     if match is None:
         known = ", ".join(p.name for p in config.peers) if config else "no config given"

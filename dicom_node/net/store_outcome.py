@@ -48,12 +48,15 @@ class FailureKind(enum.StrEnum):
 
 @dataclass(frozen=True)
 class StoreResult:
-    """What one C-STORE attempt came to: the outcome, the status (None when the peer
-    never answered) and a sentence saying what happened."""
+    """What one C-STORE or STOW-RS attempt came to: the outcome, the DIMSE status (a
+    STOW-RS response's FailureReason is one; None when the peer gave none) and a sentence
+    saying what happened."""
 
     outcome: Outcome
     status: int | None
     meaning: str
+    # A DICOMweb peer's Retry-After (HTTP 429, 503): the next try waits at least this long.
+    retry_after_seconds: float | None = None
 
     @property
     def error(self) -> str | None:

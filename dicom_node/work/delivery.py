@@ -4,14 +4,16 @@ The scheduler runs :meth:`DeliveryScanner.scan` every ``delivery.scan_interval_s
 It claims due deliveries per destination, up to ``delivery.batch_size`` at a time, and
 sends each batch over one association (`dicom_node.net.scu.send_files`: the file's own
 transfer syntax when the peer accepts it, otherwise Explicit/Implicit VR Little
-Endian). Each object's outcome is recorded as soon as it is known:
+Endian), or, to a ``kind = "dicomweb"`` peer, by STOW-RS
+(`dicom_node.net.dicomweb_sender`, which maps HTTP answers onto the same outcomes).
+Each object's outcome is recorded as soon as it is known:
 
 - stored (success or warning status): DONE, or, for a peer with
   ``storage_commitment = true``, WAITING_COMMITMENT until the archive's N-EVENT-REPORT
   (`dicom_node.work.commitment`);
-- transient failure (refused or dropped association, timeout, 0xA7xx): queued again
-  after ``backoff_initial_seconds * 2**(attempts-1)``, capped at
-  ``backoff_max_seconds``, until ``max_attempts``;
+- transient failure (refused or dropped association, timeout, 0xA7xx, HTTP 5xx/429):
+  queued again after ``backoff_initial_seconds * 2**(attempts-1)``, capped at
+  ``backoff_max_seconds`` (or the peer's Retry-After when later), until ``max_attempts``;
 - permanent failure (a failure status for the object itself): queued once more, and
   failed with the status and its meaning if it fails permanently again
   (`dicom_node.net.store_outcome` tells them apart, `dicom_node.work.delivery_queue.next_try`
@@ -32,12 +34,14 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.audit import AuditEvent, audit
-from dicom_node.config import NodeConfig, PeerConfig
+from dicom_node.config import DicomwebPeerConfig, NodeConfig, PeerConfig
 from dicom_node.db.ownership import owner_id
 from dicom_node.db.schema import Delivery, WorkState, utcnow
 from dicom_node.metrics import DELIVERIES_SENT, DELIVERY_FAILURES
+from dicom_node.net.dicomweb_auth import DicomwebConnector
+from dicom_node.net.dicomweb_sender import store_files
 from dicom_node.net.scu import AssociationError, FileStatus, LocalAE, send_files
-from dicom_node.net.store_outcome import FailureKind, Outcome, StoreResult, transient
+from dicom_node.net.store_outcome import Outcome, StoreResult, transient
 from dicom_node.work.commitment import request_commitment
 from dicom_node.work.delivery_queue import (
     ClaimedDelivery,
@@ -71,6 +75,7 @@ class DeliveryScanner:
         self.config = config
         self.sessions = sessions
         self.local = local
+        self._connectors: dict[str, DicomwebConnector] = {}
 
     @property
     def lease_seconds(self) -> float:
@@ -107,7 +112,8 @@ class DeliveryScanner:
         return stored
 
     def send_batch(self, peer_name: str, batch: list[ClaimedDelivery]) -> tuple[int, bool]:
-        """Send one claimed batch over one association and record every outcome.
+        """Send one claimed batch (over one association, or by STOW-RS to a DICOMweb
+        peer) and record every outcome.
 
         Returns (objects stored, whether the peer was reachable). Network failures are
         outcomes recorded on the rows, not exceptions.
@@ -127,33 +133,45 @@ class DeliveryScanner:
                     record_outcome(session, item, WorkState.FAILED, status=None, error=result.error)
             return 0, False
         by_path = {Path(item.path): item for item in batch}
-        transaction_uid = generate_uid() if peer.storage_commitment else None
+        storage_commitment = isinstance(peer, PeerConfig) and peer.storage_commitment
+        transaction_uid = generate_uid() if storage_commitment else None
         committed: list[ClaimedDelivery] = []
-        stored = 0
         reachable = True
 
-        def progress(status: FileStatus) -> None:
-            nonlocal stored, reachable
-            item = by_path[status.path]
-            result = status.result
-            if status.status is None and status.failure is FailureKind.NETWORK:
-                reachable = False
+        def record(path: Path, result: StoreResult) -> None:
+            nonlocal reachable
+            item = by_path[path]
+            if result.outcome is Outcome.TRANSIENT and result.status is None:
+                reachable = False  # no answer at all (FailureKind.NETWORK, no HTTP answer)
             if self._record(item, result, peer, transaction_uid) and (
                 result.outcome is Outcome.STORED
             ):
-                stored += 1
                 committed.append(item)
+
+        if isinstance(peer, DicomwebPeerConfig):
+            store_files(self._connector(peer), list(by_path), record)
+            return len(committed), reachable
+
+        def progress(status: FileStatus) -> None:
+            record(status.path, status.result)
 
         send_files(self.local, peer, list(by_path), progress=progress)
         if committed and transaction_uid:
             self._request_commitment(peer, committed, transaction_uid)
-        return stored, reachable
+        return len(committed), reachable
+
+    def _connector(self, peer: DicomwebPeerConfig) -> DicomwebConnector:
+        """One connector per DICOMweb peer, kept so that its bearer token is cached."""
+        connector = self._connectors.get(peer.name)
+        if connector is None:
+            connector = self._connectors[peer.name] = DicomwebConnector(peer)
+        return connector
 
     def _record(
         self,
         item: ClaimedDelivery,
         result: StoreResult,
-        peer: PeerConfig,
+        peer: PeerConfig | DicomwebPeerConfig,
         transaction_uid: str | None,
     ) -> bool:
         log = {"delivery_id": item.id, "peer": peer.name, "sop_uid": item.sop_instance_uid}
@@ -252,7 +270,7 @@ class DeliveryScanner:
 
 def _audit_delivery(
     item: ClaimedDelivery,
-    peer: PeerConfig,
+    peer: PeerConfig | DicomwebPeerConfig,
     result: StoreResult,
     state: WorkState,
     transaction_uid: str | None,
@@ -263,7 +281,8 @@ def _audit_delivery(
         result_sop_uid=item.sop_instance_uid,
         delivery_id=item.id,
         destination=peer.name,
-        destination_aet=peer.ae_title,
+        destination_aet=peer.ae_title if isinstance(peer, PeerConfig) else None,
+        destination_url=peer.url if isinstance(peer, DicomwebPeerConfig) else None,
         outcome=str(result.outcome),
         status=result.status,
         state=str(state),

@@ -79,8 +79,9 @@ def next_try(
     permanent = permanent_failures + (result.outcome is Outcome.PERMANENT)
     if attempts >= settings.max_attempts or permanent > PERMANENT_RETRIES:
         return NextTry(WorkState.FAILED, None, permanent)
-    retry_at = now + timedelta(seconds=backoff_seconds(attempts, settings))
-    return NextTry(WorkState.QUEUED, retry_at, permanent)
+    # After the backoff, or the peer's Retry-After when that is later.
+    delay = max(backoff_seconds(attempts, settings), result.retry_after_seconds or 0.0)
+    return NextTry(WorkState.QUEUED, now + timedelta(seconds=delay), permanent)
 
 
 def awaiting_commitment(session: Session, transaction_uid: str) -> list[Delivery]:

@@ -23,7 +23,7 @@ from pydicom.uid import UID
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node.config import NodeConfig, RouteConfig
+from dicom_node.config import NodeConfig, PeerConfig, RouteConfig
 from dicom_node.db.schema import Instance, Job, Series, Study, StudyState, WorkState, utcnow
 from dicom_node.intake.headers import SERIES_KEYWORDS, STUDY_KEYWORDS
 from dicom_node.metrics import STUDIES_COMPLETED
@@ -64,7 +64,11 @@ def resolve_destinations(
     names = list(route.destinations)
     if not route.reply_to_sender:
         return names, None
-    senders = [peer.name for peer in config.peers if peer.ae_title == (calling_ae or "")]
+    senders = [
+        peer.name
+        for peer in config.peers
+        if isinstance(peer, PeerConfig) and peer.ae_title == (calling_ae or "")
+    ]
     if not senders:
         return names, (
             f"route {route.name!r}: reply_to_sender, but no peer has the calling "

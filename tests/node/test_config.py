@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +44,20 @@ def test_example_config_is_valid_and_resolves_paths() -> None:
     assert config.model("demo-ct-bone").path == (REPO_ROOT / "models" / "demo-ct-bone").resolve()
 
 
+def _models(annotation: Any) -> Iterator[type[BaseModel]]:
+    """The config sections an annotation holds, through lists, unions and Annotated."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        yield annotation
+    inner = getattr(annotation, "__origin__", None)  # Annotated[X, ...] -> X
+    for argument in (*getattr(annotation, "__args__", ()), *([inner] if inner else [])):
+        yield from _models(argument)
+
+
 def _keys(model: type[BaseModel]) -> set[str]:
     keys = set(model.model_fields)
     for field in model.model_fields.values():
-        for candidate in (field.annotation, *getattr(field.annotation, "__args__", ())):
-            if isinstance(candidate, type) and issubclass(candidate, BaseModel):
-                keys |= _keys(candidate)
+        for section in _models(field.annotation):
+            keys |= _keys(section)
     return keys
 
 

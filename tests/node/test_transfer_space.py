@@ -50,8 +50,11 @@ def test_a_large_instance_sent_to_a_full_node_fills_no_disk(
     def watch() -> None:
         nonlocal largest
         while not done.is_set():
-            sizes = [p.stat().st_size for p in incoming.rglob("*.dcm") if p.exists()]
-            largest = max([largest, *sizes])
+            for path in incoming.rglob("*.dcm"):
+                try:  # the node may remove it between the listing and the stat
+                    largest = max(largest, path.stat().st_size)
+                except FileNotFoundError:
+                    continue
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from dicom_node.config import NodeConfig, parse_config
 from dicom_node.db.schema import Base, Instance, Series, Study, StudyState, utcnow
 from dicom_node.db.sessions import create_db_engine, session_factory
+from tests.peers import Orthanc, have_dicomweb_plugin, run_orthanc
 
 POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
@@ -86,6 +87,15 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path / 'node.db'}"
     url: str = request.getfixturevalue("postgres_url")
     return url
+
+
+@pytest.fixture
+def web_pacs(tmp_path: Path) -> Iterator[Orthanc]:
+    """Orthanc with its DICOMweb plugin (at ``pacs.dicomweb_url``); skipped without it."""
+    if not have_dicomweb_plugin():
+        pytest.skip("Orthanc's DICOMweb plugin is not installed")
+    with run_orthanc(tmp_path, dicomweb=True) as pacs:
+        yield pacs
 
 
 @pytest.fixture

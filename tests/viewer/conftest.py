@@ -18,7 +18,7 @@ import pytest
 from tests.conftest import REPO_ROOT, get_free_port
 from tests.orchestration.node import NodeProcess, node_document, run_node, write_config
 from tests.orchestration.studies import ct_series
-from tests.peers import DICOMWEB_PLUGIN, Orthanc, run_orthanc
+from tests.peers import DICOMWEB_PLUGIN, Orthanc, have_dicomweb_plugin, run_orthanc
 from tests.viewer.browser import OHIF_DIST, missing_tools
 from tests.viewer.node_results import (
     NODE_MODALITY,
@@ -53,15 +53,12 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     reason = missing_tools()
     if reason is not None:
         pytest.skip(reason)
-    if not DICOMWEB_PLUGIN.exists():
+    if not have_dicomweb_plugin():
         pytest.skip(f"Orthanc's DICOMweb plugin is not installed at {DICOMWEB_PLUGIN}")
     workdir = tmp_path_factory.mktemp("viewer")
     port = get_free_port()
     with run_orthanc(
-        workdir,
-        modalities={NODE_MODALITY: ("AINODE", "127.0.0.1", port)},
-        plugins=[DICOMWEB_PLUGIN],
-        extra={"DicomWeb": {"Enable": True, "Root": "/dicom-web/"}},
+        workdir, modalities={NODE_MODALITY: ("AINODE", "127.0.0.1", port)}, dicomweb=True
     ) as pacs:
         config = write_config(workdir / "node.toml", node_document(workdir, pacs=pacs, port=port))
         with (
