@@ -28,6 +28,7 @@ from functools import lru_cache
 
 import numpy as np
 import numpy.typing as npt
+from scipy import ndimage
 
 from inference.spec import Blending, Padding, Placement, WindowSpec
 
@@ -71,22 +72,46 @@ def window_starts(
 
 
 @lru_cache(maxsize=8)
-def importance_map(patch: tuple[int, ...], blending: Blending, sigma_scale: float) -> Array:
+def importance_map(
+    patch: tuple[int, ...],
+    blending: Blending,
+    sigma_scale: float,
+    placement: Placement = Placement.INTERVAL,
+) -> Array:
     """The weight of each voxel of a window when windows are blended.
 
-    Gaussian: ``exp(-x^2 / (2 sigma^2))`` per axis with ``x`` measured from the
-    patch centre and ``sigma = sigma_scale * patch``, multiplied over the axes and
-    kept at least 1e-3 so that window edges still count where only one window
-    reaches.
+    Gaussian, with ``sigma = sigma_scale * patch`` per axis, as the package's own tool
+    weighs its windows (``placement`` says which tool placed them):
+
+    * interval (MONAI's ``compute_importance_map``): ``exp(-x^2 / (2 sigma^2))`` per axis
+      with ``x`` measured from the patch centre ``(n - 1) / 2``, kept at least 1e-3 so
+      that window edges still count where only one window reaches;
+    * even (nnU-Net's ``compute_gaussian``): a unit impulse at ``n // 2`` smoothed by
+      SciPy's ``gaussian_filter`` (truncated at 4 sigma, zero outside), zeros raised to
+      the smallest non-zero weight. On an even patch its centre lies half a voxel off
+      MONAI's, which moves a downsampling network's answer near window edges.
     """
     if blending is Blending.CONSTANT:
         return np.ones(patch, dtype=np.float32)
+    if placement is Placement.EVEN:
+        return _nnunet_gaussian(patch, sigma_scale)
     weights = np.ones((), dtype=np.float64)
     for length in patch:
         x = np.arange(length, dtype=np.float64) - (length - 1) / 2.0
         axis = np.exp(-(x**2) / (2.0 * (sigma_scale * length) ** 2))
         weights = np.multiply.outer(weights, axis)
     weights = np.maximum(weights, max(float(weights.min()), 1e-3))
+    return weights.astype(np.float32)
+
+
+def _nnunet_gaussian(patch: tuple[int, ...], sigma_scale: float) -> Array:
+    impulse = np.zeros(patch, dtype=np.float64)
+    impulse[tuple(n // 2 for n in patch)] = 1.0
+    weights = ndimage.gaussian_filter(
+        impulse, [n * sigma_scale for n in patch], 0, mode="constant", cval=0.0
+    )
+    weights /= weights.max()
+    weights[weights == 0] = weights[weights > 0].min()
     return weights.astype(np.float32)
 
 
@@ -187,7 +212,9 @@ def sliding_window(image: Array, window: WindowSpec, network: Network, outputs: 
     dtype = np.float32 if outputs * voxels * 4 <= FLOAT32_LIMIT_BYTES else np.float16
     blended = np.zeros((outputs, *shape), dtype=dtype)
     weight = np.zeros(shape, dtype=np.float32)
-    importance = importance_map(tuple(window.patch), window.blending, window.sigma_scale)
+    importance = importance_map(
+        tuple(window.patch), window.blending, window.sigma_scale, window.placement
+    )
     run = mirrored(network, window.mirror_axes)
     placed = windows(shape, window)
     logger.debug(

@@ -168,6 +168,20 @@ def test_importance_map_matches_monai() -> None:
         )
 
 
+def test_importance_map_of_even_placement_matches_nnunet() -> None:
+    """nnU-Net centres its Gaussian at n // 2 (half a voxel off MONAI's on even patches)."""
+    torch = pytest.importorskip("torch")
+    nnunet = pytest.importorskip("nnunetv2.inference.sliding_window_prediction")
+    cpu = torch.device("cpu")
+    for patch in ((16, 32, 32), (7, 9, 12)):
+        reference = nnunet.compute_gaussian(patch, 1.0 / 8, dtype=torch.float32, device=cpu)
+        ours = importance_map(patch, Blending.GAUSSIAN, 1.0 / 8, Placement.EVEN)
+        assert ours == pytest.approx(reference.numpy(), rel=1e-5)
+    even = importance_map((16, 32, 32), Blending.GAUSSIAN, 1.0 / 8, Placement.EVEN)
+    assert even.argmax() == np.ravel_multi_index((8, 16, 16), (16, 32, 32))
+    assert not np.allclose(even, importance_map((16, 32, 32), Blending.GAUSSIAN, 1.0 / 8))
+
+
 def test_ensemble_averages_logits_and_mirroring_averages_flips() -> None:
     batch = np.arange(2 * 1 * 2 * 3 * 4, dtype=np.float32).reshape(2, 1, 2, 3, 4)
     double = ensemble([lambda b: b * 1.0, lambda b: b * 3.0])
