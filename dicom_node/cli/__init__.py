@@ -1,15 +1,19 @@
 """The ``dicom-node`` command: one subcommand per module in this package.
 
 Each command module exposes ``add_parser(subparsers)`` and ``run(args) -> int``;
-``main`` parses, configures logging once, and hands over.
+``main`` parses, configures logging once, and hands over. A command whose config does
+not load lets the `ConfigError` rise: ``main`` prints it (each problem with its key) and
+exits 2, the same for every command.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import sys
 from collections.abc import Sequence
 
+from dicom_node.errors import ConfigError
 from dicom_node.logs import configure_logging
 
 # Module names under dicom_node.cli, in the order `dicom-node --help` lists them.
@@ -51,4 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit status."""
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level or "INFO")
-    return int(args.run(args))
+    try:
+        return int(args.run(args))
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2

@@ -57,14 +57,10 @@ def _print_table(rows: list[FeatureDrift]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the drift table; see the module docstring for the exit status."""
-    try:
-        config = load_config(args.config)
-        models = [m for m in config.models if args.model in (None, m.name)]
-        if not models:
-            raise ConfigError(args.config, [("models", f"no model named {args.model!r}")])
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
+    config = load_config(args.config)
+    models = [m for m in config.models if args.model in (None, m.name)]
+    if not models:
+        raise ConfigError(args.config, [("models", f"no model named {args.model!r}")])
     rows: list[FeatureDrift] = []
     engine = create_db_engine(config.node.database_url)
     try:

@@ -18,7 +18,6 @@ import sys
 from typing import Any
 
 from dicom_node.config import ModelConfig, NodeConfig, load_config
-from dicom_node.errors import ConfigError
 from inference import InferenceError, load_model
 
 # Written beside model.toml by `dicom-node evaluate --card` (inference.finetune.model_card).
@@ -87,11 +86,7 @@ def _origin_text(origin: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Print each model's identity, backend and device; 1 when any cannot start."""
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
+    config = load_config(args.config)
     if args.card:
         return print_card(config, args.card)
     rows = [describe(config, entry) for entry in config.models]

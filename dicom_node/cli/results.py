@@ -16,7 +16,6 @@ from typing import Any
 
 from dicom_node.config import load_config
 from dicom_node.db.sessions import create_db_engine, session_factory
-from dicom_node.errors import ConfigError
 from dicom_node.work.results_report import FindingRow, finding_rows
 
 # "score": the probability, or for segmentation the volume.
@@ -71,11 +70,7 @@ def _print_csv(rows: list[FindingRow]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the findings; 2 on a bad config."""
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
+    config = load_config(args.config)
     engine = create_db_engine(config.node.database_url)
     try:
         with session_factory(engine)() as session:

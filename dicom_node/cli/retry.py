@@ -17,7 +17,6 @@ from dicom_node.audit import AuditEvent, audit, close_audit_log, open_audit_log
 from dicom_node.config import load_config
 from dicom_node.db.schema import Job, WorkState
 from dicom_node.db.sessions import create_db_engine, session_factory
-from dicom_node.errors import ConfigError
 from dicom_node.work.delivery_queue import requeue_deliveries
 from dicom_node.work.jobs import requeue_jobs
 
@@ -36,11 +35,7 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Requeue and print what was requeued; 1 when the job does not exist or is active."""
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
+    config = load_config(args.config)
     engine = create_db_engine(config.node.database_url)
     sessions = session_factory(engine)
     handler = open_audit_log(config.audit, "cli")

@@ -76,11 +76,7 @@ def _service(args: argparse.Namespace, config: NodeConfig) -> Service:
 
 def run(args: argparse.Namespace) -> int:
     """Check the config and the model packages, then serve until SIGTERM; the exit status."""
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
+    config = load_config(args.config)
     problems = model_package_problems(config) + tls_problems(config)
     if problems:
         print(ConfigError(args.config, problems), file=sys.stderr)

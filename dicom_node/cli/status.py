@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -20,7 +19,6 @@ from sqlalchemy.orm import Session
 from dicom_node.config import NodeConfig, load_config
 from dicom_node.db.schema import Instance, Series, Study, StudyState
 from dicom_node.db.sessions import create_db_engine, session_factory
-from dicom_node.errors import ConfigError
 from dicom_node.work import queue_report
 
 Section = Callable[[Session, NodeConfig], dict[str, Any]]
@@ -89,11 +87,7 @@ def _human(value: Any, key: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Print every section of the report (or one JSON object); 2 on a bad config."""
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
+    config = load_config(args.config)
     report = collect(config)
     if args.json:
         print(json.dumps(report, indent=2))

@@ -97,6 +97,27 @@ def test_serve_refuses_a_bad_config_before_listening(
     assert "node.colour: unknown key" in err
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["status"],
+        ["retry", "--failed"],
+        ["models"],
+        ["results"],
+        ["drift"],
+        ["audit", "--study", "1.2.3"],
+    ],
+    ids=lambda c: c[0],
+)
+def test_every_command_answers_a_bad_config_with_its_key_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    config = node_settings(tmp_path, node={"colour": "red"})
+    path = write_toml(config, tmp_path / "bad.toml")
+    assert main([command[0], "-c", str(path), *command[1:]]) == 2
+    assert "node.colour: unknown key" in capsys.readouterr().err
+
+
 def test_systemd_unit_runs_serve_and_stops_with_sigterm() -> None:
     unit = (REPO_ROOT / "config" / "dicom-node.service").read_text()
     settings = dict(
