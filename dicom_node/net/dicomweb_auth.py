@@ -87,6 +87,24 @@ def read_secret(path: Path, peer: str, key: str) -> str:
     return text
 
 
+class ConfiguredTlsSession(requests.Session):
+    """A session whose own ``verify`` (a configured ``ca_file``, or ``verify_tls =
+    false``) wins over ``REQUESTS_CA_BUNDLE`` and ``CURL_CA_BUNDLE``: plain requests lets
+    the environment's bundle replace it (psf/requests#3829), so that on a host with a
+    system-wide bundle the peer's own CA was ignored and its certificate refused."""
+
+    def merge_environment_settings(
+        self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any
+    ) -> dict[str, Any]:
+        """The environment's proxies and bundle, except a verify set on the session."""
+        settings: dict[str, Any] = super().merge_environment_settings(
+            url, proxies, stream, verify, cert
+        )
+        if verify is None and self.verify is not True:
+            settings["verify"] = self.verify
+        return settings
+
+
 class DicomwebConnector(Generic[EndpointT]):
     """Clients for one DICOMweb peer (or another HTTP endpoint), with its credentials and
     TLS settings.
@@ -136,7 +154,7 @@ class DicomwebConnector(Generic[EndpointT]):
             When the credentials cannot be read.
         """
         peer = self.peer
-        session = requests.Session()
+        session = ConfiguredTlsSession()
         session.verify = str(peer.ca_file) if peer.ca_file else peer.verify_tls
         # Per-instance STOW-RS outcomes come back as JSON when asked for; QIDO and WADO
         # requests set their own Accept header.
