@@ -18,7 +18,7 @@ from typing import Any
 
 import requests
 
-from dicom_node.config import FhirNotification, NotificationBase, WebhookNotification
+from dicom_node.config import FhirNotification, NodeConfig, NotificationBase, WebhookNotification
 from dicom_node.net.dicomweb_auth import DicomwebError, read_secret
 from dicom_node.net.http_post import PostResult, hmac_signature, post
 from dicom_node.net.store_outcome import Outcome, StoreResult, transient
@@ -149,3 +149,20 @@ def send_notification(
     if isinstance(entry, FhirNotification):
         return send_fhir(entry, document, session)
     raise TypeError(f"not a notification kind: {type(entry).__name__}")
+
+
+def notification_file_problems(config: NodeConfig) -> list[tuple[str, str]]:
+    """``(key path, message)`` for a webhook secret file that does not hold one line of
+    text and a CA file that is not there: what every send would fail on, for
+    ``check-config`` to say first."""
+    problems = []
+    for index, entry in enumerate(config.notifications):
+        key = f"notifications[{index}]"
+        if isinstance(entry, WebhookNotification) and entry.secret_file is not None:
+            try:
+                read_secret(entry.secret_file, entry.name, "secret_file")
+            except DicomwebError as exc:
+                problems.append((f"{key}.secret_file", exc.reason))
+        if entry.ca_file is not None and not entry.ca_file.is_file():
+            problems.append((f"{key}.ca_file", f"no such file {str(entry.ca_file)!r}"))
+    return problems

@@ -13,7 +13,7 @@ from dicom_node.config import (
     load_config,
     parse_config,
 )
-from tests.node.test_config import EXAMPLE, problems_of, valid
+from tests.node.test_config import EXAMPLE, check_config, problems_of, valid
 
 HOOK = {"kind": "webhook", "name": "ris", "url": "https://ris.example/hooks/ai/"}
 FHIR = {"kind": "fhir", "name": "emr", "url": "https://fhir.example/r4"}
@@ -75,3 +75,22 @@ def test_filters_and_names_are_checked_against_the_config() -> None:
 def test_example_config_has_a_webhook() -> None:
     (hook,) = load_config(EXAMPLE).notifications
     assert isinstance(hook, WebhookNotification) and hook.secret_env
+
+
+def test_check_config_refuses_secret_and_ca_files_every_send_would_fail_on(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "two-lines").write_text("a\nb\n")
+    path = tmp_path / "node.toml"
+    path.write_text(
+        "[[notifications]]\n"
+        'name = "ris"\nkind = "webhook"\nurl = "https://ris.example/hook"\n'
+        'secret_file = "two-lines"\nca_file = "tls/missing-ca.crt"\n'
+    )
+    result = check_config(path)
+    assert result.returncode == 1
+    secret, ca = str(tmp_path / "two-lines"), str(tmp_path / "tls/missing-ca.crt")
+    assert f"notifications[0].secret_file: secret_file {secret!r} does not hold one line" in (
+        result.stderr
+    )
+    assert f"notifications[0].ca_file: no such file {ca!r}" in result.stderr

@@ -23,8 +23,9 @@ from dicom_node.db.schema import (
     WorkState,
     utcnow,
 )
+from dicom_node.metrics import QueueCollector
 from dicom_node.work.notification import NotificationScanner
-from dicom_node.work.notification_queue import queue_notifications
+from dicom_node.work.notification_queue import claim_notifications, queue_notifications
 from dicom_node.work.queue_report import failures_section, notifications_section
 from dicom_node.work.row_retention import forget_finished_studies
 from tests.node.test_tls import make_pki
@@ -194,6 +195,9 @@ def test_webhook_waits_for_the_archive_then_arrives_once_signed(
         (sop, [{"peer": "pacs", "ae_title": "ORTHANC", "storage_commitment": True}])
         for sop in (SR, SEG)
     ]
+    gauges = {m.name: m for m in QueueCollector(sessions).collect()}
+    (sample,) = gauges["dicom_node_notifications"].samples
+    assert (sample.labels, sample.value) == ({"state": "done", "target": "hook"}, 1)
     with sessions() as session:
         assert notifications_section(session, config) == {
             "queued": 0,
@@ -435,3 +439,36 @@ def test_retention_forgets_a_study_with_its_notifications_once_they_are_sent(
         assert NotificationScanner(config, sessions).scan() == 1
     assert forget_finished_studies(sessions, keep_hours=0) == 1
     assert notifications(sessions) == []
+
+
+def test_a_send_cut_short_by_a_dead_sender_goes_again_with_the_same_key(
+    sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    with run_receiver() as receiver:
+        config = config_with(tmp_path, webhook(receiver.url))
+        with sessions.begin() as session:
+            finished_job(session, config, "1.2.3")
+        # A sender on another host claimed it and died: its lease runs out.
+        (claimed,) = claim_notifications(sessions, "elsewhere:1:notify:1", 10, lease_seconds=0)
+        assert claimed.attempts == 1
+        assert NotificationScanner(config, sessions).scan() == 1
+    (row,) = notifications(sessions)
+    assert (row.state, row.attempts) == (WorkState.DONE, 2)  # the dead try counts
+    assert receiver.keys() == [row.idempotency_key]
+
+
+def test_an_entry_removed_from_the_config_fails_its_notifications_with_the_reason(
+    sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    with run_receiver() as receiver:
+        config = config_with(tmp_path, webhook(receiver.url), webhook(receiver.url, name="old"))
+        with sessions.begin() as session:
+            finished_job(session, config, "1.2.3")
+        assert (
+            NotificationScanner(config_with(tmp_path, webhook(receiver.url)), sessions).scan() == 1
+        )
+    by_target = {n.target: n for n in notifications(sessions)}
+    assert by_target["hook"].state is WorkState.DONE
+    assert by_target["old"].state is WorkState.FAILED
+    assert by_target["old"].error == "permanent: no [[notifications]] entry named 'old' any more"
+    assert len(receiver.accepted) == 1
