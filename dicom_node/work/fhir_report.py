@@ -64,6 +64,13 @@ def _subject(study: dict[str, Any]) -> dict[str, Any] | None:
     return subject
 
 
+def _study_date(value: str | None) -> str | None:
+    """A DICOM DA (YYYYMMDD) as a FHIR date; None when absent or not a plain date."""
+    if not value or len(value) != 8 or not value.isdigit():
+        return None
+    return f"{value[:4]}-{value[4:6]}-{value[6:]}"
+
+
 def _components(finding: dict[str, Any]) -> list[dict[str, Any]]:
     components = []
     for key, name, unit in _MEASURES:
@@ -157,6 +164,7 @@ def diagnostic_report(document: dict[str, Any], results: list[str]) -> Diagnosti
         "category": [{"coding": [{"system": _SECTION, "code": "RAD"}]}],
         "code": {"text": f"{job['model']} {job['model_version']}"},
         "subject": _subject(study),
+        "effectiveDateTime": _study_date(study.get("study_date")),
         "issued": job["finished_at"],
         "imagingStudy": [_imaging_study(study["study_instance_uid"])],
         "result": [{"reference": reference} for reference in results] or None,

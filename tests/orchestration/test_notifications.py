@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import certifi
 import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -100,7 +101,7 @@ def finished_job(
     if study is None:
         study = add_study(session, study_uid, [{"modality": "CT"}])
         study.patient_id, study.patient_name = "PAT-4711", "Doe^Jane"
-        study.accession_number = "ACC-1"
+        study.accession_number, study.study_date = "ACC-1", "20260104"
     job = Job(
         study_id=study.id,
         route_name=route,
@@ -183,7 +184,7 @@ def test_webhook_waits_for_the_archive_then_arrives_once_signed(
     assert document["study"] == {
         "study_instance_uid": "1.2.3",
         "accession_number": "ACC-1",
-        "study_date": None,
+        "study_date": "20260104",
         "study_description": "CHEST CT",
     }
     assert document["job"]["id"] == job_id and document["job"]["routes"] == ["ct"]
@@ -285,7 +286,7 @@ def test_lost_answer_is_retried_with_the_same_key_and_kept_once(
 def test_permanent_answer_is_retried_once_then_failed_and_retry_requeues_it(
     sessions: sessionmaker[Session], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with run_receiver(answers=[429, 400, 400]) as receiver:
+    with run_receiver(answers=[429, 302, 400]) as receiver:  # a redirect is not followed
         config = config_with(tmp_path, webhook(receiver.url))
         with sessions.begin() as session:
             first = finished_job(session, config, "1.2.3").id
@@ -389,6 +390,7 @@ def test_fhir_report_and_observations_are_valid_and_created_once(
     assert report["identifier"][1]["value"] == "ACC-1"
     assert report["subject"]["identifier"]["value"] == "PAT-4711"
     assert report["status"] == "final" and report["conclusion"] == "ct-model 1.0.0: bone"
+    assert report["effectiveDateTime"] == "2026-01-04"
     assert observation["code"]["text"] == "bone"
     assert observation["interpretation"][0]["coding"][0]["code"] == "POS"
     volume = next(c for c in observation["component"] if c["code"]["text"] == "volume")
@@ -406,9 +408,11 @@ def test_fhir_report_and_observations_are_valid_and_created_once(
 
 
 def test_https_receiver_is_verified_with_the_ca_file(
-    sessions: sessionmaker[Session], tmp_path: Path
+    sessions: sessionmaker[Session], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pki = make_pki(tmp_path / "pki")
+    # A host-wide bundle (which plain requests lets override a session's own CA file).
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", certifi.where())
     with run_receiver(running=False) as receiver:
         receiver.tls = tls_context(pki)
         start(receiver)
