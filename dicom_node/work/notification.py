@@ -71,7 +71,8 @@ class NotificationScanner:
 
     @property
     def lease_seconds(self) -> float:
-        """How long a claimed batch stays ours without a renewal (renewed per send)."""
+        """How long a claimed batch stays ours without a renewal (renewed around each
+        send)."""
         longest = max(
             (e.connect_timeout_seconds + e.read_timeout_seconds for e in self.entries.values()),
             default=0.0,
@@ -94,15 +95,16 @@ class NotificationScanner:
             unreachable: dict[str, StoreResult] = {}
             for claimed in batch:
                 sent += self._send_one(claimed, unreachable)
-            if len(batch) < BATCH:
-                break
+            if len(batch) < BATCH or unreachable:
+                break  # all sent, or a receiver is down: its backoff decides when again
         return sent
 
     def _send_one(self, claimed: ClaimedNotification, unreachable: dict[str, StoreResult]) -> int:
         """Send one claimed notification and record it; 1 when accepted. A target found
         unreachable in this scan is not tried again in it."""
         entry = self.entries.get(claimed.target)
-        with self.sessions() as session:
+        with self.sessions.begin() as session:
+            self._renew(session, claimed)
             row = session.get_one(Notification, claimed.id)
             study_uid = session.get_one(Study, row.study_id).study_instance_uid
             missing = undelivered(session, claimed.job_id)
@@ -134,6 +136,12 @@ class NotificationScanner:
             if outcome.result.outcome is Outcome.TRANSIENT and outcome.http_status is None:
                 unreachable[claimed.target] = outcome.result
         return self._record(claimed, outcome, facts)
+
+    def _renew(self, session: Session, claimed: ClaimedNotification) -> None:
+        """Extend the lease of the rest of the batch before and after each send, so that
+        a slow receiver does not make them look abandoned."""
+        owned = leases.owned_by(Notification, claimed.worker_id)
+        leases.renew(session, Notification, self.lease_seconds, owned)
 
     def _deliver(self, entry: NotificationBase, document: dict[str, object]) -> PostResult:
         """Send the document the way the entry's kind says."""
@@ -167,9 +175,7 @@ class NotificationScanner:
             )
             state, retry_at, failures = after.state, after.retry_at, after.permanent_failures
         with self.sessions.begin() as session:
-            # A slow receiver must not let the rest of the batch look abandoned.
-            owned = leases.owned_by(Notification, claimed.worker_id)
-            leases.renew(session, Notification, self.lease_seconds, owned)
+            self._renew(session, claimed)
             ok = record_notification(
                 session,
                 claimed,
