@@ -3,8 +3,8 @@
 Events in the spirit of IHE ATNA / RFC 3881 (who, what, when, on which study), written
 by every stage through :func:`audit`: associations accepted and refused, instances
 received (counted per study and association, never one line per instance), studies
-completed, jobs run, result objects created, deliveries and commitments, requeues by
-hand, the configuration at start-up, and retention's removal of a study's rows.
+completed, jobs run, result objects created, deliveries, commitments and notifications,
+requeues by hand, the configuration at start-up, and retention's removal of a study's rows.
 
 The library only calls :func:`audit`; a process that keeps a trail installs the file
 handler with :func:`open_audit_log` (the service at start-up, the CLI commands that
@@ -53,6 +53,7 @@ class AuditEvent(StrEnum):
     RESULT_CREATED = "result-created"
     DELIVERY = "delivery"
     COMMITMENT = "commitment"
+    NOTIFICATION = "notification"
     REQUEUED = "requeued"
     STUDY_REMOVED = "study-removed"
 

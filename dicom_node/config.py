@@ -179,6 +179,12 @@ DicomwebAuth = Annotated[
 ]
 
 
+def _http_url(value: str) -> str:
+    if not re.fullmatch(r"https?://[^/\s?#]+(/[^\s?#]*)?", value):
+        raise ValueError(f"not an http:// or https:// URL without query {value!r}")
+    return value.rstrip("/")
+
+
 class DicomwebPeerConfig(_Section):
     """A DICOMweb peer (``kind = "dicomweb"``): STOW-RS delivery, QIDO-RS counts,
     WADO-RS retrieval, under ``url`` (the service root, e.g. ``.../dicom-web``)."""
@@ -193,12 +199,7 @@ class DicomwebPeerConfig(_Section):
     read_timeout_seconds: float = Field(default=120.0, gt=0)
     max_request_mb: float = Field(default=64.0, gt=0)
 
-    @field_validator("url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        if not re.fullmatch(r"https?://[^/\s?#]+(/[^\s?#]*)?", value):
-            raise ValueError(f"not an http:// or https:// URL without query {value!r}")
-        return value.rstrip("/")
+    _validate_url = field_validator("url")(classmethod(lambda cls, v: _http_url(v)))
 
 
 def _peer_kind(value: Any) -> str:
@@ -439,6 +440,68 @@ class DriftSection(_Section):
     p_value: float = Field(default=0.001, gt=0, lt=1)
 
 
+class NotificationBase(_Section):
+    """What every ``[[notifications]]`` entry has: where it goes (``url``, with the
+    DICOMweb peers' ``auth``, TLS and timeout keys), which jobs it announces (``routes``
+    and ``models``: empty means all), and whether patient identifiers go with it."""
+
+    name: str = Field(min_length=1)
+    url: str
+    allow_plain_http: bool = False
+    auth: DicomwebAuth = NoAuth()
+    ca_file: Path | None = None
+    verify_tls: bool = True
+    connect_timeout_seconds: float = Field(default=10.0, gt=0)
+    read_timeout_seconds: float = Field(default=30.0, gt=0)
+    routes: list[str] = []
+    models: list[str] = []
+    include_patient_ids: bool = False
+
+    _validate_url = field_validator("url")(classmethod(lambda cls, v: _http_url(v)))
+
+    @model_validator(mode="after")
+    def _https(self) -> NotificationBase:
+        if self.url.startswith("http://") and not self.allow_plain_http:
+            raise ValueError(
+                f"url {self.url!r} is plain http: use https:// or set allow_plain_http = true"
+            )
+        return self
+
+    def applies_to(self, route_names: list[str], model: str) -> bool:
+        """Whether a job of ``model``, made by ``route_names``, is announced here."""
+        routes_ok = not self.routes or any(route in self.routes for route in route_names)
+        return routes_ok and (not self.models or model in self.models)
+
+
+class WebhookNotification(NotificationBase):
+    """``kind = "webhook"``: a JSON document POSTed to ``url``, signed with HMAC-SHA256
+    in ``signature_header`` when a secret is given (from an environment variable or a
+    file, never from the config file itself)."""
+
+    kind: Literal["webhook"]
+    secret_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    secret_file: Path | None = None
+    signature_header: str = Field(default="X-Signature-256", pattern=r"^[A-Za-z0-9-]+$")
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> WebhookNotification:
+        if self.secret_env is not None and self.secret_file is not None:
+            raise ValueError("give at most one of secret_env, secret_file")
+        return self
+
+
+class FhirNotification(NotificationBase):
+    """``kind = "fhir"``: a FHIR R4 DiagnosticReport with an Observation per finding,
+    sent to the server's base ``url`` as one transaction Bundle (``post =
+    "transaction"``) or resource by resource (``"individual"``)."""
+
+    kind: Literal["fhir"]
+    post: Literal["transaction", "individual"] = "transaction"
+
+
+Notification = Annotated[WebhookNotification | FhirNotification, Field(discriminator="kind")]
+
+
 class NodeConfig(_Section):
     """The whole config file. ``source`` is the file it was read from."""
 
@@ -456,6 +519,7 @@ class NodeConfig(_Section):
     metrics: MetricsSection = MetricsSection()
     audit: AuditSection = AuditSection()
     dicomweb: DicomwebSection = DicomwebSection()
+    notifications: list[Notification] = []
 
     def peer(self, name: str) -> PeerConfig | DicomwebPeerConfig:
         """The peer called ``name``; ``KeyError`` naming it otherwise."""
@@ -476,6 +540,7 @@ class NodeConfig(_Section):
 _UNION_TAGS = {
     "peers": {"dimse", "dicomweb"},
     "auth": {"none", "basic", "bearer", "client_certificate"},
+    "notifications": {"webhook", "fhir"},
 }
 
 
@@ -521,6 +586,24 @@ def _cross_reference_problems(config: NodeConfig) -> list[tuple[str, str]]:
     query_peer = config.completion.query_peer
     if query_peer is not None and query_peer not in peer_names:
         problems.append(("completion.query_peer", f"no peer named {query_peer!r}"))
+    return problems + _notification_problems(config)
+
+
+def _notification_problems(config: NodeConfig) -> list[tuple[str, str]]:
+    """Duplicate notification names, and filters naming routes or models that do not exist."""
+    problems: list[tuple[str, str]] = []
+    known = {"routes": {r.name for r in config.routes}, "models": {m.name for m in config.models}}
+    names: list[str] = []
+    for index, entry in enumerate(config.notifications):
+        if entry.name in names:
+            problems.append((f"notifications[{index}].name", f"duplicate name {entry.name!r}"))
+        names.append(entry.name)
+        for key, present in known.items():
+            for i, name in enumerate(getattr(entry, key)):
+                if name not in present:
+                    problems.append(
+                        (f"notifications[{index}].{key}[{i}]", f"no {key[:-1]} named {name!r}")
+                    )
     return problems
 
 
@@ -556,6 +639,7 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> NodeConfig:
             "security": _resolved(config.security, resolve),
             "dicomweb": _resolved(config.dicomweb, resolve),
             "audit": _resolved(config.audit, resolve),
+            "notifications": [_resolved(n, resolve) for n in config.notifications],
         }
     )
 

@@ -2,8 +2,8 @@
 
 Counters and histograms (instances received, studies completed, inference seconds,
 delivery failures) count what this process did; Prometheus sums them over the
-listener and worker processes. The queue gauges (jobs and deliveries by state, queue
-depth, age of the oldest queued job) are read from the shared database at scrape
+listener and worker processes. The queue gauges (jobs, deliveries and notifications by
+state, queue depth, age of the oldest queued job) are read from the shared database at scrape
 time, so that every process reports the same, current picture.
 """
 
@@ -22,7 +22,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.config import MetricsSection
-from dicom_node.db.schema import Delivery, Job, WorkState, utcnow
+from dicom_node.db.schema import Delivery, Job, Notification, WorkState, utcnow
 from dicom_node.db.timestamps import as_utc
 
 logger = logging.getLogger(__name__)
@@ -51,18 +51,24 @@ DELIVERIES_SENT = Counter("dicom_node_deliveries_sent", "Result objects stored a
 
 
 class QueueCollector(Collector):
-    """Job and delivery gauges computed from the database at each scrape."""
+    """Job, delivery and notification gauges computed from the database at each scrape."""
 
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self._sessions = sessions
 
     def collect(self) -> Iterator[Metric]:
-        """Jobs and deliveries by state, queue depth and oldest queued age, read now."""
+        """Jobs, deliveries and notifications by state, queue depth and oldest queued age,
+        read now."""
         jobs = GaugeMetricFamily(
             "dicom_node_jobs", "Jobs by state and model", labels=["state", "model"]
         )
         deliveries = GaugeMetricFamily(
             "dicom_node_deliveries", "Deliveries by state and peer", labels=["state", "peer"]
+        )
+        notifications = GaugeMetricFamily(
+            "dicom_node_notifications",
+            "Result notifications by state and [[notifications]] entry",
+            labels=["state", "target"],
         )
         with self._sessions() as session:
             for state, model, count in session.execute(
@@ -75,11 +81,18 @@ class QueueCollector(Collector):
                 )
             ):
                 deliveries.add_metric([str(state), peer], count)
+            for state, target, count in session.execute(
+                select(Notification.state, Notification.target, func.count()).group_by(
+                    Notification.state, Notification.target
+                )
+            ):
+                notifications.add_metric([str(state), target], count)
             depth, oldest = session.execute(
                 select(func.count(), func.min(Job.created_at)).where(Job.state == WorkState.QUEUED)
             ).one()
         yield jobs
         yield deliveries
+        yield notifications
         yield GaugeMetricFamily("dicom_node_queue_depth", "Jobs waiting for a worker", value=depth)
         yield GaugeMetricFamily(
             "dicom_node_oldest_queued_job_age_seconds",

@@ -18,7 +18,7 @@ service class itself, so that this module and the service do not import each oth
   jobs, the storage commitment report handler (the archive's N-EVENT-REPORT arrives
   at the listener's port), retention;
 - worker role: crash recovery and the inference worker threads, reclaiming work of
-  dead processes on other hosts, delivery;
+  dead processes on other hosts, delivery, result notifications;
 - every role: the Prometheus endpoint, when ``[metrics] enabled = true``.
 """
 
@@ -45,6 +45,7 @@ from dicom_node.work.commitment import CommitmentReportHandler, CommitmentReport
 from dicom_node.work.delivery import DeliveryScanner
 from dicom_node.work.drift_monitor import DriftCollector, load_profiles
 from dicom_node.work.jobs import reclaim_abandoned
+from dicom_node.work.notification import NotificationScanner
 from dicom_node.work.retention import apply_retention
 from dicom_node.work.routing import route_complete_studies, unmatchable_conditions
 from dicom_node.work.worker_pool import WorkerPool
@@ -169,6 +170,13 @@ def add_delivery(host: Host) -> None:
     host.add_job(scanner.scan, host.config.delivery.scan_interval_seconds, "delivery")
 
 
+def add_notifications(host: Host) -> None:
+    """Announce delivered results to webhooks and FHIR servers, when any are configured."""
+    if host.config.notifications:
+        scanner = NotificationScanner(host.config, host.sessions)
+        host.add_job(scanner.scan, host.config.delivery.scan_interval_seconds, "notifications")
+
+
 def add_metrics(host: Host) -> None:
     """The Prometheus endpoint, when enabled, with the drift gauges of profiled models."""
     if host.config.metrics.enabled:
@@ -188,5 +196,6 @@ COMPONENTS: list[tuple[frozenset[str], Builder]] = [
     (LISTENER_ROLES, add_retention),
     (WORKER_ROLES, add_workers),
     (WORKER_ROLES, add_delivery),
+    (WORKER_ROLES, add_notifications),
     (frozenset(ROLES), add_metrics),
 ]

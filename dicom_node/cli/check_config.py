@@ -9,6 +9,7 @@ from typing import Any
 from dicom_node.config import load_config
 from dicom_node.errors import ConfigError
 from dicom_node.net.scp import tls_problems
+from dicom_node.work.notification_send import notification_file_problems
 from dicom_node.work.package_check import model_package_problems
 from dicom_node.work.routing import unmatchable_conditions
 
@@ -35,7 +36,9 @@ def run(args: argparse.Namespace) -> int:
         config = load_config(args.config)
     except ConfigError as exc:
         return _report(exc.path, exc.problems)
-    problems = model_package_problems(config) + tls_problems(config)
+    problems = (
+        model_package_problems(config) + tls_problems(config) + notification_file_problems(config)
+    )
     if problems:
         return _report(args.config, problems)
     for key, message in unmatchable_conditions(config):

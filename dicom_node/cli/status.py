@@ -2,7 +2,7 @@
 
 The report is a list of sections; each is a function ``(session, config) -> dict``
 listed in :data:`SECTIONS` under its title: studies and the spool here, the queue
-(jobs, deliveries, recent failures) from `dicom_node.work.queue_report`.
+(jobs, deliveries, notifications, recent failures) from `dicom_node.work.queue_report`.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ SECTIONS: list[tuple[str, Section]] = [
     ("spool", spool_section),
     ("jobs", queue_report.jobs_section),
     ("deliveries", queue_report.deliveries_section),
+    ("notifications", queue_report.notifications_section),
     ("failures", queue_report.failures_section),
     ("skipped", queue_report.skipped_section),
 ]

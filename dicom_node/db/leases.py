@@ -1,7 +1,7 @@
-"""The two work queues' shared rules: claim due rows, own them under a lease, back off.
+"""The work queues' shared rules: claim due rows, own them under a lease, back off.
 
-Jobs and deliveries (`dicom_node.db.schema.LeasedWork`) are queues in the database. A
-process claims due rows with one guarded statement::
+Jobs, deliveries and notifications (`dicom_node.db.schema.LeasedWork`) are queues in
+the database. A process claims due rows with one guarded statement::
 
     WITH due AS MATERIALIZED (SELECT id FROM <table> WHERE state = 'queued'
         AND next_attempt_at <= :now ... ORDER BY next_attempt_at, id LIMIT :n
@@ -32,11 +32,11 @@ from sqlalchemy import ColumnElement, Row, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.db.ownership import owner_is_gone
-from dicom_node.db.schema import Delivery, Job, WorkState, utcnow
+from dicom_node.db.schema import Delivery, Job, Notification, WorkState, utcnow
 
 logger = logging.getLogger(__name__)
 
-WorkTable = type[Job] | type[Delivery]
+WorkTable = type[Job] | type[Delivery] | type[Notification]
 
 
 def owned_by(

@@ -166,7 +166,8 @@ class Instance(Base):
 
 
 class LeasedWork:
-    """The columns of a work queue's row, shared by jobs and deliveries (`dicom_node.db.leases`).
+    """The columns of a work queue's row, shared by jobs, deliveries and notifications
+    (`dicom_node.db.leases`).
 
     A row is QUEUED until it is due (``next_attempt_at``); a process then claims it:
     RUNNING, owned by ``worker_id`` until ``lease_expires_at``, which the owner renews
@@ -237,4 +238,35 @@ class Delivery(LeasedWork, Base):
     __table_args__ = (
         UniqueConstraint("sop_instance_uid", "peer_name", name="uq_delivery_object_peer"),
         Index("ix_deliveries_due", "state", "next_attempt_at"),
+    )
+
+
+class Notification(LeasedWork, Base):
+    """One announcement of a job's results to one ``[[notifications]]`` entry (a webhook
+    or a FHIR server), sent once the job's deliveries are all done.
+
+    ``idempotency_key`` goes with every try of the same announcement, so that a receiver
+    that got a try whose answer was lost drops the repeat; a job run again gets a new one.
+    ``queued_at`` orders the announcements of a study to one target: a later one waits
+    for the earlier.
+    """
+
+    __tablename__ = "notifications"
+
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    target: Mapped[str] = mapped_column(String(128))
+    idempotency_key: Mapped[str] = mapped_column(String(64))
+    queued_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # The HTTP status of the last answer (None: no answer, or not tried yet).
+    last_status: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    permanent_failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint("job_id", "target", name="uq_notification_job_target"),
+        Index("ix_notifications_due", "state", "next_attempt_at"),
+        Index("ix_notifications_order", "study_id", "target", "queued_at"),
     )

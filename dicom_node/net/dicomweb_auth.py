@@ -19,12 +19,12 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 import requests
 from dicomweb_client import DICOMwebClient
 
-from dicom_node.config import BasicAuth, BearerAuth, ClientCertificateAuth, DicomwebPeerConfig
+from dicom_node.config import BasicAuth, BearerAuth, ClientCertificateAuth, DicomwebAuth
 from dicom_node.errors import PeerError
 
 logger = logging.getLogger(__name__)
@@ -44,7 +44,38 @@ class DicomwebError(PeerError):
         super().__init__(f"DICOMweb peer {peer}: {reason}", reason)
 
 
-def _read_secret(path: Path, peer: str, key: str) -> str:
+class HttpEndpoint(Protocol):
+    """What a connector needs of a config entry: a DICOMweb peer, or a notification's
+    receiver (`dicom_node.config.NotificationBase`), which take the same keys."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def url(self) -> str: ...
+    @property
+    def auth(self) -> DicomwebAuth: ...
+    @property
+    def ca_file(self) -> Path | None: ...
+    @property
+    def verify_tls(self) -> bool: ...
+    @property
+    def connect_timeout_seconds(self) -> float: ...
+    @property
+    def read_timeout_seconds(self) -> float: ...
+
+
+EndpointT = TypeVar("EndpointT", bound=HttpEndpoint)
+
+
+def read_secret(path: Path, peer: str, key: str) -> str:
+    """One line of text from a credential file (a password, a token, an HMAC secret).
+
+    Raises
+    ------
+    DicomwebError
+        When the file cannot be read, is empty, too large or holds several lines; the
+        reason names ``key`` and the file.
+    """
     try:
         with path.open("rb") as handle:
             data = handle.read(_MAX_SECRET_BYTES + 1)
@@ -56,8 +87,27 @@ def _read_secret(path: Path, peer: str, key: str) -> str:
     return text
 
 
-class DicomwebConnector:
-    """Clients for one DICOMweb peer, with its credentials and TLS settings.
+class ConfiguredTlsSession(requests.Session):
+    """A session whose own ``verify`` (a configured ``ca_file``, or ``verify_tls =
+    false``) wins over ``REQUESTS_CA_BUNDLE`` and ``CURL_CA_BUNDLE``: plain requests lets
+    the environment's bundle replace it (psf/requests#3829), so that on a host with a
+    system-wide bundle the peer's own CA was ignored and its certificate refused."""
+
+    def merge_environment_settings(
+        self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any
+    ) -> dict[str, Any]:
+        """The environment's proxies and bundle, except a verify set on the session."""
+        settings: dict[str, Any] = super().merge_environment_settings(
+            url, proxies, stream, verify, cert
+        )
+        if verify is None and self.verify is not True:
+            settings["verify"] = self.verify
+        return settings
+
+
+class DicomwebConnector(Generic[EndpointT]):
+    """Clients for one DICOMweb peer (or another HTTP endpoint), with its credentials and
+    TLS settings.
 
     Parameters
     ----------
@@ -65,7 +115,7 @@ class DicomwebConnector:
         The peer's config.
     """
 
-    def __init__(self, peer: DicomwebPeerConfig) -> None:
+    def __init__(self, peer: EndpointT) -> None:
         self.peer = peer
         self._token: str | None = None
         self._token_expires = 0.0
@@ -104,7 +154,7 @@ class DicomwebConnector:
             When the credentials cannot be read.
         """
         peer = self.peer
-        session = requests.Session()
+        session = ConfiguredTlsSession()
         session.verify = str(peer.ca_file) if peer.ca_file else peer.verify_tls
         # Per-instance STOW-RS outcomes come back as JSON when asked for; QIDO and WADO
         # requests set their own Accept header.
@@ -120,7 +170,7 @@ class DicomwebConnector:
 
     def _password(self, auth: BasicAuth) -> str:
         if auth.password_file is not None:
-            return _read_secret(auth.password_file, self.peer.name, "auth.password_file")
+            return read_secret(auth.password_file, self.peer.name, "auth.password_file")
         assert auth.password_env is not None  # the config allows exactly one source
         value = os.environ.get(auth.password_env)
         if not value:
@@ -139,7 +189,7 @@ class DicomwebConnector:
 
     def _fetch_token(self, auth: BearerAuth) -> str:
         if auth.token_file is not None:
-            return _read_secret(auth.token_file, self.peer.name, "auth.token_file")
+            return read_secret(auth.token_file, self.peer.name, "auth.token_file")
         assert auth.token_command is not None  # the config allows exactly one source
         try:
             run = subprocess.run(

@@ -69,7 +69,7 @@ def retry_after_seconds(value: str | None, now: datetime | None = None) -> float
     return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
-def _printable(text: str) -> str:
+def printable(text: str) -> str:
     """The peer's text made safe for one log line and one database column."""
     return "".join(c if c.isprintable() else " " for c in text)[:_EXCERPT].strip()
 
@@ -77,8 +77,8 @@ def _printable(text: str) -> str:
 def classify_http(response: requests.Response) -> StoreResult:
     """The outcome of a whole STOW-RS request answered with an HTTP error status."""
     status = response.status_code
-    meaning = f"HTTP {status} {_printable(response.reason or '')}".strip()
-    detail = _printable(response.text or "")
+    meaning = f"HTTP {status} {printable(response.reason or '')}".strip()
+    detail = printable(response.text or "")
     if detail:
         meaning += f": {detail}"
     if status >= 500 or status in TRANSIENT_HTTP:
@@ -101,7 +101,7 @@ def response_dataset(response: requests.Response) -> Dataset | None:
     except (ValueError, TypeError, KeyError, AttributeError, json.JSONDecodeError):
         logger.warning(
             "STOW-RS response is not DICOM JSON",
-            extra={"excerpt": _printable(response.text)},
+            extra={"excerpt": printable(response.text)},
         )
         return None
 
@@ -195,7 +195,7 @@ def _post(connector: DicomwebConnector, parts: list[_Part]) -> list[StoreResult]
     except requests.Timeout as exc:
         return [transient(f"timed out: {type(exc).__name__}")] * len(parts)
     except requests.RequestException as exc:
-        return [transient(f"no connection: {_printable(str(exc))}")] * len(parts)
+        return [transient(f"no connection: {printable(str(exc))}")] * len(parts)
     if not answers:
         return [transient("no HTTP response")] * len(parts)
     response = answers[-1]

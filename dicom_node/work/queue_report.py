@@ -1,4 +1,5 @@
-"""The queue at a glance, for ``dicom-node status``: jobs and deliveries by state.
+"""The queue at a glance, for ``dicom-node status``: jobs, deliveries and notifications
+by state.
 
 Each function is a status section ``(session, config) -> dict`` (see
 `dicom_node.cli.status`); every state is listed, zeros included, so that scripts
@@ -14,7 +15,8 @@ from sqlalchemy.orm import Session
 
 from dicom_node.config import NodeConfig
 from dicom_node.db.leases import counts_by_state
-from dicom_node.db.schema import Delivery, Job, WorkState, utcnow
+from dicom_node.db.schema import Delivery, Job, Notification, WorkState, utcnow
+from dicom_node.work.notification_queue import waiting_for_results
 
 RECENT_FAILURES = 10
 JOB_STATES = [s for s in WorkState if s is not WorkState.WAITING_COMMITMENT]
@@ -42,6 +44,15 @@ def deliveries_section(session: Session, config: NodeConfig) -> dict[str, Any]:
     return {state.value: int(counts.get(state, 0)) for state in WorkState}
 
 
+def notifications_section(session: Session, config: NodeConfig) -> dict[str, Any]:
+    """Notifications by state, and how many of the queued wait for their results to be
+    delivered (or committed) first."""
+    counts = counts_by_state(session, Notification)
+    report: dict[str, Any] = {state.value: int(counts.get(state, 0)) for state in JOB_STATES}
+    report["waiting_for_results"] = waiting_for_results(session)
+    return report
+
+
 def _recent_jobs(session: Session, state: WorkState) -> dict[str, str]:
     """The most recent jobs in a final state, each with its error or reason."""
     jobs = session.execute(
@@ -59,7 +70,7 @@ def skipped_section(session: Session, config: NodeConfig) -> dict[str, Any]:
 
 
 def failures_section(session: Session, config: NodeConfig) -> dict[str, Any]:
-    """The most recent failed jobs and deliveries, each with its error."""
+    """The most recent failed jobs, deliveries and notifications, each with its error."""
     deliveries = session.execute(
         select(Delivery.id, Delivery.job_id, Delivery.peer_name, Delivery.error)
         .where(Delivery.state == WorkState.FAILED)
@@ -71,6 +82,18 @@ def failures_section(session: Session, config: NodeConfig) -> dict[str, Any]:
         {
             f"delivery {row.id} (job {row.job_id} -> {row.peer_name})": row.error or ""
             for row in deliveries
+        }
+    )
+    notifications = session.execute(
+        select(Notification.id, Notification.job_id, Notification.target, Notification.error)
+        .where(Notification.state == WorkState.FAILED)
+        .order_by(Notification.updated_at.desc())
+        .limit(RECENT_FAILURES)
+    ).all()
+    report.update(
+        {
+            f"notification {row.id} (job {row.job_id} -> {row.target})": row.error or ""
+            for row in notifications
         }
     )
     return report

@@ -2,11 +2,12 @@
 
 A study whose last instance is older than ``retention.keep_hours``, that is finished
 (routed or skipped), and whose jobs all finished more than ``keep_hours`` ago with no
-delivery still in progress loses its ``studies``, ``series``, ``instances``, ``jobs``
-and ``deliveries`` rows. Files go first (`dicom_node.work.retention` removes the
-instances and outboxes in the same pass), then the rows, in batches of
-:data:`BATCH_STUDIES` studies, each batch one short transaction, so that PostgreSQL
-never holds long locks and the listener's writes on SQLite wait at most one batch.
+delivery or notification still in progress loses its ``studies``, ``series``,
+``instances``, ``jobs``, ``deliveries`` and ``notifications`` rows. Files go first
+(`dicom_node.work.retention` removes the instances and outboxes in the same pass), then
+the rows, in batches of :data:`BATCH_STUDIES` studies, each batch one short transaction,
+so that PostgreSQL never holds long locks and the listener's writes on SQLite wait at
+most one batch.
 The audit trail keeps the study's history (one ``study-removed`` line each).
 
 A study re-sent after its rows went is a new study to the node: received, routed and
@@ -26,6 +27,7 @@ from dicom_node.db.schema import (
     Delivery,
     Instance,
     Job,
+    Notification,
     Series,
     Study,
     StudyState,
@@ -51,11 +53,15 @@ def _forgettable(keep_hours: float) -> ColumnElement[bool]:
     busy_delivery = exists().where(
         Delivery.job_id == Job.id, Job.study_id == Study.id, Delivery.state.in_(ACTIVE)
     )
+    busy_notification = exists().where(
+        Notification.study_id == Study.id, Notification.state.in_(ACTIVE)
+    )
     return (
         Study.state.in_(FINISHED_STUDY_STATES)
         & (Study.last_received_at <= cutoff)
         & ~busy_job
         & ~busy_delivery
+        & ~busy_notification
     )
 
 
@@ -73,6 +79,7 @@ def _forget_batch(session: Session, keep_hours: float) -> int:
     ids = [row.id for row in studies]
     jobs = select(Job.id).where(Job.study_id.in_(ids))
     session.execute(delete(Delivery).where(Delivery.job_id.in_(jobs)))
+    session.execute(delete(Notification).where(Notification.study_id.in_(ids)))
     removed_jobs = session.execute(delete(Job).where(Job.study_id.in_(ids)).returning(Job.study_id))
     job_counts: dict[int, int] = {}
     for (study_id,) in removed_jobs:

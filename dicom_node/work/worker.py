@@ -3,7 +3,8 @@
 One job, one pass: read the series' instances from the spool (pydicom, headers and
 pixel data as stored; decoding happens inside ``Model.predict``), run the model, build
 SR/SEG/heatmap objects with `sr_writer`, write them to the outbox, then in ONE
-transaction mark the job done and queue one delivery per (object, destination). While
+transaction mark the job done and queue one delivery per (object, destination) and its
+notifications (`dicom_node.work.notification_queue`). While
 it runs, a heartbeat thread renews the job's lease; a worker that loses its lease
 drops its results instead of committing over the new owner.
 
@@ -39,6 +40,7 @@ from dicom_node.work.delivery_queue import queue_deliveries
 from dicom_node.work.findings import job_findings, series_findings
 from dicom_node.work.jobs import ClaimedJob, claim_job, end_job, renew_lease, retry_or_fail
 from dicom_node.work.model_cache import ModelCache
+from dicom_node.work.notification_queue import queue_notifications
 from dicom_node.work.outbox import Outbox, OutboxFile
 from inference import (
     BackendUnavailableError,
@@ -206,6 +208,7 @@ class Worker:
                 ):
                     raise LeaseLost()
                 queue_deliveries(session, job.id, files, job.destinations)
+                queue_notifications(session, job.id, self.config.notifications)
         except LeaseLost:
             logger.warning("job taken over by another worker; results dropped", extra=log)
             return

@@ -140,7 +140,10 @@ def test_status_shows_the_queue_and_failures_and_retry_requeues(
     text = capsys.readouterr().out
     assert "jobs:" in text and "failed" in text and "RuntimeError: boom" in text
     assert main(["retry", "-c", str(config), "--job", str(job.id)]) == 0
-    assert capsys.readouterr().out.strip() == f"requeued 1 job(s) ({job.id}) and 0 delivery(ies)"
+    assert (
+        capsys.readouterr().out.strip()
+        == f"requeued 1 job(s) ({job.id}), 0 delivery(ies) and 0 notification(s)"
+    )
     assert main(["retry", "-c", str(config), "--job", "999"]) == 1
     assert "no job with id 999" in capsys.readouterr().err
 
