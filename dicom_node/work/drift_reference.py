@@ -130,6 +130,9 @@ def validation_profile(package: Path | str, data: Path | str, progress: bool) ->
         When the package cannot start.
     """
     folder = Path(package)
-    return build_package_profile(
-        folder, Path(data), keys=validation_keys(folder), progress=progress
-    )
+    try:
+        return build_package_profile(
+            folder, Path(data), keys=validation_keys(folder), progress=progress
+        )
+    except ValueError as exc:
+        raise ValueError(f"{folder} is written, its drift profile is not: {exc}") from None

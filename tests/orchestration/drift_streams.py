@@ -8,9 +8,15 @@ so that a test (or ``python -m benchmarks.drift_alarms``) shifts one thing at a 
 
 from __future__ import annotations
 
+import uuid
+from datetime import timedelta
 from typing import Any
 
 import numpy as np
+from sqlalchemy.orm import Session, sessionmaker
+
+from dicom_node.db.schema import Job, WorkState, utcnow
+from tests.orchestration.conftest import add_study
 
 VENDORS = {"GE": 0.5, "SIEMENS": 0.3, "PHILIPS": 0.2}
 KERNELS = {"STANDARD": 0.7, "BONE": 0.3}
@@ -71,3 +77,29 @@ def stream(rng: np.random.Generator, n: int, **shift: Any) -> list[dict[str, Any
             }
         )
     return out
+
+
+def add_done_jobs(
+    sessions: sessionmaker[Session],
+    records: list[dict[str, Any]],
+    ages_days: list[float] | None = None,
+    model: str = "ct",
+) -> None:
+    """One done job of ``model`` per record, finished ``ages_days`` ago (default: now),
+    oldest first, as the worker leaves it."""
+    now = utcnow()
+    with sessions.begin() as session:
+        for index, record in enumerate(records):
+            uid = f"2.25.{uuid.uuid4().int}"
+            study = add_study(session, uid, [{"uid": f"{uid}.1"}])
+            age = ages_days[index] if ages_days else 0.0
+            session.add(
+                Job(
+                    study_id=study.id,
+                    route_name=model,
+                    model_name=model,
+                    state=WorkState.DONE,
+                    finished_at=now - timedelta(days=age, microseconds=len(records) - index),
+                    findings={"series": [record], "files": []},
+                )
+            )

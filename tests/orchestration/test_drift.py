@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.config import DriftSection
-from dicom_node.db.schema import Job, WorkState, utcnow
+from dicom_node.db.schema import utcnow
 from dicom_node.work.drift import (
     ProfileError,
     build_profile,
@@ -33,8 +32,8 @@ from dicom_node.work.drift import (
     read_profile,
 )
 from dicom_node.work.drift_monitor import DriftCollector
-from tests.orchestration.conftest import add_study, make_config
-from tests.orchestration.drift_streams import SHIFTS, stream
+from tests.orchestration.conftest import make_config
+from tests.orchestration.drift_streams import SHIFTS, add_done_jobs, stream
 
 SETTINGS = DriftSection(window_studies=100, min_studies=30)
 WARNING = "model input or output drifts"
@@ -105,30 +104,6 @@ def test_profile_must_match_the_package(tmp_path: Path) -> None:
     path.write_text("{")
     with pytest.raises(ProfileError, match="unreadable"):
         read_profile(path, "ct", ["nodule"])
-
-
-def add_done_jobs(
-    sessions: sessionmaker[Session],
-    records: list[dict[str, Any]],
-    ages_days: list[float] | None = None,
-) -> None:
-    """One done job per record, finished ``ages_days`` ago (default: now), oldest first."""
-    now = utcnow()
-    with sessions.begin() as session:
-        for index, record in enumerate(records):
-            uid = f"2.25.{uuid.uuid4().int}"
-            study = add_study(session, uid, [{"uid": f"{uid}.1"}])
-            age = ages_days[index] if ages_days else 0.0
-            session.add(
-                Job(
-                    study_id=study.id,
-                    route_name="ct",
-                    model_name="ct",
-                    state=WorkState.DONE,
-                    finished_at=now - timedelta(days=age, microseconds=len(records) - index),
-                    findings={"series": [record], "files": []},
-                )
-            )
 
 
 def test_window_is_the_last_studies_within_the_days(sessions: sessionmaker[Session]) -> None:
