@@ -21,14 +21,14 @@ from inference import INPUT_STATISTICS, patient_age_band
 
 AGE_BAND = "AgeBand"  # from PatientAge, else PatientBirthDate and StudyDate
 # Acquisition attributes whose mix shifts when a scanner, protocol or population changes.
-CATEGORICAL_INPUTS = (
+CATEGORICAL_HEADER = (
     "Manufacturer",
     "ManufacturerModelName",
     "ConvolutionKernel",
     "BodyPartExamined",
     "PatientSex",
-    AGE_BAND,
 )
+CATEGORICAL_INPUTS = (*CATEGORICAL_HEADER, AGE_BAND)
 NUMERIC_HEADER = ("KVP", "SliceThickness", "PixelSpacing")
 NUMERIC_INPUTS = (*NUMERIC_HEADER, *INPUT_STATISTICS)
 MISSING = "(none)"
@@ -55,9 +55,7 @@ def _number(keyword: str, value: Any) -> float | None:
 def input_features(header: Dataset, input_statistics: dict[str, float]) -> dict[str, Any]:
     """The inputs of one series: acquisition attributes and age band from its first
     instance's ``header``, and the statistics of its preprocessed input."""
-    features: dict[str, Any] = {
-        k: _text(header.get(k)) for k in CATEGORICAL_INPUTS if k != AGE_BAND
-    }
+    features: dict[str, Any] = {k: _text(header.get(k)) for k in CATEGORICAL_HEADER}
     features[AGE_BAND] = patient_age_band(header)
     features.update({k: _number(k, header.get(k)) for k in NUMERIC_HEADER})
     features.update({k: input_statistics.get(k) for k in INPUT_STATISTICS})

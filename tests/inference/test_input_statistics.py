@@ -50,10 +50,10 @@ def test_quantiles_and_foreground_of_a_known_image() -> None:
 
 def test_the_sample_is_small_covers_every_column_and_copies_no_input() -> None:
     columns = np.tile(np.arange(512, dtype=np.float32), (8, 512, 1))  # value = column
-    sample = _subsample(columns)
+    sample = _subsample(columns, SAMPLE_PER_INPUT)
     assert sample.size <= SAMPLE_PER_INPUT + 1
     assert len(np.unique(sample)) == 512  # a step coprime with the row: no column missed
-    transposed = _subsample(columns.transpose(2, 1, 0))  # a view: sampled, never copied whole
+    transposed = _subsample(columns.transpose(2, 1, 0), SAMPLE_PER_INPUT)  # a view, not copied
     assert transposed.size <= SAMPLE_PER_INPUT + 1
     assert statistics_of([]) == {}
     assert statistics_of([np.full((4, 4), np.nan, np.float32)]) == {}
