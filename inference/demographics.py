@@ -4,7 +4,7 @@ Validation reports break results down by these groups (`inference.finetune.subgr
 and drift monitoring compares their mix with a package's reference profile
 (`dicom_node.work.drift_features`); both must band ages the same way, so both read
 them here. Age comes from Patient's Age (``045Y``, ``006M`` ...) or, where that is
-empty, from Patient's Birth Date and the Study Date; only the band leaves this module.
+empty, from Patient's Birth Date and the Study Date; drift records keep only the band.
 """
 
 from __future__ import annotations

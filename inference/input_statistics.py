@@ -7,7 +7,8 @@ view moves them even where every header attribute stays the same, and they are
 taken after preprocessing, on exactly what the network ran on. They are computed
 on a strided subsample of each input array (`SAMPLE_PER_INPUT` values, taken
 without copying the array), thinned to `SAMPLE_PER_SERIES` values for the series,
-so that they cost next to nothing beside the network (a few milliseconds).
+so that they cost little beside the network (about 40 ms for 300 inputs of
+256 x 256 on a loaded 2-core machine, most of it the strided reads).
 
 The foreground is what lies above the input's background level: more than
 `FOREGROUND_LEVEL` of the way from its 1st to its 99th percentile. Background (air,
