@@ -4,9 +4,10 @@ pydicom-data holds real CT slices from GE (``CT_small.dcm``: LightSpeed RHAPSODE
 STANDARD kernel) and SIEMENS (``bad_sequence.dcm``: SOMATOM Definition AS+, B30s,
 neck). The demo bone model's profile is built by ``dicom-node profile`` from GE
 studies; the node's window then holds further GE studies (nothing drifts), then
-SIEMENS studies, which ``dicom-node drift`` flags on the vendor and on what else
-differs (kernel, pixel spacing, what the network saw), and not on what does not
-(kVp, slice thickness, the positive rate).
+GE studies 100 HU brighter (flagged on the intensity statistics alone), then SIEMENS
+studies, which ``dicom-node drift`` flags on the vendor and on what else differs
+(kernel, pixel spacing, what the network saw), and not on what does not (kVp, slice
+thickness, the positive rate).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from tests.orchestration.node import node_document, write_config
 from tests.orchestration.studies import MODELS, ct_series
 
 pytestmark = [
-    pytest.mark.slow,  # runs the demo CT model on 24 short series
+    pytest.mark.slow,  # runs the demo CT model on 32 short series
     # pydicom-data's SIEMENS slice carries hash-like UIDs and a 64-character SH value.
     pytest.mark.filterwarnings("ignore:Invalid value for VR UI:UserWarning"),
     pytest.mark.filterwarnings("ignore:The value length:UserWarning"),
@@ -37,8 +38,15 @@ GE, SIEMENS = "CT_small.dcm", "bad_sequence.dcm"
 STUDIES = 8  # 8 against 8: the least for which a KS test can reach p < 0.001
 
 
-def write_studies(folder: Path, template: str) -> list[list[Path]]:
-    return [ct_series(folder / f"study{n}", 2, template=template) for n in range(STUDIES)]
+def write_studies(folder: Path, template: str, offset_hu: float = 0.0) -> list[list[Path]]:
+    """``STUDIES`` two-slice studies of ``template``; ``offset_hu`` shifts every value's
+    Rescale Intercept, as a miscalibrated scanner or a changed conversion would."""
+    studies = [ct_series(folder / f"study{n}", 2, template=template) for n in range(STUDIES)]
+    for path in (path for files in studies for path in files if offset_hu):
+        ds = pydicom.dcmread(path)
+        ds.RescaleIntercept = float(ds.RescaleIntercept) + offset_hu
+        ds.save_as(path)
+    return studies
 
 
 def records(package: Path, studies: list[list[Path]]) -> list[dict[str, Any]]:
@@ -83,6 +91,20 @@ def test_another_vendors_studies_are_flagged_on_the_vendor(tmp_path: Path) -> No
         )
         status, rows = drift_rows(config)
         assert status == 0 and {row["status"] for row in rows.values()} == {"ok"}
+
+        offset = records(package, write_studies(tmp_path / "offset", GE, offset_hu=100.0))
+        add_done_jobs(sessions, offset, model="demo-ct-bone")
+        status, rows = drift_rows(config)
+        drifted = {name for name, row in rows.items() if row["status"] == "drift"}
+        # Same scanner, same headers, 100 HU brighter: seen in what the network saw (the
+        # foreground fraction is offset-invariant) and in the bone it finds, nowhere else.
+        assert status == 3
+        assert drifted == {
+            "intensity_p5",
+            "intensity_p50",
+            "intensity_p95",
+            "score:high-attenuation structure",
+        }
 
         siemens = records(package, write_studies(tmp_path / "siemens", SIEMENS))
         add_done_jobs(sessions, siemens, model="demo-ct-bone")
