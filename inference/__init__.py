@@ -11,11 +11,14 @@
   package), `UnsupportedSeriesError` (skip the job) and `BackendUnavailableError`;
 * the Prediction types shared with `sr_writer`, and the one reading of frame
   geometry (`frame_geometry`, `FrameGeometry`) that results are written with;
+* `INPUT_STATISTICS`, the names of a Prediction's ``input_statistics`` (what the
+  network saw), and `patient_age_band`, for drift monitoring's feature records;
 * `atomic_write` and `fsync_dir`, the project's one durable-write rule (temp name,
   fsync, rename), which the node's outbox and spool use too.
 """
 
 from inference.atomic_file import atomic_write, fsync_dir
+from inference.demographics import patient_age_band
 from inference.devices import GpuGate
 from inference.errors import (
     BackendUnavailableError,
@@ -23,6 +26,7 @@ from inference.errors import (
     ModelPackageError,
     UnsupportedSeriesError,
 )
+from inference.input_statistics import INPUT_STATISTICS
 from inference.model import Model, load_model
 from inference.package import ModelPackage, validate_package
 from inference.prediction import (
@@ -42,6 +46,7 @@ from inference.preprocessing.geometry import FrameGeometry, frame_geometry
 from inference.spec import ModelSpec, Task
 
 __all__ = [
+    "INPUT_STATISTICS",
     "BackendUnavailableError",
     "Box",
     "Classification",
@@ -67,5 +72,6 @@ __all__ = [
     "frame_geometry",
     "fsync_dir",
     "load_model",
+    "patient_age_band",
     "validate_package",
 ]

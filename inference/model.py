@@ -31,6 +31,7 @@ from inference.backends.base import Array, Backend, BackendOptions
 from inference.backends.selection import create_backend
 from inference.devices import SHARED_GATE, GpuGate, resolve_device
 from inference.errors import BackendUnavailableError, UnsupportedSeriesError
+from inference.input_statistics import InputSample
 from inference.package import ModelPackage, validate_package
 from inference.postprocessing.classification import build_classification
 from inference.postprocessing.detection import build_detection
@@ -130,6 +131,14 @@ class Model:
         UnsupportedSeriesError
             When nothing in the series can run; the reason says why.
         """
+        sample = InputSample()
+        prediction = self._predict(series, sample, keep_probabilities)
+        return replace(prediction, input_statistics=sample.statistics())
+
+    def _predict(
+        self, series: Sequence[Dataset], sample: InputSample, keep_probabilities: bool
+    ) -> Prediction:
+        """`predict` on the path the package takes, its inputs' subsamples into ``sample``."""
         plan = plan_series(series, self.spec)
         task = self.spec.model.task
         if self.spec.input.window is not None:
@@ -142,10 +151,11 @@ class Model:
                     self._pool,
                     [self._network(b) for b in (self._backend, *self._ensemble)],
                     keep_probabilities,
+                    input_sample=sample,
                 )
         if task is Task.SEGMENTATION and self.spec.input.dimensions == 3:
-            return self._predict_volume(series, plan, keep_probabilities)
-        feed = _FrameFeed(iter_prepared(series, plan.stacks, self.spec, self._pool))
+            return self._predict_volume(series, plan, sample, keep_probabilities)
+        feed = _FrameFeed(iter_prepared(series, plan.stacks, self.spec, self._pool), sample)
         outputs = self._run(iter(feed))
         prepared = feed.prepared
         skipped = plan.skipped + tuple(feed.failures)
@@ -193,7 +203,11 @@ class Model:
             return self._backend.infer(batches(inputs, self.spec.runtime.max_batch))
 
     def _predict_volume(
-        self, series: Sequence[Dataset], plan: SeriesPlan, keep_probabilities: bool
+        self,
+        series: Sequence[Dataset],
+        plan: SeriesPlan,
+        sample: InputSample,
+        keep_probabilities: bool,
     ) -> Prediction:
         stack = plan.stacks[0]
         try:
@@ -202,6 +216,7 @@ class Model:
             raise UnsupportedSeriesError(
                 f"stack ({stack.description}): {exc}", plan.series_instance_uid
             ) from exc
+        sample.add(volume)
         outputs = self._run(iter([volume]))
         probs = volume_probabilities(self.spec, outputs[self.spec.output.name], fit)
         return decide_segmentation(
@@ -236,10 +251,12 @@ class Model:
 class _FrameFeed:
     """The model inputs of prepared frames, in order; it keeps which frame each input
     was (``prepared``, in output order) and why the others failed (``failures``), so
-    that outputs are matched to frames once the backend has run them all."""
+    that outputs are matched to frames once the backend has run them all; each input
+    leaves a subsample in ``sample``."""
 
-    def __init__(self, items: Iterator[PreparedFrame | FrameFailure]) -> None:
+    def __init__(self, items: Iterator[PreparedFrame | FrameFailure], sample: InputSample) -> None:
         self._items = items
+        self._sample = sample
         self.prepared: list[PreparedFrame] = []
         self.failures: list[str] = []
 
@@ -250,6 +267,7 @@ class _FrameFeed:
                 self.failures.append(item.reason)
                 continue
             self.prepared.append(item)
+            self._sample.add(item.input)
             yield item.input
 
 

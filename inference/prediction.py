@@ -3,7 +3,9 @@
 These are plain data, free of any deep-learning framework, so that `sr_writer` and
 `dicom_node` can use them without importing a backend. Every spatial result is tied
 to an exact source frame (SOP Instance UID and 1-based frame number) and given in
-that frame's own pixel grid, so that result objects land on the right image.
+that frame's own pixel grid, so that result objects land on the right image. Each
+carries ``input_statistics`` (`inference.input_statistics`): intensity quantiles and
+foreground fraction of what the network saw, for drift monitoring.
 """
 
 from __future__ import annotations
@@ -84,6 +86,7 @@ class Classification:
     scores: tuple[LabelScore, ...]
     heatmaps: tuple[Heatmap, ...] = ()
     skipped: tuple[str, ...] = ()
+    input_statistics: dict[str, float] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,7 @@ class Segmentation:
     probabilities: npt.NDArray[np.float32] | None = field(default=None, repr=False)
     skipped: tuple[str, ...] = ()
     label_map: npt.NDArray[np.unsignedinteger[Any]] | None = field(default=None, repr=False)
+    input_statistics: dict[str, float] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         if (self.masks is None) == (self.label_map is None):
@@ -193,6 +197,7 @@ class Detection:
     labels: tuple[Label, ...]
     boxes: tuple[Box, ...]
     skipped: tuple[str, ...] = ()
+    input_statistics: dict[str, float] = field(default_factory=dict, compare=False)
 
 
 Prediction = Classification | Segmentation | Detection

@@ -28,6 +28,7 @@ import numpy.typing as npt
 from pydicom import Dataset
 
 from inference.errors import UnsupportedSeriesError
+from inference.input_statistics import InputSample
 from inference.postprocessing.activation import Array
 from inference.postprocessing.segmentation import decide_segmentation
 from inference.postprocessing.volume import source_probabilities
@@ -110,6 +111,8 @@ def predict_windowed(
     pool: Executor,
     networks: Sequence[Network],
     keep_probabilities: bool = False,
+    *,
+    input_sample: InputSample,
 ) -> Segmentation:
     """Run a windowed 3D package on the first stack of a plan.
 
@@ -129,6 +132,8 @@ def predict_windowed(
         One per network of the package: a window batch to raw outputs.
     keep_probabilities : bool
         Also return the source-grid probabilities.
+    input_sample : InputSample
+        Receives a subsample of the prepared volume (what the windows run over).
 
     Returns
     -------
@@ -181,6 +186,7 @@ def predict_windowed(
     del volume
     if not on_source:
         image = np.ascontiguousarray(np.moveaxis(intensity(np.moveaxis(image, 0, -1)), -1, 0))
+    input_sample.add(image)
     box = foreground(image, geometry_spec)
     crop = (slice(None), *(slice(a, b) for a, b in zip(box.start, box.stop, strict=True)))
     prepared = time.perf_counter()

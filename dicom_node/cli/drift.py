@@ -22,8 +22,8 @@ from dicom_node.work.drift import (
     ProfileError,
     as_rows,
     compare,
-    read_profile,
-    window_records,
+    current_window,
+    package_profile,
 )
 from inference import ModelPackageError, validate_package
 
@@ -66,18 +66,16 @@ def run(args: argparse.Namespace) -> int:
     try:
         with session_factory(engine)() as session:
             for model in models:
-                path = model.path / PROFILE_FILE
-                if not path.exists():
-                    print(f"{model.name}: no {PROFILE_FILE} in {model.path}", file=sys.stderr)
-                    continue
                 try:
-                    labels = [label.name for label in validate_package(model.path).spec.labels]
-                    profile = read_profile(path, labels)
+                    profile = package_profile(validate_package(model.path))
                 except (ModelPackageError, ProfileError) as exc:
                     print(f"{model.name}: {exc}", file=sys.stderr)
                     return 2
-                records = window_records(session, model.name, config.drift, utcnow())
-                rows += compare(model.name, profile, records, config.drift)
+                if profile is None:
+                    print(f"{model.name}: no {PROFILE_FILE} in {model.path}", file=sys.stderr)
+                    continue
+                window = current_window(session, model.name, config.drift, utcnow())
+                rows += compare(model.name, profile, window.records, config.drift)
     finally:
         engine.dispose()
     if args.json:

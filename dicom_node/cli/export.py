@@ -6,6 +6,8 @@ import argparse
 import sys
 from typing import Any
 
+from dicom_node.work.drift_reference import validation_profile
+
 _TRAIN_EXTRA = "export needs the train extra: pip install 'dicom-ai-node[train]'"
 
 
@@ -42,6 +44,12 @@ def add_parser(subparsers: Any) -> None:
         action="store_true",
         help="also write model.pt2 (torch.export) for the PyTorch backend",
     )
+    parser.add_argument(
+        "--data",
+        help="the run's DICOM folder: also write the package's drift profile (profile.json) "
+        "from the exported fold's validation studies",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(run=run)
 
 
@@ -66,6 +74,10 @@ def run(args: argparse.Namespace) -> int:
             torch_program=args.torch_program,
             echo=lambda line: print(f"export: {line}", flush=True),
         )
+        if args.data:
+            print(validation_profile(args.out, args.data, not args.no_progress).line())
+        else:
+            print("export: no drift profile written (give --data, or run `dicom-node profile`)")
     except (ExportError, ModelPackageError, FileNotFoundError, FileExistsError, ValueError) as exc:
         print(f"export: {exc}", file=sys.stderr)
         return 1

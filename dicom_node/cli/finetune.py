@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from dicom_node.work.drift_reference import validation_profile
+
 _TRAIN_EXTRA = "fine-tuning needs the train extra: pip install 'dicom-ai-node[train]'"
 
 
@@ -41,7 +43,10 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     parser.add_argument(
-        "--export", metavar="PACKAGE", help="also export the selected fold's network here"
+        "--export",
+        metavar="PACKAGE",
+        help="also export the selected fold's network here, with its drift profile "
+        "(profile.json) from that fold's validation studies",
     )
     parser.add_argument(
         "--force",
@@ -96,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
         )
         if args.export:
             export_package(args.out, args.export, overwrite=args.force)
+            print(validation_profile(args.export, args.data, not args.no_progress).line())
     except (
         ModelPackageError,
         ExportError,

@@ -12,8 +12,9 @@
 - ``queue_report``: jobs and deliveries for ``dicom-node status``;
 - ``findings``, ``results_report``: what each model found per series, kept on its job
   (shadow and live alike) and listed by ``dicom-node results``;
-- ``drift_features``, ``drift``, ``drift_monitor``: per-series features, the package's
-  reference profile, window tests, and the drift gauges.
+- ``drift_features``, ``drift``, ``drift_monitor``, ``drift_reference``: per-series
+  features, the package's reference profile, window tests, the drift gauges, and
+  building a profile by running a package on local (or validation) studies.
 
 May import `dicom_node.net`, `dicom_node.intake`, `dicom_node.db`, the top-level
 config, errors, logs and metrics, and `inference` and `sr_writer` through their

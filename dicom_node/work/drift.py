@@ -3,7 +3,8 @@
 A package may carry ``profile.json``: what the model saw when it was validated, built
 from feature records (`dicom_node.work.drift_features`) by `build_profile`. The node
 keeps the same record for every series it runs; `compare` takes a window of them
-(the last ``window_studies`` jobs within ``window_days``) and tests each feature:
+(`current_window`: the last ``window_studies`` jobs within ``window_days``) and tests
+each feature:
 
 - categorical inputs (vendor, kernel, ...): population stability index (PSI) of the
   window's mix against the reference shares;
@@ -35,6 +36,7 @@ from dicom_node.config import DriftSection
 from dicom_node.db.schema import Job, WorkState
 from dicom_node.errors import DicomNodeError
 from dicom_node.work.drift_features import CATEGORICAL_INPUTS, NUMERIC_INPUTS, output_features
+from inference import ModelPackage
 
 PROFILE_FILE = "profile.json"
 PROFILE_FORMAT = 1
@@ -60,6 +62,16 @@ class Profile:
     categorical: dict[str, dict[str, float]]
     numeric: dict[str, list[float]]
     positive_rates: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Window:
+    """A model's current window: which jobs it holds, and their series records (newest
+    first). The job ids tell one window from the next (`drift_monitor` warns again in
+    a window that shares no job with the one it warned in)."""
+
+    jobs: frozenset[int]
+    records: list[dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -117,13 +129,15 @@ def build_profile(model: str, version: str, records: Sequence[dict[str, Any]]) -
     }
 
 
-def read_profile(path: Path, labels: Sequence[str]) -> Profile:
-    """Read a package's ``profile.json`` and check it against the package's ``labels``.
+def read_profile(path: Path, model: str, labels: Sequence[str]) -> Profile:
+    """Read a package's ``profile.json`` and check it against the package: its ``model``
+    name and ``labels``, and features the node records.
 
     Raises
     ------
     ProfileError
-        When the file is not JSON, lacks a key, or its labels differ from the package's.
+        When the file is not JSON, lacks a key, names another model, its labels differ
+        from the package's, or it holds a feature the node does not record.
     """
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
@@ -134,6 +148,10 @@ def read_profile(path: Path, labels: Sequence[str]) -> Profile:
             raise ProfileError(path, key, "missing")
     if document.get("format") != PROFILE_FORMAT:
         raise ProfileError(path, "format", f"{document.get('format')!r}, expected {PROFILE_FORMAT}")
+    if document["model"] != model:
+        raise ProfileError(
+            path, "model", f"{document['model']!r} differs from the package's {model!r}"
+        )
     profiled = sorted(document["positive_rates"])
     if profiled != sorted(labels):
         raise ProfileError(
@@ -146,6 +164,14 @@ def read_profile(path: Path, labels: Sequence[str]) -> Profile:
     ]
     if unknown:
         raise ProfileError(path, "numeric", f"scores of labels not in the package: {unknown}")
+    for key, known in (("categorical", CATEGORICAL_INPUTS), ("numeric", NUMERIC_INPUTS)):
+        foreign = sorted(
+            name for name in document[key] if name not in known and not name.startswith("score:")
+        )
+        if foreign:
+            raise ProfileError(
+                path, key, f"features the node does not record: {foreign} (it records {known})"
+            )
     return Profile(
         model=str(document["model"]),
         version=str(document["version"]),
@@ -154,6 +180,21 @@ def read_profile(path: Path, labels: Sequence[str]) -> Profile:
         numeric=document["numeric"],
         positive_rates=document["positive_rates"],
     )
+
+
+def package_profile(package: ModelPackage) -> Profile | None:
+    """The package's ``profile.json`` checked against it; ``None`` when it carries none.
+
+    Raises
+    ------
+    ProfileError
+        When the profile does not match the package (see `read_profile`).
+    """
+    path = package.path / PROFILE_FILE
+    if not path.exists():
+        return None
+    spec = package.spec
+    return read_profile(path, spec.model.name, [label.name for label in spec.labels])
 
 
 def psi(reference: dict[str, float], current: Counter[str]) -> float:
@@ -177,19 +218,16 @@ def _median(sample: Sequence[float]) -> str:
     return f"median {float(np.median(sample)):.4g} (n {len(sample)})" if sample else "none"
 
 
-def window_records(
-    session: Session, model: str, settings: DriftSection, now: datetime
-) -> list[dict[str, Any]]:
-    """The series records of ``model``'s last ``window_studies`` done jobs within
-    ``window_days`` of ``now``, newest first.
+def current_window(session: Session, model: str, settings: DriftSection, now: datetime) -> Window:
+    """``model``'s last ``window_studies`` done jobs within ``window_days`` of ``now``.
 
     Raises
     ------
     sqlalchemy.exc.SQLAlchemyError
         When the database fails.
     """
-    findings = session.scalars(
-        select(Job.findings)
+    rows = session.execute(
+        select(Job.id, Job.findings)
         .where(
             Job.model_name == model,
             Job.state == WorkState.DONE,
@@ -197,8 +235,11 @@ def window_records(
         )
         .order_by(Job.finished_at.desc(), Job.id.desc())
         .limit(settings.window_studies)
+    ).all()
+    return Window(
+        frozenset(job_id for job_id, _ in rows),
+        [record for _, found in rows for record in (found or {}).get("series", [])],
     )
-    return [record for found in findings for record in (found or {}).get("series", [])]
 
 
 def compare(

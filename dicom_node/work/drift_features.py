@@ -1,10 +1,14 @@
-"""The features drift monitoring compares: a few header fields in, scores and volumes out.
+"""The features drift monitoring compares: header fields and what the network saw in,
+scores and volumes out.
 
-One small record per series a model ran on (no pixels, no patient identifiers), kept
-in the job's findings (`dicom_node.work.findings`) and, for a package's reference,
-in its ``profile.json`` (`dicom_node.work.drift`). Categorical inputs are compared by
-population stability index, numeric ones by a two-sample test; outputs are each
-label's score (probability, or volume in ml for segmentation) and its positive call.
+One small record per series a model ran on (no pixels, no patient identifiers: the
+patient's age is kept only as its band), kept in the job's findings
+(`dicom_node.work.findings`) and, for a package's reference, in its ``profile.json``
+(`dicom_node.work.drift`). Inputs are acquisition attributes, the age band, and the
+intensity quantiles and foreground fraction of the preprocessed input (the
+Prediction's ``input_statistics``). Categorical inputs are compared by population
+stability index, numeric ones by a two-sample test; outputs are each label's score
+(probability, or volume in ml for segmentation) and its positive call.
 """
 
 from __future__ import annotations
@@ -13,15 +17,20 @@ from typing import Any
 
 from pydicom import Dataset
 
+from inference import INPUT_STATISTICS, patient_age_band
+
+AGE_BAND = "AgeBand"  # from PatientAge, else PatientBirthDate and StudyDate
 # Acquisition attributes whose mix shifts when a scanner, protocol or population changes.
-CATEGORICAL_INPUTS = (
+CATEGORICAL_HEADER = (
     "Manufacturer",
     "ManufacturerModelName",
     "ConvolutionKernel",
     "BodyPartExamined",
     "PatientSex",
 )
-NUMERIC_INPUTS = ("KVP", "SliceThickness", "PixelSpacing")
+CATEGORICAL_INPUTS = (*CATEGORICAL_HEADER, AGE_BAND)
+NUMERIC_HEADER = ("KVP", "SliceThickness", "PixelSpacing")
+NUMERIC_INPUTS = (*NUMERIC_HEADER, *INPUT_STATISTICS)
 MISSING = "(none)"
 
 
@@ -43,10 +52,13 @@ def _number(keyword: str, value: Any) -> float | None:
         return None
 
 
-def input_features(header: Dataset) -> dict[str, Any]:
-    """The acquisition attributes of one series (its first instance's header)."""
-    features: dict[str, Any] = {k: _text(header.get(k)) for k in CATEGORICAL_INPUTS}
-    features.update({k: _number(k, header.get(k)) for k in NUMERIC_INPUTS})
+def input_features(header: Dataset, input_statistics: dict[str, float]) -> dict[str, Any]:
+    """The inputs of one series: acquisition attributes and age band from its first
+    instance's ``header``, and the statistics of its preprocessed input."""
+    features: dict[str, Any] = {k: _text(header.get(k)) for k in CATEGORICAL_HEADER}
+    features[AGE_BAND] = patient_age_band(header)
+    features.update({k: _number(k, header.get(k)) for k in NUMERIC_HEADER})
+    features.update({k: input_statistics.get(k) for k in INPUT_STATISTICS})
     return features
 
 

@@ -2,15 +2,21 @@
 
 ``dicom_node_drift{model,feature}`` is each feature's statistic (PSI, KS distance, or
 the positive-rate difference) and ``dicom_node_positive_rate{model,label}`` each
-label's positive rate in the current window (`dicom_node.work.drift`). A feature that
-starts drifting logs one warning; it warns again only after it has been back to ok,
-so that a scrape every few seconds does not repeat it.
+label's positive rate in the current window (`dicom_node.work.drift`).
+
+A drifting feature logs one warning per window, so that a scrape every few seconds
+does not repeat it, yet a drift that lasts is not said only once in the process's
+life: it warns again once the window has turned over, i.e. shares no job with the
+window it warned in (after ``window_studies`` new studies, or once ``window_days``
+have passed and the old jobs have left it), and whenever it drifts again after
+having been back to ok.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import datetime
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -18,7 +24,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.config import NodeConfig
 from dicom_node.db.schema import utcnow
-from dicom_node.work.drift import PROFILE_FILE, Profile, compare, read_profile, window_records
+from dicom_node.work.drift import (
+    FeatureDrift,
+    Profile,
+    Window,
+    compare,
+    current_window,
+    package_profile,
+)
 from dicom_node.work.drift_features import output_features
 from inference import validate_package
 
@@ -37,23 +50,30 @@ def load_profiles(config: NodeConfig) -> dict[str, Profile]:
     """
     profiles = {}
     for model in config.models:
-        path = model.path / PROFILE_FILE
-        if path.exists():
-            labels = [label.name for label in validate_package(model.path).spec.labels]
-            profiles[model.name] = read_profile(path, labels)
+        profile = package_profile(validate_package(model.path))
+        if profile is not None:
+            profiles[model.name] = profile
     return profiles
 
 
 class DriftCollector(Collector):
-    """The drift gauges of every profiled model, read from the database at each scrape."""
+    """The drift gauges of every profiled model, read from the database at each scrape.
+
+    ``clock`` gives the current time (the database's UTC clock by default).
+    """
 
     def __init__(
-        self, config: NodeConfig, sessions: sessionmaker[Session], profiles: dict[str, Profile]
+        self,
+        config: NodeConfig,
+        sessions: sessionmaker[Session],
+        profiles: dict[str, Profile],
+        clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self._config = config
         self._sessions = sessions
         self._profiles = profiles
-        self._drifting: set[tuple[str, str]] = set()
+        self._clock = clock
+        self._warned: dict[tuple[str, str], frozenset[int]] = {}  # the window's jobs
 
     def collect(self) -> Iterator[Metric]:
         """The drift statistic per feature and the positive rate per label, per model."""
@@ -68,14 +88,15 @@ class DriftCollector(Collector):
             labels=["model", "label"],
         )
         settings = self._config.drift
+        now = self._clock()
         with self._sessions() as session:
             for model, profile in self._profiles.items():
-                records = window_records(session, model, settings, utcnow())
-                for row in compare(model, profile, records, settings):
+                window = current_window(session, model, settings, now)
+                for row in compare(model, profile, window.records, settings):
                     if row.statistic is not None:
                         drift.add_metric([model, row.feature], row.statistic)
-                    self._warn_once(row.model, row.feature, row.status, row.current)
-                positives = [output_features(r.get("labels", []))[1] for r in records]
+                    self._warn_once(row, window)
+                positives = [output_features(r.get("labels", []))[1] for r in window.records]
                 for label in profile.positive_rates:
                     if positives:
                         share = sum(p.get(label, False) for p in positives) / len(positives)
@@ -83,13 +104,27 @@ class DriftCollector(Collector):
         yield drift
         yield rates
 
-    def _warn_once(self, model: str, feature: str, status: str, current: str) -> None:
-        key = (model, feature)
-        if status == "drift" and key not in self._drifting:
-            self._drifting.add(key)
-            logger.warning(
-                "model input or output drifts",
-                extra={"model": model, "feature": feature, "current": current},
-            )
-        elif status == "ok":
-            self._drifting.discard(key)
+    def _warn_once(self, row: FeatureDrift, window: Window) -> None:
+        """Warn about a drifting feature once per window; forget it once it is ok."""
+        key = (row.model, row.feature)
+        if row.status == "ok":
+            self._warned.pop(key, None)
+        if row.status != "drift":
+            return  # too few studies to judge: neither a new drift nor a recovery
+        warned_in = self._warned.get(key)
+        if warned_in is not None and not warned_in.isdisjoint(window.jobs):
+            return
+        self._warned[key] = window.jobs
+        logger.warning(
+            "model input or output drifts",
+            extra={
+                "model": row.model,
+                "feature": row.feature,
+                "test": row.test,
+                "statistic": row.statistic,
+                "p_value": row.p_value,
+                "reference": row.reference,
+                "current": row.current,
+                "studies": len(window.jobs),
+            },
+        )

@@ -89,7 +89,7 @@ def series_findings(prediction: Prediction, header: Dataset) -> dict[str, Any]:
         "task": task,
         "labels": labels,
         "skipped": list(prediction.skipped),
-        "inputs": input_features(header),
+        "inputs": input_features(header, prediction.input_statistics),
     }
 
 

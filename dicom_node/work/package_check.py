@@ -2,13 +2,13 @@
 
 Shared by ``check-config`` and ``serve``: a broken package is a start-up error naming
 the config key and the file, not a failure at the first study. A package's drift
-profile (``profile.json``) must match its labels too.
+profile (``profile.json``) must match its name, labels and the node's features too.
 """
 
 from __future__ import annotations
 
 from dicom_node.config import NodeConfig
-from dicom_node.work.drift import PROFILE_FILE, ProfileError, read_profile
+from dicom_node.work.drift import ProfileError, package_profile
 from inference import ModelPackageError, validate_package
 
 
@@ -21,10 +21,8 @@ def model_package_problems(config: NodeConfig) -> list[tuple[str, str]]:
         except ModelPackageError as exc:
             problems.append((f"models[{index}].path", str(exc)))
             continue
-        profile = model.path / PROFILE_FILE
-        if profile.exists():
-            try:
-                read_profile(profile, [label.name for label in package.spec.labels])
-            except ProfileError as exc:
-                problems.append((f"models[{index}].path", f"drift profile: {exc}"))
+        try:
+            package_profile(package)
+        except ProfileError as exc:
+            problems.append((f"models[{index}].path", f"drift profile: {exc}"))
     return problems

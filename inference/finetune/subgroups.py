@@ -2,67 +2,27 @@
 
 A model that is right on average can still miss findings mostly in one group; the
 report shows sensitivity and false-positive rate per group so that a gap is seen
-before deployment. Age comes from Patient's Age (``045Y``, ``006M`` ...) or, where
-that is empty, from Patient's Birth Date and the Study Date.
+before deployment. Sex and age band are read by `inference.demographics` (drift
+monitoring bands ages the same way); its names stay importable from here.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import itertools
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
 import numpy.typing as npt
-from pydicom import Dataset
 
+from inference.demographics import (  # noqa: F401  (re-exported for the training data)
+    DEFAULT_AGE_BANDS,
+    age_band,
+    patient_age_years,
+    patient_sex,
+)
 from inference.finetune.intervals import MIN_PER_CLASS, class_count_note, cluster_bootstrap
 from inference.finetune.metrics import auc, decision_counts
-
-UNKNOWN = "unknown"
-DEFAULT_AGE_BANDS: tuple[int, ...] = (18, 40, 65)
-_AGE = re.compile(r"^(\d{3})([DWMY])$")
-_UNIT_YEARS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
-
-
-def _date(value: object) -> dt.date | None:
-    text = str(value or "").strip()
-    try:
-        return dt.datetime.strptime(text[:8], "%Y%m%d").date()
-    except ValueError:
-        return None
-
-
-def patient_age_years(ds: Dataset) -> float | None:
-    """Age at the study in years, from PatientAge or PatientBirthDate; ``None`` if unknown."""
-    match = _AGE.match(str(ds.get("PatientAge", "") or "").strip().upper())
-    if match:
-        return int(match.group(1)) * _UNIT_YEARS[match.group(2)]
-    born = _date(ds.get("PatientBirthDate"))
-    seen = _date(ds.get("StudyDate")) or _date(ds.get("AcquisitionDate"))
-    if born is None or seen is None or seen < born:
-        return None
-    return (seen - born).days / 365.25
-
-
-def age_band(age: float | None, bands: Sequence[int] = DEFAULT_AGE_BANDS) -> str:
-    """Name the band an age falls in, e.g. ``40-64`` or ``65+``, or ``unknown``."""
-    if age is None:
-        return UNKNOWN
-    edges = [0, *bands]
-    for low, high in itertools.pairwise(edges):
-        if age < high:
-            return f"{low}-{high - 1}"
-    return f"{edges[-1]}+"
-
-
-def patient_sex(ds: Dataset) -> str:
-    """``M``, ``F``, ``O`` or ``unknown``."""
-    sex = str(ds.get("PatientSex", "") or "").strip().upper()
-    return sex if sex in ("M", "F", "O") else UNKNOWN
 
 
 @dataclass(frozen=True)

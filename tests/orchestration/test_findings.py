@@ -120,3 +120,20 @@ def test_job_record_is_json_with_the_result_files() -> None:
     files = [OutboxFile(Path("/out/1/sr.dcm"), "1.2.9", "1.2.840.10008.5.1.4.1.1.88.22")]
     job = job_findings([record], files)
     assert json.loads(json.dumps(job)) == {"series": [record], "files": ["/out/1/sr.dcm"]}
+
+
+def test_drift_inputs_keep_what_the_network_saw_and_only_the_age_band() -> None:
+    header = Dataset()
+    header.PatientAge = "052Y"
+    header.PatientBirthDate = "19730102"
+    stats = {"intensity_p5": 0.0, "intensity_p50": 0.1, "intensity_p95": 0.6}
+    scores = (LabelScore(label("a"), 0.9, True),)
+    prediction = Classification(MODEL, "1.2.3", FRAMES, scores, input_statistics=stats)
+    inputs = series_findings(prediction, header)["inputs"]
+    assert inputs["AgeBand"] == "40-64"
+    assert {k: inputs[k] for k in stats} == stats
+    assert inputs["foreground_fraction"] is None  # not given: absent from the comparison
+    assert "052Y" not in json.dumps(inputs) and "1973" not in json.dumps(inputs)
+    header.PatientAge = ""
+    header.StudyDate = "20260105"
+    assert series_findings(prediction, header)["inputs"]["AgeBand"] == "40-64"  # 53 at the study

@@ -71,9 +71,10 @@ def test_shadow_to_live_and_back_is_a_config_change(tmp_path: Path) -> None:
     jobs, deliveries = rows(url)
     assert [j.mode for j in sorted(jobs, key=lambda j: j.id)] == ["shadow", "live", "shadow"]
     assert {d.job_id for d in deliveries} == {j.id for j in jobs if j.mode == "live"}
-    for job in jobs:  # what drift monitoring compares: the series' acquisition attributes
+    for job in jobs:  # what drift monitoring compares: acquisition, what the network saw
         inputs = job.findings["series"][0]["inputs"]
         assert inputs["Manufacturer"] != "(none)" and inputs["SliceThickness"] is not None
+        assert 0.0 < inputs["foreground_fraction"] < 1.0 and inputs["intensity_p95"] > 0.0
 
     found = json.loads(dicom_node("results", "-c", str(config), "--json"))
     assert [(r["study_uid"], r["mode"]) for r in found] == [
