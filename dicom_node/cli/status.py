@@ -54,6 +54,7 @@ SECTIONS: list[tuple[str, Section]] = [
     ("deliveries", queue_report.deliveries_section),
     ("failures", queue_report.failures_section),
     ("skipped", queue_report.skipped_section),
+    ("chains", queue_report.chains_section),
 ]
 
 

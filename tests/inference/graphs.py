@@ -207,3 +207,22 @@ def segmenter_package(
     level = (level_hu - (center - width / 2)) / width
     threshold_graph(folder / "model.onnx", list(size), level)
     return folder
+
+
+def fixed_classifier_graph(path: Path, logits: list[float], size: list[int]) -> None:
+    """Outputs the same ``logits`` (one per label) for every image of the batch: a
+    classifier whose answer a test chooses."""
+    nodes = [
+        helper.make_node("ReduceMean", ["image"], ["mean"], axes=[1, 2, 3], keepdims=1),
+        helper.make_node("Reshape", ["mean", "shape2"], ["per_image"]),
+        helper.make_node("Mul", ["per_image", "zero"], ["nothing"]),
+        helper.make_node("Add", ["nothing", "values"], ["logits"]),
+    ]
+    inits = [
+        numpy_helper.from_array(np.asarray([-1, 1], np.int64), "shape2"),
+        numpy_helper.from_array(np.zeros((), np.float32), "zero"),
+        numpy_helper.from_array(np.asarray([logits], np.float32), "values"),
+    ]
+    shape: list[int | str] = ["batch", 1, *size]
+    out = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", len(logits)])
+    _save(helper.make_graph(nodes, "fixed", [_input(shape)], [out], inits), path)

@@ -1,0 +1,160 @@
+"""A chain step's input restricted to a segment an earlier step found (``input_mask``).
+
+The mask is the earlier step's SEG as written to its outbox (the object the archive
+got), read back with highdicom per source instance, so the later model sees exactly
+what the radiologist sees. Restriction keeps the geometry: every source instance stays
+(same SOP Instance UID, position and size) and its pixels outside the segment are set
+to the series' lowest stored value (air for CT, background for MR), so the later
+model's output, and the results built from it, lie on the source slices with no
+mapping back. Cropping to the segment's bounding box would save compute but needs
+models that accept any size; masking works for every package.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import numpy.typing as npt
+import pydicom
+from pydicom import Dataset
+from pydicom.uid import SegmentationStorage
+from sqlalchemy.orm import Session
+
+from dicom_node.config import NodeConfig
+from dicom_node.db.schema import Job
+from dicom_node.errors import DicomNodeError
+from dicom_node.work.chain import chain_comments
+from dicom_node.work.jobs import ClaimedJob
+
+FRACTION_INSIDE = 0.5
+"""A fractional SEG's pixel is inside the segment from this probability on."""
+
+
+class StepInputError(DicomNodeError):
+    """The segment a step's input is to be restricted to cannot be read or applied."""
+
+
+def _segmentation_of(paths: Sequence[Path], series_uid: str) -> Path:
+    for path in paths:
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+        if header.SOPClassUID != SegmentationStorage:
+            continue
+        referenced = {item.SeriesInstanceUID for item in header.ReferencedSeriesSequence}
+        if series_uid in referenced:
+            return path
+    raise StepInputError(f"no SEG of series {series_uid} among the earlier step's results")
+
+
+def segment_mask(
+    result_paths: Sequence[Path], series_uid: str, label: str, sop_uids: Sequence[str]
+) -> npt.NDArray[np.bool_]:
+    """The segment ``label`` of the earlier step's SEG of ``series_uid``, one boolean
+    frame per source instance in ``sop_uids`` (all False where it has no frame).
+
+    Raises
+    ------
+    StepInputError
+        When there is no SEG of the series, or no segment ``label`` in it.
+    OSError
+        When a result file cannot be read (removed by retention).
+    """
+    path = _segmentation_of(result_paths, series_uid)
+    segmentation = hd.seg.segread(path)
+    numbers = segmentation.get_segment_numbers(segment_label=label)
+    if not numbers:
+        raise StepInputError(f"SEG {path.name} has no segment {label!r}")
+    pixels = segmentation.get_pixels_by_source_instance(
+        source_sop_instance_uids=list(sop_uids),
+        segment_numbers=numbers[:1],
+        assert_missing_frames_are_empty=True,
+    )
+    return np.asarray(pixels[..., 0] >= FRACTION_INSIDE)
+
+
+def restrict_to_mask(datasets: Sequence[Dataset], mask: npt.NDArray[np.bool_]) -> list[Dataset]:
+    """Copies of single-frame grayscale ``datasets`` whose pixels outside ``mask`` (one
+    frame per dataset) hold the series' lowest stored value; the originals are untouched.
+
+    Raises
+    ------
+    StepInputError
+        When a dataset is multi-frame or in colour, or its size differs from its mask
+        frame.
+    """
+    pixels = []
+    for dataset, frame in zip(datasets, mask, strict=True):
+        if int(dataset.get("NumberOfFrames", 1)) > 1 or int(dataset.SamplesPerPixel) != 1:
+            raise StepInputError(
+                f"instance {dataset.SOPInstanceUID}: a mask restricts single-frame "
+                "grayscale instances only"
+            )
+        array = dataset.pixel_array
+        if array.shape != frame.shape:
+            raise StepInputError(
+                f"instance {dataset.SOPInstanceUID}: pixels {array.shape} differ from its "
+                f"mask frame {frame.shape}"
+            )
+        pixels.append(array)
+    background = min(int(array.min()) for array in pixels)
+    restricted = []
+    for dataset, array, frame in zip(datasets, pixels, mask, strict=True):
+        copied = copy.deepcopy(dataset)
+        copied.set_pixel_data(
+            np.where(frame, array, background).astype(array.dtype),
+            photometric_interpretation=dataset.PhotometricInterpretation,
+            bits_stored=int(dataset.BitsStored),
+            generate_instance_uid=False,
+        )
+        restricted.append(copied)
+    return restricted
+
+
+@dataclass(frozen=True)
+class StepInput:
+    """How a later chain step's job runs: its SR comments, and the earlier step's
+    segment its input is restricted to (``mask_label`` in ``result_paths``), if any."""
+
+    comments: list[str]
+    mask_label: str | None = None
+    result_paths: tuple[Path, ...] = ()
+
+    def model_input(self, series_uid: str, datasets: Sequence[Dataset]) -> list[Dataset]:
+        """The datasets the model reads: restricted to the mask, or as they are.
+
+        Raises
+        ------
+        StepInputError
+            When the mask cannot be read or applied.
+        """
+        if self.mask_label is None:
+            return list(datasets)
+        sop_uids = [str(dataset.SOPInstanceUID) for dataset in datasets]
+        mask = segment_mask(self.result_paths, series_uid, self.mask_label, sop_uids)
+        return restrict_to_mask(datasets, mask)
+
+
+def step_input(session: Session, config: NodeConfig, job: ClaimedJob) -> StepInput:
+    """The `StepInput` of a job: empty for jobs that are no later step of a chain (or
+    whose route no longer has the step).
+
+    Raises
+    ------
+    sqlalchemy.exc.SQLAlchemyError
+        When the database fails.
+    """
+    route = next((r for r in config.routes if r.name == job.route_name), None)
+    step = None if route is None or not job.step else route.step_named(job.step)
+    upstream = None if job.upstream_job_id is None else session.get(Job, job.upstream_job_id)
+    if route is None or step is None or upstream is None:
+        return StepInput([])
+    mask = step.mask()
+    return StepInput(
+        chain_comments(route, step, upstream.model_name),
+        None if mask is None else mask[1],
+        tuple(Path(name) for name in upstream.findings.get("files", [])),
+    )
