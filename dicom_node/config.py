@@ -426,8 +426,8 @@ class RouteConfig(_Section):
 
     def all_models(self) -> list[str]:
         """Every model the route may run, later steps' included."""
-        later = [name for step in self.steps for name in step.candidate_models()]
-        return list(dict.fromkeys([*self.models, *later]))
+        stepped = [name for step in self.steps for name in step.candidate_models()]
+        return list(dict.fromkeys([*self.models, *stepped]))
 
     def step_named(self, name: str) -> StepConfig | None:
         """The step called ``name``, or None."""
