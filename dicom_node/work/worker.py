@@ -258,7 +258,10 @@ class Worker:
     def _not_run(self, session: Session, job: ClaimedJob, outcome: str) -> list[StepJob]:
         """A job that ended without results: its chain's later steps are marked not run,
         and the report of the step it ran after is amended to say so (`chain_report`)."""
-        amend_upstream_report(session, self.outbox, job.id, outcome)
+        try:
+            amend_upstream_report(session, self.outbox, job.id, outcome)
+        except OSError as exc:  # the step's end and the steps after it are recorded anyway
+            logger.error("earlier report not amended", extra={"job_id": job.id, "error": exc})
         return advance_chain(session, self.config, job.id)
 
     def _audit_done(
