@@ -37,7 +37,8 @@ from sqlalchemy.orm import Session
 from dicom_node.config import NodeConfig, RouteConfig, StepCondition, StepConfig, StepSelect
 from dicom_node.db.schema import Job, Study, WorkState, utcnow
 from dicom_node.work.jobs import TERMINAL_STATES
-from dicom_node.work.routing import resolve_destinations
+from dicom_node.work.route_match import route_matches
+from dicom_node.work.routing import resolve_destinations, study_facts
 
 logger = logging.getLogger(__name__)
 
@@ -184,6 +185,17 @@ def _plan_step(step: StepConfig, after: str, findings: dict[str, Any]) -> list[P
     return [PlannedStep(step, after, model, uids, note) for model, uids in by_model.items()]
 
 
+def _matched_findings(session: Session, route: RouteConfig, job: Job) -> dict[str, Any]:
+    """The job's findings on the series ``route`` matched: a first step's job may also
+    run its model on series that only another route (naming the same model) gave it."""
+    if job.step:
+        return job.findings
+    facts = study_facts(session, session.get_one(Study, job.study_id))
+    matched = {uid for uid, values in facts.items() if route_matches(route, values).matched}
+    series = [r for r in job.findings.get("series", []) if r.get("series_uid") in matched]
+    return {**job.findings, "series": series}
+
+
 def _upstream_step(route: RouteConfig, job: Job) -> StepConfig | None:
     return route.step_named(job.step) if job.step else route.first_step_of(job.model_name)
 
@@ -205,8 +217,9 @@ def advance_chain(session: Session, config: NodeConfig, job_id: int) -> list[Ste
         upstream = None if route is None else _upstream_step(route, job)
         if route is None or upstream is None:
             continue  # not a chain, or the config changed since the job was made
+        findings = _matched_findings(session, route, job)
         parents = {upstream.step_name: job.id}
-        for planned in plan_after(route, upstream, job.state, job.findings, job.error):
+        for planned in plan_after(route, upstream, job.state, findings, job.error):
             row = _write_step_job(session, config, job, route, planned, parents[planned.after])
             if row is not None:
                 parents[planned.step.step_name] = row.job_id

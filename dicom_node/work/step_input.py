@@ -139,19 +139,25 @@ class StepInput:
 
 
 def step_input(session: Session, config: NodeConfig, job: ClaimedJob) -> StepInput:
-    """The `StepInput` of a job: empty for jobs that are no later step of a chain (or
-    whose route no longer has the step).
+    """The `StepInput` of a job: empty for jobs that are no later step of a chain.
 
     Raises
     ------
+    StepInputError
+        When the job is a later step that the config no longer has, or whose earlier
+        step's job is gone: running it unrestricted would be another computation.
     sqlalchemy.exc.SQLAlchemyError
         When the database fails.
     """
-    route = next((r for r in config.routes if r.name == job.route_name), None)
-    step = None if route is None or not job.step else route.step_named(job.step)
-    upstream = None if job.upstream_job_id is None else session.get(Job, job.upstream_job_id)
-    if route is None or step is None or upstream is None:
+    if not job.step:
         return StepInput([])
+    route = next((r for r in config.routes if r.name == job.route_name), None)
+    step = None if route is None else route.step_named(job.step)
+    upstream = None if job.upstream_job_id is None else session.get(Job, job.upstream_job_id)
+    if route is None or step is None:
+        raise StepInputError(f"route {job.route_name!r} has no step {job.step!r} any more")
+    if upstream is None:
+        raise StepInputError(f"the job of the step before {job.step!r} is gone")
     mask = step.mask()
     return StepInput(
         chain_comments(route, step, upstream.model_name),

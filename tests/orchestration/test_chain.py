@@ -313,3 +313,60 @@ def test_a_retried_step_decides_its_later_steps_again(
     assert again["segment"].state == WorkState.DONE
     with sessions() as session:
         assert len(session.scalars(select(Job)).all()) == 2
+
+
+def test_later_steps_run_only_on_the_series_their_route_matched(
+    sessions: sessionmaker[Session], tmp_path: Path, packages: dict[str, Path]
+) -> None:
+    """A first step's job also runs its model on series another route gave it; the steps
+    after it stay on their own route's series."""
+    first = ct_series(tmp_path / "a", 2)
+    study_uid = str(pydicom.dcmread(first[0], stop_before_pixels=True).StudyInstanceUID)
+    second = ct_series(tmp_path / "b", 2, study_uid=study_uid)
+    with sessions.begin() as session:
+        add_study(
+            session,
+            study_uid,
+            [
+                {"instances": first, "description": "LIVER"},
+                {"instances": second, "description": "OTHER"},
+            ],
+        )
+    config = chain_config(
+        tmp_path,
+        packages,
+        [{"name": "bone", "model": "dense"}, {"model": "soft", "input_mask": "bone:dense"}],
+    )
+    chain = config.routes[0].model_copy(update={"match": {"SeriesDescription": "LIVER"}})
+    plain = chain.model_copy(
+        update={"name": "plain", "steps": [], "models": ["dense"], "match": {}}
+    )
+    config = config.model_copy(update={"routes": [chain, plain]})
+    jobs = run_all(config, sessions)
+    assert len(jobs["dense"].series_uids) == 2
+    first_series = str(pydicom.dcmread(first[0], stop_before_pixels=True).SeriesInstanceUID)
+    assert jobs["soft"].series_uids == [first_series]
+    assert jobs["soft"].state == WorkState.DONE, jobs["soft"].error
+
+
+def test_a_step_gone_from_the_config_fails_rather_than_runs_unrestricted(
+    sessions: sessionmaker[Session], tmp_path: Path, packages: dict[str, Path], study: list[Path]
+) -> None:
+    steps = [
+        {"name": "bone", "model": "dense"},
+        {"name": "inside", "model": "soft", "input_mask": "bone:dense"},
+    ]
+    config = chain_config(tmp_path, packages, steps)
+    route_complete_studies(sessions, config)
+    models = ModelCache(config)
+    try:
+        assert Worker(config, sessions, models).run_once("w1")  # bone; inside is queued
+        shorter = config.routes[0].model_copy(update={"steps": config.routes[0].steps[:1]})
+        changed = config.model_copy(update={"routes": [shorter]})
+        assert Worker(changed, sessions, models).run_once("w1")
+    finally:
+        models.close()
+    with sessions() as session:
+        inside = session.scalars(select(Job).where(Job.step == "inside")).one()
+    assert inside.state == WorkState.FAILED
+    assert inside.error == "StepInputError: route 'chain' has no step 'inside' any more"
