@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from dicom_node.config import NodeConfig, RouteConfig, StepCondition, StepConfig, StepSelect
@@ -268,6 +269,7 @@ def _write_step_job(
             Job.model_name == planned.model_name,
             Job.route_name == route.name,
             Job.step == planned.step.step_name,
+            Job.upstream_job_id == upstream_job_id,
         )
     )
     if row is not None and row.state not in TERMINAL_STATES:
@@ -281,11 +283,23 @@ def _write_step_job(
             model_name=planned.model_name,
             step=planned.step.step_name,
             created_at=utcnow(),
+            **values,
         )
-        session.add(row)
-    for key, value in values.items():
-        setattr(row, key, value)
-    session.flush()
+        try:
+            with session.begin_nested():
+                session.add(row)
+        except IntegrityError:
+            # A database made before chained models keeps its jobs unique per (study,
+            # generation, model): a second job of one step in a study does not fit.
+            logger.error(
+                "chain step job not created: the database predates chained models",
+                extra={"upstream_job_id": upstream_job_id, "step": planned.step.step_name},
+            )
+            return None
+    else:
+        for key, value in values.items():
+            setattr(row, key, value)
+        session.flush()
     return StepJob(
         row.id,
         route.name,

@@ -45,7 +45,7 @@ def amend_upstream_report(
         When the database fails.
     """
     job = session.get_one(Job, job_id)
-    upstream = None if job.upstream_job_id is None else session.get(Job, job.upstream_job_id)
+    upstream = session.get(Job, job.upstream_job_id) if job.upstream_job_id else None
     if upstream is None:
         return []
     comment = f"Chain {job.route_name!r}: step {job.step!r} (model {job.model_name}) {outcome}"

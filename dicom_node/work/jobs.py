@@ -43,7 +43,7 @@ class ClaimedJob:
     route_name: str = ""
     # A later step of a chain (`dicom_node.work.chain`): its name, and its upstream's job.
     step: str = ""
-    upstream_job_id: int | None = None
+    upstream_job_id: int = 0
 
 
 def claim_job(

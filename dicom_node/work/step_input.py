@@ -153,7 +153,7 @@ def step_input(session: Session, config: NodeConfig, job: ClaimedJob) -> StepInp
         return StepInput([])
     route = next((r for r in config.routes if r.name == job.route_name), None)
     step = None if route is None else route.step_named(job.step)
-    upstream = None if job.upstream_job_id is None else session.get(Job, job.upstream_job_id)
+    upstream = session.get(Job, job.upstream_job_id) if job.upstream_job_id else None
     if route is None or step is None:
         raise StepInputError(f"route {job.route_name!r} has no step {job.step!r} any more")
     if upstream is None:

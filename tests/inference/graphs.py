@@ -209,20 +209,24 @@ def segmenter_package(
     return folder
 
 
-def fixed_classifier_graph(path: Path, logits: list[float], size: list[int]) -> None:
-    """Outputs the same ``logits`` (one per label) for every image of the batch: a
-    classifier whose answer a test chooses."""
+def linear_classifier_graph(
+    path: Path, size: list[int], biases: list[float], weights: list[float] | None = None
+) -> None:
+    """logits = mean(image) * weights + biases, one per label: a classifier whose answer
+    a test chooses (``weights`` None: the same ``biases`` for every image)."""
     nodes = [
         helper.make_node("ReduceMean", ["image"], ["mean"], axes=[1, 2, 3], keepdims=1),
         helper.make_node("Reshape", ["mean", "shape2"], ["per_image"]),
-        helper.make_node("Mul", ["per_image", "zero"], ["nothing"]),
-        helper.make_node("Add", ["nothing", "values"], ["logits"]),
+        helper.make_node("Mul", ["per_image", "weights"], ["weighted"]),
+        helper.make_node("Add", ["weighted", "biases"], ["logits"]),
     ]
     inits = [
         numpy_helper.from_array(np.asarray([-1, 1], np.int64), "shape2"),
-        numpy_helper.from_array(np.zeros((), np.float32), "zero"),
-        numpy_helper.from_array(np.asarray([logits], np.float32), "values"),
+        numpy_helper.from_array(
+            np.asarray([weights or [0.0] * len(biases)], np.float32), "weights"
+        ),
+        numpy_helper.from_array(np.asarray([biases], np.float32), "biases"),
     ]
     shape: list[int | str] = ["batch", 1, *size]
-    out = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", len(logits)])
+    out = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", len(biases)])
     _save(helper.make_graph(nodes, "fixed", [_input(shape)], [out], inits), path)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.inference.graphs import fixed_classifier_graph, threshold_graph, write_package
+from tests.inference.graphs import linear_classifier_graph, threshold_graph, write_package
 
 SIZE = [128, 128]
 WINDOW_LOW, WINDOW_WIDTH = -1000.0, 2000.0
@@ -50,6 +50,8 @@ _CODES = {
     "lung": ("39607008", "Lung structure"),
     "dense": ("272673000", "Bone structure"),
     "soft": ("85756007", "Body tissue"),
+    "chest": ("51185008", "Thoracic structure"),
+    "abdomen": ("818983003", "Abdomen"),
 }
 
 
@@ -67,10 +69,13 @@ def _labels(names: list[str]) -> str:
     return "".join(_LABEL.format(label=n, code=_CODES[n][0], meaning=_CODES[n][1]) for n in names)
 
 
-def classifier_package(folder: Path, name: str, logits: dict[str, float]) -> Path:
-    """A CT classifier that answers ``logits`` (label -> logit) for every image."""
+def classifier_package(
+    folder: Path, name: str, logits: dict[str, float], weights: list[float] | None = None
+) -> Path:
+    """A CT classifier that answers ``logits`` (label -> logit) for every image, plus
+    ``weights`` times the image's mean (0-1 over the window) where given."""
     write_package(folder, _head(name, "classification") + _labels(list(logits)))
-    fixed_classifier_graph(folder / "model.onnx", list(logits.values()), SIZE)
+    linear_classifier_graph(folder / "model.onnx", SIZE, list(logits.values()), weights)
     return folder
 
 

@@ -21,7 +21,12 @@ from dicom_node.work.queue_report import chains_section
 from dicom_node.work.retention import apply_retention
 from dicom_node.work.routing import route_complete_studies
 from dicom_node.work.worker import Worker
-from tests.orchestration.chain_models import classifier_package, threshold_package
+from tests.orchestration.chain_models import (
+    WINDOW_LOW,
+    WINDOW_WIDTH,
+    classifier_package,
+    threshold_package,
+)
 from tests.orchestration.conftest import add_study, make_config
 from tests.orchestration.pacs import dciodvfy_errors
 from tests.orchestration.studies import ct_series
@@ -41,6 +46,7 @@ def packages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             root / "finds-nothing", "finds-nothing", {"liver": -4.0, "lung": -4.0}
         ),
         "dense": threshold_package(root / "dense", "dense-seg", DENSE_HU, "dense"),
+        "bone": threshold_package(root / "bone", "bone-seg", DENSE_HU, "dense"),
         "soft": threshold_package(root / "soft", "soft-seg", SOFT_HU, "soft"),
     }
 
@@ -370,3 +376,65 @@ def test_a_step_gone_from_the_config_fails_rather_than_runs_unrestricted(
         inside = session.scalars(select(Job).where(Job.step == "inside")).one()
     assert inside.state == WorkState.FAILED
     assert inside.error == "StepInputError: route 'chain' has no step 'inside' any more"
+
+
+def windowed_mean(path: Path) -> float:
+    """An image's mean as the chain packages' window gives it to the model (0-1)."""
+    ds = pydicom.dcmread(path)
+    hounsfield = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    return float(np.clip((hounsfield - WINDOW_LOW) / WINDOW_WIDTH, 0, 1).mean())
+
+
+def test_a_step_after_a_selection_runs_once_per_selected_model(
+    sessions: sessionmaker[Session], tmp_path: Path, packages: dict[str, Path]
+) -> None:
+    """Two series of one study: the brighter is "chest" (dense), the all-air one
+    "abdomen" (bone); the masked step after the selection has a job after each, and
+    the one after bone, which found nothing, is skipped with the reason."""
+    chest = ct_series(tmp_path / "chest", 2)
+    study_uid = str(pydicom.dcmread(chest[0], stop_before_pixels=True).StudyInstanceUID)
+    abdomen = ct_series(tmp_path / "abdomen", 2, study_uid=study_uid)
+    for path in abdomen:
+        ds = pydicom.dcmread(path)
+        ds.PixelData = np.full_like(ds.pixel_array, ds.pixel_array.min()).tobytes()
+        ds.save_as(path)
+    with sessions.begin() as session:
+        add_study(session, study_uid, [{"instances": chest}, {"instances": abdomen}])
+    middle = (windowed_mean(chest[0]) + windowed_mean(abdomen[0])) / 2
+    by_brightness = classifier_package(
+        tmp_path / "by-brightness",
+        "by-brightness",
+        {"chest": -40 * middle, "abdomen": 40 * middle},
+        weights=[40.0, -40.0],
+    )
+    config = chain_config(
+        tmp_path,
+        {**packages, "by-brightness": by_brightness},
+        [
+            {"name": "region", "model": "by-brightness"},
+            {
+                "name": "organ",
+                "select": {"step": "region", "models": {"chest": "dense", "abdomen": "bone"}},
+            },
+            {"name": "inside", "model": "soft", "input_mask": "organ:dense"},
+        ],
+    )
+    route_complete_studies(sessions, config)
+    models = ModelCache(config)
+    try:
+        worker = Worker(config, sessions, models)
+        while worker.run_once("w1"):
+            pass
+    finally:
+        models.close()
+    with sessions() as session:
+        jobs = session.scalars(select(Job).order_by(Job.id)).all()
+    organ = {job.model_name: job for job in jobs if job.step == "organ"}
+    assert set(organ) == {"dense", "bone"}
+    chest_series = str(pydicom.dcmread(chest[0], stop_before_pixels=True).SeriesInstanceUID)
+    assert organ["dense"].series_uids == [chest_series]
+    inside = {job.upstream_job_id: job for job in jobs if job.step == "inside"}
+    assert inside[organ["dense"].id].state == WorkState.DONE
+    after_bone = inside[organ["bone"].id]
+    assert after_bone.state == WorkState.SKIPPED
+    assert "step 'organ' found no 'dense' to restrict the input to" in (after_bone.error or "")
