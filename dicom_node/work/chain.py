@@ -157,16 +157,15 @@ def plan_after(
     """
     planned: list[PlannedStep] = []
     for step in route.steps_after(upstream.step_name):
-        if state != WorkState.DONE:
+        if state == WorkState.DONE:
+            entries = _plan_step(step, upstream.step_name, findings)
+        else:
             verb = "failed" if state == WorkState.FAILED else "was skipped"
             reason = f"not run: step {upstream.step_name!r} {verb}: {error or 'no reason given'}"
-            planned.append(
-                PlannedStep(step, upstream.step_name, _placeholder_model(step), [], reason)
-            )
-        else:
-            planned.extend(_plan_step(step, upstream.step_name, findings))
-        for entry in list(planned):
-            if entry.step is step and not entry.runs:
+            entries = [PlannedStep(step, upstream.step_name, _placeholder_model(step), [], reason)]
+        planned.extend(entries)
+        for entry in entries:
+            if not entry.runs:
                 planned.extend(plan_after(route, step, WorkState.SKIPPED, {}, entry.reason))
     return planned
 

@@ -16,13 +16,15 @@ import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import highdicom as hd
 import numpy as np
 import numpy.typing as npt
 import pydicom
-from pydicom import Dataset
-from pydicom.uid import SegmentationStorage
+from pydicom import DataElement, Dataset, FileMetaDataset
+from pydicom.tag import Tag
+from pydicom.uid import ExplicitVRLittleEndian, SegmentationStorage
 from sqlalchemy.orm import Session
 
 from dicom_node.config import NodeConfig
@@ -31,6 +33,7 @@ from dicom_node.errors import DicomNodeError
 from dicom_node.work.chain import chain_comments
 from dicom_node.work.jobs import ClaimedJob
 
+PIXEL_DATA = Tag("PixelData")
 FRACTION_INSIDE = 0.5
 """A fractional SEG's pixel is inside the segment from this probability on."""
 
@@ -101,17 +104,25 @@ def restrict_to_mask(datasets: Sequence[Dataset], mask: npt.NDArray[np.bool_]) -
             )
         pixels.append(array)
     background = min(int(array.min()) for array in pixels)
-    restricted = []
-    for dataset, array, frame in zip(datasets, pixels, mask, strict=True):
-        copied = copy.deepcopy(dataset)
-        copied.set_pixel_data(
-            np.where(frame, array, background).astype(array.dtype),
-            photometric_interpretation=dataset.PhotometricInterpretation,
-            bits_stored=int(dataset.BitsStored),
-            generate_instance_uid=False,
-        )
-        restricted.append(copied)
-    return restricted
+    return [
+        _with_pixels(dataset, np.where(frame, array, background).astype(array.dtype))
+        for dataset, array, frame in zip(datasets, pixels, mask, strict=True)
+    ]
+
+
+def _with_pixels(dataset: Dataset, array: npt.NDArray[Any]) -> Dataset:
+    """A copy of ``dataset`` holding ``array`` (its own decoded shape and type) as
+    uncompressed Pixel Data. Unchanged elements are shared, not copied: a deep copy of
+    a 300-slice series costs more than the model reading it."""
+    copied = Dataset({tag: element for tag, element in dataset.items() if tag != PIXEL_DATA})
+    meta = FileMetaDataset(copy.deepcopy(getattr(dataset, "file_meta", FileMetaDataset())))
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    copied.file_meta = meta
+    vr = "OW" if int(dataset.BitsAllocated) > 8 else "OB"
+    copied[PIXEL_DATA] = DataElement(
+        PIXEL_DATA, vr, array.astype(array.dtype.newbyteorder("<")).tobytes()
+    )
+    return copied
 
 
 @dataclass(frozen=True)
