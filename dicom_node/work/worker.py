@@ -211,8 +211,8 @@ class Worker:
                     findings=findings,
                 ):
                     raise LeaseLost()
-                queue_deliveries(session, job.id, files, job.destinations)
                 steps.extend(advance_chain(session, self.config, job.id))
+                queue_deliveries(session, job.id, files, job.destinations)
         except LeaseLost:
             logger.warning("job taken over by another worker; results dropped", extra=log)
             return
