@@ -126,10 +126,10 @@ def old_job_uniqueness(url: str) -> None:
 
 
 def test_on_an_older_database_a_row_that_does_not_fit_is_logged_not_fatal(
-    database_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    own_database_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    old_job_uniqueness(database_url)
-    engine = create_db_engine(database_url)
+    old_job_uniqueness(own_database_url)
+    engine = create_db_engine(own_database_url)
     try:
         sessions = session_factory(engine)
         config = chain(tmp_path)
