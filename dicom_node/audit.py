@@ -50,6 +50,7 @@ class AuditEvent(StrEnum):
     INSTANCES_RECEIVED = "instances-received"
     STUDY_COMPLETED = "study-completed"
     JOB_RUN = "job-run"
+    CHAIN_STEP = "chain-step"  # a later step of a chain queued, or marked not run
     RESULT_CREATED = "result-created"
     DELIVERY = "delivery"
     COMMITMENT = "commitment"

@@ -293,6 +293,102 @@ MatchValue = Annotated[
 ]
 
 
+class StepCondition(_Section):
+    """``when = {step = "A", label = "liver", ...}``: what an earlier step must have found
+    in a series for this step to run on it. Every bound given must hold in the same
+    series; with no bound, ``present = true`` is meant (the label crossed its threshold).
+    Probabilities are a classifier's or detector's; volumes (ml) a segmenter's."""
+
+    step: str = Field(min_length=1)
+    label: str = Field(min_length=1)
+    present: bool | None = None
+    min_probability: float | None = Field(default=None, ge=0, le=1)
+    max_probability: float | None = Field(default=None, ge=0, le=1)
+    min_volume_ml: float | None = Field(default=None, ge=0)
+    max_volume_ml: float | None = Field(default=None, ge=0)
+
+    def uses_volume(self) -> bool:
+        """Whether a volume bound is given (only a segmenter has volumes)."""
+        return self.min_volume_ml is not None or self.max_volume_ml is not None
+
+    def uses_probability(self) -> bool:
+        """Whether a probability bound is given (a segmenter has none)."""
+        return self.min_probability is not None or self.max_probability is not None
+
+
+class StepSelect(_Section):
+    """``select = {step = "bodypart", models = {chest = "seg-chest", ...}}``: the label an
+    earlier classifier gives a series (its most probable positive label) picks the model
+    this step runs on that series."""
+
+    step: str = Field(min_length=1)
+    models: dict[str, str] = Field(min_length=1)
+
+
+MASK_REFERENCE = re.compile(r"^(?P<step>[^:]+):(?P<label>.+)$")
+
+
+class StepConfig(_Section):
+    """One ``steps`` entry of a route: a model (or a ``select``ion of models) that runs
+    after an earlier step, when its ``when`` holds, on that step's series, optionally
+    restricted to a segment the earlier step found (``input_mask = "STEP:LABEL"``)."""
+
+    name: str | None = Field(default=None, min_length=1)
+    model: str | None = Field(default=None, min_length=1)
+    select: StepSelect | None = None
+    when: StepCondition | None = None
+    input_mask: str | None = None
+
+    @field_validator("input_mask")
+    @classmethod
+    def _mask_reference(cls, value: str | None) -> str | None:
+        if value is not None and not MASK_REFERENCE.match(value):
+            raise ValueError(f'not "STEP:LABEL" {value!r}')
+        return value
+
+    @model_validator(mode="after")
+    def _model_or_select(self) -> StepConfig:
+        if (self.model is None) == (self.select is None):
+            raise ValueError("a step needs exactly one of model and select")
+        if self.select is not None and self.name is None:
+            raise ValueError("a step with select needs a name")
+        return self
+
+    @property
+    def step_name(self) -> str:
+        """The step's name: ``name``, else its model's."""
+        return self.name or self.model or ""
+
+    def mask(self) -> tuple[str, str] | None:
+        """``(step, label)`` of ``input_mask``, or None."""
+        found = MASK_REFERENCE.match(self.input_mask or "")
+        return None if found is None else (found["step"], found["label"])
+
+    def references(self) -> list[tuple[str, str]]:
+        """``(key, step name)`` for every earlier step this step names."""
+        named = []
+        if self.when is not None:
+            named.append(("when.step", self.when.step))
+        if self.select is not None:
+            named.append(("select.step", self.select.step))
+        mask = self.mask()
+        if mask is not None:
+            named.append(("input_mask", mask[0]))
+        return named
+
+    @property
+    def upstream(self) -> str | None:
+        """The step this one runs after (None: it runs when the route matches)."""
+        references = self.references()
+        return references[0][1] if references else None
+
+    def candidate_models(self) -> list[str]:
+        """Every model this step may run: its model, or each model ``select`` names."""
+        if self.select is not None:
+            return list(dict.fromkeys(self.select.models.values()))
+        return [self.model] if self.model else []
+
+
 class RouteConfig(_Section):
     """Which models run on which series, and where their results go.
 
@@ -304,10 +400,15 @@ class RouteConfig(_Section):
     (``dicom-node results``) but sends them only to ``shadow_destinations`` (a research
     archive), never to ``destinations``; ``shadow_models`` does the same for some of the
     models of a live route. Going live is removing the key: nothing else changes.
+
+    ``steps`` chain models (`StepConfig`): a step that names no earlier step runs like
+    ``models`` do; each later one runs after the step it names, as its own job, with its
+    results delivered as soon as it finishes (`dicom_node.work.chain`).
     """
 
     name: str = Field(min_length=1)
-    models: list[str] = Field(min_length=1)
+    models: list[str] = []
+    steps: list[StepConfig] = []
     match: dict[str, MatchValue] = {}
     destinations: list[str] = []
     reply_to_sender: bool = False
@@ -319,6 +420,31 @@ class RouteConfig(_Section):
         """Whether ``model`` runs in shadow on this route (the route's mode or its list)."""
         return self.mode == "shadow" or model in self.shadow_models
 
+    def entry_models(self) -> list[str]:
+        """The models that run when the route matches: ``models`` and the first steps."""
+        first = [step.model for step in self.steps if step.upstream is None and step.model]
+        return list(dict.fromkeys([*self.models, *first]))
+
+    def all_models(self) -> list[str]:
+        """Every model the route may run, later steps' included."""
+        stepped = [name for step in self.steps for name in step.candidate_models()]
+        return list(dict.fromkeys([*self.models, *stepped]))
+
+    def step_named(self, name: str) -> StepConfig | None:
+        """The step called ``name``, or None."""
+        return next((step for step in self.steps if step.step_name == name), None)
+
+    def first_step_of(self, model: str) -> StepConfig | None:
+        """The first step (one after no other) that runs ``model``, or None."""
+        return next(
+            (s for s in self.steps if s.upstream is None and s.model == model),
+            None,
+        )
+
+    def steps_after(self, name: str) -> list[StepConfig]:
+        """The steps that run after step ``name``, in config order."""
+        return [step for step in self.steps if step.upstream == name]
+
     @field_validator("match")
     @classmethod
     def _keywords(cls, value: dict[str, MatchValue]) -> dict[str, MatchValue]:
@@ -329,13 +455,15 @@ class RouteConfig(_Section):
 
     @model_validator(mode="after")
     def _has_destination(self) -> RouteConfig:
+        if not self.models and not self.steps:
+            raise ValueError("a route needs models or steps")
         if self.mode == "live" and not self.destinations and not self.reply_to_sender:
             raise ValueError(
                 'a route needs destinations or reply_to_sender = true (or mode = "shadow")'
             )
         for model in self.shadow_models:
-            if model not in self.models:
-                raise ValueError(f"shadow_models names {model!r}, which is not in models")
+            if model not in self.all_models():
+                raise ValueError(f"shadow_models names {model!r}, which is not in models or steps")
         return self
 
 
@@ -563,6 +691,84 @@ def _key_path(loc: tuple[int | str, ...]) -> str:
     return path
 
 
+def _step_cycle(route: RouteConfig, start: StepConfig) -> list[str] | None:
+    """The step names from ``start`` back round to it, when following ``upstream`` loops."""
+    path = [start.step_name]
+    step: StepConfig | None = start
+    while step is not None and step.upstream is not None:
+        if step.upstream == start.step_name:
+            return [*path, start.step_name]
+        if step.upstream in path:
+            return None  # a loop further up: reported for the steps in it
+        path.append(step.upstream)
+        step = route.step_named(step.upstream)
+    return None
+
+
+def _step_problems(index: int, route: RouteConfig, model_names: set[str]) -> list[tuple[str, str]]:
+    """Unknown models and steps, steps after several steps, cycles, a model run twice."""
+    problems: list[tuple[str, str]] = []
+    names = [step.step_name for step in route.steps]
+    seen_models = set(route.models)
+    for j, step in enumerate(route.steps):
+        key = f"routes[{index}].steps[{j}]"
+        if step.step_name in names[:j]:
+            problems.append((f"{key}.name", f"duplicate step name {step.step_name!r}"))
+        candidates = (
+            [("model", step.model or "")]
+            if step.select is None
+            else [(f"select.models.{label}", m) for label, m in step.select.models.items()]
+        )
+        for field_key, model in candidates:
+            if model not in model_names:
+                problems.append((f"{key}.{field_key}", f"no model named {model!r}"))
+            elif model in seen_models and step.select is None:
+                problems.append(
+                    (
+                        f"{key}.{field_key}",
+                        f"model {model!r} already runs in this route: each model runs once "
+                        "per route (its results' UIDs are per model and series)",
+                    )
+                )
+        seen_models.update(model for _, model in candidates)
+        references = step.references()
+        for field_key, name in references:
+            if name not in names:
+                problems.append((f"{key}.{field_key}", f"no step named {name!r} in this route"))
+        if len({name for _, name in references}) > 1:
+            named = " and ".join(repr(name) for name in dict.fromkeys(n for _, n in references))
+            problems.append((key, f"names steps {named}: a step runs after one earlier step"))
+        cycle = _step_cycle(route, step)
+        if cycle is not None:
+            problems.append((f"{key}.{references[0][0]}", "cycle: " + " -> ".join(cycle)))
+    return problems
+
+
+def _later_step_elsewhere(routes: list[RouteConfig]) -> list[tuple[str, str]]:
+    """A model that runs as a later step of a chain and also in another route: both would
+    write results with the same UIDs (per model and series), one replacing the other."""
+    places: list[tuple[int, str, str, bool]] = []  # route index, key, model, later step
+    for index, route in enumerate(routes):
+        key = f"routes[{index}]"
+        places.extend((index, f"{key}.models[{i}]", m, False) for i, m in enumerate(route.models))
+        for j, step in enumerate(route.steps):
+            later = step.upstream is not None
+            places.extend((index, f"{key}.steps[{j}]", m, later) for m in step.candidate_models())
+    problems = []
+    for index, key, model, later in places:
+        others = [k for i, k, m, _ in places if m == model and i != index]
+        if later and others:
+            problems.append(
+                (
+                    key,
+                    f"model {model!r} runs here after another step and also at {others[0]}: "
+                    "results' UIDs are per model and series, so one run would replace the "
+                    "other's in the archive (package the model twice, under two names)",
+                )
+            )
+    return problems
+
+
 def _cross_reference_problems(config: NodeConfig) -> list[tuple[str, str]]:
     problems: list[tuple[str, str]] = []
     sections: dict[str, list[str]] = {
@@ -579,10 +785,12 @@ def _cross_reference_problems(config: NodeConfig) -> list[tuple[str, str]]:
         for i, model in enumerate(route.models):
             if model not in model_names:
                 problems.append((f"routes[{index}].models[{i}]", f"no model named {model!r}"))
+        problems.extend(_step_problems(index, route, model_names))
         for key in ("destinations", "shadow_destinations"):
             for i, dest in enumerate(getattr(route, key)):
                 if dest not in peer_names:
                     problems.append((f"routes[{index}].{key}[{i}]", f"no peer named {dest!r}"))
+    problems.extend(_later_step_elsewhere(config.routes))
     query_peer = config.completion.query_peer
     if query_peer is not None and query_peer not in peer_names:
         problems.append(("completion.query_peer", f"no peer named {query_peer!r}"))

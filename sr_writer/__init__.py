@@ -3,6 +3,7 @@
 `dicom_node` uses only what this module exports.
 """
 
+from sr_writer.amend import amend_report
 from sr_writer.build import build_results
 from sr_writer.enum import SegmentationKindValues
 from sr_writer.errors import ResultBuildError, SourceMismatchError, UnsupportedSourceError
@@ -13,6 +14,7 @@ __all__ = [
     "SegmentationKindValues",
     "SourceMismatchError",
     "UnsupportedSourceError",
+    "amend_report",
     "build_results",
     "warm_up",
 ]

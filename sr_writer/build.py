@@ -31,6 +31,7 @@ def build_results(
     segmentation_kind: str | SegmentationKindValues = SegmentationKindValues.BINARY,
     parametric_map: bool = False,
     uid_root: str = PYDICOM_ROOT_UID,
+    comments: Sequence[str] = (),
 ) -> list[Dataset]:
     """Turn a prediction into the DICOM objects the node sends back.
 
@@ -61,6 +62,9 @@ def build_results(
         Also write each heatmap as a Parametric Map.
     uid_root: str
         Root of the derived UIDs, ending in ``"."``.
+    comments: Sequence[str]
+        Text the SR carries among its qualitative evaluations (how the model came to
+        run, e.g. as a later step of a chain); they leave the report complete.
 
     Returns
     -------
@@ -87,10 +91,15 @@ def build_results(
     )
     sources = SourceSeries(source_datasets, prediction.series_instance_uid)
     with copied_names_accepted():
-        return _build(prediction, sources, options)
+        return _build(prediction, sources, options, comments)
 
 
-def _build(prediction: Prediction, sources: SourceSeries, options: ResultOptions) -> list[Dataset]:
+def _build(
+    prediction: Prediction,
+    sources: SourceSeries,
+    options: ResultOptions,
+    comments: Sequence[str] = (),
+) -> list[Dataset]:
     omitted: list[UnsupportedSourceError] = []
     extra: list[Dataset] = []
     segmentation: SegmentationResult | None = None
@@ -104,7 +113,9 @@ def _build(prediction: Prediction, sources: SourceSeries, options: ResultOptions
             extra.append(segmentation.dataset)
     elif isinstance(prediction, Classification):
         extra.extend(_heatmap_objects(prediction, sources, options, omitted))
-    report = build_report(prediction, sources, options, segmentation=segmentation, omitted=omitted)
+    report = build_report(
+        prediction, sources, options, segmentation=segmentation, omitted=omitted, comments=comments
+    )
     logger.info(
         "model %s %s: built SR%s",
         prediction.model.name,

@@ -93,8 +93,8 @@ HOT_FRACTION = 0.5
 """A heatmap's hot region: values at or above this fraction of its maximum."""
 
 _PERCENT = 100.0
-_QUALITATIVE_EVALUATIONS = CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
-_COMMENT = CodedConcept("121106", "DCM", "Comment")
+QUALITATIVE_EVALUATIONS = CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
+COMMENT = CodedConcept("121106", "DCM", "Comment")
 _LO_LENGTH = 64
 
 Group = (
@@ -199,6 +199,7 @@ def build_report(
     *,
     segmentation: SegmentationResult | None = None,
     omitted: Sequence[UnsupportedSourceError] = (),
+    comments: Sequence[str] = (),
 ) -> hd.sr.Comprehensive3DSR:
     """Write the TID 1500 report for a prediction.
 
@@ -214,6 +215,8 @@ def build_report(
         The SEG written for a segmentation, which the volumetric groups reference.
     omitted: Sequence[UnsupportedSourceError]
         Objects that could not be written; the report says why and is PARTIAL.
+    comments: Sequence[str]
+        Further text for the qualitative evaluations (the report stays complete).
 
     Returns
     -------
@@ -245,8 +248,8 @@ def build_report(
         imaging_measurements=groups,
         title=codes.DCM.ImagingMeasurementReport,
     )
-    if omitted:
-        _add_comments(measurement_report, [str(error) for error in omitted])
+    if omitted or comments:
+        _add_comments(measurement_report, [*comments, *(str(error) for error in omitted)])
     evidence = [sources.reference, *sources.datasets[1:]]
     if segmentation is not None:
         evidence.append(segmentation.dataset)
@@ -539,13 +542,13 @@ def _hot_region(values: npt.NDArray[np.float32], frame: ImageFrame) -> npt.NDArr
 def _add_comments(report: hd.sr.MeasurementReport, comments: Sequence[str]) -> None:
     """Say in the report itself what could not be written (TID 1500 row 12-14)."""
     container = hd.sr.ContainerContentItem(
-        name=_QUALITATIVE_EVALUATIONS,
+        name=QUALITATIVE_EVALUATIONS,
         relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
     )
     container.ContentSequence = hd.sr.ContentSequence(
         [
             hd.sr.TextContentItem(
-                name=_COMMENT,
+                name=COMMENT,
                 value=ascii_text(comment),
                 relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
             )

@@ -55,6 +55,7 @@ SECTIONS: list[tuple[str, Section]] = [
     ("notifications", queue_report.notifications_section),
     ("failures", queue_report.failures_section),
     ("skipped", queue_report.skipped_section),
+    ("chains", queue_report.chains_section),
 ]
 
 

@@ -210,9 +210,23 @@ class Job(LeasedWork, Base):
     # What the model found per series (labels, probabilities, volumes, result files; no
     # pixels), written with the DONE state (`dicom_node.work.findings`).
     findings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, server_default="{}")
+    # A later step of a chained route (`dicom_node.work.chain`): its name in the route
+    # (route_name), and the job of the step it runs after ("" and 0 for jobs routing
+    # made). A step after a select step has one job per job of that step (per model).
+    step: Mapped[str] = mapped_column(String(128), default="", server_default="")
+    upstream_job_id: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     __table_args__ = (
-        UniqueConstraint("study_id", "generation", "model_name", name="uq_job_study_model"),
+        # Databases made before chained models keep (study_id, generation, model_name).
+        UniqueConstraint(
+            "study_id",
+            "generation",
+            "model_name",
+            "route_name",
+            "step",
+            "upstream_job_id",
+            name="uq_job_study_model_step",
+        ),
         Index("ix_jobs_claim", "state", "not_before"),
     )
 

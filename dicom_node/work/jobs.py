@@ -8,6 +8,7 @@ lease and backoff rules are the ones deliveries follow too (`dicom_node.db.lease
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -39,6 +40,10 @@ class ClaimedJob:
     attempts: int
     worker_id: str
     created_at: datetime
+    route_name: str = ""
+    # A later step of a chain (`dicom_node.work.chain`): its name, and its upstream's job.
+    step: str = ""
+    upstream_job_id: int = 0
 
 
 def claim_job(
@@ -71,6 +76,9 @@ def claim_job(
             attempts=job.attempts,
             worker_id=worker_id,
             created_at=job.created_at,
+            route_name=job.route_name,
+            step=job.step,
+            upstream_job_id=job.upstream_job_id,
         )
 
 
@@ -137,12 +145,14 @@ def retry_or_fail(
     backoff_seconds: float,
     backoff_max_seconds: float,
     permanent: bool = False,
+    on_failed: Callable[[Session], object] | None = None,
 ) -> WorkState:
     """After a failed attempt: queue again with backoff, or fail with ``error`` kept.
 
     The backoff doubles per attempt (``backoff_seconds * 2**(attempts-1)``), up to
     ``backoff_max_seconds``. A ``permanent`` error (a broken model package) fails at
-    once: retrying cannot help.
+    once: retrying cannot help. ``on_failed`` runs in the transaction that fails the
+    job (a chain's later steps are marked not run there).
 
     Raises
     ------
@@ -152,7 +162,8 @@ def retry_or_fail(
     again = not permanent and job.attempts < max_attempts
     with sessions.begin() as session:
         if not again:
-            end_job(session, job, WorkState.FAILED, error=error)
+            if end_job(session, job, WorkState.FAILED, error=error) and on_failed is not None:
+                on_failed(session)
             return WorkState.FAILED
         delay = leases.backoff_seconds(job.attempts, backoff_seconds, backoff_max_seconds)
         session.execute(

@@ -19,6 +19,7 @@ from dicom_node.db.schema import Delivery, Job, Notification, WorkState, utcnow
 from dicom_node.work.notification_queue import waiting_for_results
 
 RECENT_FAILURES = 10
+RECENT_CHAIN_STEPS = 20
 JOB_STATES = [s for s in WorkState if s is not WorkState.WAITING_COMMITMENT]
 
 
@@ -96,4 +97,36 @@ def failures_section(session: Session, config: NodeConfig) -> dict[str, Any]:
             for row in notifications
         }
     )
+    return report
+
+
+def _step_name(config: NodeConfig, job: Job) -> str:
+    """``route/step`` of a chain's job; a first step's job is named by its model."""
+    if job.step:
+        return f"{job.route_name}/{job.step}"
+    for route_name in job.route_name.split("+"):
+        route = next((r for r in config.routes if r.name == route_name), None)
+        step = None if route is None else route.first_step_of(job.model_name)
+        if step is not None:
+            return f"{route_name}/{step.step_name}"
+    return job.route_name
+
+
+def chains_section(session: Session, config: NodeConfig) -> dict[str, Any]:
+    """The most recent later steps of chained routes with the jobs they ran after, each
+    with its state and why (a condition that did not hold, a step before that failed)."""
+    later = session.scalars(
+        select(Job).where(Job.step != "").order_by(Job.id.desc()).limit(RECENT_CHAIN_STEPS)
+    ).all()
+    upstream_ids = {job.upstream_job_id for job in later if job.upstream_job_id} - {
+        job.id for job in later
+    }
+    earlier = session.scalars(select(Job).where(Job.id.in_(upstream_ids))).all()
+    report: dict[str, Any] = {}
+    for job in sorted([*later, *earlier], key=lambda row: row.id):
+        after = f" after job {job.upstream_job_id}" if job.upstream_job_id else ""
+        reason = f": {job.error}" if job.error else ""
+        report[f"job {job.id} {_step_name(config, job)} ({job.model_name})"] = (
+            f"{job.state}{after}{reason}"
+        )
     return report

@@ -9,7 +9,9 @@ delivery queued, running or awaiting commitment, keeps everything. Otherwise:
   job keeps its inputs, for ``dicom-node retry``, until they age out);
 - a job's outbox folder goes once the job finished more than ``keep_hours`` ago, or at
   once with ``delete_when_done`` when every one of its deliveries is done (a failed
-  delivery keeps its file, for ``dicom-node retry``, until it ages out).
+  delivery keeps its file, for ``dicom-node retry``, until it ages out); never while
+  a later step of its chain is queued or running: that step reads its SEG as a mask
+  (`dicom_node.work.step_input`) or amends its report (`dicom_node.work.chain_report`).
 
 Once the instances and outboxes are gone and ``keep_hours`` have passed, the study's
 rows go too (`dicom_node.work.row_retention`), and the database gives the space back
@@ -27,7 +29,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy import delete, exists, func, select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from dicom_node.config import NodeConfig
 from dicom_node.db.compaction import compact
@@ -98,10 +100,16 @@ def _jobs_to_clean(session: Session, config: NodeConfig) -> list[int]:
     cutoff = utcnow() - timedelta(hours=config.retention.keep_hours)
     pending = exists().where(Delivery.job_id == Job.id, Delivery.state.in_(ACTIVE))
     not_done = exists().where(Delivery.job_id == Job.id, Delivery.state != WorkState.DONE)
+    later = aliased(Job)
+    later_step_active = exists().where(later.upstream_job_id == Job.id, later.state.in_(ACTIVE))
     rows = session.execute(
         select(
             Job.id, func.coalesce(Job.finished_at, Job.created_at), not_done.label("not_done")
-        ).where(Job.state.in_((WorkState.DONE, WorkState.FAILED, WorkState.SKIPPED)), ~pending)
+        ).where(
+            Job.state.in_((WorkState.DONE, WorkState.FAILED, WorkState.SKIPPED)),
+            ~pending,
+            ~later_step_active,
+        )
     ).all()
     return [
         job_id

@@ -101,7 +101,7 @@ def plan_routing(
             misses.append(f"route {route.name!r}: " + ("; ".join(route_misses) or "no series"))
             continue
         live_destinations, problem = resolve_destinations(route, config, calling_ae)
-        for model_name in route.models:
+        for model_name in route.entry_models():
             plan = plans.setdefault(model_name, JobPlan(model_name))
             _add_unique(plan.route_names, [route.name])
             _add_unique(plan.series_uids, matched)

@@ -36,12 +36,15 @@ from dicom_node.config import NodeConfig
 from dicom_node.db.ownership import owner_id
 from dicom_node.db.schema import Instance, Series, WorkState, utcnow
 from dicom_node.metrics import INFERENCE_SECONDS
+from dicom_node.work.chain import StepJob, advance_chain
+from dicom_node.work.chain_report import amend_upstream_report
 from dicom_node.work.delivery_queue import queue_deliveries
 from dicom_node.work.findings import job_findings, series_findings
 from dicom_node.work.jobs import ClaimedJob, claim_job, end_job, renew_lease, retry_or_fail
 from dicom_node.work.model_cache import ModelCache
 from dicom_node.work.notification_queue import queue_notifications
 from dicom_node.work.outbox import Outbox, OutboxFile
+from dicom_node.work.step_input import StepInputError, step_input
 from inference import (
     BackendUnavailableError,
     ModelPackageError,
@@ -53,7 +56,7 @@ from sr_writer import ResultBuildError, build_results
 logger = logging.getLogger(__name__)
 
 # Deterministic failures: a retry would fail the same way.
-PERMANENT_ERRORS = (ModelPackageError, BackendUnavailableError, ResultBuildError)
+PERMANENT_ERRORS = (ModelPackageError, BackendUnavailableError, ResultBuildError, StepInputError)
 
 
 class JobSkipped(Exception):
@@ -180,6 +183,8 @@ class Worker:
         if job is None:
             return False
         log = {"job_id": job.id, "study_uid": job.study_instance_uid, "model": job.model_name}
+        if job.step:
+            log.update(route=job.route_name, step=job.step)
         logger.info("job started", extra={**log, "attempt": job.attempts})
         if job.generation < job.study_generation:
             with self.sessions.begin() as session:
@@ -193,6 +198,7 @@ class Worker:
     def _run_claimed(self, job: ClaimedJob, lease: LeaseKeeper, log: dict[str, object]) -> None:
         settings = self.config.worker
         timings = Timings({"queue_wait": round((utcnow() - job.created_at).total_seconds(), 4)})
+        steps: list[StepJob] = []  # a chain's later steps this job's end decided
         try:
             files, problems, found = self._process(job, timings, lambda: lease.lost)
             with timings.phase("commit"), self.sessions.begin() as session:
@@ -207,6 +213,7 @@ class Worker:
                     findings=findings,
                 ):
                     raise LeaseLost()
+                steps.extend(advance_chain(session, self.config, job.id))
                 queue_deliveries(session, job.id, files, job.destinations)
                 queue_notifications(session, job.id, self.config.notifications)
         except LeaseLost:
@@ -215,11 +222,17 @@ class Worker:
         except JobSkipped as skip:
             with self.sessions.begin() as session:
                 end_job(session, job, WorkState.SKIPPED, error=skip.reason, timings=timings.phases)
+                steps.extend(self._not_run(session, job, f"was skipped: {skip.reason}"))
             logger.warning("job skipped", extra={**log, "reason": skip.reason})
             audit(AuditEvent.JOB_RUN, **log, outcome="skipped", reason=skip.reason)
+            audit_steps(job, steps)
             return
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
+
+            def not_run(session: Session) -> None:
+                steps.extend(self._not_run(session, job, f"failed: {error}"))
+
             state = retry_or_fail(
                 self.sessions,
                 job,
@@ -228,9 +241,11 @@ class Worker:
                 backoff_seconds=settings.retry_backoff_seconds,
                 backoff_max_seconds=settings.retry_backoff_max_seconds,
                 permanent=isinstance(exc, PERMANENT_ERRORS),
+                on_failed=not_run,
             )
             logger.error(f"job attempt failed ({state})", extra={**log, "error": error})
             audit(AuditEvent.JOB_RUN, **log, outcome=f"failed ({state})", error=error)
+            audit_steps(job, steps)
             return
         logger.info(
             "job done",
@@ -241,6 +256,16 @@ class Worker:
             },
         )
         self._audit_done(job, log, files, problems)
+        audit_steps(job, steps)
+
+    def _not_run(self, session: Session, job: ClaimedJob, outcome: str) -> list[StepJob]:
+        """A job that ended without results: its chain's later steps are marked not run,
+        and the report of the step it ran after is amended to say so (`chain_report`)."""
+        try:
+            amend_upstream_report(session, self.outbox, job.id, outcome)
+        except OSError as exc:  # the step's end and the steps after it are recorded anyway
+            logger.error("earlier report not amended", extra={"job_id": job.id, "error": exc})
+        return advance_chain(session, self.config, job.id)
 
     def _audit_done(
         self,
@@ -269,12 +294,15 @@ class Worker:
                 sop_class_uid=file.sop_class_uid,
             )
 
-    def _build_results(self, prediction: Prediction, datasets: list[Dataset]) -> list[Dataset]:
+    def _build_results(
+        self, prediction: Prediction, datasets: list[Dataset], comments: list[str]
+    ) -> list[Dataset]:
         """The SR, SEG and heatmap objects of one series, as ``[results]`` asks."""
         settings = self.config.results
         return build_results(
             prediction,
             datasets,
+            comments=comments,
             device_name=self.config.node.ae_title,
             manufacturer=settings.manufacturer,
             institution_name=settings.institution_name,
@@ -287,6 +315,8 @@ class Worker:
     ) -> tuple[list[OutboxFile], list[str], list[dict[str, Any]]]:
         with timings.phase("model_load"):
             model = self.models.get(job.model_name)
+        with self.sessions() as session:
+            step = step_input(session, self.config, job)
         results: list[Dataset] = []
         problems: list[str] = []
         found: list[dict[str, Any]] = []
@@ -301,7 +331,8 @@ class Worker:
                     start = time.perf_counter()
                     # A fractional SEG writes the model's probabilities: keep them.
                     fractional = self.config.results.segmentation == "fractional"
-                    prediction = model.predict(datasets, keep_probabilities=fractional)
+                    model_input = step.model_input(series_uid, datasets)
+                    prediction = model.predict(model_input, keep_probabilities=fractional)
                     INFERENCE_SECONDS.labels(model=job.model_name).observe(
                         time.perf_counter() - start
                     )
@@ -311,7 +342,8 @@ class Worker:
             if prediction.skipped:
                 problems.append(f"series {series_uid}: skipped " + "; ".join(prediction.skipped))
             with timings.phase("results"):
-                results.extend(self._build_results(prediction, datasets))
+                # Built over the stored pixels: a masked input changes no geometry.
+                results.extend(self._build_results(prediction, datasets, step.comments))
                 found.append(series_findings(prediction, datasets[0]))
             if lost():
                 raise LeaseLost()
@@ -320,3 +352,31 @@ class Worker:
         with timings.phase("outbox"):
             files = self.outbox.write(job.id, results)
         return files, problems, found
+
+
+def audit_steps(job: ClaimedJob, steps: list[StepJob]) -> None:
+    """One audit line per later chain step a finished job queued or marked not run."""
+    for step in steps:
+        audit(
+            AuditEvent.CHAIN_STEP,
+            study_uid=job.study_instance_uid,
+            job_id=step.job_id,
+            upstream_job_id=step.upstream_job_id,
+            route=step.route_name,
+            step=step.step,
+            model=step.model_name,
+            outcome=str(step.state),
+            reason=step.reason,
+        )
+        log = logger.info if step.state == WorkState.QUEUED else logger.warning
+        log(
+            "chain step queued" if step.state == WorkState.QUEUED else "chain step not run",
+            extra={
+                "study_uid": job.study_instance_uid,
+                "job_id": step.job_id,
+                "upstream_job_id": step.upstream_job_id,
+                "step": step.step,
+                "model": step.model_name,
+                "reason": step.reason,
+            },
+        )

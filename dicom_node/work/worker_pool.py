@@ -75,7 +75,7 @@ class WorkerPool:
         """
         seconds = warm_up()
         logger.info("result writers warmed up", extra={"seconds": round(seconds, 3)})
-        used = {name for route in self.config.routes for name in route.models}
+        used = {name for route in self.config.routes for name in route.all_models()}
         for name in sorted(used):
             try:
                 self.models.get(name)

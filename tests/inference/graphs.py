@@ -207,3 +207,26 @@ def segmenter_package(
     level = (level_hu - (center - width / 2)) / width
     threshold_graph(folder / "model.onnx", list(size), level)
     return folder
+
+
+def linear_classifier_graph(
+    path: Path, size: list[int], biases: list[float], weights: list[float] | None = None
+) -> None:
+    """logits = mean(image) * weights + biases, one per label: a classifier whose answer
+    a test chooses (``weights`` None: the same ``biases`` for every image)."""
+    nodes = [
+        helper.make_node("ReduceMean", ["image"], ["mean"], axes=[1, 2, 3], keepdims=1),
+        helper.make_node("Reshape", ["mean", "shape2"], ["per_image"]),
+        helper.make_node("Mul", ["per_image", "weights"], ["weighted"]),
+        helper.make_node("Add", ["weighted", "biases"], ["logits"]),
+    ]
+    inits = [
+        numpy_helper.from_array(np.asarray([-1, 1], np.int64), "shape2"),
+        numpy_helper.from_array(
+            np.asarray([weights or [0.0] * len(biases)], np.float32), "weights"
+        ),
+        numpy_helper.from_array(np.asarray([biases], np.float32), "biases"),
+    ]
+    shape: list[int | str] = ["batch", 1, *size]
+    out = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", len(biases)])
+    _save(helper.make_graph(nodes, "fixed", [_input(shape)], [out], inits), path)

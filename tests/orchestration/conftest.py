@@ -89,6 +89,16 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return url
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def own_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database of the test's own (for tests that alter tables), dropped afterwards."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'node.db'}"
+        return
+    with fresh_postgres_database() as url:
+        yield url
+
+
 @pytest.fixture
 def web_pacs(tmp_path: Path) -> Iterator[Orthanc]:
     """Orthanc with its DICOMweb plugin (at ``pacs.dicomweb_url``); skipped without it."""

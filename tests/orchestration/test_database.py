@@ -2,24 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 from sqlalchemy import text
 
 from dicom_node.db.sessions import SchemaError, add_missing_columns, create_db_engine
-from tests.orchestration.conftest import fresh_postgres_database
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def own_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A database of this test's own (these tests alter tables), dropped afterwards."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'node.db'}"
-        return
-    with fresh_postgres_database() as url:
-        yield url
 
 
 def test_an_older_database_gets_the_new_columns_and_keeps_its_rows(own_database_url: str) -> None:
