@@ -12,10 +12,14 @@
 * the Prediction types shared with `sr_writer`, and the one reading of frame
   geometry (`frame_geometry`, `FrameGeometry`) that results are written with;
 * `atomic_write` and `fsync_dir`, the project's one durable-write rule (temp name,
-  fsync, rename), which the node's outbox and spool use too.
+  fsync, rename), which the node's outbox and spool use too;
+* the model card a package carries (`ModelPackage.card`, a `ModelCard`), rendered for
+  people by `card_document` with the node's drift thresholds as its `SurveillancePlan`.
 """
 
 from inference.atomic_file import atomic_write, fsync_dir
+from inference.card import ModelCard, SurveillancePlan
+from inference.card_writer import card_document
 from inference.devices import GpuGate
 from inference.errors import (
     BackendUnavailableError,
@@ -55,15 +59,18 @@ __all__ = [
     "Label",
     "LabelScore",
     "Model",
+    "ModelCard",
     "ModelIdentity",
     "ModelPackage",
     "ModelPackageError",
     "ModelSpec",
     "Prediction",
     "Segmentation",
+    "SurveillancePlan",
     "Task",
     "UnsupportedSeriesError",
     "atomic_write",
+    "card_document",
     "frame_geometry",
     "fsync_dir",
     "load_model",

@@ -9,7 +9,7 @@ from typing import Any
 from dicom_node.config import load_config
 from dicom_node.errors import ConfigError
 from dicom_node.net.scp import tls_problems
-from dicom_node.work.package_check import model_package_problems
+from dicom_node.work.package_check import check_model_packages
 from dicom_node.work.routing import unmatchable_conditions
 
 
@@ -35,10 +35,11 @@ def run(args: argparse.Namespace) -> int:
         config = load_config(args.config)
     except ConfigError as exc:
         return _report(exc.path, exc.problems)
-    problems = model_package_problems(config) + tls_problems(config)
+    problems, warnings = check_model_packages(config)
+    problems += tls_problems(config)
     if problems:
         return _report(args.config, problems)
-    for key, message in unmatchable_conditions(config):
+    for key, message in [*warnings, *unmatchable_conditions(config)]:
         print(f"warning: {key}: {message}", file=sys.stderr)
     print(
         f"{args.config}: OK ({len(config.peers)} peers, {len(config.models)} models, "

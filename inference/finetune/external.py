@@ -240,7 +240,7 @@ def evaluate_package(
     }
     report = write_report(results, run, Path(out))
     if card:
-        record_external_validation(Path(package), results, run, report)
+        record_external_validation(Path(package), spec, results, run, report)
     return ExternalResult(report, len(cases), skipped.counts())
 
 

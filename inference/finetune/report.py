@@ -14,6 +14,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
+from inference.figure_format import fmt, interval_text
 from inference.finetune.intervals import MIN_PER_CLASS
 
 logger = logging.getLogger(__name__)
@@ -25,22 +26,6 @@ FIGURES_JSON = "figures.json"
 RESULTS_JSON = "results.json"
 # The one "fold" of an external validation: the package as shipped, at its thresholds.
 EXTERNAL = "external"
-
-
-def fmt(value: object, digits: int = 3) -> str:
-    """A figure as printed: floats to ``digits`` decimals, ``None`` as n/a."""
-    if value is None:
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
-def interval_text(interval: list[float] | None, note: str | None) -> str:
-    """``95% CI 0.712-0.934``, or why there is none."""
-    if interval is None:
-        return note or "no interval"
-    return f"95% CI {fmt(interval[0])}-{fmt(interval[1])}"
 
 
 def _interval_cell(interval: list[float] | None, note: str | None) -> str:

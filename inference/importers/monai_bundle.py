@@ -18,6 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from inference.card_writer import write_card
+from inference.importers.card import bundle_card
 from inference.importers.errors import ImportModelError
 from inference.importers.labels import coded_labels
 from inference.importers.monai_mapping import (
@@ -281,6 +283,7 @@ def import_monai_bundle(
             )
         header = f"Imported by `dicom-node import-model monai-bundle` from {bundle.resolve()}"
         write_spec(stage, spec, header, licence)
+        write_card(stage, bundle_card(meta, spec))
     result = ImportResult(
         validate_package(target), {NETWORK_FILE: check.max_abs_diff}, labels.generic, tuple(notes)
     )
