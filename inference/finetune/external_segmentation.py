@@ -272,8 +272,15 @@ def seg_files(folder: Path | str) -> list[Path]:
     ------
     FileNotFoundError
         When the folder does not exist.
+    ValueError
+        When it is a file (a classification CSV given to a segmentation package).
     """
     root = Path(folder)
+    if root.is_file():
+        raise ValueError(
+            f"{root} is a file: the labels of a segmentation package are a folder of DICOM SEG "
+            "objects referencing the source series"
+        )
     if not root.is_dir():
         raise FileNotFoundError(f"SEG label folder not found: {root}")
     found = []

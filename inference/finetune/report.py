@@ -175,7 +175,8 @@ def _label_warnings(label: Json, shipped: int) -> list[str]:
                 f"`{name}` {attribute['attribute']}: subgroup AUC too few to estimate for "
                 f"{groups}: fewer than {MIN_PER_CLASS} positives or negatives."
             )
-        if attribute["gap_note"]:
+        # One group (a single-vendor set): nothing to compare, nothing to warn about.
+        if attribute["gap_note"] and len(attribute["groups"]) > 1:
             out.append(
                 f"`{name}` {attribute['attribute']}: equalized-odds gap {attribute['gap_note']}."
             )

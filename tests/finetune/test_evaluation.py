@@ -28,6 +28,7 @@ def _data(truth: np.ndarray, seed: int = 0) -> TrainingData:
             sex=str(rng.choice(["F", "M"])),
             age_band=str(rng.choice(["18-64", "65+"])),
             target=(float(t),),
+            manufacturer="VendorA" if i % 2 else "VendorB",
         )
         for i, t in enumerate(truth)
     ]
