@@ -48,8 +48,3 @@ def check_model_packages(config: NodeConfig) -> tuple[list[tuple[str, str]], lis
         if warning is not None:
             warnings.append((key, warning))
     return problems, warnings
-
-
-def model_package_problems(config: NodeConfig) -> list[tuple[str, str]]:
-    """``(key path, message)`` for each model package that does not validate."""
-    return check_model_packages(config)[0]
