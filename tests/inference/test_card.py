@@ -7,13 +7,23 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+from pydicom import Dataset
 
 from dicom_node.config import DriftSection
-from inference import ModelPackageError, SurveillancePlan, card_document, validate_package
+from inference import (
+    ModelPackageError,
+    SurveillancePlan,
+    card_document,
+    load_model,
+    validate_package,
+)
 from inference.card import CARD_JSON, CARD_MD, ModelCard, TrainingProvenance, read_card
 from inference.card_writer import GENERATED_MARK, write_card
+from sr_writer import build_results
 from tests.conftest import run_cli
+from tests.finetune.ct_with_seg import write_series
 from tests.orchestration.studies import MODELS
 
 
@@ -103,3 +113,22 @@ def test_check_config_and_models_warn_about_a_card_of_another_version(
     (package / CARD_MD).unlink()
     missing = run_cli("models", "-c", config, "--card", "bone")
     assert missing.returncode == 1 and "bone has no model card" in missing.stderr
+
+
+def test_results_of_a_carded_package_name_the_card_in_the_sr(package: Path, tmp_path: Path) -> None:
+    """The chain the worker runs: load_model, predict, build_results."""
+    write_card(package, _card())
+    series = write_series(tmp_path, np.random.default_rng(0), {"PatientID": "P1"})
+    with load_model(package, "onnxruntime") as model:
+        prediction = model.predict(series.datasets)
+    assert prediction.model.model_card == "demo-ct-bone 1.0.0"
+    sr = next(ds for ds in build_results(prediction, series.datasets) if ds.Modality == "SR")
+    texts = [str(item.get("TextValue", "")) for item in _content(sr)]
+    assert "model card: demo-ct-bone 1.0.0" in texts
+
+
+def _content(item: Dataset) -> list[Dataset]:
+    found = []
+    for child in item.get("ContentSequence", []):
+        found += [child, *_content(child)]
+    return found
