@@ -51,7 +51,8 @@ def _classification_rows(labels: Iterable[dict[str, Any]]) -> list[str]:
         "|---|---|---|---|---|---|---|",
     ]
     for label in labels:
-        area = f"{fmt(label.get('auc'))} ({interval_text(label.get('auc_ci95'), None)})"
+        interval = interval_text(label.get("auc_ci95"), label.get("auc_ci_note"))
+        area = f"{fmt(label.get('auc'))} ({interval})"
         lines.append(
             f"| {label['label']} | {fmt(label.get('threshold'), 4)} | {label.get('n')} | "
             f"{label.get('positives')} | {area} | {fmt(label.get('sensitivity'))} | "
@@ -66,11 +67,12 @@ def _segmentation_rows(labels: Iterable[dict[str, Any]]) -> list[str]:
         "|---|---|---|---|---|",
     ]
     for label in labels:
-        dice = f"{fmt(label.get('dice_mean'))} ({interval_text(label.get('dice_ci95'), None)})"
-        hd95 = (
-            f"{fmt(label.get('hausdorff95_mean'))} "
-            f"({interval_text(label.get('hausdorff95_ci95'), None)})"
+        dice_interval = interval_text(label.get("dice_ci95"), label.get("dice_ci_note"))
+        hd95_interval = interval_text(
+            label.get("hausdorff95_ci95"), label.get("hausdorff95_ci_note")
         )
+        dice = f"{fmt(label.get('dice_mean'))} ({dice_interval})"
+        hd95 = f"{fmt(label.get('hausdorff95_mean'))} ({hd95_interval})"
         lines.append(
             f"| {label['label']} | {label.get('n')} | {dice} | {hd95} | "
             f"{label.get('hausdorff_undefined', 0)} |"

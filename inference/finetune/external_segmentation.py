@@ -330,12 +330,13 @@ def score_segmentations(
         annotated.add(series_uid)
         try:
             numbers = segment_numbers(seg, names, path)
+        except ValueError as exc:  # a SEG of other structures
+            skipped.add("no_label", str(exc))
+            continue
+        try:
             prediction = model.predict(index.read_series(series_uid))
         except UnsupportedSeriesError as exc:
             skipped.add("other_modality", f"{series_uid}: {exc.reason}")
-            continue
-        except ValueError as exc:  # a SEG of other structures
-            skipped.add("no_label", str(exc))
             continue
         if not isinstance(prediction, Segmentation):
             raise ModelPackageError(

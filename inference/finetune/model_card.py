@@ -71,6 +71,7 @@ def _classification_entry(name: str, pooled: Json, row: Json) -> Json:
         "positives": pooled["positives"],
         "auc": pooled["auc"],
         "auc_ci95": pooled["auc_ci95"],
+        "auc_ci_note": pooled["auc_ci_note"],
         "sensitivity": row["sensitivity"],
         "sensitivity_ci95": row["sensitivity_ci95"],
         "specificity": row["specificity"],
@@ -83,8 +84,10 @@ def _segmentation_entry(name: str, pooled: Json) -> Json:
         "n",
         "dice_mean",
         "dice_ci95",
+        "dice_ci_note",
         "hausdorff95_mean",
         "hausdorff95_ci95",
+        "hausdorff95_ci_note",
         "hausdorff_undefined",
         "hausdorff_unit",
     )
@@ -215,11 +218,11 @@ def record_external_validation(
     """
     entry = Validation(
         date=_today(),
-        dataset=run["dataset"],
+        dataset=str(Path(run["dataset"]).resolve()),
         cases=run["cases"],
         method="the package as the node runs it, at its own thresholds",
         backend=run["backend"],
-        report=str(report),
+        report=str(report.resolve()),
         labels=label_figures(results, EXTERNAL),
     )
     card = read_card(package) or _base_card(spec, [])
