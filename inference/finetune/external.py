@@ -29,7 +29,7 @@ from inference.finetune.external_segmentation import (
     seg_files,
     segmentation_results,
 )
-from inference.finetune.model_card import record_external_validation
+from inference.finetune.model_card import check_card_applies, record_external_validation
 from inference.finetune.report import EXTERNAL, write_report
 from inference.finetune.subgroups import DEFAULT_AGE_BANDS
 from inference.finetune.training import FoldOutcome
@@ -191,7 +191,8 @@ def evaluate_package(
     Raises
     ------
     ModelPackageError
-        When the package is broken or is a detection package.
+        When the package is broken or is a detection package, or (with ``card``) its
+        model card describes another version.
     LabelFileError
         When the labels CSV is malformed or lacks a label of the package.
     FileNotFoundError
@@ -210,6 +211,8 @@ def evaluate_package(
                 "model.task",
                 "evaluate takes classification and segmentation packages, not 'detection'",
             )
+        if card:
+            check_card_applies(Path(package), spec)
         index = index_folder(data, progress=progress)
         skipped = SkippedInputs()
         for item in index.unreadable:

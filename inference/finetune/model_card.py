@@ -19,8 +19,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from inference.card import GroupCounts, ModelCard, TrainingProvenance, Validation, read_card
+from inference.card import (
+    CARD_JSON,
+    GroupCounts,
+    ModelCard,
+    TrainingProvenance,
+    Validation,
+    read_card,
+)
 from inference.card_writer import write_card
+from inference.errors import ModelPackageError
 from inference.finetune.config import FinetuneConfig
 from inference.finetune.data import Case, TrainingData
 from inference.finetune.report import EXTERNAL, RESULTS_JSON
@@ -202,6 +210,25 @@ def write_package_card(run_dir: Path, package_dir: Path, spec: ModelSpec, fold: 
         }
     )
     return write_card(package_dir, document)
+
+
+def check_card_applies(package: Path, spec: ModelSpec) -> None:
+    """Refuse to extend a card written for another name or version of the package.
+
+    Raises
+    ------
+    ModelPackageError
+        When ``model_card.json`` is malformed or describes another version.
+    """
+    card = read_card(package)
+    info = spec.model
+    if card is not None and not card.applies_to(info.name, info.version):
+        raise ModelPackageError(
+            package / CARD_JSON,
+            "version",
+            f"the card describes {card.model} {card.version}, the package is {info.name} "
+            f"{info.version}: bring the card up to date before adding a validation to it",
+        )
 
 
 def record_external_validation(

@@ -15,7 +15,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from inference import Segmentation, load_model
+from inference import ModelPackageError, Segmentation, load_model
+from inference.card import ModelCard
+from inference.card_writer import write_card
 from inference.finetune import evaluate_package
 from tests.conftest import run_cli
 from tests.finetune.ct_with_seg import PIXEL_MM, SLICE_MM, SyntheticSeries, write_seg, write_series
@@ -157,3 +159,15 @@ def test_cli_card_and_models_card(labelled: tuple[Path, list[Any]], tmp_path: Pa
         shown.stdout
     )
     assert "reaches 0.30" in shown.stdout and f"[drift] of {config}" in shown.stdout
+
+
+def test_a_card_of_another_version_is_not_extended(
+    labelled: tuple[Path, list[Any]], tmp_path: Path
+) -> None:
+    folder, _ = labelled
+    package = tmp_path / "demo-ct-bone"
+    shutil.copytree(BONE_PACKAGE, package)
+    write_card(package, ModelCard(model="demo-ct-bone", version="0.9.0"))
+    with pytest.raises(ModelPackageError, match=r"describes demo-ct-bone 0.9.0.*up to date"):
+        evaluate_package(package, folder, None, tmp_path / "out", progress=False, card=True)
+    assert not (tmp_path / "out").exists()  # refused before any work
