@@ -14,7 +14,8 @@
 * `atomic_write` and `fsync_dir`, the project's one durable-write rule (temp name,
   fsync, rename), which the node's outbox and spool use too;
 * the model card a package carries (`ModelPackage.card`, a `ModelCard`), rendered for
-  people by `card_document` with the node's drift thresholds as its `SurveillancePlan`.
+  people by `card_document` with the node's drift thresholds as its `SurveillancePlan`;
+  `card_mismatch` says, without loading the graph, when it describes another version.
 """
 
 from inference.atomic_file import atomic_write, fsync_dir
@@ -28,7 +29,7 @@ from inference.errors import (
     UnsupportedSeriesError,
 )
 from inference.model import Model, load_model
-from inference.package import ModelPackage, validate_package
+from inference.package import ModelPackage, card_mismatch, validate_package
 from inference.prediction import (
     Box,
     Classification,
@@ -71,6 +72,7 @@ __all__ = [
     "UnsupportedSeriesError",
     "atomic_write",
     "card_document",
+    "card_mismatch",
     "frame_geometry",
     "fsync_dir",
     "load_model",

@@ -117,6 +117,16 @@ class ModelCard(_CardSection):
         """Whether this card describes the package ``name`` ``version``."""
         return self.model == name and self.version == version
 
+    def mismatch(self, name: str, version: str) -> str | None:
+        """Why this card does not apply to the package ``name`` ``version``, or ``None``."""
+        if self.applies_to(name, version):
+            return None
+        return (
+            f"model_card.json describes {self.model} {self.version} but model.toml is "
+            f"{name} {version}: results will not name the card; update the card "
+            "(dicom-node export, or edit its model and version after review)"
+        )
+
 
 def read_card(folder: Path | str) -> ModelCard | None:
     """The package's card, or ``None`` when it has no ``model_card.json``.

@@ -68,6 +68,13 @@ class ModelPackage:
         return replace(identity, model_card=f"{self.card.model} {self.card.version}")
 
     @property
+    def card_warning(self) -> str | None:
+        """Why the package's model card does not apply to it; ``None`` when it does or
+        the package has no card."""
+        info = self.spec.model
+        return None if self.card is None else self.card.mismatch(info.name, info.version)
+
+    @property
     def output_names(self) -> tuple[str, ...]:
         """Output names in graph order: the order a torch module must return them.
 
@@ -143,6 +150,23 @@ def validate_package(path: Path | str) -> ModelPackage:
             raise ModelPackageError(other, "runtime.networks", "file not found")
         _checked_network(folder, spec, other, None, networks)
     return replace(package, card=card)
+
+
+def card_mismatch(path: Path | str) -> str | None:
+    """Why a package's model card does not apply to it, read from ``model.toml`` and
+    ``model_card.json`` alone (no graph loaded); ``None`` when it does or there is none.
+
+    Raises
+    ------
+    ModelPackageError
+        When ``model.toml`` or ``model_card.json`` is missing or wrong.
+    """
+    folder = Path(path)
+    card = read_card(folder)
+    if card is None:
+        return None
+    info = read_spec(folder).model
+    return card.mismatch(info.name, info.version)
 
 
 def _checked_network(

@@ -9,8 +9,9 @@ from typing import Any
 from dicom_node.config import load_config
 from dicom_node.errors import ConfigError
 from dicom_node.net.scp import tls_problems
-from dicom_node.work.package_check import check_model_packages
+from dicom_node.work.package_check import model_package_problems
 from dicom_node.work.routing import unmatchable_conditions
+from dicom_node.work.version_check import model_card_warnings
 
 
 def add_parser(subparsers: Any) -> None:
@@ -35,11 +36,10 @@ def run(args: argparse.Namespace) -> int:
         config = load_config(args.config)
     except ConfigError as exc:
         return _report(exc.path, exc.problems)
-    problems, warnings = check_model_packages(config)
-    problems += tls_problems(config)
+    problems = model_package_problems(config) + tls_problems(config)
     if problems:
         return _report(args.config, problems)
-    for key, message in [*warnings, *unmatchable_conditions(config)]:
+    for key, message in [*model_card_warnings(config), *unmatchable_conditions(config)]:
         print(f"warning: {key}: {message}", file=sys.stderr)
     print(
         f"{args.config}: OK ({len(config.peers)} peers, {len(config.models)} models, "

@@ -20,7 +20,6 @@ import sys
 from typing import Any
 
 from dicom_node.config import DriftSection, ModelConfig, NodeConfig, load_config
-from dicom_node.work.package_check import card_version_warning
 from inference import (
     InferenceError,
     ModelPackageError,
@@ -69,9 +68,8 @@ def print_card(config: NodeConfig, name: str, source: str) -> int:
     if text is None:
         print(f"models --card: {name} has no model card in {entry.path}", file=sys.stderr)
         return 1
-    warning = card_version_warning(package)
-    if warning is not None:
-        print(f"warning: {name}: {warning}", file=sys.stderr)
+    if package.card_warning is not None:
+        print(f"warning: {name}: {package.card_warning}", file=sys.stderr)
     print(text, end="" if text.endswith("\n") else "\n")
     return 0
 
@@ -100,9 +98,8 @@ def describe(config: NodeConfig, entry: ModelConfig) -> dict[str, Any]:
             "device": model.device,
             "model_card": model.identity.model_card or None,
         }
-        warning = card_version_warning(model.package)
-        if warning is not None:
-            row["card_warning"] = warning
+        if model.package.card_warning is not None:
+            row["card_warning"] = model.package.card_warning
     if origin is not None:
         row["origin"] = origin.model_dump(mode="json", exclude_none=True)
     return row

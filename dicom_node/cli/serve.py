@@ -17,7 +17,8 @@ from dicom_node.logs import configure_logging
 from dicom_node.net.scp import tls_problems
 from dicom_node.service import ROLES, Service
 from dicom_node.work.inference_process import InferenceProcess
-from dicom_node.work.package_check import check_model_packages
+from dicom_node.work.package_check import model_package_problems
+from dicom_node.work.version_check import model_card_warnings
 
 logger = logging.getLogger(__name__)
 
@@ -77,14 +78,13 @@ def _service(args: argparse.Namespace, config: NodeConfig) -> Service:
 def run(args: argparse.Namespace) -> int:
     """Check the config and the model packages, then serve until SIGTERM; the exit status."""
     config = load_config(args.config)
-    problems, warnings = check_model_packages(config)
-    problems += tls_problems(config)
+    problems = model_package_problems(config) + tls_problems(config)
     if problems:
         print(ConfigError(args.config, problems), file=sys.stderr)
         return 2
     if args.log_level is None:
         configure_logging(config.node.log_level)
-    for key, message in warnings:
+    for key, message in model_card_warnings(config):
         logger.warning("model card does not apply", extra={"key": key, "reason": message})
     if args.parent_pid is not None:
         _as_child(args.parent_pid)

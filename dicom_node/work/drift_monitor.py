@@ -31,7 +31,7 @@ def load_profiles(config: NodeConfig) -> dict[str, Profile]:
     Raises
     ------
     dicom_node.work.drift.ProfileError
-        When a profile does not match its package (`check_model_packages` says so first).
+        When a profile does not match its package (`model_package_problems` says so first).
     inference.ModelPackageError
         When a package is broken.
     """
