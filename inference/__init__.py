@@ -7,20 +7,18 @@
 * `validate_package` checks a package against its graph without starting a
   backend (for ``dicom-node check-config``), returning a `ModelPackage` whose
   ``spec`` (`ModelSpec`) holds name, version, task and modalities;
+* the model card a package carries (`ModelPackage.card`, a `ModelCard`), rendered for
+  people by `card_document` with the node's drift thresholds as its `SurveillancePlan`;
+  `card_mismatch` says, without loading the graph, when it describes another version;
 * the errors: `InferenceError` and its subclasses `ModelPackageError` (broken
   package), `UnsupportedSeriesError` (skip the job) and `BackendUnavailableError`;
 * the Prediction types shared with `sr_writer`, and the one reading of frame
   geometry (`frame_geometry`, `FrameGeometry`) that results are written with;
 * `atomic_write` and `fsync_dir`, the project's one durable-write rule (temp name,
-  fsync, rename), which the node's outbox and spool use too;
-* the model card a package carries (`ModelPackage.card`, a `ModelCard`), rendered for
-  people by `card_document` with the node's drift thresholds as its `SurveillancePlan`;
-  `card_mismatch` says, without loading the graph, when it describes another version.
+  fsync, rename), which the node's outbox and spool use too.
 """
 
 from inference.atomic_file import atomic_write, fsync_dir
-from inference.card import ModelCard, SurveillancePlan
-from inference.card_writer import card_document
 from inference.devices import GpuGate
 from inference.errors import (
     BackendUnavailableError,
@@ -29,6 +27,8 @@ from inference.errors import (
     UnsupportedSeriesError,
 )
 from inference.model import Model, load_model
+from inference.model_card import ModelCard, SurveillancePlan
+from inference.model_card_files import card_document
 from inference.package import ModelPackage, card_mismatch, validate_package
 from inference.prediction import (
     Box,

@@ -1,7 +1,7 @@
 """Validation figures as printed in reports and model cards: one format everywhere.
 
 The report (`inference.finetune.report`, which needs matplotlib) and the model card
-(`inference.card_markdown`, which the node prints without it) show the same numbers;
+(`inference.model_card_markdown`, which the node prints without it) show the same numbers;
 both format them here so that a figure reads the same in both.
 """
 

@@ -17,8 +17,8 @@ import numpy.typing as npt
 import onnx
 from onnx import numpy_helper
 
-from inference.card import ModelCard, read_card
 from inference.errors import ModelPackageError
+from inference.model_card import ModelCard, read_card
 from inference.prediction import ModelIdentity
 from inference.spec import SPEC_FILE, Activation, ModelSpec, Task, read_spec
 

@@ -29,15 +29,9 @@ from pydicom import Dataset
 from tqdm import tqdm
 
 from inference.errors import UnsupportedSeriesError
+from inference.finetune.case_attributes import UNKNOWN_MANUFACTURER, manufacturer, study_date
 from inference.finetune.dicom_index import DicomIndex, SeriesEntry, index_folder
-from inference.finetune.subgroups import (
-    UNKNOWN,
-    age_band,
-    manufacturer,
-    patient_age_years,
-    patient_sex,
-    study_date,
-)
+from inference.finetune.subgroups import age_band, patient_age_years, patient_sex
 from inference.preprocessing.loader import FrameFailure, PreparedFrame, iter_prepared
 from inference.preprocessing.plan import plan_series
 from inference.preprocessing.resize import to_model
@@ -72,7 +66,7 @@ class Case:
     sex: str
     age_band: str
     target: tuple[float, ...] = ()
-    manufacturer: str = UNKNOWN
+    manufacturer: str = UNKNOWN_MANUFACTURER
     study_date: str = ""
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from inference.finetune.case_attributes import SUBGROUP_ATTRIBUTES
 from inference.finetune.data import TrainingData
 from inference.finetune.intervals import (
     MIN_PER_CLASS,
@@ -38,7 +39,7 @@ from inference.finetune.selection import (
     segmentation_score,
     select_fold,
 )
-from inference.finetune.subgroups import SUBGROUP_ATTRIBUTES, subgroup_results
+from inference.finetune.subgroups import subgroup_results
 from inference.finetune.training import FoldOutcome
 from inference.spec import Task
 

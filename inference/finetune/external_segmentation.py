@@ -26,12 +26,12 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from inference.errors import ModelPackageError, UnsupportedSeriesError
+from inference.finetune.case_attributes import SUBGROUP_ATTRIBUTES
 from inference.finetune.data import Case, SkippedInputs, make_case, segment_numbers
 from inference.finetune.dicom_index import SEG_SOP_CLASS, DicomIndex
 from inference.finetune.intervals import MIN_PER_CLASS, cluster_bootstrap
 from inference.finetune.metrics import dice
 from inference.finetune.report import EXTERNAL
-from inference.finetune.subgroups import SUBGROUP_ATTRIBUTES
 from inference.finetune.surface import hausdorff_mm
 from inference.model import Model
 from inference.prediction import Segmentation

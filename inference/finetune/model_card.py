@@ -6,7 +6,7 @@ age band, how labels were made, from the ``[card]`` section of the training conf
 and the internal validation (cross-validation figures). ``dicom-node export`` writes
 the package's card from the run's, for the fold it ships and under the package's name
 and version. ``dicom-node evaluate --card`` appends an external validation, so that
-whatever else the card holds stays as it was. The card's format is `inference.card`.
+whatever else the card holds stays as it was. The card's format is `inference.model_card`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from inference.card import (
+from inference.errors import ModelPackageError
+from inference.finetune.config import FinetuneConfig
+from inference.finetune.data import Case, TrainingData
+from inference.finetune.report import EXTERNAL, RESULTS_JSON
+from inference.model_card import (
     CARD_JSON,
     GroupCounts,
     ModelCard,
@@ -27,11 +31,7 @@ from inference.card import (
     Validation,
     read_card,
 )
-from inference.card_writer import write_card
-from inference.errors import ModelPackageError
-from inference.finetune.config import FinetuneConfig
-from inference.finetune.data import Case, TrainingData
-from inference.finetune.report import EXTERNAL, RESULTS_JSON
+from inference.model_card_files import write_card
 from inference.spec import ModelSpec, Task
 
 logger = logging.getLogger(__name__)

@@ -1,9 +1,8 @@
-"""Subgroups from the DICOM headers (sex, age band, manufacturer) and the equalized-odds gap.
+"""Subgroups from the DICOM headers (sex, age band) and the equalized-odds gap.
 
-A model that is right on average can still miss findings mostly in one group (of
-patients, or of scanners: a model trained on one vendor's images often loses on
-another's); the report shows sensitivity and false-positive rate per group so that a
-gap is seen before deployment. Age comes from Patient's Age (``045Y``, ``006M`` ...) or, where
+A model that is right on average can still miss findings mostly in one group; the
+report shows sensitivity and false-positive rate per group so that a gap is seen
+before deployment. Age comes from Patient's Age (``045Y``, ``006M`` ...) or, where
 that is empty, from Patient's Birth Date and the Study Date.
 """
 
@@ -24,8 +23,6 @@ from inference.finetune.intervals import MIN_PER_CLASS, class_count_note, cluste
 from inference.finetune.metrics import auc, decision_counts
 
 UNKNOWN = "unknown"
-# The `Case` attributes every report breaks its figures down by.
-SUBGROUP_ATTRIBUTES: tuple[str, ...] = ("sex", "age_band", "manufacturer")
 DEFAULT_AGE_BANDS: tuple[int, ...] = (18, 40, 65)
 _AGE = re.compile(r"^(\d{3})([DWMY])$")
 _UNIT_YEARS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
@@ -66,17 +63,6 @@ def patient_sex(ds: Dataset) -> str:
     """``M``, ``F``, ``O`` or ``unknown``."""
     sex = str(ds.get("PatientSex", "") or "").strip().upper()
     return sex if sex in ("M", "F", "O") else UNKNOWN
-
-
-def manufacturer(ds: Dataset) -> str:
-    """The scanner's Manufacturer as written, stripped; ``unknown`` when empty."""
-    return str(ds.get("Manufacturer", "") or "").strip() or UNKNOWN
-
-
-def study_date(ds: Dataset) -> str:
-    """Study Date (or Acquisition Date) as ``YYYY-MM-DD``; empty when unknown."""
-    seen = _date(ds.get("StudyDate")) or _date(ds.get("AcquisitionDate"))
-    return "" if seen is None else seen.isoformat()
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from inference.card import CardOrigin, ModelCard, TrainingProvenance, Validation
+from inference.model_card import CardOrigin, ModelCard, TrainingProvenance, Validation
 
 logger = logging.getLogger(__name__)
 

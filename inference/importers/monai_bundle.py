@@ -18,7 +18,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from inference.card_writer import write_card
 from inference.importers.card import bundle_card
 from inference.importers.errors import ImportModelError
 from inference.importers.labels import coded_labels
@@ -32,6 +31,7 @@ from inference.importers.monai_mapping import (
 from inference.importers.onnx_export import export_network
 from inference.importers.package_writer import ImportOptions, ImportResult, staged, write_spec
 from inference.importers.sources import load_checkpoint, read_json, require, sha256
+from inference.model_card_files import write_card
 from inference.package import validate_package
 
 logger = logging.getLogger(__name__)

@@ -19,13 +19,13 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from inference.card_writer import write_card
 from inference.importers.card import nnunet_card
 from inference.importers.errors import ImportModelError
 from inference.importers.labels import coded_labels
 from inference.importers.onnx_export import export_network
 from inference.importers.package_writer import ImportOptions, ImportResult, staged, write_spec
 from inference.importers.sources import load_checkpoint, read_json, require, sha256
+from inference.model_card_files import write_card
 from inference.package import validate_package
 
 logger = logging.getLogger(__name__)

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from inference import ModelPackageError, Segmentation, load_model
-from inference.card import ModelCard
-from inference.card_writer import write_card
 from inference.finetune import evaluate_package
+from inference.model_card import ModelCard
+from inference.model_card_files import write_card
 from tests.conftest import run_cli
 from tests.finetune.ct_with_seg import PIXEL_MM, SLICE_MM, SyntheticSeries, write_seg, write_series
 from tests.orchestration.studies import MODELS

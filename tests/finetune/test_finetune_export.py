@@ -18,7 +18,6 @@ import torch
 
 from dicom_node.cli import main
 from inference import Classification, load_model
-from inference.card import read_card
 from inference.finetune.config import read_config
 from inference.finetune.data import load_training_data
 from inference.finetune.export import export_package, load_fold_model
@@ -26,6 +25,7 @@ from inference.finetune.run import finetune
 from inference.finetune.splits import patient_splits
 from inference.finetune.synthetic import NODULE, write_chest_set
 from inference.finetune.training import train_fold
+from inference.model_card import read_card
 
 pytestmark = pytest.mark.slow
 

@@ -13,12 +13,12 @@ import pytest
 import torch
 
 from inference import Segmentation, load_model
-from inference.card import read_card
 from inference.finetune.config import read_config
 from inference.finetune.data import load_training_data
 from inference.finetune.export import export_package, load_fold_model
 from inference.finetune.run import finetune
 from inference.finetune.synthetic import write_segmentation_set
+from inference.model_card import read_card
 
 pytestmark = pytest.mark.slow
 

@@ -19,8 +19,8 @@ from inference import (
     load_model,
     validate_package,
 )
-from inference.card import CARD_JSON, CARD_MD, ModelCard, TrainingProvenance, read_card
-from inference.card_writer import GENERATED_MARK, write_card
+from inference.model_card import CARD_JSON, CARD_MD, ModelCard, TrainingProvenance, read_card
+from inference.model_card_files import GENERATED_MARK, write_card
 from sr_writer import build_results
 from tests.conftest import run_cli
 from tests.finetune.ct_with_seg import write_series

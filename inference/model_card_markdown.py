@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from inference.card import ModelCard, SurveillancePlan, TrainingProvenance, Validation
 from inference.figure_format import fmt, interval_text
+from inference.model_card import ModelCard, SurveillancePlan, TrainingProvenance, Validation
 
 _NOT_STATED = "not stated"
 

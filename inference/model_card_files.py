@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from inference.atomic_file import atomic_write
-from inference.card import CARD_JSON, CARD_MD, ModelCard, SurveillancePlan
-from inference.card_markdown import render_card
+from inference.model_card import CARD_JSON, CARD_MD, ModelCard, SurveillancePlan
+from inference.model_card_markdown import render_card
 
 # model_card.md: text above this line is kept when the card is rendered again.
 GENERATED_MARK = "<!-- generated from model_card.json below this line: edit that file -->"

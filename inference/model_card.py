@@ -4,7 +4,7 @@ Regulators (FDA 510(k), EU MDR) ask a transfer-learning pipeline for three docum
 the provenance of its training data, validation results on external data, and a
 post-market surveillance plan. A package carries them as ``model_card.json`` (the
 fields below, which tools and the node read) and ``model_card.md`` (the same for
-people, rendered from the JSON by `card_markdown`, written by `card_writer`).
+people, rendered from the JSON by `model_card_markdown`, written by `model_card_files`).
 ``dicom-node finetune``/``export`` write the card, ``evaluate --card`` appends
 external validations, ``import-model`` fills what a MONAI bundle's metadata or an
 nnU-Net dataset says, and the node names the card's version in every SR when it
