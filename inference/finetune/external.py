@@ -24,13 +24,10 @@ from inference.errors import ModelPackageError, UnsupportedSeriesError
 from inference.finetune.data import Case, SkippedInputs, TrainingData, make_case, read_labels
 from inference.finetune.dicom_index import DicomIndex, SeriesEntry, index_folder
 from inference.finetune.evaluation import evaluate_classification
-from inference.finetune.external_segmentation import (
-    score_segmentations,
-    seg_files,
-    segmentation_results,
-)
+from inference.finetune.external_segmentation import score_segmentations, segmentation_results
 from inference.finetune.model_card import check_card_applies, record_external_validation
 from inference.finetune.report import EXTERNAL, write_report
+from inference.finetune.segmentation_truth import nifti_files, seg_files, truths
 from inference.finetune.subgroups import DEFAULT_AGE_BANDS
 from inference.finetune.training import FoldOutcome
 from inference.model import Model, load_model
@@ -129,21 +126,24 @@ def _segmentation(
     seed: int,
     resamples: int,
 ) -> tuple[dict[str, Any], list[Case]]:
-    """Score every series a SEG (in the data folder or the labels folder) annotates."""
-    found = {path.resolve(): path for path in index.segmentations}
+    """Score every series a SEG (in the data or labels folder) or a NIfTI label map (in
+    the labels folder) annotates."""
+    segs = {path.resolve(): path for path in index.segmentations}
+    niftis: list[Path] = []
     if labels is not None:
-        found |= {path.resolve(): path for path in seg_files(labels)}
+        segs |= {path.resolve(): path for path in seg_files(labels)}
+        niftis = nifti_files(labels)
+    names = [label.name for label in model.spec.labels]
     figures = score_segmentations(
         model,
         index,
-        sorted(found.values()),
+        truths(sorted(segs.values()), niftis, names, skipped),
         DEFAULT_AGE_BANDS,
         skipped,
         lambda items: _progress(items, "evaluate", progress),
     )
     if not figures:
         return {}, []
-    names = [label.name for label in model.spec.labels]
     return segmentation_results(figures, names, resamples, seed), [f.case for f in figures]
 
 
@@ -171,8 +171,9 @@ def evaluate_package(
     labels : pathlib.Path or str or None
         Classification: a CSV, ``StudyInstanceUID`` or ``SeriesInstanceUID`` and one
         0/1 column per label. Segmentation: a folder of DICOM SEG objects referencing
-        the source series (segments matched to labels by Segment Label), or ``None``
-        when the SEGs are in ``data``.
+        the source series (segments matched to labels by Segment Label) and/or NIfTI
+        label maps named ``SERIES_UID.nii.gz`` (`segmentation_truth`), or ``None``
+        when SEGs are in ``data``.
     out : pathlib.Path or str
         The report folder (``report.md``, ``report.html``, ``results.json``, plots).
     backend, device : str

@@ -1,10 +1,9 @@
-"""External validation of a segmentation package: the node's masks against SEG truth.
+"""External validation of a segmentation package: the node's masks against the truth.
 
-Each DICOM SEG in the labelled folder is one case: the source series it references is
-run through ``Model.predict`` exactly as the node's worker runs it, and the SEG's
-frames are read with highdicom onto the very source frames the prediction names
-(`get_pixels_by_source_instance`, or by frame number for a multi-frame source), so
-truth and prediction share the source grid and no resampling stands between them.
+Each truth (a DICOM SEG, or a NIfTI label map, `segmentation_truth`) is one case: the
+source series it annotates is run through ``Model.predict`` exactly as the node's
+worker runs it, and the truth is read onto the very source frames the prediction
+names, so that truth and prediction share the source grid.
 Per case and label: Dice, HD95 and the maximum Hausdorff distance in millimetres in
 the source voxel spacing (`surface.hausdorff_mm`, MONAI's definition), and the volume
 of truth and prediction. Per label: means with patient-bootstrap intervals, and the
@@ -19,19 +18,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import highdicom as hd
 import numpy as np
 import numpy.typing as npt
-import pydicom
-from pydicom.errors import InvalidDicomError
 
 from inference.errors import ModelPackageError, UnsupportedSeriesError
 from inference.finetune.case_attributes import SUBGROUP_ATTRIBUTES
-from inference.finetune.data import Case, SkippedInputs, make_case, segment_numbers
-from inference.finetune.dicom_index import SEG_SOP_CLASS, DicomIndex
+from inference.finetune.data import Case, SkippedInputs, make_case
+from inference.finetune.dicom_index import DicomIndex
 from inference.finetune.intervals import MIN_PER_CLASS, cluster_bootstrap
 from inference.finetune.metrics import dice
 from inference.finetune.report import EXTERNAL
+from inference.finetune.segmentation_truth import Truth
 from inference.finetune.surface import hausdorff_mm
 from inference.model import Model
 from inference.prediction import Segmentation
@@ -55,38 +52,6 @@ class CaseFigures:
     hd_max: tuple[float | None, ...]
     truth_ml: tuple[float | None, ...]
     predicted_ml: tuple[float | None, ...]
-
-
-def _truth_masks(
-    seg: hd.seg.Segmentation, prediction: Segmentation, numbers: Sequence[int]
-) -> npt.NDArray[np.bool_]:
-    """(frames, rows, columns, labels) truth on the prediction's source frames.
-
-    A label the SEG has no segment for (number 0) is empty truth.
-    """
-    frames = prediction.frames
-    present = [n for n in numbers if n]
-    sources = {f.sop_instance_uid for f in frames}
-    if len(sources) == 1 and len(frames) > 1:  # one multi-frame source instance
-        pixels = seg.get_pixels_by_source_frame(
-            source_sop_instance_uid=frames[0].sop_instance_uid,
-            source_frame_numbers=[f.frame_number for f in frames],
-            segment_numbers=present,
-            ignore_spatial_locations=True,
-            assert_missing_frames_are_empty=True,
-        )
-    else:
-        pixels = seg.get_pixels_by_source_instance(
-            source_sop_instance_uids=[f.sop_instance_uid for f in frames],
-            segment_numbers=present,
-            ignore_spatial_locations=True,
-            assert_missing_frames_are_empty=True,
-        )
-    truth = np.zeros((*prediction.shape, len(numbers)), dtype=bool)
-    for k, number in enumerate(numbers):
-        if number:
-            truth[..., k] = pixels[..., present.index(number)] > 0
-    return truth
 
 
 def _spacing(prediction: Segmentation) -> tuple[float, float, float] | None:
@@ -265,87 +230,52 @@ def segmentation_results(
     }
 
 
-def seg_files(folder: Path | str) -> list[Path]:
-    """The DICOM SEG files under a folder (recursively), read header-only.
-
-    Raises
-    ------
-    FileNotFoundError
-        When the folder does not exist.
-    ValueError
-        When it is a file (a classification CSV given to a segmentation package).
-    """
-    root = Path(folder)
-    if root.is_file():
-        raise ValueError(
-            f"{root} is a file: the labels of a segmentation package are a folder of DICOM SEG "
-            "objects referencing the source series"
-        )
-    if not root.is_dir():
-        raise FileNotFoundError(f"SEG label folder not found: {root}")
-    found = []
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        try:
-            header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"])
-        except (InvalidDicomError, OSError, ValueError):
-            continue
-        if str(header.get("SOPClassUID", "")) == SEG_SOP_CLASS:
-            found.append(path)
-    return found
-
-
 def score_segmentations(
     model: Model,
     index: DicomIndex,
-    segmentations: Sequence[Path],
+    truths: Sequence[Truth],
     age_bands: Sequence[int],
     skipped: SkippedInputs,
-    progress: Callable[[Sequence[Path]], Iterable[Path]],
+    progress: Callable[[Sequence[Truth]], Iterable[Truth]],
 ) -> list[CaseFigures]:
-    """Run the package on every series a SEG annotates, and score it against the SEG.
+    """Run the package on every series a truth (SEG or NIfTI) annotates, and score it.
 
     Raises
     ------
     ValueError
-        When there is no SEG, or two SEGs annotate one series.
+        When there is no truth, or two annotate one series.
     ModelPackageError
         When the package does not predict a segmentation.
     """
-    if not segmentations:
-        raise ValueError("no DICOM SEG found: the labels of a segmentation package are SEGs")
-    names = [label.name for label in model.spec.labels]
-    figures: list[CaseFigures] = []
+    if not truths:
+        raise ValueError(
+            "no DICOM SEG or NIfTI label map found: the labels of a segmentation package"
+        )
     seen: dict[str, Path] = {}
-    annotated: set[str] = set()
-    for path in progress(segmentations):
-        seg = hd.seg.segread(path)
-        series_uid = str(seg.ReferencedSeriesSequence[0].SeriesInstanceUID)
-        if series_uid in seen:
-            raise ValueError(f"{path} and {seen[series_uid]} both annotate series {series_uid}")
-        seen[series_uid] = path
-        entry = index.series.get(series_uid)
+    figures: list[CaseFigures] = []
+    for truth in progress(truths):
+        uid = truth.series_uid
+        if uid in seen:
+            raise ValueError(f"{truth.path} and {seen[uid]} both annotate series {uid}")
+        seen[uid] = truth.path
+        entry = index.series.get(uid)
         if entry is None:
-            skipped.add("no_dicom", f"{path}: source series {series_uid} not in the folder")
+            skipped.add("no_dicom", f"{truth.path}: source series {uid} not in the folder")
             continue
-        annotated.add(series_uid)
+        datasets = index.read_series(uid)
         try:
-            numbers = segment_numbers(seg, names, path)
-        except ValueError as exc:  # a SEG of other structures
-            skipped.add("no_label", str(exc))
-            continue
-        try:
-            prediction = model.predict(index.read_series(series_uid))
+            prediction = model.predict(datasets)
         except UnsupportedSeriesError as exc:
-            skipped.add("other_modality", f"{series_uid}: {exc.reason}")
+            skipped.add("other_modality", f"{uid}: {exc.reason}")
             continue
         if not isinstance(prediction, Segmentation):
             raise ModelPackageError(
                 model.package.path, "model.task", f"predicted {type(prediction).__name__}"
             )
         for reason in prediction.skipped:
-            skipped.add("not_prepared", f"{series_uid}: {reason}")
-        case = make_case(series_uid, entry.header, age_bands, ())
-        figures.append(score_case(case, prediction, _truth_masks(seg, prediction, numbers)))
-    for series_uid in sorted(set(index.series) - annotated):
-        skipped.add("no_label", f"series {series_uid}: no SEG in the folder annotates it")
+            skipped.add("not_prepared", f"{uid}: {reason}")
+        case = make_case(uid, entry.header, age_bands, ())
+        figures.append(score_case(case, prediction, truth.masks(prediction, datasets)))
+    for uid in sorted(set(index.series) - set(seen)):
+        skipped.add("no_label", f"series {uid}: no SEG or NIfTI map of the package's labels")
     return figures

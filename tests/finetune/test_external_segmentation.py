@@ -129,7 +129,8 @@ def test_means_intervals_subgroups_and_skipped(results: Any) -> None:
     assert vendors == dict.fromkeys(VENDORS, CASES // 3)
     exact = [g for g in pooled["subgroups"] if g["attribute"] == "age_band"]
     assert {g["group"] for g in exact} == {"18-39", "65+"}
-    assert found["run"]["skipped"]["no_label"] == 2  # the "lesion" SEG, the unannotated series
+    # The "lesion" SEG and its series (nothing of the package's labels), the bare series.
+    assert found["run"]["skipped"]["no_label"] == 3
     text = (out / "report.md").read_text(encoding="utf-8")
     assert "## Per case" in text and "| manufacturer | VendorB | 4 |" in text
     assert "Dice mean (95% CI)" in text and "| pooled |" not in text
@@ -145,7 +146,7 @@ def test_cli_card_and_models_card(labelled: tuple[Path, list[Any]], tmp_path: Pa
         *("--out", tmp_path / "out", "--backend", "onnxruntime", "--no-progress", "--card"),
     )
     assert done.returncode == 0, done.stderr
-    assert f"{CASES} case(s) evaluated, skipped: no_label 2" in done.stdout
+    assert f"{CASES} case(s) evaluated, skipped: no_label 3" in done.stdout
     card = json.loads((package / "model_card.json").read_text(encoding="utf-8"))
     (entry,) = card["external_validations"]
     assert entry["cases"] == CASES and entry["labels"][0]["dice_mean"] < 1.0
@@ -171,3 +172,35 @@ def test_a_card_of_another_version_is_not_extended(
     with pytest.raises(ModelPackageError, match=r"describes demo-ct-bone 0.9.0.*up to date"):
         evaluate_package(package, folder, None, tmp_path / "out", progress=False, card=True)
     assert not (tmp_path / "out").exists()  # refused before any work
+
+
+def _nifti(path: Path, truth: np.ndarray, flipped: bool) -> None:
+    """Write ``truth`` (slices, rows, columns) as dcm2niix would: axes (column, row,
+    slice), RAS affine; ``flipped`` also reverses the column axis."""
+    nibabel = pytest.importorskip("nibabel")
+    data = truth.transpose(2, 1, 0).astype(np.uint8)
+    affine = np.diag([-PIXEL_MM[1], -PIXEL_MM[0], SLICE_MM, 1.0])
+    if flipped:
+        data = data[::-1]
+        affine[0, 0], affine[0, 3] = PIXEL_MM[1], -PIXEL_MM[1] * (data.shape[0] - 1)
+    nibabel.save(nibabel.Nifti1Image(data, affine), path)
+
+
+def test_nifti_label_maps_are_placed_by_their_affine(tmp_path: Path) -> None:
+    rng = np.random.default_rng(9)
+    (tmp_path / "dicom").mkdir()
+    (tmp_path / "labels").mkdir()
+    expected = {}
+    for i in range(3):
+        series = write_series(tmp_path / "dicom", rng, {"PatientID": f"N{i}"})
+        truth = _truth(series, 0)  # the box less its first slice
+        uid = series.datasets[0].SeriesInstanceUID
+        _nifti(tmp_path / "labels" / f"{uid}.nii.gz", truth, flipped=i == 1)
+        expected[uid] = 2 * truth.sum() / (truth.sum() + series.box.sum())
+    out = tmp_path / "out"
+    evaluate_package(BONE_PACKAGE, tmp_path / "dicom", tmp_path / "labels", out, progress=False)
+    found = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    dices = {
+        row["case"]: row["labels"]["high-attenuation structure"]["dice"] for row in found["cases"]
+    }
+    assert dices == pytest.approx(expected, abs=1e-6)
