@@ -7,6 +7,9 @@
 * `validate_package` checks a package against its graph without starting a
   backend (for ``dicom-node check-config``), returning a `ModelPackage` whose
   ``spec`` (`ModelSpec`) holds name, version, task and modalities;
+* the model card a package carries (`ModelPackage.card`, a `ModelCard`), rendered for
+  people by `card_document` with the node's drift thresholds as its `SurveillancePlan`;
+  `card_mismatch` says, without loading the graph, when it describes another version;
 * the errors: `InferenceError` and its subclasses `ModelPackageError` (broken
   package), `UnsupportedSeriesError` (skip the job) and `BackendUnavailableError`;
 * the Prediction types shared with `sr_writer`, and the one reading of frame
@@ -28,7 +31,9 @@ from inference.errors import (
 )
 from inference.input_statistics import INPUT_STATISTICS
 from inference.model import Model, load_model
-from inference.package import ModelPackage, validate_package
+from inference.model_card import ModelCard, SurveillancePlan
+from inference.model_card_files import card_document
+from inference.package import ModelPackage, card_mismatch, validate_package
 from inference.prediction import (
     Box,
     Classification,
@@ -60,15 +65,19 @@ __all__ = [
     "Label",
     "LabelScore",
     "Model",
+    "ModelCard",
     "ModelIdentity",
     "ModelPackage",
     "ModelPackageError",
     "ModelSpec",
     "Prediction",
     "Segmentation",
+    "SurveillancePlan",
     "Task",
     "UnsupportedSeriesError",
     "atomic_write",
+    "card_document",
+    "card_mismatch",
     "frame_geometry",
     "fsync_dir",
     "load_model",

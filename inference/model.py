@@ -91,7 +91,7 @@ class Model:
     @property
     def identity(self) -> ModelIdentity:
         """Name, version and description written into every result."""
-        return self.package.spec.identity
+        return self.package.identity
 
     @property
     def backend_name(self) -> str:

@@ -9,7 +9,7 @@ broken package fails when the node starts, naming the file and the field.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +18,8 @@ import onnx
 from onnx import numpy_helper
 
 from inference.errors import ModelPackageError
+from inference.model_card import ModelCard, read_card
+from inference.prediction import ModelIdentity
 from inference.spec import SPEC_FILE, Activation, ModelSpec, Task, read_spec
 
 logger = logging.getLogger(__name__)
@@ -52,6 +54,25 @@ class ModelPackage:
     outputs: tuple[TensorInfo, ...]
     networks: tuple[Path, ...] = ()
     """Every ONNX network of the package (``runtime.networks``); several: an ensemble."""
+    card: ModelCard | None = None
+    """The package's model card (``model_card.json``), where it has one."""
+
+    @property
+    def identity(self) -> ModelIdentity:
+        """The identity written into every result: the spec's, naming the model card
+        when the card describes this very name and version."""
+        identity = self.spec.identity
+        info = self.spec.model
+        if self.card is None or not self.card.applies_to(info.name, info.version):
+            return identity
+        return replace(identity, model_card=f"{self.card.model} {self.card.version}")
+
+    @property
+    def card_warning(self) -> str | None:
+        """Why the package's model card does not apply to it; ``None`` when it does or
+        the package has no card."""
+        info = self.spec.model
+        return None if self.card is None else self.card.mismatch(info.name, info.version)
 
     @property
     def output_names(self) -> tuple[str, ...]:
@@ -99,7 +120,8 @@ def validate_package(path: Path | str) -> ModelPackage:
     Raises
     ------
     ModelPackageError
-        When ``model.toml`` is missing or wrong, no network file is present, the ONNX
+        When ``model.toml`` or ``model_card.json`` is missing or wrong (the card may
+        be absent), no network file is present, the ONNX
         file does not load or pass the ONNX checker, or the spec disagrees with the
         graph (names, ranks, element types, label count, CAM head shape).
     """
@@ -107,6 +129,7 @@ def validate_package(path: Path | str) -> ModelPackage:
     if not folder.is_dir():
         raise ModelPackageError(folder, "-", "model package folder not found")
     spec = read_spec(folder)
+    card = read_card(folder)
     _check_license(folder, spec)
     onnx_path = folder / spec.runtime.networks[0]
     ts_path = folder / spec.runtime.torch_file
@@ -119,14 +142,31 @@ def validate_package(path: Path | str) -> ModelPackage:
         if len(spec.runtime.networks) > 1:
             raise ModelPackageError(onnx_path, "runtime.networks", "file not found")
         logger.info("package %s has no %s; only the torch backend can run it", folder, ONNX_FILE)
-        return ModelPackage(folder, spec, None, ts_path, (), ())
+        return ModelPackage(folder, spec, None, ts_path, (), (), card=card)
     networks = tuple(folder / name for name in spec.runtime.networks)
     package = _checked_network(folder, spec, onnx_path, ts_path if has_ts else None, networks)
     for other in networks[1:]:
         if not other.is_file():
             raise ModelPackageError(other, "runtime.networks", "file not found")
         _checked_network(folder, spec, other, None, networks)
-    return package
+    return replace(package, card=card)
+
+
+def card_mismatch(path: Path | str) -> str | None:
+    """Why a package's model card does not apply to it, read from ``model.toml`` and
+    ``model_card.json`` alone (no graph loaded); ``None`` when it does or there is none.
+
+    Raises
+    ------
+    ModelPackageError
+        When ``model.toml`` or ``model_card.json`` is missing or wrong.
+    """
+    folder = Path(path)
+    card = read_card(folder)
+    if card is None:
+        return None
+    info = read_spec(folder).model
+    return card.mismatch(info.name, info.version)
 
 
 def _checked_network(

@@ -28,13 +28,18 @@ class CodedConcept:
 
 @dataclass(frozen=True)
 class ModelIdentity:
-    """Who made a result: written into every object as the algorithm and device."""
+    """Who made a result: written into every object as the algorithm and device.
+
+    ``model_card`` names the package version whose model card applies (``NAME
+    VERSION``), empty when the package has no card for this version.
+    """
 
     name: str
     version: str
     description: str = ""
     manufacturer: str = "DICOM AI node"
     not_for_clinical_use: bool = True
+    model_card: str = ""
 
 
 @dataclass(frozen=True)

@@ -108,8 +108,14 @@ def manufacturer(model: ModelIdentity, options: ResultOptions) -> str:
 
 
 def algorithm(model: ModelIdentity) -> AlgorithmIdentification:
-    """The model as TID 4019 algorithm identification, named on each measurement group."""
-    return AlgorithmIdentification(name=model.name, version=model.version)
+    """The model as TID 4019 algorithm identification, named on each measurement group.
+
+    Where the package's model card describes this version, an Algorithm Parameter
+    (DCM 111002) names it, so that a reader can tell which card's validation and
+    intended use apply to the result.
+    """
+    parameters = [ascii_text(f"model card: {model.model_card}")] if model.model_card else None
+    return AlgorithmIdentification(name=model.name, version=model.version, parameters=parameters)
 
 
 def algorithm_sequence(model: ModelIdentity) -> hd.AlgorithmIdentificationSequence:

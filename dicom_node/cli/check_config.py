@@ -12,6 +12,7 @@ from dicom_node.net.scp import tls_problems
 from dicom_node.work.notification_send import notification_file_problems
 from dicom_node.work.package_check import model_package_problems
 from dicom_node.work.routing import unmatchable_conditions
+from dicom_node.work.version_check import model_card_warnings
 
 
 def add_parser(subparsers: Any) -> None:
@@ -41,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     )
     if problems:
         return _report(args.config, problems)
-    for key, message in unmatchable_conditions(config):
+    for key, message in [*model_card_warnings(config), *unmatchable_conditions(config)]:
         print(f"warning: {key}: {message}", file=sys.stderr)
     print(
         f"{args.config}: OK ({len(config.peers)} peers, {len(config.models)} models, "

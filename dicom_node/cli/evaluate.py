@@ -3,8 +3,9 @@
 The package runs exactly as the node runs it (`inference.load_model`, its
 preprocessing and backend) and the report is fine-tuning's (`inference.finetune`):
 AUC with its interval, sensitivity and specificity at the package's thresholds,
-calibration, subgroups. The report needs the ``train`` extra (matplotlib, torch), so
-it is imported only when this command runs.
+calibration, subgroups; for a segmentation package, Dice and HD95 (mm) per case
+against DICOM SEG truth, with their means and intervals. The report needs the
+``train`` extra (matplotlib, torch), so it is imported only when this command runs.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--model", required=True, help="the model package folder")
     parser.add_argument("--data", required=True, help="folder of DICOM files")
     parser.add_argument(
-        "--labels", required=True, help="CSV: StudyInstanceUID or SeriesInstanceUID, 0/1 per label"
+        "--labels",
+        help="classification: CSV, StudyInstanceUID or SeriesInstanceUID and 0/1 per label; "
+        "segmentation: a folder of DICOM SEG objects (default: the SEGs in --data)",
     )
     parser.add_argument("--out", required=True, help="report folder")
     parser.add_argument("--backend", default="auto", help="auto, tensorrt, onnxruntime or torch")

@@ -6,8 +6,10 @@ and device that its ``backend``/``device`` settings resolve to on this machine (
 for an imported package where it came from (``[origin]``: the MONAI bundle or nnU-Net
 result, its version, and the licence file in the package). The
 model is really started, so a TensorRT engine is built here once and cached under
-``storage_dir/engines`` for ``serve`` to reuse. Exit status 1 when any model fails.
-``--card NAME`` prints that model's ``model_card.md`` instead.
+``storage_dir/engines`` for ``serve`` to reuse. Exit status 1 when any model fails; a
+model card written for another version is a warning. ``--card NAME`` prints that
+model's card instead (`inference.card_document`): its surveillance plan is this
+config's ``[drift]`` section, the thresholds in force here.
 """
 
 from __future__ import annotations
@@ -17,11 +19,15 @@ import json
 import sys
 from typing import Any
 
-from dicom_node.config import ModelConfig, NodeConfig, load_config
-from inference import InferenceError, load_model
-
-# Written beside model.toml by `dicom-node evaluate --card` (inference.finetune.model_card).
-CARD_FILE = "model_card.md"
+from dicom_node.config import DriftSection, ModelConfig, NodeConfig, load_config
+from inference import (
+    InferenceError,
+    ModelPackageError,
+    SurveillancePlan,
+    card_document,
+    load_model,
+    validate_package,
+)
 
 
 def add_parser(subparsers: Any) -> None:
@@ -35,17 +41,36 @@ def add_parser(subparsers: Any) -> None:
     parser.set_defaults(run=run)
 
 
-def print_card(config: NodeConfig, name: str) -> int:
-    """Print the model card of the model ``name``; 1 when it has none."""
+def surveillance_plan(drift: DriftSection, source: str) -> SurveillancePlan:
+    """The node's ``[drift]`` settings as a model card's surveillance plan."""
+    return SurveillancePlan(
+        window_studies=drift.window_studies,
+        window_days=drift.window_days,
+        min_studies=drift.min_studies,
+        psi_threshold=drift.psi_threshold,
+        p_value=drift.p_value,
+        source=f"[drift] of {source}",
+    )
+
+
+def print_card(config: NodeConfig, name: str, source: str) -> int:
+    """Print the model card of the model ``name``; 1 when it has none or is broken."""
     entry = next((m for m in config.models if m.name == name), None)
     if entry is None:
         print(f"models --card: no model named {name!r} in the config", file=sys.stderr)
         return 1
-    card = entry.path / CARD_FILE
-    if not card.is_file():
-        print(f"models --card: {name} has no {CARD_FILE} in {entry.path}", file=sys.stderr)
+    try:
+        package = validate_package(entry.path)
+    except ModelPackageError as exc:
+        print(f"models --card: {exc}", file=sys.stderr)
         return 1
-    print(card.read_text(encoding="utf-8"), end="")
+    text = card_document(entry.path, package.card, surveillance_plan(config.drift, source))
+    if text is None:
+        print(f"models --card: {name} has no model card in {entry.path}", file=sys.stderr)
+        return 1
+    if package.card_warning is not None:
+        print(f"warning: {name}: {package.card_warning}", file=sys.stderr)
+    print(text, end="" if text.endswith("\n") else "\n")
     return 0
 
 
@@ -71,7 +96,10 @@ def describe(config: NodeConfig, entry: ModelConfig) -> dict[str, Any]:
             "task": info.task.value,
             "backend": model.backend_name,
             "device": model.device,
+            "model_card": model.identity.model_card or None,
         }
+        if model.package.card_warning is not None:
+            row["card_warning"] = model.package.card_warning
     if origin is not None:
         row["origin"] = origin.model_dump(mode="json", exclude_none=True)
     return row
@@ -88,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     """Print each model's identity, backend and device; 1 when any cannot start."""
     config = load_config(args.config)
     if args.card:
-        return print_card(config, args.card)
+        return print_card(config, args.card, str(args.config))
     rows = [describe(config, entry) for entry in config.models]
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -102,4 +130,6 @@ def run(args: argparse.Namespace) -> int:
                     f"{row['name']}: {row['model']} {row['version']} ({row['task']}), "
                     f"{row['backend']} on {row['device']}{origin}"
                 )
+                if "card_warning" in row:
+                    print(f"warning: {row['name']}: {row['card_warning']}", file=sys.stderr)
     return 1 if any("error" in row for row in rows) else 0

@@ -18,6 +18,7 @@ from dicom_node.net.scp import tls_problems
 from dicom_node.service import ROLES, Service
 from dicom_node.work.inference_process import InferenceProcess
 from dicom_node.work.package_check import model_package_problems
+from dicom_node.work.version_check import model_card_warnings
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.log_level is None:
         configure_logging(config.node.log_level)
+    for key, message in model_card_warnings(config):
+        logger.warning("model card does not apply", extra={"key": key, "reason": message})
     if args.parent_pid is not None:
         _as_child(args.parent_pid)
         # The parent serves the metrics endpoint.

@@ -1,8 +1,9 @@
 """The fine-tuning configuration: the package-to-be plus how to train it.
 
 A training config is a TOML file with the sections of ``model.toml`` (``[model]``,
-``[input]``, ``[output]`` with its labels and codes, ``[runtime]``) and a
-``[training]`` section. The package sections are checked with the very models the
+``[input]``, ``[output]`` with its labels and codes, ``[runtime]``), a ``[training]``
+section and an optional ``[card]`` section (the model card's data provenance, see
+`inference.finetune.model_card`). The package sections are checked with the very models the
 node uses (`inference.spec`), so that preprocessing during training is defined by
 the same spec the node will read, and a config that would give an invalid package
 fails before any training starts. Export fills in what only the trained graph
@@ -21,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from inference.errors import ModelPackageError
 from inference.finetune.augment import AugmentConfig
+from inference.finetune.card_config import CardSection
 from inference.finetune.networks import Backbone
 from inference.finetune.schedule import ScheduleKind
 from inference.spec import Activation, CamSpec, ModelSpec, Task
@@ -84,6 +86,7 @@ class FinetuneConfig(BaseModel):
 
     spec: ModelSpec
     training: TrainingSection
+    card: CardSection = CardSection()  # the model card's provenance text
     base_dir: Path = Path(".")  # relative paths (weights) are relative to this
 
     @model_validator(mode="after")
@@ -129,14 +132,14 @@ class FinetuneConfig(BaseModel):
 
     def fingerprint(self) -> str:
         """A hash of everything that changes training, to refuse resuming a different run."""
-        payload = self.model_dump(mode="json", exclude={"base_dir"})
+        payload = self.model_dump(mode="json", exclude={"base_dir", "card"})
         text = json.dumps(payload, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _package_sections(raw: dict[str, Any]) -> dict[str, Any]:
     """The model.toml part of a training config, with what export decides filled in."""
-    sections = {k: v for k, v in raw.items() if k != "training"}
+    sections = {k: v for k, v in raw.items() if k not in ("training", "card")}
     task = str(sections.get("model", {}).get("task", ""))
     output = dict(sections.get("output", {}))
     output.setdefault("name", LOGITS_OUTPUT)
@@ -177,8 +180,9 @@ def parse_config(
     training.update({k: v for k, v in (overrides or {}).items() if v is not None})
     spec = _validated(ModelSpec, _package_sections(raw), source, "")
     section = _validated(TrainingSection, training, source, "training.")
+    card = _validated(CardSection, raw.get("card", {}), source, "card.")
     try:
-        return FinetuneConfig(spec=spec, training=section, base_dir=source.parent)
+        return FinetuneConfig(spec=spec, training=section, card=card, base_dir=source.parent)
     except ValidationError as exc:
         raise _package_error(exc, source, "") from exc
 

@@ -29,6 +29,7 @@ from pydicom import Dataset
 from tqdm import tqdm
 
 from inference.errors import UnsupportedSeriesError
+from inference.finetune.case_attributes import UNKNOWN_MANUFACTURER, manufacturer, study_date
 from inference.finetune.dicom_index import DicomIndex, SeriesEntry, index_folder
 from inference.finetune.subgroups import age_band, patient_age_years, patient_sex
 from inference.preprocessing.loader import FrameFailure, PreparedFrame, iter_prepared
@@ -54,13 +55,19 @@ class LabelFileError(ValueError):
 
 @dataclass(frozen=True)
 class Case:
-    """One labelled unit (a study or a series) and the patient it belongs to."""
+    """One labelled unit (a study or a series) and the patient it belongs to.
+
+    ``manufacturer`` and ``study_date`` (ISO, empty when unknown) feed the subgroups
+    and the model card's training-data provenance.
+    """
 
     key: str
     patient: str
     sex: str
     age_band: str
     target: tuple[float, ...] = ()
+    manufacturer: str = UNKNOWN_MANUFACTURER
+    study_date: str = ""
 
 
 SKIP_KINDS = {
@@ -211,12 +218,15 @@ def read_labels(
 
 
 def make_case(key: str, header: Dataset, bands: Sequence[int], target: tuple[float, ...]) -> Case:
+    """The case of ``key`` from its first series' header: patient, sex, age band, vendor."""
     patient = str(header.get("PatientID", "") or "")
     if not patient:
         patient = f"study:{header.get('StudyInstanceUID', key)}"
         logger.warning("no PatientID for %s: the study counts as its own patient", key)
     age = age_band(patient_age_years(header), bands)
-    return Case(key, patient, patient_sex(header), age, target)
+    return Case(
+        key, patient, patient_sex(header), age, target, manufacturer(header), study_date(header)
+    )
 
 
 @dataclass
@@ -334,7 +344,14 @@ def load_classification(
     return _finish(Task.CLASSIFICATION, names, level, cases, out)
 
 
-def _segment_numbers(seg: hd.seg.Segmentation, names: Sequence[str], path: Path) -> list[int]:
+def segment_numbers(seg: hd.seg.Segmentation, names: Sequence[str], path: Path) -> list[int]:
+    """The SEG's segment number of each label (matched by Segment Label), 0 where absent.
+
+    Raises
+    ------
+    ValueError
+        When the SEG has a segment for none of the labels.
+    """
     numbers = []
     described = {
         int(item.SegmentNumber): str(item.SegmentLabel).strip().lower()
@@ -399,7 +416,7 @@ def load_segmentation(
         annotated.add(series_uid)
         if not _takes_modality(index.series[series_uid], spec, out):
             continue
-        numbers = _segment_numbers(seg, names, path)
+        numbers = segment_numbers(seg, names, path)
         frames = _prepare(index.read_series(series_uid), spec, pool, out)
         if not frames:
             continue

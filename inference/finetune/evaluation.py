@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from inference.finetune.case_attributes import SUBGROUP_ATTRIBUTES
 from inference.finetune.data import TrainingData
 from inference.finetune.intervals import (
     MIN_PER_CLASS,
@@ -168,10 +169,8 @@ def _subgroups(
 ) -> list[Json]:
     patients = [data.cases[c].patient for c in cases]
     out = []
-    for attribute, values in (
-        ("sex", [data.cases[c].sex for c in cases]),
-        ("age_band", [data.cases[c].age_band for c in cases]),
-    ):
+    for attribute in SUBGROUP_ATTRIBUTES:
+        values = [getattr(data.cases[c], attribute) for c in cases]
         result = subgroup_results(
             attribute, values, truth, scores, thresholds, patients, resamples, seed
         )
@@ -314,14 +313,15 @@ def _segmentation_block(
 
 
 def evaluate_segmentation(data: TrainingData, outcomes: Sequence[FoldOutcome]) -> Json:
-    """Per label: Dice and Hausdorff per fold and pooled, with Dice by sex and age band."""
+    """Per label: Dice and Hausdorff per fold and pooled, with Dice by sex, age band and
+    manufacturer."""
     images = np.concatenate([o.images for o in outcomes])
     predicted = np.concatenate([np.asarray(o.scores, dtype=np.int64) for o in outcomes])
     labels: list[Json] = []
     for k, name in enumerate(data.labels):
         pooled = _segmentation_block(data, images, predicted, k)
         groups = []
-        for attribute in ("sex", "age_band"):
+        for attribute in SUBGROUP_ATTRIBUTES:
             values = [getattr(data.cases[data.case_of[i]], attribute) for i in images]
             for group in sorted(set(values)):
                 inside = [d for d, v in zip(pooled["dice"], values, strict=True) if v == group]

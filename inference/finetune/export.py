@@ -31,6 +31,7 @@ from torch import nn
 
 from inference.errors import ModelPackageError
 from inference.finetune.config import FEATURES_OUTPUT, LOGITS_OUTPUT, FinetuneConfig, exported_spec
+from inference.finetune.model_card import write_package_card
 from inference.finetune.networks import Classifier, build_network
 from inference.finetune.run import load_run_config, read_summary
 from inference.finetune.toml_writer import dumps
@@ -277,6 +278,7 @@ def export_package(
             "parity_max_abs_diff": result.max_abs_diff,
         }
         (staging / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=1), encoding="utf-8")
+        write_package_card(run, staging, result.package.spec, chosen)
         _check_target(target, overwrite)  # another export may have written it meanwhile
         _replace(staging, target)
     finally:

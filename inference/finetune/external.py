@@ -1,11 +1,13 @@
 """External validation: a package run exactly as the node runs it, on a labelled set.
 
 ``dicom-node evaluate`` starts the package with `inference.load_model` (the node's
-preprocessing and backend, nothing from training), calls ``Model.predict`` once per
-series as the node's worker does, scores each labelled study or series by its highest
-series probability, and hands the scores to the same evaluation and report as
-fine-tuning, with one "fold" named ``external`` whose thresholds are the package's own.
-Classification only: a segmentation package is refused with the reason.
+preprocessing and backend, nothing from training) and calls ``Model.predict`` once per
+series as the node's worker does. A classifier's labelled study or series is scored
+by its highest series probability, and the scores go to the same evaluation and
+report as fine-tuning, with one "fold" named ``external`` whose thresholds are the
+package's own. A segmentation package's masks are compared with DICOM SEG truth on
+the source slices (`external_segmentation`): Dice and HD95 in millimetres per case.
+A detection package is refused with the reason.
 """
 
 from __future__ import annotations
@@ -19,11 +21,13 @@ from typing import Any
 import numpy as np
 
 from inference.errors import ModelPackageError, UnsupportedSeriesError
-from inference.finetune.data import SkippedInputs, TrainingData, make_case, read_labels
+from inference.finetune.data import Case, SkippedInputs, TrainingData, make_case, read_labels
 from inference.finetune.dicom_index import DicomIndex, SeriesEntry, index_folder
 from inference.finetune.evaluation import evaluate_classification
-from inference.finetune.model_card import record_external_validation
+from inference.finetune.external_segmentation import score_segmentations, segmentation_results
+from inference.finetune.model_card import check_card_applies, record_external_validation
 from inference.finetune.report import EXTERNAL, write_report
+from inference.finetune.segmentation_truth import nifti_files, seg_files, truths
 from inference.finetune.subgroups import DEFAULT_AGE_BANDS
 from inference.finetune.training import FoldOutcome
 from inference.model import Model, load_model
@@ -77,10 +81,76 @@ def _case_score(
     return None if best is None else tuple(best)
 
 
+def _classification(
+    model: Model,
+    index: DicomIndex,
+    labels_csv: Path | str,
+    skipped: SkippedInputs,
+    progress: bool,
+    seed: int,
+    resamples: int,
+) -> tuple[dict[str, Any], list[Case]]:
+    """Score every labelled study or series by its highest series probability."""
+    spec = model.spec
+    names = tuple(label.name for label in spec.labels)
+    level, targets = read_labels(labels_csv, names)
+    groups = index.by_study() if level == "study" else {k: [v] for k, v in index.series.items()}
+    cases, scores = [], []
+    for key in _progress(sorted(targets), "evaluate", progress):
+        entries = groups.get(key)
+        if not entries:
+            skipped.add("no_dicom", key)
+            continue
+        score = _case_score(model, index, entries, names, skipped)
+        if score is None:
+            continue
+        cases.append(make_case(key, entries[0].header, DEFAULT_AGE_BANDS, targets[key]))
+        scores.append(score)
+    for key in sorted(set(groups) - set(targets)):
+        skipped.add("no_label", key)
+    if not cases:
+        return {}, cases
+    thresholds = [label.threshold for label in spec.labels]
+    results = _external_results(
+        cases, np.asarray(scores), names, level, thresholds, seed, resamples
+    )
+    return results, cases
+
+
+def _segmentation(
+    model: Model,
+    index: DicomIndex,
+    labels: Path | str | None,
+    skipped: SkippedInputs,
+    progress: bool,
+    seed: int,
+    resamples: int,
+) -> tuple[dict[str, Any], list[Case]]:
+    """Score every series a SEG (in the data or labels folder) or a NIfTI label map (in
+    the labels folder) annotates."""
+    segs = {path.resolve(): path for path in index.segmentations}
+    niftis: list[Path] = []
+    if labels is not None:
+        segs |= {path.resolve(): path for path in seg_files(labels)}
+        niftis = nifti_files(labels)
+    names = [label.name for label in model.spec.labels]
+    figures = score_segmentations(
+        model,
+        index,
+        truths(sorted(segs.values()), niftis, names, skipped),
+        DEFAULT_AGE_BANDS,
+        skipped,
+        lambda items: _progress(items, "evaluate", progress),
+    )
+    if not figures:
+        return {}, []
+    return segmentation_results(figures, names, resamples, seed), [f.case for f in figures]
+
+
 def evaluate_package(
     package: Path | str,
     data: Path | str,
-    labels_csv: Path | str,
+    labels: Path | str | None,
     out: Path | str,
     *,
     backend: str = "auto",
@@ -98,8 +168,12 @@ def evaluate_package(
         The model package folder, as the node loads it.
     data : pathlib.Path or str
         A folder of DICOM files (any layout).
-    labels_csv : pathlib.Path or str
-        ``StudyInstanceUID`` or ``SeriesInstanceUID`` and one 0/1 column per label.
+    labels : pathlib.Path or str or None
+        Classification: a CSV, ``StudyInstanceUID`` or ``SeriesInstanceUID`` and one
+        0/1 column per label. Segmentation: a folder of DICOM SEG objects referencing
+        the source series (segments matched to labels by Segment Label) and/or NIfTI
+        label maps named ``SERIES_UID.nii.gz`` (`segmentation_truth`), or ``None``
+        when SEGs are in ``data``.
     out : pathlib.Path or str
         The report folder (``report.md``, ``report.html``, ``results.json``, plots).
     backend, device : str
@@ -107,9 +181,9 @@ def evaluate_package(
     progress : bool
         A progress bar per case.
     card : bool
-        Also append the figures to the package's model card (`model_card`).
+        Also record the figures in the package's model card (`model_card`).
     seed, resamples : int
-        The patient bootstrap of the AUC intervals.
+        The patient bootstrap of the intervals.
 
     Returns
     -------
@@ -118,49 +192,44 @@ def evaluate_package(
     Raises
     ------
     ModelPackageError
-        When the package is broken or is not a classification package.
+        When the package is broken or is a detection package, or (with ``card``) its
+        model card describes another version.
     LabelFileError
         When the labels CSV is malformed or lacks a label of the package.
+    FileNotFoundError
+        When a folder or the CSV does not exist.
     ValueError
-        When no labelled case could be run.
+        When no labelled case could be run, a classifier has no CSV, or a
+        segmentation package finds no SEG.
     """
     model = load_model(package, backend, device)
     try:
         spec = model.spec
-        if spec.model.task is not Task.CLASSIFICATION:
+        task = spec.model.task
+        if task is Task.DETECTION:
             raise ModelPackageError(
                 Path(package) / "model.toml",
                 "model.task",
-                f"evaluate takes classification packages, not {spec.model.task.value!r}",
+                "evaluate takes classification and segmentation packages, not 'detection'",
             )
-        names = tuple(label.name for label in spec.labels)
-        level, targets = read_labels(labels_csv, names)
+        if card:
+            check_card_applies(Path(package), spec)
         index = index_folder(data, progress=progress)
         skipped = SkippedInputs()
         for item in index.unreadable:
             skipped.add("unreadable", item)
-        groups = index.by_study() if level == "study" else {k: [v] for k, v in index.series.items()}
-        cases, scores = [], []
-        for key in _progress(sorted(targets), "evaluate", progress):
-            entries = groups.get(key)
-            if not entries:
-                skipped.add("no_dicom", key)
-                continue
-            score = _case_score(model, index, entries, names, skipped)
-            if score is None:
-                continue
-            cases.append(make_case(key, entries[0].header, DEFAULT_AGE_BANDS, targets[key]))
-            scores.append(score)
-        for key in sorted(set(groups) - set(targets)):
-            skipped.add("no_label", key)
+        if task is Task.SEGMENTATION:
+            results, cases = _segmentation(model, index, labels, skipped, progress, seed, resamples)
+        elif labels is None:
+            raise ValueError("a classification package needs a labels CSV (--labels)")
+        else:
+            results, cases = _classification(
+                model, index, labels, skipped, progress, seed, resamples
+            )
     finally:
         model.close()
     if not cases:
         raise ValueError(f"{data}: no labelled case could be run ({skipped.lines()})")
-    thresholds = [label.threshold for label in spec.labels]
-    results = _external_results(
-        cases, np.asarray(scores), names, level, thresholds, seed, resamples
-    )
     run = {
         "model": spec.model.name,
         "version": spec.model.version,
@@ -169,12 +238,13 @@ def evaluate_package(
         "backend": model.backend_name,
         "seed": seed,
         "cases": len(cases),
-        "data": f"{len(cases)} {level}(s) from {len({c.patient for c in cases})} patient(s)",
+        "data": f"{len(cases)} {results['level']}(s) from "
+        f"{len({c.patient for c in cases})} patient(s)",
         "skipped": skipped.counts(),
     }
     report = write_report(results, run, Path(out))
     if card:
-        record_external_validation(Path(package), results, run, report)
+        record_external_validation(Path(package), spec, results, run, report)
     return ExternalResult(report, len(cases), skipped.counts())
 
 

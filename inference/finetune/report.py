@@ -14,6 +14,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
+from inference.figure_format import fmt, interval_text
 from inference.finetune.intervals import MIN_PER_CLASS
 
 logger = logging.getLogger(__name__)
@@ -25,22 +26,6 @@ FIGURES_JSON = "figures.json"
 RESULTS_JSON = "results.json"
 # The one "fold" of an external validation: the package as shipped, at its thresholds.
 EXTERNAL = "external"
-
-
-def fmt(value: object, digits: int = 3) -> str:
-    """A figure as printed: floats to ``digits`` decimals, ``None`` as n/a."""
-    if value is None:
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
-def interval_text(interval: list[float] | None, note: str | None) -> str:
-    """``95% CI 0.712-0.934``, or why there is none."""
-    if interval is None:
-        return note or "no interval"
-    return f"95% CI {fmt(interval[0])}-{fmt(interval[1])}"
 
 
 def _interval_cell(interval: list[float] | None, note: str | None) -> str:
@@ -190,7 +175,8 @@ def _label_warnings(label: Json, shipped: int) -> list[str]:
                 f"`{name}` {attribute['attribute']}: subgroup AUC too few to estimate for "
                 f"{groups}: fewer than {MIN_PER_CLASS} positives or negatives."
             )
-        if attribute["gap_note"]:
+        # One group (a single-vendor set): nothing to compare, nothing to warn about.
+        if attribute["gap_note"] and len(attribute["groups"]) > 1:
             out.append(
                 f"`{name}` {attribute['attribute']}: equalized-odds gap {attribute['gap_note']}."
             )
@@ -371,34 +357,80 @@ def _operating_points(results: Json, fold: int | str, lines: list[str]) -> list[
     return [*lines, ""]
 
 
-def _segmentation_section(label: Json, folder: Path, figures: Json) -> list[str]:
+def _mean_cell(value: float | None, interval: list[float] | None, note: str | None) -> str:
+    """``0.912 (0.880-0.940)``; the mean alone, marked, where the interval is withheld."""
+    if value is None:
+        return "n/a"
+    if interval is None:
+        return f"{fmt(value)} (too few for a CI)" if note else fmt(value)
+    return f"{fmt(value)} ({fmt(interval[0])}-{fmt(interval[1])})"
+
+
+def _segmentation_section(
+    label: Json, shipped: int | str, folder: Path, figures: Json
+) -> list[str]:
     name, pooled = label["label"], label["pooled"]
     unit = pooled["hausdorff_unit"]
-    lines = [
-        f"## Label `{name}`",
-        "",
-        f"| | images | Dice mean | Dice median | HD95 mean ({unit}) | HD max mean ({unit}) "
-        "| HD undefined |",
+    lines = [f"## Label `{name}`", ""]
+    if shipped == EXTERNAL:
+        lines += [
+            "Unit: one series, the node's masks against the SEG on the source slices, in "
+            f"the source voxel spacing. Means with patient-bootstrap 95% intervals from "
+            f"{MIN_PER_CLASS} cases up; HD95 as MONAI computes it.",
+            "",
+        ]
+    lines += [
+        f"| | cases | Dice mean (95% CI) | Dice median | HD95 mean ({unit}, 95% CI) "
+        f"| HD max mean ({unit}) | HD undefined |",
         "|---|---|---|---|---|---|---|",
     ]
-    for row in [*label["folds"], {"fold": "pooled", **pooled}]:
+    pooled_row = [] if shipped == EXTERNAL else [{"fold": "pooled", **pooled}]
+    for row in [*label["folds"], *pooled_row]:
+        dice_cell = _mean_cell(row["dice_mean"], row.get("dice_ci95"), row.get("dice_ci_note"))
+        hd_cell = _mean_cell(
+            row["hausdorff95_mean"], row.get("hausdorff95_ci95"), row.get("hausdorff95_ci_note")
+        )
         lines.append(
-            f"| {_row_name(row['fold'])} | {row['n']} | {fmt(row['dice_mean'])} | "
-            f"{fmt(row['dice_median'])} | {fmt(row['hausdorff95_mean'])} | "
+            f"| {_row_name(row['fold'])} | {row['n']} | {dice_cell} | "
+            f"{fmt(row['dice_median'])} | {hd_cell} | "
             f"{fmt(row['hausdorff_max_mean'])} | {row['hausdorff_undefined']} |"
         )
     lines += [
         "",
-        "HD undefined: one of truth and prediction empty, the other not.",
+        "HD undefined: one of truth and prediction empty, the other not"
+        + (", or the source spacing unknown." if shipped == EXTERNAL else "."),
         "",
-        "| attribute | group | images | Dice mean |",
-        "|---|---|---|---|",
+        f"| attribute | group | cases | Dice mean | HD95 mean ({unit}) |",
+        "|---|---|---|---|---|",
     ]
     for g in pooled["subgroups"]:
-        lines.append(f"| {g['attribute']} | {g['group']} | {g['n']} | {fmt(g['dice_mean'])} |")
+        lines.append(
+            f"| {g['attribute']} | {g['group']} | {g['n']} | {fmt(g['dice_mean'])} | "
+            f"{fmt(g.get('hausdorff95_mean'))} |"
+        )
     file, data = _dice_figure(label, folder)
     figures[f"dice_{name}"] = {"file": file, **data}
     return [*lines, "", f"![dice {name}]({file})", ""]
+
+
+def _case_section(results: Json) -> list[str]:
+    """One row per case and label of an external segmentation validation."""
+    lines = [
+        "## Per case",
+        "",
+        "| series | sex | age band | manufacturer | label | Dice | HD95 (mm) | HD max (mm) "
+        "| truth (ml) | predicted (ml) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in results["cases"]:
+        for name, v in row["labels"].items():
+            lines.append(
+                f"| {row['case']} | {row['sex']} | {row['age_band']} | {row['manufacturer']} | "
+                f"{name} | {fmt(v['dice'])} | {fmt(v['hausdorff95'], 2)} | "
+                f"{fmt(v['hausdorff_max'], 2)} | {fmt(v['truth_ml'], 2)} | "
+                f"{fmt(v['predicted_ml'], 2)} |"
+            )
+    return [*lines, ""]
 
 
 def _skipped_section(run: Json) -> list[str]:
@@ -514,7 +546,9 @@ def write_report(results: Json, run: Json, folder: Path) -> Path:
         if results["task"] == "classification":
             sections += _classification_section(label, results["level"], shipped, folder, figures)
         else:
-            sections += _segmentation_section(label, folder, figures)
+            sections += _segmentation_section(label, shipped, folder, figures)
+    if "cases" in results:
+        sections += _case_section(results)
     warnings = small_number_warnings(results)
     if warnings:
         lines += [

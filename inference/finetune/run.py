@@ -7,6 +7,7 @@ The run folder holds everything needed to resume, to audit and to export::
     RUN/fold-K/best.pt          the fold's best weights (by validation metric)
     RUN/fold-K/done.json        written when the fold is finished
     RUN/report/                 report.md, report.html, PNG plots, figures.json
+    RUN/model_card.json, .md    training-data provenance and internal validation
     RUN/summary.json            the shipped fold and its thresholds, every fold's
                                 thresholds and validation keys, skipped inputs
 
@@ -35,6 +36,7 @@ from tqdm import tqdm
 from inference.finetune.config import FinetuneConfig
 from inference.finetune.data import TrainingData, load_training_data
 from inference.finetune.evaluation import evaluate_classification, evaluate_segmentation
+from inference.finetune.model_card import write_training_card
 from inference.finetune.report import fmt, interval_text, small_number_warnings, write_report
 from inference.finetune.splits import patient_splits
 from inference.finetune.training import FoldOutcome, train_fold
@@ -247,6 +249,7 @@ def finetune(
         "skipped": data.skipped.counts(),
     }
     report = write_report(results, run_info, target / REPORT_DIR)
+    write_training_card(target, config, data, results, run_info, report, dicom_dir)
     summary = RunSummary(target, report, selected, tuple(fold_thresholds[selected]), results)
     (target / SUMMARY_JSON).write_text(
         json.dumps(

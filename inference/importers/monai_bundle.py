@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from inference.importers.card import bundle_card
 from inference.importers.errors import ImportModelError
 from inference.importers.labels import coded_labels
 from inference.importers.monai_mapping import (
@@ -30,6 +31,7 @@ from inference.importers.monai_mapping import (
 from inference.importers.onnx_export import export_network
 from inference.importers.package_writer import ImportOptions, ImportResult, staged, write_spec
 from inference.importers.sources import load_checkpoint, read_json, require, sha256
+from inference.model_card_files import write_card
 from inference.package import validate_package
 
 logger = logging.getLogger(__name__)
@@ -281,6 +283,7 @@ def import_monai_bundle(
             )
         header = f"Imported by `dicom-node import-model monai-bundle` from {bundle.resolve()}"
         write_spec(stage, spec, header, licence)
+        write_card(stage, bundle_card(meta, spec))
     result = ImportResult(
         validate_package(target), {NETWORK_FILE: check.max_abs_diff}, labels.generic, tuple(notes)
     )

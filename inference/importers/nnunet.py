@@ -19,11 +19,13 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from inference.importers.card import nnunet_card
 from inference.importers.errors import ImportModelError
 from inference.importers.labels import coded_labels
 from inference.importers.onnx_export import export_network
 from inference.importers.package_writer import ImportOptions, ImportResult, staged, write_spec
 from inference.importers.sources import load_checkpoint, read_json, require, sha256
+from inference.model_card_files import write_card
 from inference.package import validate_package
 
 logger = logging.getLogger(__name__)
@@ -285,5 +287,6 @@ def import_nnunet(
             parity[onnx_name] = check.max_abs_diff
         header = f"Imported by `dicom-node import-model nnunet` from {folder.resolve()}"
         write_spec(stage, spec, header, str(licence) if licence else None)
+        write_card(stage, nnunet_card(dataset, folder, folds, spec))
     logger.info("imported nnU-Net %s %s folds %s as %s", dataset_name, configuration, folds, target)
     return ImportResult(validate_package(target), parity, labels.generic, tuple(notes))

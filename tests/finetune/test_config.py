@@ -57,6 +57,15 @@ def test_the_documented_example_config_is_valid() -> None:
     assert config.training.backbone.value == "resnet18"
     assert config.weights_path == example.parent / "weights" / "resnet18.pt"
     assert config.spec.output.labels[0].finding.meaning == "Pneumothorax"
+    assert config.card.labelling.startswith("two radiologists")
+
+
+def test_card_section_is_checked_and_does_not_change_the_fingerprint(tmp_path: Path) -> None:
+    plain = read_config(_write(tmp_path, CONFIG))
+    carded = read_config(_write(tmp_path, CONFIG + '\n[card]\nsources = ["site A"]\n'))
+    assert carded.card.sources == ["site A"] and carded.fingerprint() == plain.fingerprint()
+    with pytest.raises(ModelPackageError, match=r"card\.source: Extra inputs"):
+        read_config(_write(tmp_path, CONFIG + '\n[card]\nsource = "site A"\n'))
 
 
 def test_unknown_training_key_is_named(tmp_path: Path) -> None:

@@ -28,6 +28,7 @@ def _data(truth: np.ndarray, seed: int = 0) -> TrainingData:
             sex=str(rng.choice(["F", "M"])),
             age_band=str(rng.choice(["18-64", "65+"])),
             target=(float(t),),
+            manufacturer="VendorA" if i % 2 else "VendorB",
         )
         for i, t in enumerate(truth)
     ]
@@ -149,6 +150,10 @@ def test_small_numbers_are_marked_and_large_ones_are_not(tmp_path: Path) -> None
             assert pooled["calibration"]["ece"] is not None
             assert saved["warnings"] == [] and "Small numbers" not in text
             assert f"| pooled | {n} | {int(truth.sum())} | {pooled['auc']:.3f} | " in text
+        vendors = next(a for a in pooled["subgroups"] if a["attribute"] == "manufacturer")
+        assert [g["group"] for g in vendors["groups"]] == ["VendorA", "VendorB"]
+        assert sum(g["n"] for g in vendors["groups"]) == n
+        assert "| manufacturer | VendorA |" in text
         # Every calibration bin is listed with its count.
         for b in pooled["calibration"]["bins"]:
             assert f"| {b['low']:.1f}-{b['high']:.1f} | {b['count']} |" in text

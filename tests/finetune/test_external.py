@@ -12,7 +12,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from inference import ModelPackageError, load_model
+from inference import load_model
 from inference.finetune import LabelFileError, evaluate_package
 from inference.finetune.synthetic import MASS, NODULE, write_chest_set
 from tests.conftest import run_cli
@@ -89,8 +89,8 @@ def test_report_reads_as_an_external_validation(report: Path) -> None:
     assert (report / "roc_nodule.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_segmentation_package_is_refused(external: Path, tmp_path: Path) -> None:
-    with pytest.raises(ModelPackageError, match="evaluate takes classification packages"):
+def test_segmentation_package_wants_seg_labels_not_a_csv(external: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="labels of a segmentation package are a folder of DICOM"):
         evaluate_package(
             MODELS / "demo-ct-bone", external, external / "labels.csv", tmp_path, progress=False
         )

@@ -5,8 +5,10 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import tomllib
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,7 @@ from inference.finetune.run import finetune
 from inference.finetune.splits import patient_splits
 from inference.finetune.synthetic import NODULE, write_chest_set
 from inference.finetune.training import train_fold
+from inference.model_card import read_card
 
 pytestmark = pytest.mark.slow
 
@@ -57,6 +60,11 @@ epochs = 2
 batch_size = 8
 folds = 2
 bootstrap = 50
+
+[card]
+sources = ["generated radiographs (inference.finetune.synthetic)"]
+labelling = "drawn by the generator: a nodule is present where one was drawn"
+limitations = ["Generated images only."]
 """
 
 
@@ -208,6 +216,7 @@ destinations = ["pacs"]
             "task": "classification",
             "backend": "onnxruntime",
             "device": "cpu",
+            "model_card": "test-nodule 0.3.0",  # the card export wrote applies
         }
     ]
 
@@ -244,3 +253,39 @@ def test_finetune_refuses_missing_weights(chest: Path, tmp_path: Path) -> None:
     config = read_config(chest / "train.toml", {"weights": str(tmp_path / "absent.pt")})
     with pytest.raises(FileNotFoundError, match="pretrained weights not found"):
         finetune(config, chest / "dicom", tmp_path / "run", chest / "labels.csv", progress=False)
+
+
+def test_finetune_and_export_write_the_model_card(chest: Path, trained: tuple[Path, Path]) -> None:
+    """The card's counts are the training set's, read back from its DICOM headers."""
+    run, package = trained
+    headers = [
+        pydicom.dcmread(p, stop_before_pixels=True) for p in (chest / "dicom").rglob("*.dcm")
+    ]
+    with (chest / "labels.csv").open() as handle:
+        labels = {row["StudyInstanceUID"]: row["nodule"] for row in csv.DictReader(handle)}
+    studies = {str(ds.StudyInstanceUID): ds for ds in headers if ds.StudyInstanceUID in labels}
+    card = read_card(package)
+    assert card is not None and (card.model, card.version) == ("test-nodule", "0.3.0")
+    data = card.training_data
+    assert data is not None and data.cases == len(studies) and data.unit == "study"
+    assert data.patients == len({str(ds.PatientID) for ds in studies.values()})
+    assert data.counts.by_sex == dict(Counter(str(ds.PatientSex) for ds in studies.values()))
+    assert data.counts.by_manufacturer == {"unknown": len(studies)}  # CR headers name none
+    dates = sorted(str(ds.StudyDate) for ds in studies.values())
+    assert (data.study_date_first, data.study_date_last) == (
+        f"{dates[0][:4]}-{dates[0][4:6]}-{dates[0][6:]}",
+        f"{dates[-1][:4]}-{dates[-1][4:6]}-{dates[-1][6:]}",
+    )
+    assert data.positives == {"nodule": sum(v == "1" for v in labels.values() if v)}
+    assert data.labelling.startswith("drawn by the generator")
+    assert "Generated images only." in card.limitations
+    results = json.loads((run / "report" / "results.json").read_text(encoding="utf-8"))
+    internal = card.internal_validation
+    assert internal is not None
+    (entry,) = internal.labels
+    assert entry["auc"] == results["labels"][0]["pooled"]["auc"]
+    spec = tomllib.loads((package / "model.toml").read_text(encoding="utf-8"))
+    assert entry["threshold"] == pytest.approx(spec["output"]["labels"][0]["threshold"])
+    assert read_card(run) is not None  # the run keeps its own card
+    text = (package / "model_card.md").read_text(encoding="utf-8")
+    assert "# Model card: test-nodule 0.3.0" in text and "### Internal validation" in text

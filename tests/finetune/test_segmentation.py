@@ -18,6 +18,7 @@ from inference.finetune.data import load_training_data
 from inference.finetune.export import export_package, load_fold_model
 from inference.finetune.run import finetune
 from inference.finetune.synthetic import write_segmentation_set
+from inference.model_card import read_card
 
 pytestmark = pytest.mark.slow
 
@@ -76,13 +77,21 @@ def test_masks_come_from_seg_through_the_node_preprocessing(
 
 
 def test_report_has_dice_and_hausdorff(trained: tuple[Path, Path, Path]) -> None:
-    _, run, _ = trained
+    _, run, package = trained
     results = json.loads((run / "report" / "results.json").read_text(encoding="utf-8"))
     pooled = results["labels"][0]["pooled"]
     assert pooled["n"] == 20 and len(pooled["dice"]) == 20
     assert 0.0 <= pooled["dice_mean"] <= 1.0
     assert pooled["hausdorff_unit"] == "mm"
-    assert {g["attribute"] for g in pooled["subgroups"]} == {"sex", "age_band"}
+    assert {g["attribute"] for g in pooled["subgroups"]} == {"sex", "age_band", "manufacturer"}
+    assert [g["group"] for g in pooled["subgroups"] if g["attribute"] == "manufacturer"] == [
+        "Synthetic"
+    ]
+    card = read_card(package)  # export wrote the card: Dice of the segmentation run
+    assert card is not None and card.training_data is not None
+    assert card.training_data.cases == 4 and card.training_data.unit == "series"
+    assert card.internal_validation is not None
+    assert card.internal_validation.labels[0]["dice_mean"] == pooled["dice_mean"]
     figures = json.loads((run / "report" / "figures.json").read_text(encoding="utf-8"))
     assert list(figures) == ["dice_lesion"]
 

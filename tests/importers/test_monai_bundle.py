@@ -242,3 +242,27 @@ def test_yaml_config_is_read_by_monai(tmp_path: Path) -> None:
     assert "inference.yaml" in (
         result.package.spec.origin.source if result.package.spec.origin else ""
     )
+
+
+def test_the_card_says_what_the_bundle_metadata_says(tmp_path: Path) -> None:
+    metadata = {
+        **METADATA_JSON,
+        "authors": ["A. Author", "B. Author"],
+        "data_source": "16 generated CT phantoms",
+        "references": ["Test et al., 2026"],
+        "eval_metrics": {"mean_dice": 0.91},
+    }
+    bundle = write_bundle(tmp_path / "spleenish_ct", metadata=metadata)
+    card = import_monai_bundle(bundle, tmp_path / "pkg").package.card
+    assert card is not None and (card.model, card.version) == ("spleenish_ct", "0.3.1")
+    assert card.intended_use == "Tests only, not for clinical use."
+    origin = card.origin
+    assert origin is not None and origin.kind == "monai-bundle"
+    assert origin.authors == ["A. Author", "B. Author"]
+    assert (origin.data_source, origin.references) == (
+        "16 generated CT phantoms",
+        ["Test et al., 2026"],
+    )
+    assert origin.stated_metrics == {"mean_dice": 0.91}
+    text = (tmp_path / "pkg" / "model_card.md").read_text(encoding="utf-8")
+    assert "Stated by its authors, not measured here: mean_dice 0.91" in text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -149,3 +150,26 @@ def test_a_checkpoint_holding_objects_needs_allow_pickle(tmp_path: Path) -> None
         options=ImportOptions(allow_pickle=True),
     )
     assert result.parity["fold_0.onnx"] < 1e-3
+
+
+def test_the_card_holds_the_dataset_and_nnunet_cross_validation(tmp_path: Path) -> None:
+    folder = write_nnunet_result(tmp_path / "results", folds=(0,))
+    summary = {
+        "foreground_mean": {"Dice": 0.8},
+        "mean": {"1": {"Dice": 0.9}, "2": {"Dice": 0.7}},
+        "metric_per_case": [{}, {}, {}],
+    }
+    (folder / "fold_0" / "validation").mkdir()
+    (folder / "fold_0" / "validation" / "summary.json").write_text(json.dumps(summary))
+    result = import_nnunet(folder, tmp_path / "pkg", configuration="3d_fullres", folds=("0",))
+    card = result.package.card
+    assert card is not None and card.version == result.package.spec.model.version
+    assert card.origin is not None and card.origin.license == "CC-BY 4.0 (test data)"
+    assert card.training_data is not None and card.training_data.cases == 16
+    internal = card.internal_validation
+    assert internal is not None and internal.cases == 3
+    assert internal.labels == [
+        {"label": "soft_tissue", "dice_mean": 0.9},
+        {"label": "bone", "dice_mean": 0.7},
+    ]
+    assert result.package.identity.model_card == f"{card.model} {card.version}"
