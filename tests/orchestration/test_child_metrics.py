@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from prometheus_client import REGISTRY
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
 
 from dicom_node.config import MetricsSection, PeerConfig
@@ -21,6 +22,7 @@ from dicom_node.metrics import (
     MULTIPROCESS_DIR_VARIABLE,
     ChildProcessMetrics,
     MetricsServer,
+    merge_families,
 )
 from dicom_node.net.scu import LocalAE, send_files
 from tests.conftest import REPO_ROOT, get_free_port
@@ -82,6 +84,21 @@ def test_a_childs_counts_are_served_summed_with_the_parents(tmp_path: Path) -> N
     assert found[("dicom_node_inference_seconds_bucket", model | {("le", "0.5")})] == 1.0
     assert found[("dicom_node_inference_seconds_bucket", model | {("le", "+Inf")})] == 2.0
     assert ("dicom_node_queue_depth", frozenset()) in found
+
+
+def test_same_named_families_merge_series_by_series() -> None:
+    parent = CounterMetricFamily("demo_jobs", "Jobs", labels=["model"])
+    parent.add_metric(["a"], 1, created=100.0)
+    child = CounterMetricFamily("demo_jobs", "Jobs", labels=["model"])
+    child.add_metric(["a"], 2, created=50.0)
+    child.add_metric(["b"], 5)
+    (merged,) = merge_families([parent, child])
+    values = {(s.name, s.labels["model"]): s.value for s in merged.samples}
+    assert values == {
+        ("demo_jobs_total", "a"): 3,
+        ("demo_jobs_created", "a"): 50.0,  # the earliest start
+        ("demo_jobs_total", "b"): 5,
+    }
 
 
 def child_metrics_folder(parent: int) -> Path | None:
