@@ -51,9 +51,28 @@ def _quote(value: object) -> str:
     return '"' + escape_control(text.replace("\\", "\\\\").replace('"', '\\"')) + '"'
 
 
+class CurrentStderr:
+    """``sys.stderr`` as it is when a line is written, not as it was when logging was
+    configured (as :data:`logging.lastResort` does).
+
+    A command run in-process (tests, an embedding program) may see its ``sys.stderr``
+    replaced and the old stream closed while the node's threads still log (the scheduler's
+    job runs, the listener stopping); bound to the old stream, each such line would be a
+    "Logging error" instead of a log line.
+    """
+
+    def write(self, text: str) -> int:
+        """Write ``text`` to the current ``sys.stderr``."""
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        """Flush the current ``sys.stderr``."""
+        sys.stderr.flush()
+
+
 def configure_logging(level: str = "INFO") -> None:
     """Send structured lines to stderr; called once by the CLI, never by library code."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(CurrentStderr())
     handler.setFormatter(KeyValueFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]

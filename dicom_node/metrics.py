@@ -2,7 +2,11 @@
 
 Counters and histograms (instances received, studies completed, inference seconds,
 delivery failures) count what this process did; Prometheus sums them over the
-listener and worker processes. The queue gauges (jobs, deliveries and notifications by
+listener and worker processes. A process's child (``serve --role all`` runs the worker
+role in one, `dicom_node.work.inference_process`) has no endpoint of its own: it writes
+its counters to files (prometheus_client's multiprocess mode), which the parent reads at
+scrape time (:class:`ChildProcessMetrics`) and serves summed with its own, one family per
+name. The queue gauges (jobs, deliveries and notifications by
 state, queue depth, age of the oldest queued job) are read from the shared database at scrape
 time, so that every process reports the same, current picture.
 """
@@ -10,14 +14,17 @@ time, so that every process reports the same, current picture.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
+from pathlib import Path
 from threading import Thread
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -48,6 +55,75 @@ DELIVERY_FAILURES = Counter(
     ["peer", "kind"],
 )
 DELIVERIES_SENT = Counter("dicom_node_deliveries_sent", "Result objects stored at a peer", ["peer"])
+
+# The variable that switches prometheus_client to multiprocess mode: set in a child's
+# environment, before it imports prometheus_client, it makes the child write its metric
+# values to files in that folder.
+MULTIPROCESS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+
+
+class ChildProcessMetrics(Collector):
+    """What a child process counted, read from the files of its multiprocess mode.
+
+    The child's families (jobs finished, inference seconds, deliveries) are the same
+    module-level metrics as this process's own, so the served registry merges them by
+    name (:func:`merge_families`). A child that was restarted left its files behind:
+    its counts go on adding up, as Prometheus expects of a counter.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def describe(self) -> list[Metric]:
+        """Nothing to reserve at registration: the child's names repeat this process's."""
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        """The child's counters and histograms, summed over its files (one per process
+        id and metric type)."""
+        files = [str(path) for path in sorted(self.directory.glob("*.db"))]
+        yield from MultiProcessCollector.merge(files, accumulate=True)
+
+
+def merge_families(metrics: Iterable[Metric]) -> list[Metric]:
+    """One family per name: the samples of same-named families summed series by series.
+
+    A counter or histogram counted in this process and in its child (or only in the
+    child, while this process still declares the family) would otherwise be exposed twice,
+    which Prometheus rejects. A ``_created`` sample keeps the earliest time.
+    """
+    families: dict[str, Metric] = {}
+    series: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], Sample]] = {}
+    for metric in metrics:
+        if metric.name not in families:
+            families[metric.name] = Metric(
+                metric.name, metric.documentation, metric.type, metric.unit
+            )
+            series[metric.name] = {}
+        merged = series[metric.name]
+        for sample in metric.samples:
+            key = (sample.name, tuple(sorted(sample.labels.items())))
+            earlier = merged.get(key)
+            if earlier is None:
+                merged[key] = sample
+            elif sample.name.endswith("_created"):
+                merged[key] = earlier._replace(value=min(earlier.value, sample.value))
+            else:
+                merged[key] = earlier._replace(value=earlier.value + sample.value)
+    for name, family in families.items():
+        family.samples = list(series[name].values())
+    return list(families.values())
+
+
+class _OneFamilyPerName(Collector):
+    """A registry's metrics with same-named families merged (:func:`merge_families`)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        """The registry's families, merged now."""
+        yield from merge_families(self._registry.collect())
 
 
 class QueueCollector(Collector):
@@ -147,9 +223,12 @@ class MetricsServer:
         """
         for collector in self._collectors:
             self._registry.register(collector)
+        # Served through a view that merges a child's families into this process's.
+        served = CollectorRegistry(support_collectors_without_names=True)
+        served.register(_OneFamilyPerName(self._registry))
         try:
             self._server, self._thread = start_http_server(
-                self._settings.port, addr=self._settings.host, registry=self._registry
+                self._settings.port, addr=self._settings.host, registry=served
             )
         except OSError:
             self._unregister()

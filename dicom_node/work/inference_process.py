@@ -11,7 +11,11 @@ role itself and starts the worker role (inference, result building, delivery) as
   (``--threads``), and OpenMP / OpenBLAS / MKL through their environment variables,
   which must be set before numpy loads, hence here, in the child's environment;
 - dies with its parent (``--parent-pid``, SIGKILL), so that a killed node leaves no
-  inference running behind it.
+  inference running behind it;
+- writes its Prometheus counters (jobs finished, inference seconds, deliveries) to a
+  private folder in prometheus_client's multiprocess mode, which the parent serves on
+  its own ``/metrics`` endpoint, summed with its own
+  (`dicom_node.metrics.ChildProcessMetrics`): one endpoint per node, as before.
 
 The child is restarted when it exits on its own; the work it held is leased in the
 database and picked up again, as after any crash.
@@ -21,12 +25,17 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
+from prometheus_client import REGISTRY, CollectorRegistry
+
 from dicom_node.config import WorkerSection
+from dicom_node.metrics import MULTIPROCESS_DIR_VARIABLE, ChildProcessMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -51,12 +60,23 @@ class InferenceProcess:
         ``[worker]``: its ``nice``.
     log_level
         The parent's ``--log-level``, passed on (None: the config's).
+    registry
+        Where the child's metrics are registered: the one this process's ``/metrics``
+        endpoint serves.
     """
 
-    def __init__(self, config_path: Path, settings: WorkerSection, log_level: str | None) -> None:
+    def __init__(
+        self,
+        config_path: Path,
+        settings: WorkerSection,
+        log_level: str | None,
+        registry: CollectorRegistry = REGISTRY,
+    ) -> None:
         self.config_path = config_path
         self.settings = settings
         self.log_level = log_level
+        self.registry = registry
+        self._metrics: ChildProcessMetrics | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._stopping = threading.Event()
         self._watch: threading.Thread | None = None
@@ -72,8 +92,13 @@ class InferenceProcess:
         ]
 
     def _spawn(self) -> subprocess.Popen[bytes]:
+        assert self._metrics is not None
         threads = str(inference_threads())
-        env = {**os.environ, **dict.fromkeys(THREAD_VARIABLES, threads)}
+        env = {
+            **os.environ,
+            **dict.fromkeys(THREAD_VARIABLES, threads),
+            MULTIPROCESS_DIR_VARIABLE: str(self._metrics.directory),
+        }
         process = subprocess.Popen(self.command(), env=env)
         logger.info(
             "inference process started",
@@ -87,9 +112,17 @@ class InferenceProcess:
         Raises
         ------
         OSError
-            When the interpreter cannot be started.
+            When the interpreter cannot be started, or the metrics folder not created.
         """
-        self._process = self._spawn()
+        # Private to this run: counts start at zero with the node, as in any process.
+        folder = Path(tempfile.mkdtemp(prefix="dicom-node-worker-metrics-"))
+        self._metrics = ChildProcessMetrics(folder)
+        self.registry.register(self._metrics)
+        try:
+            self._process = self._spawn()
+        except OSError:
+            self._drop_metrics()
+            raise
         self._watch = threading.Thread(target=self._watch_child, name="inference-watch")
         self._watch.daemon = True
         self._watch.start()
@@ -113,14 +146,20 @@ class InferenceProcess:
         :data:`STOP_TIMEOUT_S`."""
         self._stopping.set()
         process = self._process
-        if process is None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            logger.error("inference process did not stop; killed", extra={"pid": process.pid})
-            process.kill()
-            process.wait()
+        if process is not None:
+            process.terminate()
+            try:
+                process.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                logger.error("inference process did not stop; killed", extra={"pid": process.pid})
+                process.kill()
+                process.wait()
         if self._watch is not None:
             self._watch.join(timeout=RESTART_DELAY_S + 1)
+        self._drop_metrics()
+
+    def _drop_metrics(self) -> None:
+        if self._metrics is not None:
+            self.registry.unregister(self._metrics)
+            shutil.rmtree(self._metrics.directory, ignore_errors=True)
+            self._metrics = None

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import shlex
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -84,6 +86,22 @@ def test_send_folder_then_status(
 def test_send_missing_path(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert main(["send", str(tmp_path / "gone"), "--to", "X@127.0.0.1:1"]) == 2
     assert "no such file or folder" in capsys.readouterr().err
+
+
+def test_log_lines_follow_stderr_after_it_is_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A command run in-process, then its stderr replaced and closed (pytest's capsys at
+    teardown) while the node's threads still log: the lines go to the new stderr, not
+    to "--- Logging error --- ValueError: I/O operation on closed file"."""
+    first, second = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    assert main(["send", str(tmp_path / "gone"), "--to", "X@127.0.0.1:1"]) == 2
+    first.close()
+    monkeypatch.setattr(sys, "stderr", second)
+    logging.getLogger("dicom_node.service").info("node stopped")
+    assert "INFO dicom_node.service node stopped" in second.getvalue()
+    assert "Logging error" not in second.getvalue()
 
 
 def test_serve_refuses_a_bad_config_before_listening(
