@@ -1,0 +1,397 @@
+"""Query/Retrieve as an SCU: C-FIND studies and series, C-GET or C-MOVE them into the node.
+
+The backfill (`dicom_node.work.backfill`) asks the archive what it holds in a date range
+(study level, then series level), and fetches what the routes want:
+
+- C-GET: the archive sends the instances back on our own association (C-STORE
+  sub-operations); they are stored by the listener's own handler
+  (:class:`~dicom_node.net.scp.StoreHandler`): streamed into the spool's ``incoming/``,
+  fsynced, renamed, catalogued, answered Success only then. No listener needs to run.
+- C-MOVE: the archive opens an association to the node's listener (which must be
+  running, and known to the archive by AE title, host and port) and stores there.
+
+A peer that refuses (a failure status, or an association closed on the request, which is
+how Orthanc refuses an AE title it does not know) raises :class:`QueryRetrieveError` with
+the status in hex and what to configure on the archive.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.uid import UID, AllTransferSyntaxes, ExplicitVRLittleEndian
+from pynetdicom import StoragePresentationContexts, build_context, build_role, evt
+from pynetdicom.association import Association
+from pynetdicom.presentation import PresentationContext
+from pynetdicom.status import code_to_category
+
+from dicom_node.config import PeerConfig
+from dicom_node.errors import PeerError
+from dicom_node.net.scp import StoreHandler
+from dicom_node.net.scu import (
+    MAX_CONTEXTS,
+    STUDY_ROOT_FIND,
+    AssociationError,
+    LocalAE,
+    open_association,
+)
+from dicom_node.net.transfer_cleanup import discard_unfinished_transfers
+
+logger = logging.getLogger(__name__)
+
+STUDY_ROOT_MOVE = UID("1.2.840.10008.5.1.4.1.2.2.2")
+STUDY_ROOT_GET = UID("1.2.840.10008.5.1.4.1.2.2.3")
+# Where an archive sends in a compressed syntax, keep it as it is (the listener does too).
+_TRANSFER_SYNTAXES: list[str | UID] = [
+    ExplicitVRLittleEndian,
+    *(ts for ts in AllTransferSyntaxes if ts != ExplicitVRLittleEndian),
+]
+# Study-level return keys besides the ones asked for matching.
+_STUDY_KEYS = (
+    "StudyDate",
+    "ModalitiesInStudy",
+    "SOPClassesInStudy",
+    "NumberOfStudyRelatedSeries",
+    "NumberOfStudyRelatedInstances",
+)
+_SERIES_KEYS = ("Modality", "SeriesNumber", "NumberOfSeriesRelatedInstances")
+
+
+def _archive_advice(operation: str, local: LocalAE, peer: PeerConfig) -> str:
+    aet = local.ae_title
+    if operation == "C-FIND":
+        return (
+            f"allow C-FIND from AE title {aet!r} on the archive {peer.ae_title!r} (Orthanc: "
+            f"list the node in DicomModalities with AllowFind)"
+        )
+    if operation == "C-GET":
+        return (
+            f"allow C-GET from AE title {aet!r} on the archive (Orthanc: list the node in "
+            f'DicomModalities with AllowGet), or set retrieve = "move" on peer {peer.name!r}'
+        )
+    return (
+        f"let the archive move to AE title {aet!r} at this node's host and listener port "
+        f"(Orthanc: list the node in DicomModalities with AllowMove), and keep the node's "
+        f'listener running (dicom-node serve), or set retrieve = "get" on peer {peer.name!r}'
+    )
+
+
+class QueryRetrieveError(PeerError):
+    """The archive refused a C-FIND, C-GET or C-MOVE.
+
+    ``status`` is its DIMSE status, or None when it closed the association instead of
+    answering; ``advice`` says what to configure on the archive.
+    """
+
+    def __init__(
+        self, operation: str, peer: PeerConfig, status: int | None, detail: str, advice: str
+    ) -> None:
+        self.operation = operation
+        self.status = status
+        self.advice = advice
+        shown = "no status" if status is None else f"status 0x{status:04X}"
+        reason = f"{operation} refused by {peer.name} ({peer.ae_title}): {shown} ({detail})"
+        super().__init__(f"{reason}; {advice}", reason)
+
+
+@dataclass(frozen=True)
+class FoundStudy:
+    """A study the archive holds, with the study-level values it answered."""
+
+    study_instance_uid: str
+    values: dict[str, str]
+
+    def count(self, keyword: str) -> int | None:
+        """An ``IS`` count the archive answered (``NumberOf...``), or None."""
+        return _as_int(self.values.get(keyword))
+
+
+@dataclass(frozen=True)
+class FoundSeries:
+    """A series of a study, with the series-level values the archive answered."""
+
+    series_instance_uid: str
+    values: dict[str, str]
+
+    @property
+    def instances(self) -> int | None:
+        """NumberOfSeriesRelatedInstances, when the archive answered it."""
+        return _as_int(self.values.get("NumberOfSeriesRelatedInstances"))
+
+
+@dataclass
+class Retrieval:
+    """What a C-GET or C-MOVE of some series came to, from the archive's final responses.
+
+    ``failed_uids`` are the SOP Instance UIDs the archive reported as failed
+    (FailedSOPInstanceUIDList), when it reports them.
+    """
+
+    completed: int = 0
+    failed: int = 0
+    warning: int = 0
+    statuses: list[int] = field(default_factory=list)
+    failed_uids: list[str] = field(default_factory=list)
+
+
+def _as_int(text: str | None) -> int | None:
+    try:
+        return int(text) if text not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _text(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, MultiValue | list | tuple):
+        return "\\".join(str(v) for v in value)
+    return str(value)
+
+
+def _values(identifier: Dataset) -> dict[str, str]:
+    return {
+        element.keyword: text
+        for element in identifier
+        if element.keyword and (text := _text(element.value).strip())
+    }
+
+
+def _responses(
+    operation: str,
+    peer: PeerConfig,
+    advice: str,
+    answers: Iterator[tuple[Dataset, Dataset | None]],
+) -> Iterator[tuple[int, Dataset | None, Dataset]]:
+    """``(status, identifier, status dataset)`` per response; a refusal raises."""
+    for status, identifier in answers:
+        if "Status" not in status:
+            raise QueryRetrieveError(
+                operation, peer, None, "the archive closed the association on the request", advice
+            )
+        code = int(status.Status)
+        if code_to_category(code) in ("Failure", "Cancel"):
+            comment = str(status.get("ErrorComment", "")) or code_to_category(code)
+            raise QueryRetrieveError(operation, peer, code, comment, advice)
+        yield code, identifier, status
+
+
+@contextmanager
+def _associate(
+    local: LocalAE,
+    peer: PeerConfig,
+    operation: str,
+    contexts: Sequence[PresentationContext],
+    ext_neg: Sequence[Any] | None = None,
+    evt_handlers: Sequence[tuple[Any, Any]] | None = None,
+) -> Iterator[Association]:
+    """``open_association`` with a rejection told as the operation's refusal."""
+    try:
+        with open_association(local, peer, contexts, ext_neg, evt_handlers) as assoc:
+            yield assoc
+    except AssociationError as exc:
+        if exc.reason in ("rejected", "aborted") or exc.no_context:
+            raise QueryRetrieveError(
+                operation, peer, None, exc.reason, _archive_advice(operation, local, peer)
+            ) from exc
+        raise
+
+
+def _find(assoc: Association, local: LocalAE, peer: PeerConfig, query: Dataset) -> list[Dataset]:
+    advice = _archive_advice("C-FIND", local, peer)
+    return [
+        identifier
+        for code, identifier, _ in _responses(
+            "C-FIND", peer, advice, assoc.send_c_find(query, STUDY_ROOT_FIND)
+        )
+        if code in (0xFF00, 0xFF01) and identifier is not None
+    ]
+
+
+def find_studies(
+    local: LocalAE,
+    peer: PeerConfig,
+    study_dates: str,
+    modality: str | None = None,
+    keywords: Sequence[str] = (),
+) -> list[FoundStudy]:
+    """The studies ``peer`` holds with a StudyDate in ``study_dates`` (a DICOM range,
+    ``20261001-20261031`` or ``20261001-``), and ModalitiesInStudy ``modality`` if given.
+
+    ``keywords`` are study-level attributes asked besides (for route matching).
+
+    Raises
+    ------
+    QueryRetrieveError
+        When the archive refuses the association or the C-FIND.
+    AssociationError
+        When it cannot be reached.
+    """
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.StudyInstanceUID = ""
+    for keyword in (*_STUDY_KEYS, *keywords):
+        setattr(query, keyword, "")
+    query.StudyDate = study_dates
+    if modality:
+        query.ModalitiesInStudy = modality
+    contexts = [build_context(STUDY_ROOT_FIND)]
+    with _associate(local, peer, "C-FIND", contexts) as assoc:
+        found = _find(assoc, local, peer, query)
+    studies = [
+        FoundStudy(str(identifier.StudyInstanceUID), _values(identifier))
+        for identifier in found
+        if identifier.get("StudyInstanceUID")
+    ]
+    return sorted(studies, key=lambda s: (s.values.get("StudyDate", ""), s.study_instance_uid))
+
+
+def find_series(
+    local: LocalAE, peer: PeerConfig, study_uid: str, keywords: Sequence[str] = ()
+) -> list[FoundSeries]:
+    """The series of ``study_uid`` on ``peer``, with ``keywords`` asked besides the counts.
+
+    Raises
+    ------
+    QueryRetrieveError
+        When the archive refuses the association or the C-FIND.
+    AssociationError
+        When it cannot be reached.
+    """
+    query = Dataset()
+    query.QueryRetrieveLevel = "SERIES"
+    query.StudyInstanceUID = study_uid
+    query.SeriesInstanceUID = ""
+    for keyword in (*_SERIES_KEYS, *keywords):
+        if keyword not in ("StudyInstanceUID", "SeriesInstanceUID"):
+            setattr(query, keyword, "")
+    with _associate(local, peer, "C-FIND", [build_context(STUDY_ROOT_FIND)]) as assoc:
+        found = _find(assoc, local, peer, query)
+    return [
+        FoundSeries(str(identifier.SeriesInstanceUID), _values(identifier))
+        for identifier in found
+        if identifier.get("SeriesInstanceUID")
+    ]
+
+
+def _identifiers(study_uid: str, series_uids: Sequence[str] | None) -> list[Dataset]:
+    """One STUDY-level identifier, or one SERIES-level identifier per series."""
+    if series_uids is None:
+        identifier = Dataset()
+        identifier.QueryRetrieveLevel = "STUDY"
+        identifier.StudyInstanceUID = study_uid
+        return [identifier]
+    identifiers = []
+    for series_uid in series_uids:
+        identifier = Dataset()
+        identifier.QueryRetrieveLevel = "SERIES"
+        identifier.StudyInstanceUID = study_uid
+        identifier.SeriesInstanceUID = series_uid
+        identifiers.append(identifier)
+    return identifiers
+
+
+def _tally(retrieval: Retrieval, code: int, status: Dataset, identifier: Dataset | None) -> None:
+    """Add a final response's sub-operation counts to ``retrieval``."""
+    retrieval.statuses.append(code)
+    retrieval.completed += int(status.get("NumberOfCompletedSuboperations") or 0)
+    retrieval.failed += int(status.get("NumberOfFailedSuboperations") or 0)
+    retrieval.warning += int(status.get("NumberOfWarningSuboperations") or 0)
+    if identifier is not None and "FailedSOPInstanceUIDList" in identifier:
+        retrieval.failed_uids.extend(_text(identifier.FailedSOPInstanceUIDList).split("\\"))
+
+
+def _get_contexts(sop_classes: Sequence[str]) -> tuple[list[PresentationContext], list[Any]]:
+    """The C-GET context, and a storage context with the SCP role for the study's own
+    SOP classes first, then the common ones, up to the 128 an association may carry."""
+    uids: list[str] = []
+    for uid in [*sop_classes, *(str(cx.abstract_syntax) for cx in StoragePresentationContexts)]:
+        if uid not in uids and len(uids) < MAX_CONTEXTS - 1:
+            uids.append(uid)
+    contexts = [build_context(STUDY_ROOT_GET)]
+    contexts += [build_context(uid, _TRANSFER_SYNTAXES) for uid in uids]
+    roles: list[Any] = [build_role(uid, scp_role=True) for uid in uids]
+    return contexts, roles
+
+
+def get_instances(
+    local: LocalAE,
+    peer: PeerConfig,
+    handler: StoreHandler,
+    study_uid: str,
+    series_uids: Sequence[str] | None = None,
+    sop_classes: Sequence[str] = (),
+) -> Retrieval:
+    """C-GET a whole study (``series_uids`` None) or some of its series, in one
+    association; every instance goes through ``handler`` as a C-STORE to the listener
+    would (spool, fsync, catalog row, then Success to the archive).
+
+    ``sop_classes`` (SOPClassesInStudy) are proposed first, so that a study of rare SOP
+    classes still fits in the association's 128 presentation contexts.
+
+    Raises
+    ------
+    QueryRetrieveError
+        When the archive refuses the association or the C-GET.
+    AssociationError
+        When it cannot be reached, or the association drops.
+    """
+    contexts, roles = _get_contexts(sop_classes)
+    retrieval = Retrieval()
+    advice = _archive_advice("C-GET", local, peer)
+    handlers = [(evt.EVT_C_STORE, handler)]
+    opened: list[Association] = []
+    with handler.space.installed():
+        try:
+            with _associate(local, peer, "C-GET", contexts, roles, handlers) as assoc:
+                opened.append(assoc)
+                for message_id, identifier in enumerate(_identifiers(study_uid, series_uids), 1):
+                    answers = assoc.send_c_get(identifier, STUDY_ROOT_GET, msg_id=message_id)
+                    for code, answered, status in _responses("C-GET", peer, advice, answers):
+                        if code_to_category(code) != "Pending":
+                            _tally(retrieval, code, status, answered)
+                    if not assoc.is_established:
+                        raise AssociationError(peer, "association lost during C-GET")
+        finally:
+            for assoc in opened:  # released or aborted by now: what it left half-received
+                assoc.dul.join(timeout=5.0)
+                discard_unfinished_transfers(assoc)
+                handler.reception.ended(assoc)
+    return retrieval
+
+
+def move_instances(
+    local: LocalAE,
+    peer: PeerConfig,
+    study_uid: str,
+    series_uids: Sequence[str] | None = None,
+) -> Retrieval:
+    """C-MOVE a whole study (``series_uids`` None) or some of its series to our own AE
+    title: the archive stores them through the node's running listener.
+
+    Raises
+    ------
+    QueryRetrieveError
+        When the archive refuses the association or the C-MOVE (destination unknown).
+    AssociationError
+        When it cannot be reached, or the association drops.
+    """
+    retrieval = Retrieval()
+    advice = _archive_advice("C-MOVE", local, peer)
+    with _associate(local, peer, "C-MOVE", [build_context(STUDY_ROOT_MOVE)]) as assoc:
+        for message_id, identifier in enumerate(_identifiers(study_uid, series_uids), 1):
+            answers = assoc.send_c_move(
+                identifier, local.ae_title, STUDY_ROOT_MOVE, msg_id=message_id
+            )
+            for code, answered, status in _responses("C-MOVE", peer, advice, answers):
+                if code_to_category(code) != "Pending":
+                    _tally(retrieval, code, status, answered)
+            if not assoc.is_established:
+                raise AssociationError(peer, "association lost during C-MOVE")
+    return retrieval

@@ -1,0 +1,322 @@
+"""``dicom-node backfill`` against a real Orthanc: C-FIND, C-GET or C-MOVE, resumable.
+
+Orthanc holds studies of several dates and modalities; the backfill command runs in this
+process (:func:`backfill`), or as a subprocess where a test SIGKILLs it in the middle of
+a retrieval and runs it again on the same database and spool. No worker runs: the jobs
+the routing creates stay queued, which is what these tests count.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import closing, redirect_stderr, redirect_stdout
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from sqlalchemy import func, select
+
+from dicom_node.cli import build_parser
+from dicom_node.db.schema import BackfillState, BackfillStudy, Instance, Job, Study, StudyState
+from dicom_node.db.sessions import create_db_engine, session_factory
+from tests.conftest import REPO_ROOT, get_free_port
+from tests.orchestration.node import node_document, run_node, wait_until, write_config
+from tests.orchestration.studies import ct_series, radiograph
+from tests.peers import Orthanc, run_orthanc
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+IN_RANGE = ("--since", "2026-10-01", "--until", "2026-10-31")
+
+
+def dated(files: list[Path], study_date: str, **values: Any) -> list[Path]:
+    """Set StudyDate (and other attributes) on each file in place."""
+    for path in files:
+        dataset = pydicom.dcmread(path)
+        dataset.StudyDate = study_date
+        for keyword, value in values.items():
+            setattr(dataset, keyword, value)
+        dataset.save_as(path)
+    return files
+
+
+def backfill(config: Path, *args: str) -> tuple[int, str, str]:
+    """``dicom-node backfill -c CONFIG ARGS`` in this process: exit status, stdout, stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    parsed = build_parser().parse_args(["backfill", "-c", str(config), "--no-progress", *args])
+    with redirect_stdout(out), redirect_stderr(err):
+        status = int(parsed.run(parsed))
+    return status, out.getvalue(), err.getvalue()
+
+
+def study_uid(files: list[Path]) -> str:
+    return str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+
+
+@dataclass
+class Archive:
+    """Orthanc with the studies of one test, and the node's config pointing at it."""
+
+    pacs: Orthanc
+    config: Path
+    url: str
+    studies: dict[str, list[Path]]
+
+    def uid(self, name: str) -> str:
+        return study_uid(self.studies[name])
+
+    def backfill(self, *args: str) -> dict[str, Any]:
+        status, out, err = backfill(self.config, "--peer", "pacs", "--json", *args)
+        assert status == 0, out + err
+        return dict(json.loads(out))
+
+
+def write_node_config(
+    tmp_path: Path, pacs: Orthanc | None, port: int | None = None, **sections: Any
+) -> tuple[Path, str]:
+    url = f"sqlite:///{tmp_path / 'node.db'}"
+    document = node_document(tmp_path, pacs=pacs, database_url=url, port=port, **sections)
+    return write_config(tmp_path / "node.toml", document), url
+
+
+def node_modality(port: int = 1, **permissions: bool) -> dict[str, Any]:
+    """Orthanc's DicomModalities entry for the node (AE AINODE)."""
+    return {"node": {"AET": "AINODE", "Host": "127.0.0.1", "Port": port, **permissions}}
+
+
+@pytest.fixture
+def archive(tmp_path: Path) -> Iterator[Archive]:
+    """October CTs (two), an October radiograph, a September CT, an October MR."""
+    studies = {
+        "ct_early": dated(ct_series(tmp_path / "a", 3), "20261005"),
+        "ct_late": dated(ct_series(tmp_path / "b", 4), "20261020"),
+        "cr": dated([radiograph(tmp_path / "c")], "20261012"),
+        "ct_september": dated(ct_series(tmp_path / "d", 2), "20260920"),
+        "mr": dated(ct_series(tmp_path / "e", 2), "20261015", Modality="MR"),
+    }
+    with run_orthanc(tmp_path, extra={"DicomModalities": node_modality()}) as pacs:
+        for files in studies.values():
+            pacs.upload(files)
+        config, url = write_node_config(tmp_path, pacs)
+        yield Archive(pacs, config, url, studies)
+
+
+def db_rows(url: str) -> tuple[list[Study], list[Job], list[BackfillStudy], int]:
+    engine = create_db_engine(url)
+    try:
+        with session_factory(engine)() as session:
+            studies = list(session.scalars(select(Study)))
+            jobs = list(session.scalars(select(Job).order_by(Job.id)))
+            backfill = list(session.scalars(select(BackfillStudy)))
+            instances = int(session.scalar(select(func.count(Instance.id))) or 0)
+    finally:
+        engine.dispose()
+    return studies, jobs, backfill, instances
+
+
+def test_a_date_range_retrieves_exactly_its_studies_once(archive: Archive) -> None:
+    summary = archive.backfill(*IN_RANGE)
+    wanted = {archive.uid("ct_early"), archive.uid("ct_late"), archive.uid("cr")}
+    # The MR is in range but no route wants it: found, not fetched.
+    assert (summary["found"], summary["retrieved"], summary["routed"]) == (4, 3, 3)
+    assert (summary["no_match"], summary["jobs"], summary["instances"]) == (1, 3, 8)
+    assert summary["failed"] == {}
+
+    studies, jobs, rows, instances = db_rows(archive.url)
+    assert {s.study_instance_uid for s in studies} == wanted
+    assert all(s.state == StudyState.ROUTED for s in studies)
+    assert all(s.completion_reason.startswith("backfill: C-GET of") for s in studies)
+    assert instances == 8
+    by_study = {s.id: s.study_instance_uid for s in studies}
+    assert sorted((by_study[j.study_id], j.model_name, j.generation) for j in jobs) == sorted(
+        [
+            (archive.uid("ct_early"), "demo-ct-bone", 0),
+            (archive.uid("ct_late"), "demo-ct-bone", 0),
+            (archive.uid("cr"), "demo-cr-classifier", 0),
+        ]
+    )
+    # Instances fetched by C-GET carry the archive's AE title, as if it had sent them:
+    # the radiograph route's reply_to_sender finds the archive.
+    cr_job = next(j for j in jobs if j.model_name == "demo-cr-classifier")
+    assert cr_job.destinations == ["pacs"]
+    states = {r.study_instance_uid: r.state for r in rows}
+    assert states[archive.uid("mr")] == BackfillState.NO_MATCH
+    assert {uid for uid, state in states.items() if state == BackfillState.ROUTED} == wanted
+
+    again = archive.backfill(*IN_RANGE)
+    assert (again["retrieved"], again["routed"], again["done_before"]) == (0, 0, 3)
+    _, jobs_after, _, instances_after = db_rows(archive.url)
+    assert [j.id for j in jobs_after] == [j.id for j in jobs] and instances_after == instances
+
+
+def test_route_modality_limit_and_dry_run(archive: Archive) -> None:
+    dry = archive.backfill(*IN_RANGE, "--dry-run")
+    assert (dry["found"], len(dry["would_retrieve"]), dry["retrieved"]) == (4, 3, 0)
+    assert all(" series, " in line for line in dry["would_retrieve"])
+    assert db_rows(archive.url)[2:] == ([], 0)  # a dry run writes nothing
+
+    only_cr = archive.backfill(*IN_RANGE, "--route", "radiographs")
+    assert (only_cr["retrieved"], only_cr["no_match"]) == (1, 3)
+    first = archive.backfill(*IN_RANGE, "--modality", "CT", "--limit", "1")
+    assert (first["found"], first["retrieved"], first["not_reached"]) == (2, 1, 1)
+    rest = archive.backfill(*IN_RANGE, "--modality", "CT", "--rate", "600")
+    assert (rest["retrieved"], rest["done_before"]) == (1, 1)
+    studies, jobs, _, _ = db_rows(archive.url)
+    assert len(studies) == len(jobs) == 3
+
+
+def test_a_study_received_normally_is_not_fetched(archive: Archive, tmp_path: Path) -> None:
+    # The October CT arrives the usual way first: Orthanc sends it to the listener.
+    port = get_free_port()
+    config, _ = write_node_config(
+        tmp_path, archive.pacs, port=port, completion={"stable_seconds": 0.5}
+    )
+    archive.pacs.rest("PUT", "/modalities/node", node_modality(port)["node"])
+    with run_node(config, role="listener", port=port) as node:
+        archive.pacs.store("node", archive.pacs.upload(archive.studies["ct_early"]))
+        wait_until(
+            lambda: [s.state for s in db_rows(archive.url)[0]] == [StudyState.ROUTED],
+            60,
+            node.log_text,
+        )
+    summary = archive.backfill(*IN_RANGE)
+    assert (summary["present"], summary["retrieved"], summary["routed"]) == (1, 2, 2)
+    studies, jobs, _, _ = db_rows(archive.url)
+    assert len(studies) == len(jobs) == 3
+    assert all(j.generation == 0 for j in jobs)
+
+
+def partly_held(database: Path, per_study: int = 30) -> bool:
+    """Whether the node holds the first study and part of another (a plain SQLite read:
+    polled every few milliseconds while a backfill writes)."""
+    if not database.exists():
+        return False
+    with closing(sqlite3.connect(database, timeout=1)) as connection:
+        try:
+            (held,) = connection.execute("SELECT count(*) FROM instances").fetchone()
+        except sqlite3.OperationalError:  # the tables are not created yet
+            return False
+    return bool(held > per_study and held % per_study)
+
+
+def test_killed_during_a_retrieval_the_next_run_completes(tmp_path: Path) -> None:
+    studies = [dated(ct_series(tmp_path / f"s{n}", 30), f"2026100{n + 1}") for n in range(3)]
+    with run_orthanc(tmp_path, extra={"DicomModalities": node_modality()}) as pacs:
+        for files in studies:
+            pacs.upload(files)
+        config, url = write_node_config(tmp_path, pacs)
+        command = [sys.executable, "-m", "dicom_node", "backfill", "-c", str(config)]
+        command += ["--peer", "pacs", "--since", "2026-10-01", "--no-progress"]
+        log = (tmp_path / "killed.log").open("wb")
+        process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=log)
+        try:
+            # Killed once the first study is in and the second one is arriving.
+            wait_until(
+                lambda: partly_held(tmp_path / "node.db") or process.poll() is not None,
+                120,
+                lambda: (tmp_path / "killed.log").read_text(),
+                interval=0.02,
+            )
+            process.send_signal(signal.SIGKILL)
+            process.wait(timeout=10)
+        finally:
+            if process.poll() is None:
+                process.kill()
+            log.close()
+        _, jobs, rows, held = db_rows(url)
+        assert len(jobs) in (1, 2) and 30 < held < 90, (len(jobs), held)
+        incoming = tmp_path / "storage" / "incoming"
+        assert any(incoming.iterdir())  # the killed process's transfer folder
+
+        status, out, err = backfill(config, "--peer", "pacs", "--since", "2026-10-01")
+        assert status == 0, out + err
+        status, again, err = backfill(config, "--peer", "pacs", "--since", "2026-10-01")
+        assert status == 0 and "retrieved 0, routed 0" in again, again + err
+    studies_rows, jobs, rows, held = db_rows(url)
+    assert held == 90 and len(jobs) == 3
+    assert all(s.instance_count == 30 and s.state == StudyState.ROUTED for s in studies_rows)
+    assert all(j.generation == 0 for j in jobs)  # each study completed and routed once
+    assert all(r.state == BackfillState.ROUTED for r in rows)
+    spooled = list((tmp_path / "storage" / "instances").rglob("*.dcm"))
+    assert len(spooled) == 90
+    leftovers = [p for p in incoming.rglob("*") if p.is_file()]
+    assert leftovers == []
+
+
+def test_c_move_to_the_running_listener(tmp_path: Path) -> None:
+    files = dated(ct_series(tmp_path / "ct", 3), "20261005")
+    port = get_free_port()
+    with run_orthanc(tmp_path, extra={"DicomModalities": node_modality(port)}) as pacs:
+        pacs.upload(files)
+        peer = {"name": "pacs", "ae_title": pacs.aet, "host": "127.0.0.1", "port": pacs.dicom_port}
+        config, url = write_node_config(
+            tmp_path,
+            pacs,
+            port=port,
+            peers=[{**peer, "retrieve": "move"}],
+            # The backfill completes the study; the node's quiet timer must not first.
+            completion={"stable_seconds": 600},
+        )
+        with run_node(config, role="listener", port=port):
+            status, out, err = backfill(config, "--peer", "pacs", "--since", "2026-10-01")
+    assert status == 0, out + err
+    assert "listener must be running" in err
+    assert "retrieved 1, routed 1 (1 job(s), 3 instances)" in out
+    studies, jobs, _, held = db_rows(url)
+    assert held == 3 and len(jobs) == 1
+    assert studies[0].completion_reason == "backfill: C-MOVE of 3/3 instances"
+    assert studies[0].calling_ae_title == "ORTHANC"
+
+
+@pytest.mark.parametrize(
+    ("retrieve", "permissions", "refused", "advice"),
+    [
+        ("get", None, "C-FIND refused", "AllowFind"),
+        ("get", {"AllowGet": False}, "C-GET refused", 'set retrieve = "move"'),
+        ("move", {"AllowMove": False}, "C-MOVE refused", "listener running"),
+    ],
+)
+def test_a_refusing_archive_stops_the_backfill_with_what_to_configure(
+    tmp_path: Path,
+    retrieve: str,
+    permissions: dict[str, bool] | None,
+    refused: str,
+    advice: str,
+) -> None:
+    files = dated(ct_series(tmp_path / "ct", 2), "20261005")
+    modalities = node_modality(**permissions) if permissions is not None else {}
+    with run_orthanc(tmp_path, extra={"DicomModalities": modalities}) as pacs:
+        pacs.upload(files)
+        peer = {"name": "pacs", "ae_title": pacs.aet, "host": "127.0.0.1", "port": pacs.dicom_port}
+        config, url = write_node_config(tmp_path, pacs, peers=[{**peer, "retrieve": retrieve}])
+        status, out, err = backfill(config, "--peer", "pacs", "--since", "2026-10-01")
+    assert status == 1, out + err
+    assert refused in err and "no status" in err and advice in err and "DicomModalities" in err
+    _, jobs, rows, held = db_rows(url)
+    assert jobs == [] and held == 0
+    if refused != "C-FIND refused":
+        assert [(r.state, refused in (r.reason or "")) for r in rows] == [
+            (BackfillState.FAILED, True)
+        ]
+
+
+def test_bad_arguments(tmp_path: Path) -> None:
+    config, _ = write_node_config(tmp_path, pacs=None)
+    status, _, err = backfill(config, "--peer", "nobody", "--since", "2026-10-01")
+    assert status == 2 and "no peer named 'nobody'" in err
+    status, _, err = backfill(config, "--peer", "pacs", "--since", "2026-10-01", "--route", "x")
+    assert status == 2 and "no route named 'x' (routes: ct, radiographs)" in err
+    status, _, err = backfill(
+        config, "--peer", "pacs", "--since", "2026-11-01", "--until", "2026-10-01"
+    )
+    assert status == 2 and "before --since" in err
+    with pytest.raises(SystemExit), redirect_stderr(io.StringIO()):
+        build_parser().parse_args(["backfill", "-c", "x", "--peer", "p", "--since", "01/10/2026"])
