@@ -24,6 +24,7 @@ import pydicom
 import pytest
 from sqlalchemy import func, select
 
+from dicom_node.audit import study_history
 from dicom_node.cli import build_parser
 from dicom_node.db.schema import BackfillState, BackfillStudy, Instance, Job, Study, StudyState
 from dicom_node.db.sessions import create_db_engine, session_factory
@@ -171,6 +172,36 @@ def test_route_modality_limit_and_dry_run(archive: Archive) -> None:
     assert (rest["retrieved"], rest["done_before"]) == (1, 1)
     studies, jobs, _, _ = db_rows(archive.url)
     assert len(studies) == len(jobs) == 3
+
+
+def test_a_series_level_route_fetches_only_its_series(tmp_path: Path) -> None:
+    chest = dated(ct_series(tmp_path / "chest", 3), "20261005", SeriesDescription="Chest 1mm")
+    uid = study_uid(chest)
+    scout = ct_series(tmp_path / "scout", 2, study_uid=uid)
+    dated(scout, "20261005", SeriesDescription="Scout")
+    chest_series = str(pydicom.dcmread(chest[0]).SeriesInstanceUID)
+    routes = [
+        {
+            "name": "chest",
+            "models": ["demo-ct-bone"],
+            "match": {"Modality": "CT", "SeriesDescription": {"regex": "(?i)chest"}},
+            "destinations": ["pacs"],
+        }
+    ]
+    with run_orthanc(tmp_path, extra={"DicomModalities": node_modality()}) as pacs:
+        pacs.upload([*chest, *scout])
+        config, url = write_node_config(tmp_path, pacs, routes=routes)
+        status, out, err = backfill(config, "--peer", "pacs", "--since", "2026-10-01")
+    assert status == 0, out + err
+    studies, jobs, rows, held = db_rows(url)
+    assert held == 3 and [j.series_uids for j in jobs] == [[chest_series]]
+    assert studies[0].completion_reason == "backfill: C-GET of 3/3 instances"
+    assert rows[0].series_uids == [chest_series] and rows[0].expected_instances == 3
+    events = {line["event"]: line for line in study_history(tmp_path / "var" / "audit", uid)}
+    assert events["backfill-retrieved"]["method"] == "C-GET"
+    assert events["backfill-retrieved"]["completed"] == 3
+    assert events["instances-received"]["calling_aet"] == "ORTHANC"
+    assert events["study-completed"]["reason"] == "backfill: C-GET of 3/3 instances"
 
 
 def test_a_study_received_normally_is_not_fetched(archive: Archive, tmp_path: Path) -> None:
