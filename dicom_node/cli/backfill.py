@@ -11,13 +11,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import ExitStack
 from datetime import date
 from typing import Any
 
 from tqdm import tqdm
 
 from dicom_node.audit import close_audit_log, open_audit_log
-from dicom_node.config import PeerConfig, load_config
+from dicom_node.config import NodeConfig, PeerConfig, load_config
 from dicom_node.db.sessions import create_db_engine, session_factory
 from dicom_node.errors import PeerError
 from dicom_node.intake.spool import Spool
@@ -98,58 +99,72 @@ def _print_summary(summary: BackfillSummary, args: argparse.Namespace) -> None:
         print(f"failed {uid}: {reason}")
 
 
+def _request(args: argparse.Namespace, config: NodeConfig) -> BackfillRequest:
+    """The request the arguments make.
+
+    Raises
+    ------
+    ValueError
+        When the peer is unknown or a DICOMweb peer, or the dates are backwards.
+    """
+    try:
+        peer = config.peer(args.peer)
+    except KeyError as exc:
+        raise ValueError(exc.args[0]) from None
+    if not isinstance(peer, PeerConfig):
+        raise ValueError(
+            f"peer {peer.name!r} is a DICOMweb peer; backfill speaks DIMSE "
+            "(C-FIND with C-GET or C-MOVE) only so far"
+        )
+    if args.until is not None and args.until < args.since:
+        raise ValueError(f"--until {args.until} is before --since {args.since}")
+    return BackfillRequest(
+        peer, args.since, args.until, args.modality, args.route, args.limit, args.rate, args.dry_run
+    )
+
+
+def _with_progress(backfill: Backfill, hidden: bool) -> BackfillSummary:
+    """Find the studies, then process them under a progress bar on stderr."""
+    studies = backfill.find()
+    with tqdm(total=len(studies), unit="study", disable=hidden, file=sys.stderr) as bar:
+
+        def progress(_uid: str) -> None:
+            done = backfill.summary
+            bar.set_postfix(retrieved=done.retrieved, routed=done.routed, failed=len(done.failed))
+            bar.update()
+
+        return backfill.process(studies, progress)
+
+
 def run(args: argparse.Namespace) -> int:
     """Backfill and print the summary; 0 when nothing failed, 1 when a study failed or the
     archive refused (its status and what to configure there on stderr), 2 on bad
     arguments."""
     config = load_config(args.config)
-    try:
-        peer = config.peer(args.peer)
-    except KeyError as exc:
-        print(f"backfill: {exc.args[0]}", file=sys.stderr)
-        return 2
-    if not isinstance(peer, PeerConfig):
-        print(
-            f"backfill: peer {peer.name!r} is a DICOMweb peer; backfill speaks DIMSE "
-            "(C-FIND with C-GET or C-MOVE) only so far",
-            file=sys.stderr,
-        )
-        return 2
-    if args.until is not None and args.until < args.since:
-        print(f"backfill: --until {args.until} is before --since {args.since}", file=sys.stderr)
-        return 2
-    request = BackfillRequest(
-        peer, args.since, args.until, args.modality, args.route, args.limit, args.rate, args.dry_run
-    )
-    engine = create_db_engine(config.node.database_url)
-    handler = open_audit_log(config.audit, "backfill")
-    try:
-        spool = Spool(config.node.storage_dir)
-        if not args.dry_run:
-            spool.clear_incoming()  # what a killed backfill left half-received
+    with ExitStack() as resources:
+        engine = create_db_engine(config.node.database_url)
+        resources.callback(engine.dispose)
+        resources.callback(close_audit_log, open_audit_log(config.audit, "backfill"))
         try:
+            request = _request(args, config)
+            spool = Spool(config.node.storage_dir)
             backfill = Backfill(config, session_factory(engine), spool, request)
         except ValueError as exc:
             print(f"backfill: {exc}", file=sys.stderr)
             return 2
-        if peer.retrieve == "move" and not args.dry_run:
+        if not request.dry_run:
+            spool.clear_incoming()  # what a killed backfill left half-received
+        if request.peer.retrieve == "move" and not request.dry_run:
             print(
                 f"backfill: C-MOVE to {config.node.ae_title}: the node's listener must be "
                 "running (dicom-node serve) for the archive to store into",
                 file=sys.stderr,
             )
         try:
-            studies = backfill.find()
-            with tqdm(
-                total=len(studies), unit="study", disable=args.no_progress, file=sys.stderr
-            ) as bar:
-                summary = backfill.process(studies, progress=lambda _uid: bar.update())
+            summary = _with_progress(backfill, args.no_progress)
         except PeerError as exc:
             _print_summary(backfill.summary, args)
             print(f"backfill stopped: {exc}", file=sys.stderr)
             return 1
-    finally:
-        close_audit_log(handler)
-        engine.dispose()
     _print_summary(summary, args)
     return 1 if summary.failed else 0

@@ -252,7 +252,7 @@ class Backfill:
             self._save(study, BackfillState.NO_MATCH, reason=plan.reason)
             return
         missing = self._missing(plan)
-        if not missing and row is None:
+        if not missing and (row is None or row.attempts == 0):
             # Received normally: the node completes and routes it on its own.
             self.summary.present += 1
             self._save(study, BackfillState.PRESENT, plan=plan, reason="already in the node")
