@@ -3,7 +3,8 @@ from the archive and run them through the routes (`dicom_node.work.backfill`).
 
 Resumable: run it again after an interruption and it completes what is missing; a second
 run over the same range fetches nothing. With ``retrieve = "move"`` on the peer, the
-node's listener must be running (``dicom-node serve``), since the archive stores there.
+node's listener must be running (``dicom-node serve``), since the archive stores there;
+a DICOMweb peer is read by QIDO-RS and WADO-RS.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 from tqdm import tqdm
 
 from dicom_node.audit import close_audit_log, open_audit_log
-from dicom_node.config import NodeConfig, PeerConfig, load_config
+from dicom_node.config import NodeConfig, load_config
 from dicom_node.db.sessions import create_db_engine, session_factory
 from dicom_node.errors import PeerError
 from dicom_node.intake.spool import Spool
@@ -105,17 +106,12 @@ def _request(args: argparse.Namespace, config: NodeConfig) -> BackfillRequest:
     Raises
     ------
     ValueError
-        When the peer is unknown or a DICOMweb peer, or the dates are backwards.
+        When the peer is unknown, or the dates are backwards.
     """
     try:
         peer = config.peer(args.peer)
     except KeyError as exc:
         raise ValueError(exc.args[0]) from None
-    if not isinstance(peer, PeerConfig):
-        raise ValueError(
-            f"peer {peer.name!r} is a DICOMweb peer; backfill speaks DIMSE "
-            "(C-FIND with C-GET or C-MOVE) only so far"
-        )
     if args.until is not None and args.until < args.since:
         raise ValueError(f"--until {args.until} is before --since {args.since}")
     return BackfillRequest(
@@ -154,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
             return 2
         if not request.dry_run:
             spool.clear_incoming()  # what a killed backfill left half-received
-        if request.peer.retrieve == "move" and not request.dry_run:
+        if backfill.method == "C-MOVE" and not request.dry_run:
             print(
                 f"backfill: C-MOVE to {config.node.ae_title}: the node's listener must be "
                 "running (dicom-node serve) for the archive to store into",

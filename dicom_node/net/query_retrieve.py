@@ -53,14 +53,14 @@ _TRANSFER_SYNTAXES: list[str | UID] = [
     *(ts for ts in AllTransferSyntaxes if ts != ExplicitVRLittleEndian),
 ]
 # Study-level return keys besides the ones asked for matching.
-_STUDY_KEYS = (
+STUDY_RETURN_KEYS = (
     "StudyDate",
     "ModalitiesInStudy",
     "SOPClassesInStudy",
     "NumberOfStudyRelatedSeries",
     "NumberOfStudyRelatedInstances",
 )
-_SERIES_KEYS = ("Modality", "SeriesNumber", "NumberOfSeriesRelatedInstances")
+SERIES_RETURN_KEYS = ("Modality", "SeriesNumber", "NumberOfSeriesRelatedInstances")
 
 
 def _archive_advice(operation: str, local: LocalAE, peer: PeerConfig) -> str:
@@ -155,7 +155,8 @@ def _text(value: object) -> str:
     return str(value)
 
 
-def _values(identifier: Dataset) -> dict[str, str]:
+def answered_values(identifier: Dataset) -> dict[str, str]:
+    """The non-empty values of a C-FIND (or QIDO-RS) answer, as text by keyword."""
     return {
         element.keyword: text
         for element in identifier
@@ -236,7 +237,7 @@ def find_studies(
     query = Dataset()
     query.QueryRetrieveLevel = "STUDY"
     query.StudyInstanceUID = ""
-    for keyword in (*_STUDY_KEYS, *keywords):
+    for keyword in (*STUDY_RETURN_KEYS, *keywords):
         setattr(query, keyword, "")
     query.StudyDate = study_dates
     if modality:
@@ -245,7 +246,7 @@ def find_studies(
     with _associate(local, peer, "C-FIND", contexts) as assoc:
         found = _find(assoc, local, peer, query)
     studies = [
-        FoundStudy(str(identifier.StudyInstanceUID), _values(identifier))
+        FoundStudy(str(identifier.StudyInstanceUID), answered_values(identifier))
         for identifier in found
         if identifier.get("StudyInstanceUID")
     ]
@@ -268,13 +269,13 @@ def find_series(
     query.QueryRetrieveLevel = "SERIES"
     query.StudyInstanceUID = study_uid
     query.SeriesInstanceUID = ""
-    for keyword in (*_SERIES_KEYS, *keywords):
+    for keyword in (*SERIES_RETURN_KEYS, *keywords):
         if keyword not in ("StudyInstanceUID", "SeriesInstanceUID"):
             setattr(query, keyword, "")
     with _associate(local, peer, "C-FIND", [build_context(STUDY_ROOT_FIND)]) as assoc:
         found = _find(assoc, local, peer, query)
     return [
-        FoundSeries(str(identifier.SeriesInstanceUID), _values(identifier))
+        FoundSeries(str(identifier.SeriesInstanceUID), answered_values(identifier))
         for identifier in found
         if identifier.get("SeriesInstanceUID")
     ]

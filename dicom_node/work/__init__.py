@@ -14,8 +14,9 @@
   (shadow and live alike) and listed by ``dicom-node results``;
 - ``drift_features``, ``drift``, ``drift_monitor``: per-series features, the package's
   reference profile, window tests, and the drift gauges.
-- ``backfill``, ``backfill_plan``, ``backfill_pace``: fetching past studies from the
-  archive (the series the routes want, paced) and routing them, resumably.
+- ``backfill``, ``backfill_plan``, ``backfill_pace``, ``backfill_archive``: fetching past
+  studies from the archive (C-GET, C-MOVE or WADO-RS; the series the routes want,
+  paced) and routing them, resumably.
 
 May import `dicom_node.net`, `dicom_node.intake`, `dicom_node.db`, the top-level
 config, errors, logs and metrics, and `inference` and `sr_writer` through their

@@ -27,7 +27,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.audit import AuditEvent, audit
-from dicom_node.config import NodeConfig, PeerConfig, RouteConfig
+from dicom_node.config import DicomwebPeerConfig, NodeConfig, PeerConfig, RouteConfig
 from dicom_node.db.schema import (
     BackfillState,
     BackfillStudy,
@@ -36,20 +36,12 @@ from dicom_node.db.schema import (
     Study,
     utcnow,
 )
+from dicom_node.errors import PeerError
 from dicom_node.intake.completion import announce_complete, mark_complete
 from dicom_node.intake.spool import Spool
-from dicom_node.net.query_retrieve import (
-    FoundSeries,
-    FoundStudy,
-    QueryRetrieveError,
-    Retrieval,
-    find_series,
-    find_studies,
-    get_instances,
-    move_instances,
-)
+from dicom_node.net.query_retrieve import FoundSeries, FoundStudy, QueryRetrieveError, Retrieval
 from dicom_node.net.scp import StoreHandler
-from dicom_node.net.scu import AssociationError, LocalAE
+from dicom_node.work.backfill_archive import Archive, open_archive
 from dicom_node.work.backfill_pace import StudyPacer
 from dicom_node.work.backfill_plan import StudyPlan, plan_study, query_keywords
 from dicom_node.work.routing import route_study
@@ -65,7 +57,7 @@ class BackfillRequest:
     """What to backfill: from which peer, which study dates and modality, for which
     routes (None: all), at most how many retrievals, how fast."""
 
-    peer: PeerConfig
+    peer: PeerConfig | DicomwebPeerConfig
     since: date
     until: date | None = None
     modality: str | None = None
@@ -134,6 +126,8 @@ class Backfill:
         What to backfill.
     pacer
         Spaces retrievals (default: from ``request.rate_per_minute``).
+    archive
+        Where studies come from (default: the request's peer, by what it speaks).
 
     Raises
     ------
@@ -148,23 +142,24 @@ class Backfill:
         spool: Spool,
         request: BackfillRequest,
         pacer: StudyPacer | None = None,
+        archive: Archive | None = None,
     ) -> None:
         self.config = config
         self.sessions = sessions
         self.request = request
-        self.local = LocalAE.from_config(config)
         self.routes = _routes(config, request.route)
         # Routing sees only the chosen route, as if the others were not configured.
         self.routing_config = config.model_copy(update={"routes": self.routes})
         self.pacer = pacer or StudyPacer(request.rate_per_minute)
         self.handler = StoreHandler(config, sessions, spool)
+        self.archive: Archive = archive or open_archive(config, request.peer, self.handler)
         self.keywords = query_keywords(self.routes)
         self.summary = BackfillSummary()
 
     @property
     def method(self) -> str:
-        """C-GET or C-MOVE, as the peer's ``retrieve`` says."""
-        return "C-MOVE" if self.request.peer.retrieve == "move" else "C-GET"
+        """How studies are fetched: C-GET, C-MOVE or WADO-RS."""
+        return self.archive.method
 
     def find(self) -> list[FoundStudy]:
         """The studies the archive holds in the range (oldest first).
@@ -173,12 +168,12 @@ class Backfill:
         ------
         QueryRetrieveError
             When the archive refuses the C-FIND (with what to configure there).
-        AssociationError
-            When the archive cannot be reached.
+        PeerError
+            When the archive cannot be reached (or a DICOMweb peer answers an error).
         """
         request = self.request
-        studies = find_studies(
-            self.local, request.peer, request.study_dates, request.modality, self.keywords.study
+        studies = self.archive.find_studies(
+            request.study_dates, request.modality, self.keywords.study
         )
         self.summary.found = len(studies)
         logger.info(
@@ -223,7 +218,7 @@ class Backfill:
                 except QueryRetrieveError as exc:
                     self._failed(study.study_instance_uid, exc.reason, study)
                     raise
-                except AssociationError as exc:
+                except PeerError as exc:  # unreachable or dropped: this study only
                     self._failed(study.study_instance_uid, str(exc), study)
                 if progress is not None:
                     progress(study.study_instance_uid)
@@ -242,8 +237,8 @@ class Backfill:
         if row is not None and row.state in DONE_STATES:
             self.summary.done_before += 1
             return
-        series = find_series(self.local, self.request.peer, uid, self.keywords.series)
-        plan = plan_study(self.routes, study, series, self.request.peer.ae_title)
+        series = self.archive.find_series(uid, self.keywords.series)
+        plan = plan_study(self.routes, study, series, self.archive.sender_aet)
         if not plan.series:
             self.summary.no_match += 1
             logger.info(
@@ -312,13 +307,7 @@ class Backfill:
         )
         retrieval: Retrieval | None = None
         try:
-            if peer.retrieve == "move":
-                retrieval = move_instances(self.local, peer, uid, series_uids)
-            else:
-                sop_classes = study.values.get("SOPClassesInStudy", "").split("\\")
-                retrieval = get_instances(
-                    self.local, peer, self.handler, uid, series_uids, [c for c in sop_classes if c]
-                )
+            retrieval = self.archive.retrieve(study, series_uids)
         finally:
             audit(
                 AuditEvent.BACKFILL_RETRIEVED,

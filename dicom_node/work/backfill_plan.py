@@ -86,9 +86,10 @@ def query_keywords(routes: Sequence[RouteConfig]) -> QueryKeywords:
     return QueryKeywords(tuple(study), tuple(series))
 
 
-def series_facts(study: FoundStudy, series: FoundSeries, sender_aet: str) -> Facts:
+def series_facts(study: FoundStudy, series: FoundSeries, sender_aet: str | None) -> Facts:
     """What the archive said of a series and its study, as route facts; the calling AE
-    title is the archive's, as it will be on the retrieved instances."""
+    title is the archive's, as it will be on the retrieved instances (none over
+    DICOMweb)."""
     facts: dict[str, list[str]] = {
         keyword: split_values(text)
         for keyword, text in (*study.values.items(), *series.values.items())
@@ -96,7 +97,7 @@ def series_facts(study: FoundStudy, series: FoundSeries, sender_aet: str) -> Fac
     }
     facts["StudyInstanceUID"] = [study.study_instance_uid]
     facts["SeriesInstanceUID"] = [series.series_instance_uid]
-    facts["CallingAETitle"] = [sender_aet]
+    facts["CallingAETitle"] = [sender_aet] if sender_aet else []
     return {keyword: values for keyword, values in facts.items() if values}
 
 
@@ -109,7 +110,7 @@ def plan_study(
     routes: Sequence[RouteConfig],
     study: FoundStudy,
     series: Sequence[FoundSeries],
-    sender_aet: str,
+    sender_aet: str | None,
 ) -> StudyPlan:
     """The series of ``study`` that some route of ``routes`` may match.
 

@@ -307,6 +307,37 @@ def test_c_move_to_the_running_listener(tmp_path: Path) -> None:
     assert studies[0].calling_ae_title == "ORTHANC"
 
 
+def test_a_dicomweb_archive_by_qido_and_wado(tmp_path: Path) -> None:
+    october = dated(ct_series(tmp_path / "ct", 3), "20261005")
+    september = dated(ct_series(tmp_path / "old", 2), "20260920")
+    with run_orthanc(tmp_path, dicomweb=True) as pacs:
+        pacs.upload([*october, *september])
+        peer = {"name": "pacs", "kind": "dicomweb", "url": pacs.dicomweb_url}
+        routes = [
+            {
+                "name": "ct",
+                "models": ["demo-ct-bone"],
+                "match": {"Modality": "CT"},
+                "destinations": ["pacs"],
+            }
+        ]
+        config, url = write_node_config(tmp_path, pacs, peers=[peer], routes=routes)
+        status, out, err = backfill(config, "--peer", "pacs", "--since", "2026-10-01")
+        assert status == 0, out + err
+        status, again, err = backfill(config, "--peer", "pacs", "--since", "2026-10-01")
+    assert "retrieved 1, routed 1 (1 job(s), 3 instances)" in out
+    assert status == 0 and "retrieved 0, routed 0" in again
+    studies, jobs, rows, held = db_rows(url)
+    assert [s.study_instance_uid for s in studies] == [study_uid(october)]
+    assert studies[0].completion_reason == "backfill: WADO-RS of 3/3 instances"
+    assert held == 3 and len(jobs) == 1 and rows[0].state == BackfillState.ROUTED
+    spooled = sorted((tmp_path / "storage" / "instances").rglob("*.dcm"))
+    assert {str(pydicom.dcmread(p).SOPInstanceUID) for p in spooled} == {
+        str(pydicom.dcmread(p).SOPInstanceUID) for p in october
+    }
+    assert not [p for p in (tmp_path / "storage" / "incoming").rglob("*") if p.is_file()]
+
+
 @pytest.mark.parametrize(
     ("retrieve", "permissions", "refused", "advice"),
     [
