@@ -252,13 +252,9 @@ class Backfill:
             self.summary.present += 1
             self._save(study, BackfillState.PRESENT, plan=plan, reason="already in the node")
             return
-        if missing and self.request.dry_run:
-            self.summary.would_retrieve.append(
-                f"{uid} {study.values.get('StudyDate', '')} "
-                f"{study.values.get('ModalitiesInStudy', '')}: {len(missing)} series, "
-                f"{plan.expected_instances if plan.expected_instances is not None else '?'} "
-                "instances"
-            )
+        if self.request.dry_run:
+            if missing:
+                self.summary.would_retrieve.append(_described(study, plan, missing))
             return
         if missing:
             self._retrieve(study, plan, missing)
@@ -430,6 +426,16 @@ class Backfill:
             for key, value in values.items():
                 setattr(row, key, value)
         return row
+
+
+def _described(study: FoundStudy, plan: StudyPlan, missing: list[FoundSeries]) -> str:
+    """A study a dry run would fetch, in one line."""
+    expected = plan.expected_instances
+    return (
+        f"{study.study_instance_uid} {study.values.get('StudyDate', '')} "
+        f"{study.values.get('ModalitiesInStudy', '')}: {len(missing)} series, "
+        f"{expected if expected is not None else '?'} instances"
+    )
 
 
 def peer_counts(have: int, expected: int | None) -> str:
