@@ -177,7 +177,10 @@ def _responses(
                 operation, peer, None, "the archive closed the association on the request", advice
             )
         code = int(status.Status)
-        if code_to_category(code) in ("Failure", "Cancel"):
+        # A failure that counts failed sub-operations is the C-STOREs failing (on our
+        # side, say a full disk), not the archive refusing: the caller tallies it.
+        sub_operations_failed = int(status.get("NumberOfFailedSuboperations") or 0) > 0
+        if code_to_category(code) in ("Failure", "Cancel") and not sub_operations_failed:
             comment = str(status.get("ErrorComment", "")) or code_to_category(code)
             raise QueryRetrieveError(operation, peer, code, comment, advice)
         yield code, identifier, status

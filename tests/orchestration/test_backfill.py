@@ -81,11 +81,16 @@ class Archive:
 
 
 def write_node_config(
-    tmp_path: Path, pacs: Orthanc | None, port: int | None = None, **sections: Any
+    tmp_path: Path,
+    pacs: Orthanc | None,
+    port: int | None = None,
+    name: str = "node.toml",
+    **sections: Any,
 ) -> tuple[Path, str]:
+    """A node config ``tmp_path/name``; every one of a test shares the database and spool."""
     url = f"sqlite:///{tmp_path / 'node.db'}"
     document = node_document(tmp_path, pacs=pacs, database_url=url, port=port, **sections)
-    return write_config(tmp_path / "node.toml", document), url
+    return write_config(tmp_path / name, document), url
 
 
 def node_modality(port: int = 1, **permissions: bool) -> dict[str, Any]:
@@ -208,7 +213,7 @@ def test_a_study_received_normally_is_not_fetched(archive: Archive, tmp_path: Pa
     # The October CT arrives the usual way first: Orthanc sends it to the listener.
     port = get_free_port()
     config, _ = write_node_config(
-        tmp_path, archive.pacs, port=port, completion={"stable_seconds": 0.5}
+        tmp_path, archive.pacs, port, "listener.toml", completion={"stable_seconds": 0.5}
     )
     archive.pacs.rest("PUT", "/modalities/node", node_modality(port)["node"])
     with run_node(config, role="listener", port=port) as node:
@@ -280,6 +285,27 @@ def test_killed_during_a_retrieval_the_next_run_completes(tmp_path: Path) -> Non
     assert len(spooled) == 90
     leftovers = [p for p in incoming.rglob("*") if p.is_file()]
     assert leftovers == []
+
+
+def test_failed_sub_operations_fail_the_study_and_a_rerun_completes_it(
+    archive: Archive, tmp_path: Path
+) -> None:
+    # A disk below the floor: the node answers every C-STORE sub-operation 0xA700.
+    full, _ = write_node_config(
+        tmp_path, archive.pacs, name="full.toml", node={"min_free_disk_mb": 1 << 40}
+    )
+    status, out, err = backfill(full, "--peer", "pacs", *IN_RANGE, "--modality", "CT")
+    assert status == 1, out + err
+    failed = {line.split(":", 1)[0] for line in out.splitlines() if line.startswith("failed ")}
+    assert failed == {f"failed {archive.uid('ct_early')}", f"failed {archive.uid('ct_late')}"}
+    assert "instances missing after retrieval" in out and "sub-operation(s) failed" in out
+    _, jobs, rows, held = db_rows(archive.url)
+    assert jobs == [] and held == 0
+    assert {r.state for r in rows} == {BackfillState.FAILED}
+    assert all(r.failed_suboperations == r.expected_instances for r in rows)
+
+    assert archive.backfill(*IN_RANGE, "--modality", "CT")["routed"] == 2
+    assert len(db_rows(archive.url)[1]) == 2
 
 
 def test_c_move_to_the_running_listener(tmp_path: Path) -> None:
