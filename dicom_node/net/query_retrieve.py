@@ -25,7 +25,22 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pydicom.uid import UID, AllTransferSyntaxes, ExplicitVRLittleEndian
+from pydicom.uid import (
+    JPEG2000,
+    UID,
+    AllTransferSyntaxes,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
 from pynetdicom import StoragePresentationContexts, build_context, build_role, evt
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
@@ -52,6 +67,20 @@ _TRANSFER_SYNTAXES: list[str | UID] = [
     ExplicitVRLittleEndian,
     *(ts for ts in AllTransferSyntaxes if ts != ExplicitVRLittleEndian),
 ]
+# The compressed encodings archives commonly keep instances in: offered one context each
+# for the study's own SOP classes, so that a C-GET brings them back as the archive holds them.
+ARCHIVE_ENCODINGS = (
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLosslessSV1,
+    JPEGLossless,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    JPEG2000Lossless,
+    JPEG2000,
+    RLELossless,
+    DeflatedExplicitVRLittleEndian,
+)
 # Study-level return keys besides the ones asked for matching.
 STUDY_RETURN_KEYS = (
     "StudyDate",
@@ -312,14 +341,28 @@ def _tally(retrieval: Retrieval, code: int, status: Dataset, identifier: Dataset
 
 
 def _get_contexts(sop_classes: Sequence[str]) -> tuple[list[PresentationContext], list[Any]]:
-    """The C-GET context, and a storage context with the SCP role for the study's own
-    SOP classes first, then the common ones, up to the 128 an association may carry."""
-    uids: list[str] = []
-    for uid in [*sop_classes, *(str(cx.abstract_syntax) for cx in StoragePresentationContexts)]:
-        if uid not in uids and len(uids) < MAX_CONTEXTS - 1:
-            uids.append(uid)
+    """The C-GET context, and storage contexts with the SCP role: for each of the study's
+    own SOP classes one per encoding an archive may hold (it sends each instance in a
+    context accepted with the instance's own transfer syntax when there is one, and
+    otherwise transcodes it, which it may fail to do: Orthanc answers 0xC000 for some
+    JPEG), then the common SOP classes in one context each, up to the 128 contexts an
+    association may carry."""
     contexts = [build_context(STUDY_ROOT_GET)]
-    contexts += [build_context(uid, _TRANSFER_SYNTAXES) for uid in uids]
+    uids: list[str] = []
+    per_class = 1 + len(ARCHIVE_ENCODINGS)
+    for uid in dict.fromkeys(sop_classes):
+        if len(contexts) + per_class > MAX_CONTEXTS:
+            break
+        uids.append(uid)
+        contexts.append(build_context(uid, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]))
+        contexts += [build_context(uid, encoding) for encoding in ARCHIVE_ENCODINGS]
+    for context in StoragePresentationContexts:
+        uid = str(context.abstract_syntax)
+        if len(contexts) >= MAX_CONTEXTS:
+            break
+        if uid not in uids:
+            uids.append(uid)
+            contexts.append(build_context(uid, _TRANSFER_SYNTAXES))
     roles: list[Any] = [build_role(uid, scp_role=True) for uid in uids]
     return contexts, roles
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import pydicom
 import pytest
+from pydicom.uid import generate_uid
 from sqlalchemy import func, select
 
 from dicom_node.audit import study_history
@@ -30,7 +31,7 @@ from dicom_node.db.schema import BackfillState, BackfillStudy, Instance, Job, St
 from dicom_node.db.sessions import create_db_engine, session_factory
 from tests.conftest import REPO_ROOT, get_free_port
 from tests.orchestration.node import node_document, run_node, wait_until, write_config
-from tests.orchestration.studies import ct_series, radiograph
+from tests.orchestration.studies import ct_series, pydicom_file, radiograph
 from tests.peers import Orthanc, run_orthanc
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -207,6 +208,37 @@ def test_a_series_level_route_fetches_only_its_series(tmp_path: Path) -> None:
     assert events["backfill-retrieved"]["completed"] == 3
     assert events["instances-received"]["calling_aet"] == "ORTHANC"
     assert events["study-completed"]["reason"] == "backfill: C-GET of 3/3 instances"
+
+
+COMPRESSED = (
+    "JPEG2000.dcm",
+    "JPEG-lossy.dcm",
+    "JPGLosslessP14SV1_1s_1f_8b.dcm",
+    "MR_small_RLE.dcm",
+)
+
+
+def test_c_get_keeps_the_archive_s_compressed_encodings(tmp_path: Path) -> None:
+    # Offered only uncompressed contexts, Orthanc transcodes, and fails (0xC000) on the
+    # 12-bit JPEG; offered the study's own encodings, it sends each as it holds it.
+    originals = {}
+    for name in COMPRESSED:
+        dataset = pydicom.dcmread(pydicom_file(name))
+        dataset.StudyDate, dataset.Modality = "20261005", "CT"
+        dataset.StudyInstanceUID, dataset.SeriesInstanceUID = generate_uid(), generate_uid()
+        dataset.save_as(tmp_path / name)
+        originals[str(dataset.SOPInstanceUID)] = dataset
+    with run_orthanc(tmp_path, extra={"DicomModalities": node_modality()}) as pacs:
+        pacs.upload(tmp_path / name for name in COMPRESSED)
+        config, _ = write_node_config(tmp_path, pacs)
+        status, out, err = backfill(config, "--peer", "pacs", "--since", "2026-10-01")
+    assert status == 0 and "retrieved 4, routed 4" in out, out + err
+    for path in (tmp_path / "storage" / "instances").rglob("*.dcm"):
+        stored = pydicom.dcmread(path)
+        original = originals.pop(str(stored.SOPInstanceUID))
+        assert stored.file_meta.TransferSyntaxUID == original.file_meta.TransferSyntaxUID
+        assert stored.PixelData == original.PixelData
+    assert originals == {}
 
 
 def test_a_study_received_normally_is_not_fetched(archive: Archive, tmp_path: Path) -> None:
