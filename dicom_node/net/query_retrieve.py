@@ -81,6 +81,9 @@ ARCHIVE_ENCODINGS = (
     RLELossless,
     DeflatedExplicitVRLittleEndian,
 )
+# How archives end a C-FIND answer they cut short at their result limit: Cancel
+# (Orthanc's LimitFindResults) or Refused: Out of Resources.
+_CUT_SHORT = frozenset({0xFE00, 0xA700})
 # Study-level return keys besides the ones asked for matching.
 STUDY_RETURN_KEYS = (
     "StudyDate",
@@ -238,31 +241,46 @@ def _associate(
 
 def _find(assoc: Association, local: LocalAE, peer: PeerConfig, query: Dataset) -> list[Dataset]:
     advice = _archive_advice("C-FIND", local, peer)
-    return [
-        identifier
+    matches: list[Dataset] = []
+    try:
         for code, identifier, _ in _responses(
             "C-FIND", peer, advice, assoc.send_c_find(query, STUDY_ROOT_FIND)
-        )
-        if code in (0xFF00, 0xFF01) and identifier is not None
-    ]
+        ):
+            if code in (0xFF00, 0xFF01) and identifier is not None:
+                matches.append(identifier)
+    except QueryRetrieveError as exc:
+        if exc.status not in _CUT_SHORT:
+            raise
+        raise QueryRetrieveError(
+            "C-FIND",
+            peer,
+            exc.status,
+            f"the answer was cut short after {len(matches)} match(es)",
+            "the archive limits how many matches one C-FIND returns (Orthanc: "
+            "LimitFindResults; dcm4chee: QueryMaxNumberOfResults): raise the limit there, "
+            "or narrow the query with --modality",
+        ) from exc
+    return matches
 
 
 def find_studies(
     local: LocalAE,
     peer: PeerConfig,
-    study_dates: str,
+    study_dates: Sequence[str],
     modality: str | None = None,
     keywords: Sequence[str] = (),
 ) -> list[FoundStudy]:
-    """The studies ``peer`` holds with a StudyDate in ``study_dates`` (a DICOM range,
-    ``20261001-20261031`` or ``20261001-``), and ModalitiesInStudy ``modality`` if given.
+    """The studies ``peer`` holds with a StudyDate matching one of ``study_dates`` (DICOM
+    dates or ranges: one C-FIND each, in one association, so that an archive that caps
+    its answers is asked for one day at a time), and ModalitiesInStudy ``modality`` if
+    given; oldest first.
 
     ``keywords`` are study-level attributes asked besides (for route matching).
 
     Raises
     ------
     QueryRetrieveError
-        When the archive refuses the association or the C-FIND.
+        When the archive refuses the association or a C-FIND, or cuts an answer short.
     AssociationError
         When it cannot be reached.
     """
@@ -271,18 +289,19 @@ def find_studies(
     query.StudyInstanceUID = ""
     for keyword in (*STUDY_RETURN_KEYS, *keywords):
         setattr(query, keyword, "")
-    query.StudyDate = study_dates
     if modality:
         query.ModalitiesInStudy = modality
-    contexts = [build_context(STUDY_ROOT_FIND)]
-    with _associate(local, peer, "C-FIND", contexts) as assoc:
-        found = _find(assoc, local, peer, query)
-    studies = [
-        FoundStudy(str(identifier.StudyInstanceUID), answered_values(identifier))
-        for identifier in found
-        if identifier.get("StudyInstanceUID")
-    ]
-    return sorted(studies, key=lambda s: (s.values.get("StudyDate", ""), s.study_instance_uid))
+    studies: dict[str, FoundStudy] = {}
+    with _associate(local, peer, "C-FIND", [build_context(STUDY_ROOT_FIND)]) as assoc:
+        for dates in study_dates:
+            query.StudyDate = dates
+            for identifier in _find(assoc, local, peer, query):
+                uid = str(identifier.get("StudyInstanceUID", ""))
+                if uid:
+                    studies[uid] = FoundStudy(uid, answered_values(identifier))
+    return sorted(
+        studies.values(), key=lambda s: (s.values.get("StudyDate", ""), s.study_instance_uid)
+    )
 
 
 def find_series(

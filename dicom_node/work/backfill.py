@@ -41,7 +41,7 @@ from dicom_node.intake.completion import announce_complete, mark_complete
 from dicom_node.intake.spool import Spool
 from dicom_node.net.query_retrieve import FoundSeries, FoundStudy, QueryRetrieveError, Retrieval
 from dicom_node.net.scp import StoreHandler
-from dicom_node.work.backfill_archive import Archive, open_archive
+from dicom_node.work.backfill_archive import Archive, date_range, open_archive
 from dicom_node.work.backfill_pace import StudyPacer
 from dicom_node.work.backfill_plan import StudyPlan, plan_study, query_keywords
 from dicom_node.work.routing import route_study
@@ -68,9 +68,8 @@ class BackfillRequest:
 
     @property
     def study_dates(self) -> str:
-        """The StudyDate range matching key: ``YYYYMMDD-YYYYMMDD`` or open ``YYYYMMDD-``."""
-        end = self.until.strftime("%Y%m%d") if self.until else ""
-        return f"{self.since.strftime('%Y%m%d')}-{end}"
+        """The StudyDate range, as a DICOM range matching key (for logs and audit)."""
+        return date_range(self.since, self.until)
 
 
 @dataclass
@@ -173,7 +172,7 @@ class Backfill:
         """
         request = self.request
         studies = self.archive.find_studies(
-            request.study_dates, request.modality, self.keywords.study
+            request.since, request.until, request.modality, self.keywords.study
         )
         self.summary.found = len(studies)
         logger.info(

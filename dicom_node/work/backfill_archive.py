@@ -9,6 +9,7 @@ C-MOVE: the running listener).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import date, timedelta
 from typing import Protocol
 
 from dicom_node.config import DicomwebPeerConfig, NodeConfig, PeerConfig
@@ -28,6 +29,12 @@ from dicom_node.net.scp import StoreHandler
 from dicom_node.net.scu import LocalAE
 
 
+def date_range(since: date, until: date | None) -> str:
+    """The StudyDate range matching key: ``YYYYMMDD-YYYYMMDD``, or open ``YYYYMMDD-``."""
+    end = until.strftime("%Y%m%d") if until else ""
+    return f"{since.strftime('%Y%m%d')}-{end}"
+
+
 class Archive(Protocol):
     """What a backfill needs of an archive.
 
@@ -39,9 +46,10 @@ class Archive(Protocol):
     sender_aet: str | None
 
     def find_studies(
-        self, study_dates: str, modality: str | None, keywords: Sequence[str]
+        self, since: date, until: date | None, modality: str | None, keywords: Sequence[str]
     ) -> list[FoundStudy]:
-        """The studies in a StudyDate range (a DICOM range), oldest first."""
+        """The studies with a StudyDate from ``since`` to ``until`` (None: today), oldest
+        first."""
 
     def find_series(self, study_uid: str, keywords: Sequence[str]) -> list[FoundSeries]:
         """The series of a study, with ``keywords`` asked besides the counts."""
@@ -61,10 +69,14 @@ class DimseArchive:
         self.sender_aet: str | None = peer.ae_title
 
     def find_studies(
-        self, study_dates: str, modality: str | None, keywords: Sequence[str]
+        self, since: date, until: date | None, modality: str | None, keywords: Sequence[str]
     ) -> list[FoundStudy]:
-        """C-FIND at study level (see `dicom_node.net.query_retrieve.find_studies`)."""
-        return find_studies(self.local, self.peer, study_dates, modality, keywords)
+        """C-FIND at study level, one day at a time (archives cap their answers; see
+        `dicom_node.net.query_retrieve.find_studies`)."""
+        last = until or date.today()
+        days = [since + timedelta(days=n) for n in range((last - since).days + 1)]
+        keys = [day.strftime("%Y%m%d") for day in days]
+        return find_studies(self.local, self.peer, keys, modality, keywords)
 
     def find_series(self, study_uid: str, keywords: Sequence[str]) -> list[FoundSeries]:
         """C-FIND at series level."""
@@ -90,10 +102,11 @@ class DicomwebArchive:
         self.handler = handler
 
     def find_studies(
-        self, study_dates: str, modality: str | None, keywords: Sequence[str]
+        self, since: date, until: date | None, modality: str | None, keywords: Sequence[str]
     ) -> list[FoundStudy]:
-        """QIDO-RS ``/studies`` (see `dicom_node.net.dicomweb_query.search_studies`)."""
-        return search_studies(self.connector, study_dates, modality, keywords)
+        """QIDO-RS ``/studies`` over the range, paged (see
+        `dicom_node.net.dicomweb_query.search_studies`)."""
+        return search_studies(self.connector, date_range(since, until), modality, keywords)
 
     def find_series(self, study_uid: str, keywords: Sequence[str]) -> list[FoundSeries]:
         """QIDO-RS ``/studies/{uid}/series``."""

@@ -365,6 +365,23 @@ def test_c_move_to_the_running_listener(tmp_path: Path) -> None:
     assert studies[0].calling_ae_title == "ORTHANC"
 
 
+def test_an_archive_that_caps_its_answers_is_asked_one_day_at_a_time(tmp_path: Path) -> None:
+    extra = {"DicomModalities": node_modality(), "LimitFindResults": 2}
+    with run_orthanc(tmp_path, extra=extra) as pacs:
+        for day in (1, 2, 3):
+            pacs.upload(dated(ct_series(tmp_path / f"day{day}", 1), f"2026100{day}"))
+        config, _ = write_node_config(tmp_path, pacs)
+        in_october = ("--peer", "pacs", *IN_RANGE, "--json")
+        status, out, err = backfill(config, *in_october)
+        assert status == 0 and json.loads(out)["routed"] == 3, out + err
+        for extra_study in range(2):  # three studies on one day: more than the cap
+            pacs.upload(dated(ct_series(tmp_path / f"more{extra_study}", 1), "20261001"))
+        status, out, err = backfill(config, *in_october)
+    assert status == 1, out + err
+    assert "C-FIND refused by pacs (ORTHANC): status 0xFE00" in err
+    assert "cut short after 2 match(es)" in err and "LimitFindResults" in err
+
+
 def test_a_dicomweb_archive_by_qido_and_wado(tmp_path: Path) -> None:
     october = dated(ct_series(tmp_path / "ct", 3), "20261005")
     september = dated(ct_series(tmp_path / "old", 2), "20260920")
