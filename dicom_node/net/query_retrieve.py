@@ -202,8 +202,21 @@ def _responses(
     advice: str,
     answers: Iterator[tuple[Dataset, Dataset | None]],
 ) -> Iterator[tuple[int, Dataset | None, Dataset]]:
-    """``(status, identifier, status dataset)`` per response; a refusal raises."""
-    for status, identifier in answers:
+    """``(status, identifier, status dataset)`` per response; a refusal raises.
+
+    No status at all is a refusal when it is the archive's first answer (Orthanc closes
+    the association on a request it does not allow), and a lost association after that.
+
+    Raises
+    ------
+    QueryRetrieveError
+        When the archive refuses the request.
+    AssociationError
+        When the association is lost part-way.
+    """
+    for answered, (status, identifier) in enumerate(answers):
+        if "Status" not in status and answered:
+            raise AssociationError(peer, f"association lost during {operation}")
         if "Status" not in status:
             raise QueryRetrieveError(
                 operation, peer, None, "the archive closed the association on the request", advice

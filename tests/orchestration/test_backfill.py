@@ -14,6 +14,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import closing, redirect_stderr, redirect_stdout
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from dicom_node.db.schema import BackfillState, BackfillStudy, Instance, Job, St
 from dicom_node.db.sessions import create_db_engine, session_factory
 from tests.conftest import REPO_ROOT, get_free_port
 from tests.orchestration.node import node_document, run_node, wait_until, write_config
+from tests.orchestration.pacs import outage
 from tests.orchestration.studies import ct_series, pydicom_file, radiograph
 from tests.peers import Orthanc, run_orthanc
 
@@ -262,9 +264,9 @@ def test_a_study_received_normally_is_not_fetched(archive: Archive, tmp_path: Pa
     assert all(j.generation == 0 for j in jobs)
 
 
-def partly_held(database: Path, per_study: int = 30) -> bool:
-    """Whether the node holds the first study and part of another (a plain SQLite read:
-    polled every few milliseconds while a backfill writes)."""
+def partly_held(database: Path, per_study: int = 30, whole: int = 1) -> bool:
+    """Whether the node holds ``whole`` studies of ``per_study`` instances and part of
+    another (a plain SQLite read: polled every few milliseconds while a backfill writes)."""
     if not database.exists():
         return False
     with closing(sqlite3.connect(database, timeout=1)) as connection:
@@ -272,7 +274,7 @@ def partly_held(database: Path, per_study: int = 30) -> bool:
             (held,) = connection.execute("SELECT count(*) FROM instances").fetchone()
         except sqlite3.OperationalError:  # the tables are not created yet
             return False
-    return bool(held > per_study and held % per_study)
+    return bool(held > per_study * whole and held % per_study)
 
 
 def test_killed_during_a_retrieval_the_next_run_completes(tmp_path: Path) -> None:
@@ -338,6 +340,31 @@ def test_failed_sub_operations_fail_the_study_and_a_rerun_completes_it(
 
     assert archive.backfill(*IN_RANGE, "--modality", "CT")["routed"] == 2
     assert len(db_rows(archive.url)[1]) == 2
+
+
+def test_an_archive_lost_mid_retrieval_fails_that_study_and_a_rerun_completes(
+    tmp_path: Path,
+) -> None:
+    files = dated(ct_series(tmp_path / "ct", 30), "20261005")
+    with run_orthanc(tmp_path, extra={"DicomModalities": node_modality()}) as pacs:
+        pacs.upload(files)
+        config, url = write_node_config(tmp_path, pacs)
+
+        def crash_once_arriving() -> None:
+            wait_until(lambda: partly_held(tmp_path / "node.db", 30, 0), 120, "instances")
+            pacs.process.kill()
+
+        crash = threading.Thread(target=crash_once_arriving)
+        crash.start()
+        status, out, err = backfill(config, "--peer", "pacs", "--since", "2026-10-01")
+        crash.join(timeout=130)
+        assert status == 1, out + err
+        assert "association lost during C-GET" in out and "refused" not in out + err
+        assert db_rows(url)[2][0].state == BackfillState.FAILED
+        with outage(pacs) as restart:
+            restart()
+            status, out, err = backfill(config, "--peer", "pacs", "--since", "2026-10-01")
+    assert status == 0 and "retrieved 1, routed 1 (1 job(s), 30 instances)" in out, out + err
 
 
 def test_c_move_to_the_running_listener(tmp_path: Path) -> None:
