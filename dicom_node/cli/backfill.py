@@ -55,14 +55,17 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("-c", "--config", required=True, help="path to the node's TOML config")
     parser.add_argument("--peer", required=True, help="the archive: a peer name from the config")
     parser.add_argument("--since", required=True, type=_date, help="first StudyDate (YYYY-MM-DD)")
-    parser.add_argument("--until", type=_date, help="last StudyDate (default: no end)")
+    parser.add_argument("--until", type=_date, help="last StudyDate (default: today)")
     parser.add_argument("--modality", help="only studies with this modality (ModalitiesInStudy)")
     parser.add_argument("--route", help="only this route: its series are fetched and routed")
     parser.add_argument(
         "--limit", type=_positive(int), help="retrieve at most N studies in this run"
     )
     parser.add_argument(
-        "--rate", type=_positive(float), metavar="STUDIES_PER_MINUTE", help="pace retrievals"
+        "--rate",
+        type=_positive(float),
+        metavar="STUDIES_PER_MINUTE",
+        help="start at most this many retrievals a minute (spares the archive)",
     )
     parser.add_argument(
         "--dry-run",
