@@ -427,6 +427,13 @@ class Backfill:
         return row
 
 
+def backfill_section(session: Session, config: NodeConfig) -> dict[str, int]:
+    """Studies found by backfills, by state (every state listed), for ``dicom-node status``."""
+    rows = session.execute(select(BackfillStudy.state, func.count()).group_by(BackfillStudy.state))
+    counts = {state: count for state, count in rows}
+    return {state.value: int(counts.get(state, 0)) for state in BackfillState}
+
+
 def _described(study: FoundStudy, plan: StudyPlan, missing: list[FoundSeries]) -> str:
     """A study a dry run would fetch, in one line."""
     expected = plan.expected_instances

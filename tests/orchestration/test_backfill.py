@@ -28,6 +28,8 @@ from sqlalchemy import func, select
 
 from dicom_node.audit import study_history
 from dicom_node.cli import build_parser
+from dicom_node.cli.status import collect
+from dicom_node.config import load_config
 from dicom_node.db.schema import BackfillState, BackfillStudy, Instance, Job, Study, StudyState
 from dicom_node.db.sessions import create_db_engine, session_factory
 from tests.conftest import REPO_ROOT, get_free_port
@@ -159,6 +161,16 @@ def test_a_date_range_retrieves_exactly_its_studies_once(archive: Archive) -> No
     states = {r.study_instance_uid: r.state for r in rows}
     assert states[archive.uid("mr")] == BackfillState.NO_MATCH
     assert {uid for uid, state in states.items() if state == BackfillState.ROUTED} == wanted
+
+    by_state = collect(load_config(archive.config))["backfill"]  # dicom-node status
+    assert by_state == {
+        "found": 0,
+        "retrieving": 0,
+        "routed": 3,
+        "present": 0,
+        "no_match": 1,
+        "failed": 0,
+    }
 
     again = archive.backfill(*IN_RANGE)
     assert (again["retrieved"], again["routed"], again["done_before"]) == (0, 0, 3)
