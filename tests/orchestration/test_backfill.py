@@ -178,6 +178,18 @@ def test_a_date_range_retrieves_exactly_its_studies_once(archive: Archive) -> No
     assert [j.id for j in jobs_after] == [j.id for j in jobs] and instances_after == instances
 
 
+def test_on_postgresql(archive: Archive, tmp_path: Path, postgres_url: str) -> None:
+    config, _ = write_node_config(
+        tmp_path, archive.pacs, name="pg.toml", node={"database_url": postgres_url}
+    )
+    status, out, err = backfill(config, "--peer", "pacs", *IN_RANGE)
+    assert status == 0 and "retrieved 3, routed 3 (3 job(s), 8 instances)" in out, out + err
+    status, out, err = backfill(config, "--peer", "pacs", *IN_RANGE)
+    assert status == 0 and "skipped 3 done before" in out and "retrieved 0" in out, out + err
+    studies, jobs, rows, held = db_rows(postgres_url)
+    assert (len(studies), len(jobs), len(rows), held) == (3, 3, 4, 8)
+
+
 def test_route_modality_limit_and_dry_run(archive: Archive) -> None:
     dry = archive.backfill(*IN_RANGE, "--dry-run")
     assert (dry["found"], len(dry["would_retrieve"]), dry["retrieved"]) == (4, 3, 0)
