@@ -109,8 +109,9 @@ def _archive_advice(operation: str, local: LocalAE, peer: PeerConfig) -> str:
         )
     return (
         f"let the archive move to AE title {aet!r} at this node's host and listener port "
-        f"(Orthanc: list the node in DicomModalities with AllowMove), and keep the node's "
-        f'listener running (dicom-node serve), or set retrieve = "get" on peer {peer.name!r}'
+        f"(Orthanc: list the node in DicomModalities with AllowMove), keep the node's "
+        f"listener running (dicom-node serve) with {peer.ae_title!r} in "
+        f'security.allowed_calling_aets, or set retrieve = "get" on peer {peer.name!r}'
     )
 
 
