@@ -138,7 +138,7 @@ def _with_progress(backfill: Backfill, hidden: bool) -> BackfillSummary:
 def run(args: argparse.Namespace) -> int:
     """Backfill and print the summary; 0 when nothing failed, 1 when a study failed or the
     archive refused (its status and what to configure there on stderr), 2 on bad
-    arguments."""
+    arguments, 130 when interrupted (Ctrl-C; the next run resumes)."""
     config = load_config(args.config)
     with ExitStack() as resources:
         engine = create_db_engine(config.node.database_url)
@@ -165,5 +165,9 @@ def run(args: argparse.Namespace) -> int:
             _print_summary(backfill.summary, args)
             print(f"backfill stopped: {exc}", file=sys.stderr)
             return 1
+        except KeyboardInterrupt:
+            _print_summary(backfill.summary, args)
+            print("backfill interrupted: run the same command again to resume", file=sys.stderr)
+            return 130
     _print_summary(summary, args)
     return 1 if summary.failed else 0

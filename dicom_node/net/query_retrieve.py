@@ -241,10 +241,16 @@ def _associate(
     ext_neg: Sequence[Any] | None = None,
     evt_handlers: Sequence[tuple[Any, Any]] | None = None,
 ) -> Iterator[Association]:
-    """``open_association`` with a rejection told as the operation's refusal."""
+    """``open_association`` with a rejection told as the operation's refusal; aborted
+    (not released) when the block fails or is interrupted, so that nobody waits for the
+    archive to finish the sub-operations in flight."""
     try:
         with open_association(local, peer, contexts, ext_neg, evt_handlers) as assoc:
-            yield assoc
+            try:
+                yield assoc
+            except BaseException:
+                assoc.abort()
+                raise
     except AssociationError as exc:
         if exc.reason in ("rejected", "aborted") or exc.no_context:
             raise QueryRetrieveError(

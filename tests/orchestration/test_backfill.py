@@ -366,6 +366,35 @@ def test_failed_sub_operations_fail_the_study_and_a_rerun_completes_it(
     assert len(db_rows(archive.url)[1]) == 2
 
 
+def test_ctrl_c_stops_with_the_summary_and_the_next_run_resumes(tmp_path: Path) -> None:
+    files = dated(ct_series(tmp_path / "ct", 40), "20261005")
+    with run_orthanc(tmp_path, extra={"DicomModalities": node_modality()}) as pacs:
+        pacs.upload(files)
+        config, url = write_node_config(tmp_path, pacs)
+        command = [sys.executable, "-m", "dicom_node", "backfill", "-c", str(config)]
+        command += ["--peer", "pacs", "--since", "2026-10-01", "--no-progress"]
+        process = subprocess.Popen(
+            command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        try:
+            wait_until(
+                lambda: partly_held(tmp_path / "node.db", 40, 0) or process.poll() is not None,
+                120,
+                "instances arriving",
+                interval=0.02,
+            )
+            process.send_signal(signal.SIGINT)
+            out, err = process.communicate(timeout=60)
+        finally:
+            if process.poll() is None:
+                process.kill()
+        assert process.returncode == 130, out + err
+        assert "found 1," in out and "run the same command again to resume" in err
+        status, out, err = backfill(config, "--peer", "pacs", "--since", "2026-10-01")
+    assert status == 0 and "retrieved 1, routed 1 (1 job(s), 40 instances)" in out, out + err
+    assert db_rows(url)[3] == 40
+
+
 def test_an_archive_lost_mid_retrieval_fails_that_study_and_a_rerun_completes(
     tmp_path: Path,
 ) -> None:
