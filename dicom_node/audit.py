@@ -4,7 +4,8 @@ Events in the spirit of IHE ATNA / RFC 3881 (who, what, when, on which study), w
 by every stage through :func:`audit`: associations accepted and refused, instances
 received (counted per study and association, never one line per instance), studies
 completed, jobs run, result objects created, deliveries, commitments and notifications,
-requeues by hand, the configuration at start-up, and retention's removal of a study's rows.
+requeues by hand, the configuration at start-up, retention's removal of a study's rows, and
+what a backfill fetched from an archive (per run and per study).
 
 The library only calls :func:`audit`; a process that keeps a trail installs the file
 handler with :func:`open_audit_log` (the service at start-up, the CLI commands that
@@ -57,6 +58,8 @@ class AuditEvent(StrEnum):
     NOTIFICATION = "notification"
     REQUEUED = "requeued"
     STUDY_REMOVED = "study-removed"
+    BACKFILL_RUN = "backfill-run"
+    BACKFILL_RETRIEVED = "backfill-retrieved"
 
 
 def audit(event: AuditEvent, **fields: Any) -> None:

@@ -120,6 +120,9 @@ class PeerConfig(_Section):
     port: Port
     storage_commitment: bool = False
     tls: bool = False
+    # How `dicom-node backfill` fetches studies: C-GET on our own association (no
+    # listener needed), or C-MOVE to the node's AE title (the archive stores to the listener).
+    retrieve: Literal["get", "move"] = "get"
 
     _validate_ae = field_validator("ae_title")(classmethod(lambda cls, v: _ae_title(v)))
 

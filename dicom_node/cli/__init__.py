@@ -24,6 +24,7 @@ COMMANDS = (
     "send",
     "status",
     "retry",
+    "backfill",
     "audit",
     "models",
     "finetune",

@@ -2,7 +2,8 @@
 
 The report is a list of sections; each is a function ``(session, config) -> dict``
 listed in :data:`SECTIONS` under its title: studies and the spool here, the queue
-(jobs, deliveries, notifications, recent failures) from `dicom_node.work.queue_report`.
+(jobs, deliveries, notifications, recent failures) from `dicom_node.work.queue_report`,
+backfilled studies by state from `dicom_node.work.backfill`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dicom_node.config import NodeConfig, load_config
 from dicom_node.db.schema import Instance, Series, Study, StudyState
 from dicom_node.db.sessions import create_db_engine, session_factory
 from dicom_node.work import queue_report
+from dicom_node.work.backfill import backfill_section
 
 Section = Callable[[Session, NodeConfig], dict[str, Any]]
 
@@ -56,6 +58,7 @@ SECTIONS: list[tuple[str, Section]] = [
     ("failures", queue_report.failures_section),
     ("skipped", queue_report.skipped_section),
     ("chains", queue_report.chains_section),
+    ("backfill", backfill_section),
 ]
 
 

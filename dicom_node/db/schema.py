@@ -284,3 +284,40 @@ class Notification(LeasedWork, Base):
         Index("ix_notifications_due", "state", "next_attempt_at"),
         Index("ix_notifications_order", "study_id", "target", "queued_at"),
     )
+
+
+class BackfillState(enum.StrEnum):
+    """Where a study found by ``dicom-node backfill`` is; a rerun resumes from here."""
+
+    FOUND = "found"  # in the archive's answer; nothing fetched yet
+    RETRIEVING = "retrieving"  # C-GET/C-MOVE started (a killed run resumes it)
+    ROUTED = "routed"  # complete with the archive's counts, routed into jobs: done
+    PRESENT = "present"  # already in the node, received normally: not fetched, done
+    NO_MATCH = "no_match"  # no series matches a route: not fetched (asked again next run)
+    FAILED = "failed"  # retrieval incomplete or refused: retried by the next run
+
+
+class BackfillStudy(Base):
+    """One study a backfill found in an archive: what was fetched of it, and whether it
+    was routed. The rows make a backfill resumable and a rerun free of duplicates."""
+
+    __tablename__ = "backfill_studies"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    peer_name: Mapped[str] = mapped_column(String(128))
+    study_date: Mapped[str | None] = mapped_column(String(8))
+    modalities: Mapped[str | None] = mapped_column(String(64))
+    state: Mapped[BackfillState] = mapped_column(
+        _enum(BackfillState, "backfill_state"), default=BackfillState.FOUND
+    )
+    # The series fetched (those some route matches), and the archive's instance count
+    # for them; the count the node held when the study was completed.
+    series_uids: Mapped[list[str]] = mapped_column(JSON, default=list)
+    expected_instances: Mapped[int | None] = mapped_column(Integer)
+    retrieved_instances: Mapped[int] = mapped_column(Integer, default=0)
+    failed_suboperations: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    reason: Mapped[str | None] = mapped_column(Text)
+    found_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)

@@ -201,25 +201,42 @@ class CompletionScanner:
 
     def _complete(self, study: _Receiving, reason: str, now: datetime) -> bool:
         with self.sessions.begin() as session:
-            result = session.execute(
-                update(Study)
-                .where(
-                    Study.id == study.id,
-                    Study.state == StudyState.RECEIVING,
-                    Study.last_received_at == study.last_received_at,
-                )
-                .values(state=StudyState.COMPLETE, completed_at=now, completion_reason=reason)
-            )
-        done = bool(cast(CursorResult[Any], result).rowcount)
+            done = mark_complete(session, study.id, reason, now, study.last_received_at)
         if done:
-            logger.info(
-                "study complete",
-                extra={"study_uid": study.uid, "instances": study.instances, "reason": reason},
-            )
-            audit(
-                AuditEvent.STUDY_COMPLETED,
-                study_uid=study.uid,
-                instances=study.instances,
-                reason=reason,
-            )
+            announce_complete(study.uid, study.instances, reason)
         return done
+
+
+def mark_complete(
+    session: Session,
+    study_id: int,
+    reason: str,
+    now: datetime,
+    last_received_at: datetime | None = None,
+) -> bool:
+    """RECEIVING -> COMPLETE in the caller's transaction; False when the study is no longer
+    receiving (or, with ``last_received_at``, received an instance since it was read).
+
+    Raises
+    ------
+    sqlalchemy.exc.SQLAlchemyError
+        When the database fails.
+    """
+    conditions = [Study.id == study_id, Study.state == StudyState.RECEIVING]
+    if last_received_at is not None:
+        conditions.append(Study.last_received_at == last_received_at)
+    result = session.execute(
+        update(Study)
+        .where(*conditions)
+        .values(state=StudyState.COMPLETE, completed_at=now, completion_reason=reason)
+    )
+    return bool(cast(CursorResult[Any], result).rowcount)
+
+
+def announce_complete(study_uid: str, instances: int, reason: str) -> None:
+    """The log and audit lines of a study completed (once its transaction is committed)."""
+    logger.info(
+        "study complete",
+        extra={"study_uid": study_uid, "instances": instances, "reason": reason},
+    )
+    audit(AuditEvent.STUDY_COMPLETED, study_uid=study_uid, instances=instances, reason=reason)

@@ -5,6 +5,8 @@
   ``association_request``, ``connection_limits``, ``pdu_guard``, ``transfer_space``,
   ``transfer_cleanup``);
 - ``scu``: calling a peer (C-ECHO, C-STORE of files, C-FIND of expected counts);
+- ``query_retrieve``: C-FIND of studies and series, C-GET and C-MOVE into the node
+  (the backfill);
 - ``store_outcome``: what a C-STORE came to (stored, transient, permanent);
 - ``pynetdicom_internals``: the one module that touches pynetdicom's private parts.
 

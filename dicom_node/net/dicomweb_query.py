@@ -1,5 +1,6 @@
-"""QIDO-RS: how many instances a DICOMweb peer holds of a study, for completion by counts
-(and a one-study query that checks the link, for ``dicom-node echo``).
+"""QIDO-RS: how many instances a DICOMweb peer holds of a study, for completion by counts,
+the studies and series it holds, for the backfill (`search_studies`, `search_series`), and
+a one-study query that checks the link, for ``dicom-node echo``.
 
 The DICOMweb counterpart of `dicom_node.net.scu.find_study_counts`: per study, one
 ``GET /studies?StudyInstanceUID=...&includefield=NumberOfStudyRelatedInstances`` and
@@ -21,6 +22,13 @@ from pydicom import Dataset
 
 from dicom_node.intake.completion import StudyCounts
 from dicom_node.net.dicomweb_auth import DicomwebConnector, DicomwebError
+from dicom_node.net.query_retrieve import (
+    SERIES_RETURN_KEYS,
+    STUDY_RETURN_KEYS,
+    FoundSeries,
+    FoundStudy,
+    answered_values,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -127,3 +135,63 @@ def ping(connector: DicomwebConnector) -> int:
             connector, "QIDO-RS studies", partial(client.search_for_studies, limit=1)
         )
     return len(found)
+
+
+def search_studies(
+    connector: DicomwebConnector,
+    study_dates: str,
+    modality: str | None = None,
+    keywords: Sequence[str] = (),
+) -> list[FoundStudy]:
+    """The studies the peer holds with a StudyDate in ``study_dates`` (a DICOM range), and
+    ModalitiesInStudy ``modality`` if given, oldest first; ``keywords`` are asked besides.
+
+    Raises
+    ------
+    DicomwebError
+        When the peer cannot be asked (no connection, credentials, error status).
+    """
+    filters = {"StudyDate": study_dates, **({"ModalitiesInStudy": modality} if modality else {})}
+    fields = [*STUDY_RETURN_KEYS, *keywords]
+    with connector.client() as client:
+        found = dicomweb_call(
+            connector,
+            "QIDO-RS studies",
+            partial(
+                client.search_for_studies, search_filters=filters, fields=fields, get_remaining=True
+            ),
+        )
+    studies = [
+        FoundStudy(str(dataset.StudyInstanceUID), answered_values(dataset))
+        for dataset in map(Dataset.from_json, found)
+        if dataset.get("StudyInstanceUID")
+    ]
+    return sorted(studies, key=lambda s: (s.values.get("StudyDate", ""), s.study_instance_uid))
+
+
+def search_series(
+    connector: DicomwebConnector, study_uid: str, keywords: Sequence[str] = ()
+) -> list[FoundSeries]:
+    """The series of ``study_uid`` on the peer, with ``keywords`` asked besides the counts.
+
+    Raises
+    ------
+    DicomwebError
+        When the peer cannot be asked (no connection, credentials, error status).
+    """
+    with connector.client() as client:
+        found = dicomweb_call(
+            connector,
+            "QIDO-RS series",
+            partial(
+                client.search_for_series,
+                study_instance_uid=study_uid,
+                fields=[*SERIES_RETURN_KEYS, *keywords],
+                get_remaining=True,
+            ),
+        )
+    return [
+        FoundSeries(str(dataset.SeriesInstanceUID), answered_values(dataset))
+        for dataset in map(Dataset.from_json, found)
+        if dataset.get("SeriesInstanceUID")
+    ]

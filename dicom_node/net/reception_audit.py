@@ -12,7 +12,7 @@ import threading
 from collections import Counter
 from dataclasses import dataclass, field
 
-from pynetdicom.association import Association
+from pynetdicom.association import Association, ServiceUser
 from pynetdicom.events import Event
 
 from dicom_node.audit import AuditEvent, audit
@@ -24,6 +24,13 @@ class _StudyCounts:
     bytes: int = 0
     patient_id: str | None = None
     patient_name: str | None = None
+
+
+def sender(assoc: Association) -> ServiceUser:
+    """The peer that sends instances on ``assoc``: the calling AE of an association it
+    opened (a C-STORE, or a C-MOVE's sub-operations), the called archive of one the node
+    opened for a C-GET (its C-STORE sub-operations come back on it)."""
+    return assoc.acceptor if assoc.is_requestor else assoc.requestor
 
 
 def tls_peer(assoc: Association) -> str | None:
@@ -79,12 +86,13 @@ class ReceptionAudit:
         """The association is over: one ``instances-received`` line per study it sent."""
         with self._lock:
             studies = self._counts.pop(assoc, {})
+        peer = sender(assoc)
         for study_uid, counts in studies.items():
             audit(
                 AuditEvent.INSTANCES_RECEIVED,
                 study_uid=study_uid,
-                calling_aet=assoc.requestor.ae_title,
-                client=assoc.requestor.address,
+                calling_aet=peer.ae_title,
+                client=peer.address,
                 instances=sum(counts.outcomes.values()),
                 outcomes=dict(counts.outcomes),
                 bytes=counts.bytes,

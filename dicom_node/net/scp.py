@@ -66,7 +66,7 @@ from dicom_node.net.pynetdicom_internals import (
     register_server,
     untested_version,
 )
-from dicom_node.net.reception_audit import ReceptionAudit
+from dicom_node.net.reception_audit import ReceptionAudit, sender
 from dicom_node.net.scu import VERIFICATION
 from dicom_node.net.transfer_cleanup import discard_unfinished_transfers
 from dicom_node.net.transfer_space import TransferSpace
@@ -122,7 +122,7 @@ class StoreHandler:
     def __call__(self, event: Event) -> int:
         with self.tracked():
             request = cast(C_STORE, event.request)
-            calling = event.assoc.requestor.ae_title
+            calling = sender(event.assoc).ae_title
             sop_uid = str(request.AffectedSOPInstanceUID or "")
             log = {"sop_uid": sop_uid, "calling_aet": calling}
             try:

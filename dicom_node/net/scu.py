@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -150,9 +151,16 @@ def client_ssl_context(tls: TlsSection | None) -> ssl.SSLContext:
 
 @contextmanager
 def open_association(
-    local: LocalAE, peer: PeerConfig, contexts: Sequence[PresentationContext]
+    local: LocalAE,
+    peer: PeerConfig,
+    contexts: Sequence[PresentationContext],
+    ext_neg: Sequence[Any] | None = None,
+    evt_handlers: Sequence[tuple[Any, Any]] | None = None,
 ) -> Iterator[Association]:
     """An established association with ``peer``, released (or aborted) on exit.
+
+    ``ext_neg`` are extended negotiation items (SCP/SCU role selection for C-GET) and
+    ``evt_handlers`` are bound to the association (the C-STORE handler of a C-GET).
 
     Raises
     ------
@@ -165,7 +173,14 @@ def open_association(
     ae.connection_timeout = local.timeout
     tls_args = (client_ssl_context(local.tls), peer.host) if peer.tls else None
     try:
-        assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=tls_args)
+        assoc = ae.associate(
+            peer.host,
+            peer.port,
+            ae_title=peer.ae_title,
+            tls_args=tls_args,
+            ext_neg=list(ext_neg) if ext_neg else None,
+            evt_handlers=list(evt_handlers) if evt_handlers else None,
+        )
     except (OSError, ssl.SSLError) as exc:
         raise AssociationError(peer, f"TLS or socket error: {exc}") from exc
     if not assoc.is_established:

@@ -15,6 +15,9 @@
 - ``drift_features``, ``drift``, ``drift_monitor``, ``drift_reference``: per-series
   features, the package's reference profile, window tests, the drift gauges, and
   building a profile by running a package on local (or validation) studies.
+- ``backfill``, ``backfill_plan``, ``backfill_pace``, ``backfill_archive``: fetching past
+  studies from the archive (C-GET, C-MOVE or WADO-RS; the series the routes want,
+  paced) and routing them, resumably.
 
 May import `dicom_node.net`, `dicom_node.intake`, `dicom_node.db`, the top-level
 config, errors, logs and metrics, and `inference` and `sr_writer` through their
