@@ -17,7 +17,15 @@ def probabilities(raw: Array, activation: Activation, axis: int = 1) -> Array:
     softmax; ``sigmoid`` outputs have one independent channel per label.
     """
     if activation is Activation.SIGMOID:
-        return (1.0 / (1.0 + np.exp(-np.clip(raw, -60.0, 60.0)))).astype(np.float32)
+        # 1 / (1 + exp(-x)) in one buffer: the same operations in the same dtype as
+        # the plain expression, without its four temporaries (a 2D batch of CT
+        # slices is tens of megabytes).
+        out = np.clip(raw, -60.0, 60.0)
+        np.negative(out, out=out)
+        np.exp(out, out=out)
+        np.add(out, 1.0, out=out)
+        np.divide(1.0, out, out=out)
+        return out.astype(np.float32, copy=False)
     if activation is Activation.SOFTMAX:
         shifted = np.exp(raw - raw.max(axis=axis, keepdims=True))
         soft = shifted / shifted.sum(axis=axis, keepdims=True)

@@ -9,7 +9,7 @@ source resolution unless the caller asks for them.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -58,8 +58,7 @@ def decide_segmentation(
     identity: ModelIdentity,
     series_uid: str,
     stack: Stack,
-    frames: Sequence[FrameRef],
-    source_probs: Iterator[Array],
+    source_probs: Iterable[tuple[FrameRef, Array]],
     skipped: tuple[str, ...],
     keep_probabilities: bool,
     as_label_map: bool = False,
@@ -79,11 +78,11 @@ def decide_segmentation(
         The source series.
     stack : Stack
         The stack that ran (for its matrix and spacing).
-    frames : sequence of FrameRef
-        The frames that ran, in slice order; fewer than the stack's when some did
-        not decode, in which case slice spacing is not given.
-    source_probs : iterator of numpy.ndarray
-        float32 (rows, columns, labels) on the source grid, one per frame in order.
+    source_probs : iterable of (FrameRef, numpy.ndarray)
+        Each frame that ran, in slice order, with its float32 (rows, columns,
+        labels) probabilities on the source grid; consumed as it comes (a 2D model
+        still running), and fewer than the stack's frames when some did not
+        decode, in which case slice spacing is not given.
     skipped : tuple of str
         Reasons for parts of the series left out.
     keep_probabilities : bool
@@ -96,14 +95,16 @@ def decide_segmentation(
     Segmentation
     """
     labels = len(spec.labels)
-    shape = (len(frames), *stack.shape)
+    shape = (len(stack.frames), *stack.shape)  # trimmed below when frames failed
     exclusive = spec.output.activation is Activation.SOFTMAX
     dtype = label_map_dtype(labels)
     label_map = np.empty(shape, dtype=dtype) if exclusive and as_label_map else None
     masks = None if label_map is not None else np.empty((*shape, labels), dtype=np.bool_)
     numbers = np.arange(1, labels + 1, dtype=dtype)
     kept = np.empty((*shape, labels), dtype=np.float32) if keep_probabilities else None
-    for index, probs in enumerate(source_probs):
+    frames: list[FrameRef] = []
+    for index, (frame, probs) in enumerate(source_probs):
+        frames.append(frame)
         if label_map is not None:
             label_map[index] = _winners(probs, dtype)
         elif masks is not None and exclusive:
@@ -113,6 +114,11 @@ def decide_segmentation(
         if kept is not None:
             kept[index] = probs
     complete = len(frames) == len(stack.frames)
+    if not complete:  # leading slices of C-contiguous arrays: views, still contiguous
+        ran = len(frames)
+        label_map = label_map[:ran] if label_map is not None else None
+        masks = masks[:ran] if masks is not None else None
+        kept = kept[:ran] if kept is not None else None
     return Segmentation(
         model=identity,
         series_instance_uid=series_uid,
@@ -129,8 +135,7 @@ def decide_segmentation(
 
 def slice_probabilities(spec: ModelSpec, raw: Array, fits: Sequence[Fit]) -> Iterator[Array]:
     """2D outputs (N, channels, h, w) to source probabilities (rows, cols, labels) per frame."""
-    for output, fit in zip(raw, fits, strict=True):
-        probs = probabilities(output[np.newaxis], spec.output.activation, axis=1)[0]
+    for probs, fit in zip(probabilities(raw, spec.output.activation, axis=1), fits, strict=True):
         yield np.moveaxis(to_source(probs, fit, first_axis=1), 0, -1)
 
 
