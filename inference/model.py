@@ -255,10 +255,15 @@ class Model:
         self.close()
 
 
+_HANDED_OVER = np.empty((0,), dtype=np.float32)
+"""The input of a frame already given to the model: the feed keeps no pixels."""
+
+
 class _FrameFeed:
     """The model inputs of prepared frames, in order; it keeps which frame each input
-    was (``prepared``, in output order) and why the others failed (``failures``), so
-    that outputs are matched to frames once the backend has run them all."""
+    was (``prepared``, in output order, without its pixels: a long series' inputs
+    are hundreds of megabytes) and why the others failed (``failures``), so that
+    outputs are matched to frames once the backend has run them."""
 
     def __init__(self, items: Iterator[PreparedFrame | FrameFailure]) -> None:
         self._items = items
@@ -272,7 +277,7 @@ class _FrameFeed:
                 logger.warning("%s", item.reason)
                 self.failures.append(item.reason)
                 continue
-            self.prepared.append(item)
+            self.prepared.append(replace(item, input=_HANDED_OVER))
             yield item
 
     def __iter__(self) -> Iterator[Array]:
