@@ -210,21 +210,13 @@ def seg_frames(folder: Path) -> dict[tuple[str, int], bytes]:
     """The SEG among the files in a folder: (source SOP Instance UID, segment) -> frame bytes."""
     from pydicom import dcmread
 
+    sys.path.insert(0, str(REPO))
+    from tests.sr_writer.reading import seg_frames as frames_of
+
     for path in sorted(folder.glob("*.dcm")):
         ds = dcmread(path)
-        if ds.Modality != "SEG":
-            continue
-        pixels = ds.pixel_array.reshape(-1, ds.Rows, ds.Columns)
-        shared = ds.SharedFunctionalGroupsSequence[0]
-        frames = {}
-        for item, frame in zip(ds.PerFrameFunctionalGroupsSequence, pixels, strict=True):
-            source = item.DerivationImageSequence[0].SourceImageSequence[0]
-            identification = item.get("SegmentIdentificationSequence") or shared.get(
-                "SegmentIdentificationSequence"
-            )
-            segment = identification[0].ReferencedSegmentNumber
-            frames[(str(source.ReferencedSOPInstanceUID), int(segment))] = frame.tobytes()
-        return frames
+        if ds.Modality == "SEG":
+            return frames_of(ds)
     raise RuntimeError(f"no SEG among the results in {folder}")
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from types import TracebackType
 
 import numpy as np
+import numpy.typing as npt
 from pydicom import Dataset
 
 from inference.backends.base import Array, Backend, BackendOptions
@@ -181,11 +182,12 @@ class Model:
         feed = _FrameFeed(iter_prepared(series, plan.stacks, self.spec, self._pool))
         name = self.spec.output.name
 
-        def decided() -> Iterator[tuple[FrameRef, Array]]:
+        def decided() -> Iterator[tuple[FrameRef, Array | npt.NDArray[np.bool_]]]:
             with self._gate.hold(self.device):
                 for group in chunks(feed.frames(), self.spec.runtime.max_batch):
                     raw = self._backend.infer(iter([np.stack([p.input for p in group])]))[name]
-                    probs = slice_probabilities(self.spec, raw, [p.fit for p in group])
+                    fits = [p.fit for p in group]
+                    probs = slice_probabilities(self.spec, raw, fits, keep_probabilities)
                     yield from zip([p.frame.ref for p in group], probs, strict=True)
 
         result = decide_segmentation(
