@@ -60,7 +60,10 @@ def _exact_rescale(ds: Dataset, frames: npt.NDArray[np.generic]) -> npt.NDArray[
         return None
     if "RescaleSlope" not in ds or "RescaleIntercept" not in ds:
         return None
-    slope, intercept = float(ds.RescaleSlope), float(ds.RescaleIntercept)
+    try:
+        slope, intercept = float(ds.RescaleSlope), float(ds.RescaleIntercept)
+    except (TypeError, ValueError):  # malformed: pydicom's path says what it makes of it
+        return None
     info = np.iinfo(frames.dtype)  # type: ignore[type-var]
     bound = max(abs(int(info.min)), int(info.max)) * abs(slope) + abs(intercept)
     if not (slope.is_integer() and intercept.is_integer()) or bound >= 2**24:
