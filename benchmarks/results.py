@@ -16,11 +16,13 @@ import copy
 import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import highdicom as hd
 import numpy as np
 import pydicom
+from highdicom import _standard_utils
 from pydicom import Dataset
 from pydicom.data import get_testdata_file
 from pydicom.sr.codedict import codes
@@ -119,6 +121,21 @@ def classification(sources: list[Dataset], with_heatmap: bool) -> Classification
     )
 
 
+@contextmanager
+def highdicom_as_installed() -> Iterator[None]:
+    """highdicom's own IOD lookup for the duration, as a plain script has it.
+
+    `sr_writer` memoizes it process-wide (`sr_writer.iod_lookup`) once it builds a SEG;
+    the baseline must not get that for free.
+    """
+    memoized = _standard_utils.is_attribute_in_iod
+    _standard_utils.is_attribute_in_iod = getattr(memoized, "__wrapped__", memoized)
+    try:
+        yield
+    finally:
+        _standard_utils.is_attribute_in_iod = memoized
+
+
 def plain_highdicom_seg(sources: list[Dataset], prediction: Segmentation) -> hd.seg.Segmentation:
     """The baseline: highdicom's Segmentation on the same C-contiguous uint8 mask."""
     label = prediction.labels[0]
@@ -133,20 +150,21 @@ def plain_highdicom_seg(sources: list[Dataset], prediction: Segmentation) -> hd.
         ),
     )
     mask = np.ascontiguousarray(prediction.mask(0), dtype=np.uint8)
-    return hd.seg.Segmentation(
-        source_images=sources,
-        pixel_array=mask,
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=[description],
-        series_instance_uid=generate_uid(),
-        series_number=1,
-        sop_instance_uid=generate_uid(),
-        instance_number=1,
-        manufacturer="bench",
-        manufacturer_model_name=MODEL.name,
-        software_versions=MODEL.version,
-        device_serial_number="1",
-    )
+    with highdicom_as_installed():
+        return hd.seg.Segmentation(
+            source_images=sources,
+            pixel_array=mask,
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=[description],
+            series_instance_uid=generate_uid(),
+            series_number=1,
+            sop_instance_uid=generate_uid(),
+            instance_number=1,
+            manufacturer="bench",
+            manufacturer_model_name=MODEL.name,
+            software_versions=MODEL.version,
+            device_serial_number="1",
+        )
 
 
 def timed(

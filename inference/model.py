@@ -25,6 +25,8 @@ from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 
+import numpy as np
+import numpy.typing as npt
 from pydicom import Dataset
 
 from inference.backends.base import Array, Backend, BackendOptions
@@ -40,11 +42,12 @@ from inference.postprocessing.segmentation import (
     slice_probabilities,
     volume_probabilities,
 )
-from inference.prediction import ModelIdentity, Prediction
+from inference.prediction import FrameRef, ModelIdentity, Prediction
 from inference.preprocessing.loader import (
     FrameFailure,
     PreparedFrame,
     batches,
+    chunks,
     iter_prepared,
     prepare_volume,
 )
@@ -155,6 +158,8 @@ class Model:
                 )
         if task is Task.SEGMENTATION and self.spec.input.dimensions == 3:
             return self._predict_volume(series, plan, sample, keep_probabilities)
+        if task is Task.SEGMENTATION:
+            return self._predict_slices(series, plan, sample, keep_probabilities)
         feed = _FrameFeed(iter_prepared(series, plan.stacks, self.spec, self._pool), sample)
         outputs = self._run(iter(feed))
         prepared = feed.prepared
@@ -171,23 +176,47 @@ class Model:
                 self._cam_weights,
                 skipped,
             )
-        if task is Task.DETECTION:
-            return build_detection(
-                self.spec, self.identity, plan.series_instance_uid, prepared, outputs, skipped
-            )
-        probs = slice_probabilities(
-            self.spec, outputs[self.spec.output.name], [p.fit for p in prepared]
+        return build_detection(
+            self.spec, self.identity, plan.series_instance_uid, prepared, outputs, skipped
         )
-        return decide_segmentation(
+
+    def _predict_slices(
+        self,
+        series: Sequence[Dataset],
+        plan: SeriesPlan,
+        sample: InputSample,
+        keep_probabilities: bool,
+    ) -> Prediction:
+        """A 2D segmentation, decided batch by batch as the network returns it.
+
+        Each batch's outputs become masks on the source frames before the next batch
+        runs, so that the series' raw outputs (four bytes per pixel and channel) are
+        never held whole, only its masks (one byte per pixel and label).
+        """
+        feed = _FrameFeed(iter_prepared(series, plan.stacks, self.spec, self._pool), sample)
+        name = self.spec.output.name
+
+        def decided() -> Iterator[tuple[FrameRef, Array | npt.NDArray[np.bool_]]]:
+            with self._gate.hold(self.device):
+                for group in chunks(feed.frames(), self.spec.runtime.max_batch):
+                    raw = self._backend.infer(iter([np.stack([p.input for p in group])]))[name]
+                    fits = [p.fit for p in group]
+                    probs = slice_probabilities(self.spec, raw, fits, keep_probabilities)
+                    yield from zip([p.frame.ref for p in group], probs, strict=True)
+
+        result = decide_segmentation(
             self.spec,
             self.identity,
             plan.series_instance_uid,
             plan.stacks[0],
-            [p.frame.ref for p in prepared],
-            probs,
-            skipped,
+            decided(),
+            plan.skipped,
             keep_probabilities,
         )
+        skipped = plan.skipped + tuple(feed.failures)
+        if not feed.prepared:
+            raise UnsupportedSeriesError("; ".join(skipped), plan.series_instance_uid)
+        return replace(result, skipped=skipped) if feed.failures else result
 
     def _network(self, backend: Backend) -> Network:
         """One backend as a function from a window batch to the main output."""
@@ -224,8 +253,7 @@ class Model:
             self.identity,
             plan.series_instance_uid,
             stack,
-            [f.ref for f in stack.frames],
-            probs,
+            zip([f.ref for f in stack.frames], probs, strict=True),
             plan.skipped,
             keep_probabilities,
         )
@@ -248,11 +276,16 @@ class Model:
         self.close()
 
 
+_HANDED_OVER = np.empty((0,), dtype=np.float32)
+"""The input of a frame already given to the model: the feed keeps no pixels."""
+
+
 class _FrameFeed:
     """The model inputs of prepared frames, in order; it keeps which frame each input
-    was (``prepared``, in output order) and why the others failed (``failures``), so
-    that outputs are matched to frames once the backend has run them all; each input
-    leaves a subsample in ``sample``."""
+    was (``prepared``, in output order, without its pixels: a long series' inputs
+    are hundreds of megabytes) and why the others failed (``failures``), so that
+    outputs are matched to frames once the backend has run them; each input leaves a
+    subsample in ``sample``."""
 
     def __init__(self, items: Iterator[PreparedFrame | FrameFailure], sample: InputSample) -> None:
         self._items = items
@@ -260,15 +293,19 @@ class _FrameFeed:
         self.prepared: list[PreparedFrame] = []
         self.failures: list[str] = []
 
-    def __iter__(self) -> Iterator[Array]:
+    def frames(self) -> Iterator[PreparedFrame]:
+        """The prepared frames, in order; failures are logged and kept aside."""
         for item in self._items:
             if isinstance(item, FrameFailure):
                 logger.warning("%s", item.reason)
                 self.failures.append(item.reason)
                 continue
-            self.prepared.append(item)
             self._sample.add(item.input)
-            yield item.input
+            self.prepared.append(replace(item, input=_HANDED_OVER))
+            yield item
+
+    def __iter__(self) -> Iterator[Array]:
+        return (item.input for item in self.frames())
 
 
 def load_model(

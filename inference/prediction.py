@@ -11,6 +11,7 @@ foreground fraction of what the network saw, for drift monitoring.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -160,9 +161,23 @@ class Segmentation:
         return np.asarray(self.label_map[frame] == index + 1)
 
     def voxel_counts(self) -> npt.NDArray[np.int64]:
-        """Voxels of each label on each frame, shape (frames, labels)."""
+        """Voxels of each label on each frame, shape (frames, labels).
+
+        Counted once per prediction (the SEG and the SR both ask); a copy is returned.
+        """
+        return self._voxel_counts.copy()
+
+    @cached_property
+    def _voxel_counts(self) -> npt.NDArray[np.int64]:
         if self.masks is not None:
-            return np.count_nonzero(self.masks, axis=(1, 2)).astype(np.int64)
+            # One plane at a time: numpy counts a plane ~10x faster than it
+            # reduces a 4D array over two axes.
+            masks = self.masks
+            counts = np.empty((masks.shape[0], masks.shape[3]), dtype=np.int64)
+            for frame in range(masks.shape[0]):
+                for label in range(masks.shape[3]):
+                    counts[frame, label] = np.count_nonzero(masks[frame, ..., label])
+            return counts
         assert self.label_map is not None
         bins = len(self.labels) + 1
         return np.stack(

@@ -10,13 +10,17 @@ has built it.
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 
 from highdicom.sr import CodedConcept, RelationshipTypeValues
-from pydicom import Dataset
+from pydicom import DataElement, Dataset
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import RawDataElement
 from pydicom.sequence import Sequence as DataElementSequence
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
+from pydicom.tag import BaseTag, Tag
 
 from sr_writer.sources import SourceSeries
 
@@ -69,31 +73,53 @@ def _group(members: list[Dataset]) -> Dataset:
 
 def _container(name: Code, items: list[Dataset]) -> Dataset:
     """A CONTAINS CONTAINER item, plain: highdicom's re-validates every child."""
-    container = Dataset()
-    container.RelationshipType = RelationshipTypeValues.CONTAINS.value
-    container.ValueType = "CONTAINER"
-    container.ConceptNameCodeSequence = [_concept(name)]
-    container.ContinuityOfContent = "SEPARATE"
-    container.ContentSequence = DataElementSequence(items)
-    return container
+    return _plain(
+        RelationshipType=RelationshipTypeValues.CONTAINS.value,
+        ValueType="CONTAINER",
+        ConceptNameCodeSequence=[_concept(name)],
+        ContinuityOfContent="SEPARATE",
+        ContentSequence=DataElementSequence(items),
+    )
 
 
 def _concept(code: Code | CodedConcept) -> Dataset:
-    concept = Dataset()
-    concept.CodeValue = code.value
-    concept.CodingSchemeDesignator = code.scheme_designator
-    concept.CodeMeaning = code.meaning
-    return concept
+    return _plain(
+        CodeValue=code.value,
+        CodingSchemeDesignator=code.scheme_designator,
+        CodeMeaning=code.meaning,
+    )
 
 
 def _entry(dataset: Dataset) -> Dataset:
-    """One IMAGE item: built as a plain dataset, ~50x cheaper than highdicom's."""
-    reference = Dataset()
-    reference.ReferencedSOPClassUID = dataset.SOPClassUID
-    reference.ReferencedSOPInstanceUID = dataset.SOPInstanceUID
-    item = Dataset()
-    item.RelationshipType = RelationshipTypeValues.CONTAINS.value
-    item.ValueType = "IMAGE"
-    item.ConceptNameCodeSequence = [_concept(_SOURCE)]
-    item.ReferencedSOPSequence = [reference]
-    return item
+    """One IMAGE item: built as a plain dataset, ~100x cheaper than highdicom's."""
+    reference = _plain(
+        ReferencedSOPClassUID=dataset.SOPClassUID,
+        ReferencedSOPInstanceUID=dataset.SOPInstanceUID,
+    )
+    return _plain(
+        RelationshipType=RelationshipTypeValues.CONTAINS.value,
+        ValueType="IMAGE",
+        ConceptNameCodeSequence=[_concept(_SOURCE)],
+        ReferencedSOPSequence=[reference],
+    )
+
+
+def _plain(**values: object) -> Dataset:
+    """A dataset made from its elements directly.
+
+    Setting attributes by keyword makes pydicom look each keyword up and route it
+    through ``__setattr__``/``__setitem__``: for one image entry (four datasets)
+    that was about 1 ms, 0.3 s for a 300-slice series; built from elements it is under half of that.
+    """
+    elements: dict[BaseTag, DataElement | RawDataElement] = {}
+    for keyword, value in values.items():
+        tag, vr = _element(keyword)
+        elements[tag] = DataElement(tag, vr, value)
+    return Dataset(elements)
+
+
+@functools.cache
+def _element(keyword: str) -> tuple[BaseTag, str]:
+    tag = tag_for_keyword(keyword)
+    assert tag is not None, keyword  # the keywords above are the standard's
+    return Tag(tag), dictionary_VR(tag)

@@ -29,6 +29,7 @@ from sr_writer.content import (
 )
 from sr_writer.enum import ObjectKind, SegmentationKindValues
 from sr_writer.errors import HIGHDICOM_REJECTIONS, UnsupportedSourceError
+from sr_writer.iod_lookup import remember_iod_lookups
 from sr_writer.options import ResultOptions
 from sr_writer.sources import ImageFrame, SourceSeries, with_type2_attributes, with_values
 from sr_writer.uids import derive_uid
@@ -88,6 +89,7 @@ def build_segmentation(
     ValueError
         If the masks do not match the frames and labels in shape.
     """
+    remember_iod_lookups()
     _check_shape(prediction)
     counts = prediction.voxel_counts()
     present = [i for i in range(len(prediction.labels)) if counts[:, i].any()]
@@ -107,8 +109,9 @@ def build_segmentation(
         for number, index in enumerate(present, start=1)
     ]
     study, series = sources.study_instance_uid, sources.series_instance_uid
+    # highdicom copies the patient and study modules from the first source only.
     source_images = _with_thickness(
-        prediction, frames, [with_type2_attributes(ds) for ds in source_images]
+        prediction, frames, [with_type2_attributes(source_images[0]), *source_images[1:]]
     )
     try:
         seg = hd.seg.Segmentation(
@@ -231,9 +234,13 @@ def _pixel_array(
     elif prediction.masks is None:
         values = _segment_map(prediction, present)
     else:
-        # Indexing with a list copies into a C-contiguous array; viewing the bools
-        # as uint8 then costs nothing (masks of another dtype are thresholded first).
-        selected = prediction.masks[..., present]
+        # A run of labels is a view (one label of C-contiguous masks is itself
+        # C-contiguous: no copy at all); other selections copy into a C-contiguous
+        # array. Viewing the bools as uint8 then costs nothing (masks of another
+        # dtype are thresholded first).
+        run = present == list(range(present[0], present[-1] + 1))
+        chosen = slice(present[0], present[-1] + 1) if run else present
+        selected = prediction.masks[..., chosen]
         if selected.dtype != np.bool_:
             selected = selected != 0
         values = np.ascontiguousarray(selected).view(np.uint8)

@@ -127,9 +127,11 @@ class SourceSeries:
         """The source series: with the study, what every result UID derives from."""
         self.reference = with_type2_attributes(self.datasets[0])
         """The dataset whose patient and study modules the results copy."""
+        self._frames: dict[tuple[str, int], ImageFrame] = {}
+        """Frames looked up so far: each reads its geometry once, whoever asks."""
 
     def frame(self, ref: FrameRef) -> ImageFrame:
-        """Return the source frame a prediction names.
+        """Return the source frame a prediction names (the same object every time).
 
         Raises
         ------
@@ -141,12 +143,17 @@ class SourceSeries:
             raise SourceMismatchError(
                 ref.sop_instance_uid, ref.frame_number, "not among the source datasets"
             )
+        key = (ref.sop_instance_uid, ref.frame_number)
+        known = self._frames.get(key)
+        if known is not None:
+            return known
         frames = int(dataset.get("NumberOfFrames", 1) or 1)
         if not 1 <= ref.frame_number <= frames:
             raise SourceMismatchError(
                 ref.sop_instance_uid, ref.frame_number, f"the instance has {frames} frame(s)"
             )
-        return ImageFrame(dataset, ref.frame_number)
+        frame = self._frames[key] = ImageFrame(dataset, ref.frame_number)
+        return frame
 
     def spatial_problem(self) -> str | None:
         """Why the sources cannot carry spatial objects (SEG, Parametric Map), if so.
@@ -158,7 +165,7 @@ class SourceSeries:
         for uid, dataset in self._by_uid.items():
             if "FrameOfReferenceUID" not in dataset:
                 return f"source has no Frame of Reference UID ({uid})"
-            if ImageFrame(dataset, 1).geometry.orientation is None:
+            if self.frame(FrameRef(uid, 1)).geometry.orientation is None:
                 return f"source has no Image Orientation (Patient) ({uid})"
         return None
 

@@ -9,21 +9,27 @@ source resolution unless the caller asks for them.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from inference.postprocessing.activation import Array, probabilities
+from inference.postprocessing.activation import Array, probabilities, sigmoid_at_least
 from inference.prediction import FrameRef, ModelIdentity, Segmentation
 from inference.preprocessing.resize import Fit, crop_content, resize, resize_axis, to_source
 from inference.preprocessing.stacks import Stack
 from inference.spec import Activation, ModelSpec
 
 
-def _masks(spec: ModelSpec, probs: Array) -> npt.NDArray[np.bool_]:
-    """Independent labels: each probability (..., labels) at its label's threshold."""
+def _masks(spec: ModelSpec, probs: Array | npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+    """Independent labels: each probability (..., labels) at its label's threshold.
+
+    Masks decided already (`slice_probabilities` on the model's own grid) pass as
+    they are.
+    """
+    if probs.dtype == np.bool_:
+        return np.asarray(probs, dtype=np.bool_)  # no copy
     thresholds = np.asarray([label.threshold for label in spec.labels], dtype=np.float32)
     return np.asarray(probs >= thresholds)
 
@@ -58,8 +64,7 @@ def decide_segmentation(
     identity: ModelIdentity,
     series_uid: str,
     stack: Stack,
-    frames: Sequence[FrameRef],
-    source_probs: Iterator[Array],
+    source_probs: Iterable[tuple[FrameRef, Array | npt.NDArray[np.bool_]]],
     skipped: tuple[str, ...],
     keep_probabilities: bool,
     as_label_map: bool = False,
@@ -79,11 +84,12 @@ def decide_segmentation(
         The source series.
     stack : Stack
         The stack that ran (for its matrix and spacing).
-    frames : sequence of FrameRef
-        The frames that ran, in slice order; fewer than the stack's when some did
-        not decode, in which case slice spacing is not given.
-    source_probs : iterator of numpy.ndarray
-        float32 (rows, columns, labels) on the source grid, one per frame in order.
+    source_probs : iterable of (FrameRef, numpy.ndarray)
+        Each frame that ran, in slice order, with its float32 (rows, columns,
+        labels) probabilities on the source grid (or, for sigmoid labels, the
+        masks decided from them: see `slice_probabilities`); consumed as it comes (a 2D model
+        still running), and fewer than the stack's frames when some did not
+        decode, in which case slice spacing is not given.
     skipped : tuple of str
         Reasons for parts of the series left out.
     keep_probabilities : bool
@@ -96,23 +102,32 @@ def decide_segmentation(
     Segmentation
     """
     labels = len(spec.labels)
-    shape = (len(frames), *stack.shape)
+    shape = (len(stack.frames), *stack.shape)  # trimmed below when frames failed
     exclusive = spec.output.activation is Activation.SOFTMAX
     dtype = label_map_dtype(labels)
     label_map = np.empty(shape, dtype=dtype) if exclusive and as_label_map else None
     masks = None if label_map is not None else np.empty((*shape, labels), dtype=np.bool_)
     numbers = np.arange(1, labels + 1, dtype=dtype)
     kept = np.empty((*shape, labels), dtype=np.float32) if keep_probabilities else None
-    for index, probs in enumerate(source_probs):
+    frames: list[FrameRef] = []
+    for index, (frame, values) in enumerate(source_probs):
+        frames.append(frame)
+        if kept is not None:  # never decided early: these are probabilities
+            kept[index] = values
+        if masks is not None and not exclusive:
+            masks[index] = _masks(spec, values)
+            continue
+        probs = np.asarray(values, dtype=np.float32)  # softmax: never decided early
         if label_map is not None:
             label_map[index] = _winners(probs, dtype)
-        elif masks is not None and exclusive:
-            masks[index] = _winners(probs, dtype)[..., np.newaxis] == numbers
         elif masks is not None:
-            masks[index] = _masks(spec, probs)
-        if kept is not None:
-            kept[index] = probs
+            masks[index] = _winners(probs, dtype)[..., np.newaxis] == numbers
     complete = len(frames) == len(stack.frames)
+    if not complete:  # leading slices of C-contiguous arrays: views, still contiguous
+        ran = len(frames)
+        label_map = label_map[:ran] if label_map is not None else None
+        masks = masks[:ran] if masks is not None else None
+        kept = kept[:ran] if kept is not None else None
     return Segmentation(
         model=identity,
         series_instance_uid=series_uid,
@@ -127,10 +142,22 @@ def decide_segmentation(
     )
 
 
-def slice_probabilities(spec: ModelSpec, raw: Array, fits: Sequence[Fit]) -> Iterator[Array]:
-    """2D outputs (N, channels, h, w) to source probabilities (rows, cols, labels) per frame."""
-    for output, fit in zip(raw, fits, strict=True):
-        probs = probabilities(output[np.newaxis], spec.output.activation, axis=1)[0]
+def slice_probabilities(
+    spec: ModelSpec, raw: Array, fits: Sequence[Fit], keep_probabilities: bool = False
+) -> Iterator[Array | npt.NDArray[np.bool_]]:
+    """2D outputs (N, channels, h, w) to source probabilities (rows, cols, labels) per frame.
+
+    Sigmoid labels on frames the model saw at their own size (nothing to resample)
+    come back decided, as boolean masks (`sigmoid_at_least`: the same masks
+    without computing most of the sigmoid), unless the probabilities are to be kept.
+    """
+    identity = all(fit.source == fit.model == fit.content for fit in fits)
+    if spec.output.activation is Activation.SIGMOID and identity and not keep_probabilities:
+        thresholds = [label.threshold for label in spec.labels]
+        for masks in sigmoid_at_least(raw, thresholds, axis=1):
+            yield np.moveaxis(masks, 0, -1)
+        return
+    for probs, fit in zip(probabilities(raw, spec.output.activation, axis=1), fits, strict=True):
         yield np.moveaxis(to_source(probs, fit, first_axis=1), 0, -1)
 
 

@@ -65,7 +65,10 @@ def voi_window(ds: Dataset, frame_index: int) -> Window | None:
 def _window(values: npt.NDArray[np.float32], window: Window) -> npt.NDArray[np.float32]:
     center, width = window
     low = center - width / 2.0
-    return np.clip((values - low) / width, 0.0, 1.0).astype(np.float32)
+    out = values - low  # one new buffer; the rest in place, in the same dtype
+    out /= width
+    np.clip(out, 0.0, 1.0, out=out)
+    return out.astype(np.float32, copy=False)
 
 
 def _scale(values: npt.NDArray[np.float32], low: float, high: float) -> npt.NDArray[np.float32]:

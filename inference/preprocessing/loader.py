@@ -12,6 +12,7 @@ import logging
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -27,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 Array = npt.NDArray[np.float32]
 DEFAULT_LOOKAHEAD = 32  # instances decoded ahead of the model
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,8 @@ class FrameFailure:
 
 def _physical_frames(ds: Dataset, spec: ModelSpec) -> tuple[Array, bool]:
     decoded = decode(ds)
+    if decoded.pixels.shape[-1] == spec.input.channels:
+        return decoded.pixels, decoded.monochrome1  # decoded once, not copied again
     channels = np.stack([to_channels(f, spec.input.channels) for f in decoded.pixels])
     return channels, decoded.monochrome1
 
@@ -179,13 +183,19 @@ def prepare_volume(
     return np.ascontiguousarray(np.moveaxis(to_model(values, fit), -1, 0)), fit
 
 
-def batches(inputs: Iterator[Array], max_batch: int) -> Iterator[Array]:
-    """Group single inputs into float32 batches of at most ``max_batch``."""
-    pending: list[Array] = []
-    for item in inputs:
+def chunks(items: Iterator[T], size: int) -> Iterator[list[T]]:
+    """Consecutive items in lists of at most ``size`` (one model batch each)."""
+    pending: list[T] = []
+    for item in items:
         pending.append(item)
-        if len(pending) == max_batch:
-            yield np.stack(pending)
+        if len(pending) == size:
+            yield pending
             pending = []
     if pending:
-        yield np.stack(pending)
+        yield pending
+
+
+def batches(inputs: Iterator[Array], max_batch: int) -> Iterator[Array]:
+    """Group single inputs into float32 batches of at most ``max_batch``."""
+    for group in chunks(inputs, max_batch):
+        yield np.stack(group)

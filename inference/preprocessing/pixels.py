@@ -48,6 +48,34 @@ def _rescale(ds: Dataset, frame_index: int) -> tuple[float, float] | None:
     return float(item.RescaleSlope), float(item.get("RescaleIntercept", 0.0))
 
 
+def _exact_rescale(ds: Dataset, frames: npt.NDArray[np.generic]) -> npt.NDArray[np.float32] | None:
+    """Rescale Slope and Intercept applied in float32, where that is exact.
+
+    pydicom rescales in float64, and the result is then rounded to float32: with
+    integer stored values, an integer slope and intercept and every result within
+    float32's exact integers (2**24), float32 arithmetic gives the same values
+    without the float64 copy (CT: slope 1, intercept -1024). ``None`` otherwise.
+    """
+    if "ModalityLUTSequence" in ds or frames.dtype.kind not in "iu":
+        return None
+    if "RescaleSlope" not in ds or "RescaleIntercept" not in ds:
+        return None
+    try:
+        slope, intercept = float(ds.RescaleSlope), float(ds.RescaleIntercept)
+    except (TypeError, ValueError):  # malformed: pydicom's path says what it makes of it
+        return None
+    info = np.iinfo(frames.dtype)  # type: ignore[type-var]
+    bound = max(abs(int(info.min)), int(info.max)) * abs(slope) + abs(intercept)
+    if not (slope.is_integer() and intercept.is_integer()) or bound >= 2**24:
+        return None
+    out = frames.astype(np.float32)
+    if slope != 1.0:
+        out *= np.float32(slope)
+    if intercept != 0.0:
+        out += np.float32(intercept)
+    return out
+
+
 def _modality(ds: Dataset, frames: npt.NDArray[np.generic]) -> npt.NDArray[np.float32]:
     """Apply the Modality LUT frame by frame; frames is (frames, rows, columns)."""
     if "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds:
@@ -60,6 +88,9 @@ def _modality(ds: Dataset, frames: npt.NDArray[np.generic]) -> npt.NDArray[np.fl
                 slope, intercept = rescale
                 out[index] = frame.astype(np.float32) * slope + intercept
         return out
+    exact = _exact_rescale(ds, frames)
+    if exact is not None:
+        return exact
     return np.asarray(apply_modality_lut(frames, ds), dtype=np.float32)
 
 

@@ -48,6 +48,17 @@ def test_auto_picks_onnxruntime_on_a_cpu_machine(caplog: pytest.LogCaptureFixtur
     assert any("auto picked onnxruntime on cpu" in r.getMessage() for r in caplog.records)
 
 
+def test_onnxruntime_threads_do_not_spin_between_runs() -> None:
+    """Spinning workers burn the CPU the decoding threads and the listener need."""
+    from inference.backends.ort import SPINNING, OnnxRuntimeBackend
+
+    with load_model(DEMO_CT, backend="onnxruntime", device="cpu") as model:
+        backend = model._backend
+        assert isinstance(backend, OnnxRuntimeBackend)
+        options = backend._session.get_session_options()
+        assert options.get_session_config_entry(SPINNING) == "0"
+
+
 @pytest.mark.skipif(HAS_CUDA, reason="this machine has a GPU, so auto would use it")
 def test_auto_device_is_cpu_without_gpu() -> None:
     assert resolve_device("auto") == "cpu"

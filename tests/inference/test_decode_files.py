@@ -134,3 +134,30 @@ def test_short_pixel_data_is_a_decode_error() -> None:
     ds.PixelData = ds.PixelData[: len(ds.PixelData) // 2]
     with pytest.raises(DecodeError, match="not decodable"):
         decode(ds)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "slope", "intercept"),
+    [
+        (np.int16, 1.0, -1024.0),  # CT: the float32 path
+        (np.uint16, 2.0, -32768.0),
+        (np.int16, 0.1, -1024.0),  # not exact in float32: pydicom's float64 path
+        (np.int32, 1.0, 0.0),  # beyond float32's exact integers: float64 path
+        (np.uint16, 1.0, 0.5),
+    ],
+)
+def test_rescale_equals_pydicoms_float64_rescale(
+    dtype: type[np.integer], slope: float, intercept: float
+) -> None:
+    ds = dcmread(_path("CT_small.dcm"))
+    info = np.iinfo(dtype)
+    stored = np.linspace(info.min, info.max, 128 * 128).astype(dtype).reshape(128, 128)
+    ds.BitsAllocated = ds.BitsStored = stored.itemsize * 8
+    ds.HighBit = ds.BitsStored - 1
+    ds.PixelRepresentation = int(info.min < 0)
+    ds.PixelData = stored.tobytes()
+    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    expected = (stored.astype(np.float64) * slope + intercept).astype(np.float32)
+    decoded = decode(ds).pixels[0, ..., 0]
+    assert decoded.dtype == np.float32
+    np.testing.assert_array_equal(decoded, expected)

@@ -138,6 +138,8 @@ def test_undecodable_instance_is_skipped_not_fatal(tmp_path: Path) -> None:
         prediction = model.predict(series)
     assert isinstance(prediction, Segmentation)
     assert len(prediction.frames) == 2
+    assert prediction.masks is not None and prediction.masks.shape[0] == 2
+    assert prediction.masks.flags.c_contiguous  # trimmed, still what highdicom wants
     assert any("not decodable" in reason for reason in prediction.skipped)
     assert prediction.slice_spacing_mm is None  # a stack with a hole has no single spacing
 

@@ -46,3 +46,22 @@ def evaluation_of(group: hd.sr.templates.Template, code: hd.sr.CodedConcept) -> 
     """Code value of the qualitative evaluation named ``code`` (present/absent)."""
     (evaluation,) = group.get_qualitative_evaluations(name=code)
     return str(evaluation.value.value)
+
+
+def seg_frames(seg: Dataset) -> dict[tuple[str, int], bytes]:
+    """A binary SEG's frames by (referenced source SOP Instance UID, segment number).
+
+    Keyed by what each frame overlays rather than by its position, so that two SEGs
+    of one mask compare equal whatever order (or UIDs) their writers chose.
+    """
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    pixels = seg.pixel_array.reshape(-1, seg.Rows, seg.Columns)
+    frames = {}
+    for item, frame in zip(seg.PerFrameFunctionalGroupsSequence, pixels, strict=True):
+        source = item.DerivationImageSequence[0].SourceImageSequence[0]
+        identification = item.get("SegmentIdentificationSequence") or shared.get(
+            "SegmentIdentificationSequence"
+        )
+        segment = int(identification[0].ReferencedSegmentNumber)
+        frames[(str(source.ReferencedSOPInstanceUID), segment)] = frame.tobytes()
+    return frames

@@ -1,0 +1,56 @@
+"""highdicom's "is this attribute in this IOD" lookup, answered once per question.
+
+highdicom (0.28) answers ``is_attribute_in_iod(attribute, sop_class_uid)`` by
+walking the standard's module tables every time, and a SEG asks it once per
+source image (``is_multiframe_image`` while reading plane positions): on a
+300-slice CT that walk was about a third of building the SEG. The answer depends
+only on the two arguments and the tables shipped with highdicom, so it is
+memoized here for the calls without ``exclude_path_elements``.
+
+`remember_iod_lookups` puts the memoized function in highdicom's module in place
+of the original; everything highdicom calls through that module's namespace
+(``is_multiframe_image``, ``does_iod_have_pixel_data``) then uses it. It is
+idempotent, and where highdicom no longer has the function it does nothing.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+
+from highdicom import _standard_utils
+
+Lookup = Callable[..., bool]
+
+_MARK = "_sr_writer_memoized"
+
+
+def memoized(lookup: Lookup) -> Lookup:
+    """``lookup(attribute, sop_class_uid, exclude_path_elements=None)``, memoized.
+
+    Calls with ``exclude_path_elements`` (a list, rarely used) go to ``lookup``.
+    """
+    cached = functools.lru_cache(maxsize=1024)(
+        lambda attribute, sop_class_uid: bool(lookup(attribute, sop_class_uid))
+    )
+
+    @functools.wraps(lookup)
+    def answer(
+        attribute: str,
+        sop_class_uid: str,
+        exclude_path_elements: Sequence[str] | None = None,
+    ) -> bool:
+        if exclude_path_elements is not None:
+            return bool(lookup(attribute, sop_class_uid, exclude_path_elements))
+        return bool(cached(attribute, str(sop_class_uid)))
+
+    setattr(answer, _MARK, True)
+    return answer
+
+
+def remember_iod_lookups() -> None:
+    """Have highdicom answer each IOD attribute question once per process."""
+    original = getattr(_standard_utils, "is_attribute_in_iod", None)
+    if original is None or getattr(original, _MARK, False):
+        return
+    _standard_utils.is_attribute_in_iod = memoized(original)
