@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 import urllib.request
+from contextlib import closing
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -195,6 +198,35 @@ def test_sqlite_gives_freed_pages_back(tmp_path: Path) -> None:
             left = session.connection().exec_driver_sql("PRAGMA freelist_count").scalar()
         assert freed and freed > 10 and left == 0
         assert (tmp_path / "node.db-wal").stat().st_size == 0
+    finally:
+        engine.dispose()
+
+
+def test_a_database_created_without_incremental_vacuum_is_switched_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "old.db"
+    with closing(sqlite3.connect(path)) as old:  # a node before auto_vacuum=INCREMENTAL
+        old.execute("CREATE TABLE older_version (x INTEGER)")
+    engine = create_db_engine(f"sqlite:///{path}")
+    sessions = session_factory(engine)
+
+    def pragma(name: str) -> int:
+        with sessions() as session:
+            return int(session.connection().exec_driver_sql(f"PRAGMA {name}").scalar() or 0)
+
+    try:
+        with sessions.begin() as session:
+            for number in range(200):
+                add_study(session, f"1.2.8.{number}", [{"instances": 5}], state=StudyState.ROUTED)
+        assert pragma("auto_vacuum") == 0
+        assert row_retention.forget_finished_studies(sessions, keep_hours=0) == 200
+        with caplog.at_level(logging.INFO, logger="dicom_node.db.compaction"):
+            compact(sessions)
+            compact(sessions)
+        assert pragma("auto_vacuum") == 2 and pragma("freelist_count") == 0
+        [switched] = [r for r in caplog.records if "incremental vacuum" in r.getMessage()]
+        assert switched.bytes_after < switched.bytes_before  # type: ignore[attr-defined]
     finally:
         engine.dispose()
 
