@@ -3,7 +3,9 @@
 ``--job ID`` requeues that job if it failed or was skipped (it runs again and its
 results replace the earlier ones), and re-sends its failed deliveries if it is done.
 ``--failed`` requeues every failed job and every failed delivery. Requeued work starts
-with a fresh attempt count; a running node picks it up at its next scan.
+with a fresh attempt count; a running node picks it up at its next scan. The audit trail
+gets one ``requeued`` line per job (its study and model) and per delivery (its result
+object and destination), with who asked, so that a study's history shows its requeues.
 """
 
 from __future__ import annotations
@@ -11,11 +13,15 @@ from __future__ import annotations
 import argparse
 import getpass
 import sys
+from collections.abc import Sequence
 from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.audit import AuditEvent, audit, close_audit_log, open_audit_log
 from dicom_node.config import load_config
-from dicom_node.db.schema import Job, WorkState
+from dicom_node.db.schema import Delivery, Job, Study, WorkState
 from dicom_node.db.sessions import create_db_engine, session_factory
 from dicom_node.work.delivery_queue import requeue_deliveries
 from dicom_node.work.jobs import requeue_jobs
@@ -31,6 +37,43 @@ def add_parser(subparsers: Any) -> None:
         "--failed", action="store_true", help="requeue every failed job and delivery"
     )
     parser.set_defaults(run=run)
+
+
+# Ids per query when the audit lines are written (SQLite allows a few thousand bound values).
+_CHUNK = 500
+
+
+def _chunks(ids: Sequence[int]) -> list[Sequence[int]]:
+    return [ids[start : start + _CHUNK] for start in range(0, len(ids), _CHUNK)]
+
+
+def audit_requeued(
+    sessions: sessionmaker[Session], jobs: Sequence[int], deliveries: Sequence[int]
+) -> None:
+    """One ``requeued`` audit line per job and per delivery, naming what it belongs to."""
+    by = getpass.getuser()
+    with sessions() as session:
+        for chunk in _chunks(jobs):
+            for job_id, study_uid, model in session.execute(
+                select(Job.id, Study.study_instance_uid, Job.model_name)
+                .join(Study, Study.id == Job.study_id)
+                .where(Job.id.in_(chunk))
+            ):
+                audit(AuditEvent.REQUEUED, job_id=job_id, study_uid=study_uid, model=model, by=by)
+        for chunk in _chunks(deliveries):
+            for delivery_id, job_id, result_uid, peer in session.execute(
+                select(
+                    Delivery.id, Delivery.job_id, Delivery.sop_instance_uid, Delivery.peer_name
+                ).where(Delivery.id.in_(chunk))
+            ):
+                audit(
+                    AuditEvent.REQUEUED,
+                    delivery_id=delivery_id,
+                    job_id=job_id,
+                    result_sop_uid=result_uid,
+                    destination=peer,
+                    by=by,
+                )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,14 +93,8 @@ def run(args: argparse.Namespace) -> int:
             if done:
                 jobs, deliveries = [], requeue_deliveries(sessions, job_id=args.job)
             else:
-                jobs, deliveries = requeue_jobs(sessions, job_id=args.job), 0
-        audit(
-            AuditEvent.REQUEUED,
-            job_id=args.job,
-            job_ids=jobs,
-            deliveries=deliveries,
-            by=getpass.getuser(),
-        )
+                jobs, deliveries = requeue_jobs(sessions, job_id=args.job), []
+        audit_requeued(sessions, jobs, deliveries)
     except LookupError as exc:
         print(f"retry: {exc.args[0]}", file=sys.stderr)
         return 1
@@ -65,5 +102,5 @@ def run(args: argparse.Namespace) -> int:
         engine.dispose()
         close_audit_log(handler)
     shown = ", ".join(str(i) for i in jobs) or "none"
-    print(f"requeued {len(jobs)} job(s) ({shown}) and {deliveries} delivery(ies)")
+    print(f"requeued {len(jobs)} job(s) ({shown}) and {len(deliveries)} delivery(ies)")
     return 0
