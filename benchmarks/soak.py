@@ -3,7 +3,7 @@
 Orthanc (REST ``store``), DCMTK ``storescu`` and a modality (pynetdicom) send a mix of
 studies (`benchmarks.soak_traffic`: CT series of 100-500 slices, radiographs, an MR
 study, studies split over two associations, duplicates, bad files) at ``--rate``
-instances per second, over ``--associations`` associations at once, to a node running
+instances per second, each over up to ``--associations`` associations at once, to a node running
 as real processes (``dicom-node serve --role all``, or ``--split-roles`` for a listener
 and a worker process; SQLite, or ``--postgres``) with the demo models, routes that
 deliver every result back to Orthanc, and retention with a short ``keep_hours``.
@@ -77,7 +77,7 @@ SHORT = SoakOptions(
     keep_seconds=5.0,
     stable_seconds=2.0,
     interval=1.0,
-    drain_timeout=150.0,
+    drain_timeout=600.0,
 )
 
 
@@ -243,7 +243,7 @@ def main() -> int:
     parser.add_argument("--short", action="store_true", help="600 instances, fast timers")
     parser.add_argument("--instances", type=int)
     parser.add_argument("--rate", type=float, help="instances per second, on average")
-    parser.add_argument("--associations", type=int, help="sends at once")
+    parser.add_argument("--associations", type=int, help="sends at once, per sender")
     parser.add_argument("--ct-slices", type=int, nargs=2, metavar=("MIN", "MAX"))
     parser.add_argument("--split-gap", type=float, help="seconds between a study's two parts")
     parser.add_argument("--keep-seconds", type=float, help="retention.keep_hours, in seconds")

@@ -1,7 +1,7 @@
 """The soak run's senders: Orthanc, DCMTK ``storescu`` and a timed modality, at once.
 
-:func:`send_all` starts each planned send at its time on one of ``associations``
-threads (a send waits for a free one, as a PACS's send queue does):
+:func:`send_all` starts each planned send at its time, each sender with up to
+``associations`` associations at once:
 
 - Orthanc: the files are uploaded to Orthanc over REST (not timed), Orthanc C-STOREs the
   series to the node (``/modalities/node/store``, synchronous), then the uploaded series
@@ -27,7 +27,7 @@ import pydicom
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 
-from benchmarks.soak_traffic import ORTHANC, STORESCU, Send, Traffic
+from benchmarks.soak_traffic import MODALITY, ORTHANC, STORESCU, Send, Traffic
 from tests.peers import Orthanc, PeerError
 
 STORESCU_BIN = "/usr/bin/storescu"
@@ -155,11 +155,19 @@ class Senders:
 
 
 def send_all(traffic: Traffic, senders: Senders, associations: int) -> None:
-    """Start every send at its planned time on one of ``associations`` threads; return
-    when all are done."""
-    with ThreadPoolExecutor(max_workers=associations, thread_name_prefix="sender") as pool:
+    """Start every send at its planned time, each sender on its own ``associations``
+    threads (a send waits for a free one of its sender, as a PACS's send queue does, and
+    a modality's radiograph never waits behind Orthanc's CT); return when all are done."""
+    pools = {
+        name: ThreadPoolExecutor(max_workers=associations, thread_name_prefix=name)
+        for name in (ORTHANC, STORESCU, MODALITY)
+    }
+    try:
         for send in traffic.sends:
             delay = send.at - senders.now()
             if delay > 0:
                 time.sleep(delay)
-            pool.submit(senders.run, send)
+            pools[send.sender].submit(senders.run, send)
+    finally:
+        for pool in pools.values():
+            pool.shutdown(wait=True)

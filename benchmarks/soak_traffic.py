@@ -13,7 +13,7 @@ The mix (:func:`plan_traffic`), for ``instances`` in all:
   first, on another association (a late reconstruction, a second sender);
 - radiographs (one CR instance per study) and an MR study (three series), sent by a
   modality (pynetdicom) that times every C-STORE;
-- a few duplicates (instances sent again, by ``storescu``, on a later association) and a
+- a few duplicates (instances sent again by ``storescu`` on the next association) and a
   few bad files (no Study Instance UID; a Study Instance UID that breaks the UID
   syntax), which the node must refuse with a failure status and nothing else.
 
@@ -40,6 +40,10 @@ ORTHANC, STORESCU, MODALITY = "orthanc", "storescu", "modality"
 # Modalities the soak config routes to a model (the others complete and are skipped).
 ROUTED_MODALITIES = frozenset({"CT", "CR"})
 MR_SERIES, MR_SLICES = 3, 20
+# Duplicates come in small groups, each right after the send it repeats (a sender that
+# re-sends after a lost answer), while the node still holds that study: a study re-sent
+# after retention removed it is a new study, received and processed again.
+DUPLICATES_PER_SEND = 5
 
 
 @dataclass
@@ -188,8 +192,11 @@ def plan_traffic(
     for send in first_parts:
         sends.insert(rng.randrange(len(sends) + 1), send)
     stored = [s for s in sends if s.sender == STORESCU]
-    again = rng.sample([p for s in stored for p in s.files], duplicates)
-    sends.insert(sends.index(stored[-1]) + 1, Send(STORESCU, "duplicates", again))
+    groups = [DUPLICATES_PER_SEND] * (duplicates // DUPLICATES_PER_SEND)
+    groups += [duplicates % DUPLICATES_PER_SEND] if duplicates % DUPLICATES_PER_SEND else []
+    for source, count in zip(rng.sample(stored, len(groups)), groups, strict=True):
+        again = Send(STORESCU, "duplicates", rng.sample(source.files, count))
+        sends.insert(sends.index(source) + 1, again)
     sends.insert(rng.randrange(len(sends)), Send(MODALITY, "bad", _bad_files(folder, bad)))
     _schedule(sends, rate)
     for send, (_, second) in zip(first_parts, splits, strict=True):
