@@ -150,7 +150,7 @@ def _settled(sessions: Any, storage: Path) -> bool:
     with sessions() as session:
         if session.query(Study.id).first() is not None:
             return False
-    return folder_size(storage)[1] == 0
+    return folder_size(storage)[0] == 0
 
 
 def run_soak(work: Path, options: SoakOptions, log: Any = print) -> SoakOutcome:

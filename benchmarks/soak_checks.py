@@ -145,7 +145,8 @@ def archive_sop_uids(pacs: Orthanc) -> Counter[str]:
 
 def nothing_left_check(sessions: sessionmaker[Session], last: Sample) -> Check:
     """Nothing lost or stuck, and retention emptied the stores: no job or delivery left
-    in any state but done or skipped, no study row, no spooled instance."""
+    in any state but done or skipped, no study row, no file in the spool (instances,
+    outboxes)."""
     with sessions() as session:
         jobs = dict(session.execute(select(Job.state, func.count()).group_by(Job.state)).all())
         deliveries = dict(
@@ -155,7 +156,7 @@ def nothing_left_check(sessions: sessionmaker[Session], last: Sample) -> Check:
     settled = {WorkState.DONE, WorkState.SKIPPED}
     stuck = {f"job {s}": n for s, n in jobs.items() if s not in settled}
     stuck |= {f"delivery {s}": n for s, n in deliveries.items() if s not in settled}
-    ok = not stuck and studies == 0 and last.spool_instances == 0
+    ok = not stuck and studies == 0 and last.spool_bytes == 0
     detail = (
         f"left: {studies} study rows, {last.spool_instances} spooled instances, "
         f"{last.spool_bytes / 1e6:.1f} MB spool, {last.db_bytes / 1e6:.1f} MB database"
