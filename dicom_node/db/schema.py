@@ -213,6 +213,9 @@ class Job(LeasedWork, Base):
     __table_args__ = (
         UniqueConstraint("study_id", "generation", "model_name", name="uq_job_study_model"),
         Index("ix_jobs_claim", "state", "not_before"),
+        # The audit trail, outbox folders and `retry --job` name jobs by id: SQLite must
+        # not give a forgotten job's id to a new one once retention empties the table.
+        {"sqlite_autoincrement": True},
     )
 
 

@@ -184,6 +184,23 @@ def test_rows_go_in_batches_and_recent_or_receiving_studies_stay(
     assert left == {"1.2.6.1", "1.2.6.2", "1.2.6.3"}
 
 
+def test_a_forgotten_jobs_id_is_never_given_to_a_new_job(
+    sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    config = make_config(tmp_path)
+    with sessions.begin() as session:
+        add_study(session, "1.2.9.1", [{"modality": "CT"}])
+    assert route_complete_studies(sessions, config) == 1
+    with sessions.begin() as session:
+        [forgotten] = session.scalars(select(Job.id)).all()
+        session.execute(delete(Job))  # as retention does once every study is forgotten
+        add_study(session, "1.2.9.2", [{"modality": "CT"}])
+    assert route_complete_studies(sessions, config) == 1
+    with sessions() as session:
+        [new] = session.scalars(select(Job.id)).all()
+    assert new > forgotten
+
+
 def test_outbox_of_a_job_forgotten_before_its_outbox_was_due_is_removed(
     sessions: sessionmaker[Session], tmp_path: Path
 ) -> None:
