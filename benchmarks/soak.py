@@ -3,10 +3,11 @@
 Orthanc (REST ``store``), DCMTK ``storescu`` and a modality (pynetdicom) send a mix of
 studies (`benchmarks.soak_traffic`: CT series of 100-500 slices, radiographs, an MR
 study, studies split over two associations, duplicates, bad files) at ``--rate``
-instances per second, each over up to ``--associations`` associations at once, to a node running
-as real processes (``dicom-node serve --role all``, or ``--split-roles`` for a listener
-and a worker process; SQLite, or ``--postgres``) with the demo models, routes that
-deliver every result back to Orthanc, and retention with a short ``keep_hours``.
+instances per second, each sender over up to ``--associations`` associations at once,
+to a node running as real processes (``dicom-node serve --role all``, or
+``--split-roles`` for a listener and a worker process; SQLite, or ``--postgres``) with
+the demo models, routes that deliver every result back to Orthanc, and retention with a
+short ``keep_hours``.
 Every ``--interval`` seconds it samples each node process's RSS, open fds and threads,
 the queue depth and oldest queued job's age, the database and spool sizes
 (`benchmarks.soak_sampler`); the modality times each C-STORE.
@@ -244,16 +245,24 @@ def main() -> int:
     parser.add_argument("--instances", type=int)
     parser.add_argument("--rate", type=float, help="instances per second, on average")
     parser.add_argument("--associations", type=int, help="sends at once, per sender")
-    parser.add_argument("--ct-slices", type=int, nargs=2, metavar=("MIN", "MAX"))
+    parser.add_argument(
+        "--ct-slices", type=int, nargs=2, metavar=("MIN", "MAX"), help="slices per CT series"
+    )
     parser.add_argument("--split-gap", type=float, help="seconds between a study's two parts")
     parser.add_argument("--keep-seconds", type=float, help="retention.keep_hours, in seconds")
     parser.add_argument("--stable-seconds", type=float, help="completion.stable_seconds")
     parser.add_argument("--interval", type=float, help="seconds between samples")
-    parser.add_argument("--drain-timeout", type=float)
-    parser.add_argument("--postgres", action="store_true", default=None)
-    parser.add_argument("--split-roles", action="store_true", default=None)
-    parser.add_argument("--plot", type=Path, default=Path("soak.png"))
-    parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument(
+        "--drain-timeout", type=float, help="seconds to wait after the senders for the node"
+    )
+    parser.add_argument(
+        "--postgres", action="store_true", default=None, help="a throw-away PostgreSQL database"
+    )
+    parser.add_argument(
+        "--split-roles", action="store_true", default=None, help="listener and worker processes"
+    )
+    parser.add_argument("--plot", type=Path, default=Path("soak.png"), help="the PNG to write")
+    parser.add_argument("--no-plot", action="store_true", help="no plot (no matplotlib needed)")
     parser.add_argument("--workdir", type=Path, help="keep the run's files here")
     args = parser.parse_args()
     if not args.no_plot:
