@@ -277,6 +277,11 @@ def main() -> int:
     print(table(outcome.samples, outcome.latencies))
     print("invariants:\n" + checks_text(outcome.invariants))
     print("trends (timings; compare on a quiet machine):\n" + checks_text(outcome.trends))
+    if outcome.sending_end < 10 * options.keep_seconds:
+        print(
+            "  (sending lasted under 10x --keep-seconds: retention never reached a steady "
+            "state, so these trends say little; the invariants above still hold)"
+        )
     if not args.no_plot:
         plot(args.plot, outcome.samples, outcome.latencies, outcome.sending_end)
         print(f"plot: {args.plot}")
