@@ -96,14 +96,14 @@ class ReceptionAudit:
             counts.bytes += size_bytes
             counts.patient_id, counts.patient_name = patient
 
-    def association_ended(self, assoc: Association) -> None:
-        """The association is over: its reception's lines (see :meth:`ended`)."""
+    def ended(self, assoc: Association) -> None:
+        """The association is over: its reception's lines (see :meth:`reception_ended`)."""
         with self._lock:
             reception = self._associations.pop(assoc, None)
         if reception is not None:
-            self.ended(reception)
+            self.reception_ended(reception)
 
-    def ended(self, reception: Reception) -> None:
+    def reception_ended(self, reception: Reception) -> None:
         """The reception is over: one ``instances-received`` line per study it sent."""
         with self._lock:
             studies = self._counts.pop(reception, {})

@@ -332,7 +332,7 @@ class ListenerRequestHandler(RequestHandler):
                 discard_unfinished_transfers(assoc)
             finally:
                 if server.reception is not None:  # its audit line, and its counts freed
-                    server.reception.association_ended(assoc)
+                    server.reception.ended(assoc)
         finally:
             cast(socket.socket, self.request).close()
             server.slots.release(host)

@@ -355,7 +355,7 @@ class StowApp:
         finally:
             writer.discard()
             stored = await stores.outcomes()  # every part handed over is finished
-            self.handler.reception.ended(reception)  # its audit lines: counts per study
+            self.handler.reception.reception_ended(reception)  # its audit lines: counts per study
         if failure is not None:
             return self._after_failure(stored, *failure, log)
         logger.info(

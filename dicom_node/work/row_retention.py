@@ -1,19 +1,20 @@
 """Forgetting finished studies: every row of a study goes once retention allows.
 
 A study whose last instance is older than ``retention.keep_hours``, that is finished
-(routed or skipped), whose jobs all finished more than ``keep_hours`` ago with no
-delivery still in progress, and whose spooled instances are gone loses its ``studies``,
-``series``, ``jobs`` and ``deliveries`` rows. Files go first: `dicom_node.work.retention`
-removes a study's instances with their rows, and only a study without instance rows is
-forgotten, so that no spool file outlives its row (orphan reconciliation would index it
-again, and the study would be processed again); outboxes of forgotten jobs go in the
-same pass. Rows go in batches of
+(routed or skipped), and whose jobs all finished more than ``keep_hours`` ago with no
+delivery still in progress loses its ``studies``, ``series``, ``instances``, ``jobs``
+and ``deliveries`` rows. Files go first (`dicom_node.work.retention` removes the
+instances and outboxes in the same pass), then the rows, in batches of
 :data:`BATCH_STUDIES` studies, each batch one short transaction, so that PostgreSQL
 never holds long locks and the listener's writes on SQLite wait at most one batch.
 The audit trail keeps the study's history (one ``study-removed`` line each).
 
 A study re-sent after its rows went is a new study to the node: received, routed and
 processed again.
+
+Only a study without instance rows is forgotten (retention removes each instance's file
+with its row), so that no spool file outlives its row: orphan reconciliation would
+index such a file again, and the study would be processed again.
 """
 
 from __future__ import annotations
@@ -54,13 +55,11 @@ def _forgettable(keep_hours: float) -> ColumnElement[bool]:
     busy_delivery = exists().where(
         Delivery.job_id == Job.id, Job.study_id == Study.id, Delivery.state.in_(ACTIVE)
     )
-    spooled = exists().where(Instance.study_id == Study.id)
     return (
         Study.state.in_(FINISHED_STUDY_STATES)
         & (Study.last_received_at <= cutoff)
         & ~busy_job
         & ~busy_delivery
-        & ~spooled
     )
 
 
@@ -68,7 +67,7 @@ def _forget_batch(session: Session, keep_hours: float) -> int:
     """Delete one batch of forgettable studies with all their rows; how many studies."""
     studies = session.execute(
         select(Study.id, Study.study_instance_uid, Study.instance_count, Study.patient_id)
-        .where(_forgettable(keep_hours))
+        .where(_forgettable(keep_hours), ~exists().where(Instance.study_id == Study.id))
         .order_by(Study.id)
         .limit(BATCH_STUDIES)
         .with_for_update(skip_locked=True)
