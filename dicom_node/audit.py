@@ -39,6 +39,7 @@ _LOGGER.setLevel(logging.INFO)
 PATIENT_FIELDS = frozenset({"patient_id", "patient_name"})
 # Fields that tie an event without a study UID (a delivery, a requeue) to its study.
 _LINKS = ("job_id", "result_sop_uid")
+# Lists of them, in lines of trails written before ``retry`` wrote a line per job.
 _ID_LISTS = {"job_ids": "job_id", "result_sop_uids": "result_sop_uid"}
 
 

@@ -32,7 +32,7 @@ from dicom_node.db.sessions import create_db_engine, session_factory
 from dicom_node.intake.spool import Spool
 from dicom_node.net.scp import Listener
 from dicom_node.net.scu import LocalAE
-from dicom_node.roles import COMPONENTS, ROLES, Component, Role
+from dicom_node.roles import COMPONENTS, LISTENER_ROLES, ROLES, Component, Role
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class Service:
         self.role = role
         self.engine = engine or create_db_engine(config.node.database_url)
         self.sessions: sessionmaker[Session] = session_factory(self.engine)
-        self.spool = Spool(config.node.storage_dir)
+        self.spool = Spool(config.node.storage_dir, receives=role in LISTENER_ROLES)
         self.local_ae = LocalAE.from_config(config)
         self.scheduler = BackgroundScheduler(timezone=UTC)
         self.components: list[Component] = []

@@ -228,6 +228,9 @@ class Job(LeasedWork, Base):
             name="uq_job_study_model_step",
         ),
         Index("ix_jobs_claim", "state", "not_before"),
+        # The audit trail, outbox folders and `retry --job` name jobs by id: SQLite must
+        # not give a forgotten job's id to a new one once retention empties the table.
+        {"sqlite_autoincrement": True},
     )
 
 

@@ -12,6 +12,7 @@ Each is logged. The listener role runs this at start-up and with every retention
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -41,13 +42,20 @@ class OrphanReport:
 
 
 def _old_files(spool: Spool, grace_seconds: float) -> Iterator[Path]:
+    """Spool files older than the grace period, listed lazily, folder by folder.
+
+    Retention removes files, and the folders they leave empty, while this walks:
+    ``os.walk`` skips a folder gone before it is listed (``Path.rglob`` raises).
+    """
     cutoff = time.time() - grace_seconds
-    for path in spool.instances_dir.rglob("*.dcm"):
-        try:
-            if path.stat().st_mtime <= cutoff:
-                yield path
-        except FileNotFoundError:  # removed by retention meanwhile
-            continue
+    for folder, _, names in os.walk(spool.instances_dir):
+        for name in names:
+            path = Path(folder, name)
+            try:
+                if name.endswith(".dcm") and path.stat().st_mtime <= cutoff:
+                    yield path
+            except FileNotFoundError:  # removed by retention meanwhile
+                continue
 
 
 def _unknown(sessions: sessionmaker[Session], paths: list[Path]) -> list[Path]:

@@ -90,15 +90,20 @@ class Spool:
     ----------
     storage_dir
         The node's ``storage_dir``; created if missing.
+    receives
+        False in a process that never receives (the worker role, its inference child):
+        no ``incoming/`` folder of its own, which no listener would clear until it
+        restarts.
     """
 
-    def __init__(self, storage_dir: Path) -> None:
+    def __init__(self, storage_dir: Path, receives: bool = True) -> None:
         self.root = Path(storage_dir)
         self.instances_dir = self.root / "instances"
         self.incoming_root = self.root / "incoming"
         self.incoming_dir = self.incoming_root / f"{socket.gethostname()}-{os.getpid()}"
         self.instances_dir.mkdir(parents=True, exist_ok=True)
-        self.incoming_dir.mkdir(parents=True, exist_ok=True)
+        if receives:
+            self.incoming_dir.mkdir(parents=True, exist_ok=True)
         self._fsync_pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="spool-fsync")
 
     def path_for(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> Path:

@@ -1,8 +1,10 @@
-"""The listener's audit lines: associations accepted, and what each one brought per study.
+"""The listener's audit lines: associations accepted, and what each reception brought.
 
-Received instances are counted in memory per association and study (a dictionary
-update on the C-STORE path) and written as one ``instances-received`` line per study
-when the association ends, so that the trail never costs a line per instance.
+A reception is one sender's session: a DIMSE association, or one STOW-RS request.
+Received instances are counted in memory per reception and study (a dictionary update
+on the store path) and written as one ``instances-received`` line per study when the
+reception ends, so that the trail never costs a line per instance and counts both ways
+in alike.
 """
 
 from __future__ import annotations
@@ -16,6 +18,15 @@ from pynetdicom.association import Association, ServiceUser
 from pynetdicom.events import Event
 
 from dicom_node.audit import AuditEvent, audit
+
+
+@dataclass(frozen=True, eq=False)
+class Reception:
+    """One sender's session, compared by identity: who sent, from where, by which way."""
+
+    calling_aet: str | None  # None over STOW-RS
+    client: str | None
+    via: str  # "DIMSE" or "STOW-RS"
 
 
 @dataclass
@@ -48,11 +59,12 @@ def tls_peer(assoc: Association) -> str | None:
 
 
 class ReceptionAudit:
-    """Counts stored instances per association and study, and writes the audit lines."""
+    """Counts stored instances per reception and study, and writes the audit lines."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._counts: dict[Association, dict[str, _StudyCounts]] = {}
+        self._counts: dict[Reception, dict[str, _StudyCounts]] = {}
+        self._associations: dict[Association, Reception] = {}
 
     def accepted(self, event: Event) -> None:
         """``EVT_ACCEPTED``: who associated, from where, over which TLS identity."""
@@ -65,34 +77,51 @@ class ReceptionAudit:
             tls_peer=tls_peer(assoc),
         )
 
+    def association(self, assoc: Association) -> Reception:
+        """The reception of a DIMSE association (the same one for each of its C-STOREs)."""
+        with self._lock:
+            found = self._associations.get(assoc)
+            if found is None:
+                peer = sender(assoc)
+                found = Reception(peer.ae_title, peer.address, "DIMSE")
+                self._associations[assoc] = found
+            return found
+
     def stored(
         self,
-        assoc: Association,
+        reception: Reception,
         study_uid: str,
         outcome: str,
         size_bytes: int,
         patient: tuple[str | None, str | None],
     ) -> None:
-        """Count one C-STORE answered Success for ``study_uid`` (``outcome``: new,
-        replaced, kept); ``patient`` is (ID, name) for the study's line."""
+        """Count one instance stored for ``study_uid`` (``outcome``: new, replaced,
+        kept); ``patient`` is (ID, name) for the study's line."""
         with self._lock:
-            studies = self._counts.setdefault(assoc, {})
+            studies = self._counts.setdefault(reception, {})
             counts = studies.setdefault(study_uid, _StudyCounts())
             counts.outcomes[outcome] += 1
             counts.bytes += size_bytes
             counts.patient_id, counts.patient_name = patient
 
     def ended(self, assoc: Association) -> None:
-        """The association is over: one ``instances-received`` line per study it sent."""
+        """The association is over: its reception's lines (see :meth:`reception_ended`)."""
         with self._lock:
-            studies = self._counts.pop(assoc, {})
-        peer = sender(assoc)
+            reception = self._associations.pop(assoc, None)
+        if reception is not None:
+            self.reception_ended(reception)
+
+    def reception_ended(self, reception: Reception) -> None:
+        """The reception is over: one ``instances-received`` line per study it sent."""
+        with self._lock:
+            studies = self._counts.pop(reception, {})
         for study_uid, counts in studies.items():
             audit(
                 AuditEvent.INSTANCES_RECEIVED,
                 study_uid=study_uid,
-                calling_aet=peer.ae_title,
-                client=peer.address,
+                calling_aet=reception.calling_aet,
+                client=reception.client,
+                via=reception.via,
                 instances=sum(counts.outcomes.values()),
                 outcomes=dict(counts.outcomes),
                 bytes=counts.bytes,

@@ -32,7 +32,6 @@ from typing import Any, cast
 
 from pydicom.uid import AllTransferSyntaxes, ExplicitVRLittleEndian
 from pynetdicom import AE, AllStoragePresentationContexts, evt, register_uid
-from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 from pynetdicom.presentation import PresentationContext
@@ -66,7 +65,7 @@ from dicom_node.net.pynetdicom_internals import (
     register_server,
     untested_version,
 )
-from dicom_node.net.reception_audit import ReceptionAudit, sender
+from dicom_node.net.reception_audit import Reception, ReceptionAudit, sender
 from dicom_node.net.scu import VERIFICATION
 from dicom_node.net.transfer_cleanup import discard_unfinished_transfers
 from dicom_node.net.transfer_space import TransferSpace
@@ -140,7 +139,8 @@ class StoreHandler:
             )
             return OUT_OF_RESOURCES
         transfer_syntax = str(event.context.transfer_syntax)
-        return self.store_file(path, transfer_syntax, calling, sop_uid, log, assoc=event.assoc)
+        reception = self.reception.association(event.assoc)
+        return self.store_file(path, transfer_syntax, calling, sop_uid, log, reception=reception)
 
     def store_file(
         self,
@@ -150,16 +150,16 @@ class StoreHandler:
         sop_uid: str,
         log: dict[str, Any],
         study_uid: str | None = None,
-        assoc: Association | None = None,
+        reception: Reception | None = None,
     ) -> int:
         """Store a complete received file (in the spool's ``incoming/``) as C-STORE does:
         fsync, header read, rename into the spool, rows committed; the DIMSE status.
 
         The STOW-RS receiver (`dicom_node.net.stow_receiver`) calls it for each part, inside
         :meth:`tracked`. ``sop_uid`` is the UID the sender announced, and ``study_uid``
-        the study a STOW-RS request was addressed to: the dataset must agree. ``assoc``
-        is the C-STORE's association, whose audit line counts the instance (a STOW-RS
-        part has none).
+        the study a STOW-RS request was addressed to: the dataset must agree.
+        ``reception`` is the C-STORE's association or the STOW-RS request, whose audit
+        line counts the instance.
         """
         try:
             data_sync = self.spool.start_fsync(path)
@@ -197,12 +197,14 @@ class StoreHandler:
         try:
             pending = self.spool.move_in(path, dest, data_sync)
         except FileExistsError:
-            return self._store_again(assoc, path, dest, received, log)
+            return self._store_again(reception, path, dest, received, log)
         except OSError as exc:
             logger.error("C-STORE refused: cannot write the spool", extra={**log, "error": exc})
             return OUT_OF_RESOURCES
         replace = self.config.node.duplicate_policy == "replace"
-        recorded = self._record(assoc, received, log, before_commit=pending.wait, replace=replace)
+        recorded = self._record(
+            reception, received, log, before_commit=pending.wait, replace=replace
+        )
         if recorded is None:
             return OUT_OF_RESOURCES
         if recorded.outcome is RecordOutcome.KEPT:
@@ -223,7 +225,7 @@ class StoreHandler:
 
     def _store_again(
         self,
-        assoc: Association | None,
+        reception: Reception | None,
         path: Path,
         dest: Path,
         received: ReceivedInstance,
@@ -236,19 +238,19 @@ class StoreHandler:
         ):
             logger.info("duplicate instance kept as first received", extra=log)
             path.unlink(missing_ok=True)
-            self._count(assoc, received, RecordOutcome.KEPT)
+            self._count(reception, received, RecordOutcome.KEPT)
             return SUCCESS
         try:
             self.spool.commit(path, dest)
         except OSError as exc:
             logger.error("C-STORE refused: cannot write the spool", extra={**log, "error": exc})
             return OUT_OF_RESOURCES
-        recorded = self._record(assoc, received, log, before_commit=None, replace=True)
+        recorded = self._record(reception, received, log, before_commit=None, replace=True)
         return OUT_OF_RESOURCES if recorded is None else SUCCESS
 
     def _record(
         self,
-        assoc: Association | None,
+        reception: Reception | None,
         received: ReceivedInstance,
         log: dict[str, Any],
         before_commit: Callable[[], None] | None,
@@ -271,15 +273,15 @@ class StoreHandler:
             INSTANCES_RECEIVED.inc()
         level = logging.DEBUG if outcome is RecordOutcome.NEW else logging.INFO
         logger.log(level, f"instance {outcome}", extra={**log, "bytes": received.size_bytes})
-        self._count(assoc, received, outcome)
+        self._count(reception, received, outcome)
         return recorded
 
-    def _count(self, assoc: Association | None, received: ReceivedInstance, outcome: str) -> None:
-        if assoc is None:
+    def _count(self, reception: Reception | None, received: ReceivedInstance, outcome: str) -> None:
+        if reception is None:
             return
         h = received.headers
         self.reception.stored(
-            assoc,
+            reception,
             h.study_instance_uid,
             outcome,
             received.size_bytes,

@@ -52,6 +52,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from dicom_node.config import DicomwebSection, NodeConfig
 from dicom_node.intake.spool import Spool
+from dicom_node.net.reception_audit import Reception
 from dicom_node.net.scp import PROCESSING_FAILURE, SUCCESS, StoreHandler, server_ssl_context
 from dicom_node.uid_syntax import is_uid
 
@@ -324,6 +325,7 @@ class StowApp:
         _, options = parse_options_header(request.headers["content-type"])
         writer = _PartWriter(self.spool.incoming_dir)
         parser = MultipartParser(options[b"boundary"], writer.callbacks())
+        reception = Reception(None, log["client"], "STOW-RS")
         stores = _Stores(PARALLEL_STORES)
         failure: tuple[int, str] | None = None
         received = 0
@@ -333,7 +335,7 @@ class StowApp:
                 parser.write(chunk[: max(0, self.max_body - received)])
                 received += len(chunk)
                 for part in writer.done:
-                    await stores.add(self._store(part, study, log))
+                    await stores.add(self._store(part, study, log, reception))
                 writer.done.clear()
                 if received > self.max_body:
                     failure = (413, "the body grew past max_body_mb")
@@ -353,6 +355,7 @@ class StowApp:
         finally:
             writer.discard()
             stored = await stores.outcomes()  # every part handed over is finished
+            self.handler.reception.reception_ended(reception)  # its audit lines: counts per study
         if failure is not None:
             return self._after_failure(stored, *failure, log)
         logger.info(
@@ -384,13 +387,17 @@ class StowApp:
             if chunk:
                 yield chunk
 
-    async def _store(self, part: _Part, study: str | None, log: dict[str, Any]) -> _Part:
+    async def _store(
+        self, part: _Part, study: str | None, log: dict[str, Any], reception: Reception
+    ) -> _Part:
         if part.path is None:
             logger.warning("STOW-RS part refused: not application/dicom", extra=log)
             return part
-        return await run_in_threadpool(self._store_file, part.path, study, log)
+        return await run_in_threadpool(self._store_file, part.path, study, log, reception)
 
-    def _store_file(self, path: Path, study: str | None, log: dict[str, Any]) -> _Part:
+    def _store_file(
+        self, path: Path, study: str | None, log: dict[str, Any], reception: Reception
+    ) -> _Part:
         """Store one complete part by the C-STORE path; its outcome. Never raises."""
         try:
             with self.handler.tracked():
@@ -405,7 +412,13 @@ class StowApp:
                     return _Part(None, NOT_PART_10)
                 part_log = {**log, "sop_uid": sop_uid, "via": "STOW-RS"}
                 status = self.handler.store_file(
-                    path, transfer_syntax, None, sop_uid, part_log, study_uid=study
+                    path,
+                    transfer_syntax,
+                    None,
+                    sop_uid,
+                    part_log,
+                    study_uid=study,
+                    reception=reception,
                 )
                 return _Part(None, status, sop_class, sop_uid)
         except Exception:

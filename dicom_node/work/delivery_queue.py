@@ -297,10 +297,11 @@ def requeue_deliveries(
     *,
     job_id: int | None = None,
     failed: bool = False,
-) -> int:
+) -> list[int]:
     """Queue failed deliveries again by hand (``dicom-node retry``), with fresh attempts.
 
     ``job_id`` limits it to that job's deliveries; ``failed`` takes every failed one.
+    Returns the ids requeued.
 
     Raises
     ------
@@ -316,4 +317,4 @@ def requeue_deliveries(
         condition = condition & (Delivery.job_id == job_id)
     with sessions.begin() as session:
         values = {"last_status": None, "permanent_failures": 0, "updated_at": utcnow()}
-        return len(leases.requeue(session, Delivery, condition, values))
+        return leases.requeue(session, Delivery, condition, values)

@@ -193,9 +193,9 @@ def reclaim_abandoned_notifications(sessions: sessionmaker[Session]) -> int:
 
 def requeue_notifications(
     sessions: sessionmaker[Session], *, job_id: int | None = None, failed: bool = False
-) -> int:
+) -> list[int]:
     """Queue failed notifications again by hand (``dicom-node retry``), with fresh
-    attempts and the same idempotency key (it is the same announcement); how many.
+    attempts and the same idempotency key (it is the same announcement); the ids requeued.
 
     Raises
     ------
@@ -211,7 +211,7 @@ def requeue_notifications(
         condition = and_(condition, Notification.job_id == job_id)
     with sessions.begin() as session:
         values = {"last_status": None, "permanent_failures": 0, "updated_at": utcnow()}
-        return len(leases.requeue(session, Notification, condition, values))
+        return leases.requeue(session, Notification, condition, values)
 
 
 def waiting_for_results(session: Session) -> int:

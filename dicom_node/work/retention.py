@@ -118,6 +118,21 @@ def _jobs_to_clean(session: Session, config: NodeConfig) -> list[int]:
     ]
 
 
+def _remove_outboxes_of_forgotten_jobs(sessions: sessionmaker[Session], outbox: Outbox) -> int:
+    """Remove the outbox folders of jobs no row names any more: a job whose delivery
+    ended, or whose age passed ``keep_hours``, between this pass's choice of outboxes
+    and its forgetting of rows. A folder is written only for a claimed job, whose row
+    exists, so one without a row is left over."""
+    if not outbox.root.is_dir():
+        return 0
+    folders = [int(p.name) for p in outbox.root.iterdir() if p.name.isdigit()]
+    if not folders:
+        return 0
+    with sessions() as session:
+        known = set(session.scalars(select(Job.id).where(Job.id.in_(folders))))
+    return sum(outbox.remove_job(job_id) for job_id in folders if job_id not in known)
+
+
 def apply_retention(sessions: sessionmaker[Session], config: NodeConfig) -> RetentionReport:
     """Remove what retention allows now (see the module docstring).
 
@@ -144,6 +159,7 @@ def apply_retention(sessions: sessionmaker[Session], config: NodeConfig) -> Rete
             removed += len(rows)
     outboxes = sum(outbox.remove_job(job_id) for job_id in jobs)
     forgotten = forget_finished_studies(sessions, config.retention.keep_hours)
+    outboxes += _remove_outboxes_of_forgotten_jobs(sessions, outbox)
     if forgotten:
         compact(sessions)
     report = RetentionReport(removed, freed, outboxes, forgotten)

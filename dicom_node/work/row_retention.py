@@ -12,6 +12,10 @@ The audit trail keeps the study's history (one ``study-removed`` line each).
 
 A study re-sent after its rows went is a new study to the node: received, routed and
 processed again.
+
+Only a study without instance rows is forgotten (retention removes each instance's file
+with its row), so that no spool file outlives its row: orphan reconciliation would
+index such a file again, and the study would be processed again.
 """
 
 from __future__ import annotations
@@ -69,7 +73,7 @@ def _forget_batch(session: Session, keep_hours: float) -> int:
     """Delete one batch of forgettable studies with all their rows; how many studies."""
     studies = session.execute(
         select(Study.id, Study.study_instance_uid, Study.instance_count, Study.patient_id)
-        .where(_forgettable(keep_hours))
+        .where(_forgettable(keep_hours), ~exists().where(Instance.study_id == Study.id))
         .order_by(Study.id)
         .limit(BATCH_STUDIES)
         .with_for_update(skip_locked=True)
@@ -84,7 +88,6 @@ def _forget_batch(session: Session, keep_hours: float) -> int:
     job_counts: dict[int, int] = {}
     for (study_id,) in removed_jobs:
         job_counts[study_id] = job_counts.get(study_id, 0) + 1
-    session.execute(delete(Instance).where(Instance.study_id.in_(ids)))
     session.execute(delete(Series).where(Series.study_id.in_(ids)))
     session.execute(delete(Study).where(Study.id.in_(ids)))
     for row in studies:

@@ -16,8 +16,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.db.schema import Instance, Study
 from dicom_node.db.sessions import create_db_engine, session_factory
+from dicom_node.intake import orphans
 from dicom_node.intake.orphans import reconcile_orphans
 from dicom_node.intake.spool import Spool
+from tests.orchestration.studies import ct_series
 
 GRACE_S = 60.0
 
@@ -80,3 +82,25 @@ def test_old_valid_orphan_is_indexed_and_others_removed_or_left(
     assert reasons[1].startswith("not at the spool path of its UIDs"), reasons
     # Indexed once: a second pass finds nothing left to do.
     assert reconcile_orphans(sessions, spool, GRACE_S) == type(report)(0, 0)
+
+
+def test_study_folders_removed_by_retention_during_the_walk_are_skipped(
+    spool: Spool, sessions: sessionmaker[Session], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for number in range(3):
+        [source] = ct_series(tmp_path / f"study{number}", 1)
+        place(spool, source)
+    real_unknown = orphans._unknown
+
+    def unknown_while_retention_runs(db: sessionmaker[Session], paths: list[Path]) -> list[Path]:
+        """The first batch's files; meanwhile retention removes every other study folder."""
+        kept = {path.relative_to(spool.instances_dir).parts[0] for path in paths}
+        for folder in spool.instances_dir.iterdir():
+            if folder.name not in kept:
+                shutil.rmtree(folder)
+        return real_unknown(db, paths)
+
+    monkeypatch.setattr(orphans, "BATCH_FILES", 1)
+    monkeypatch.setattr(orphans, "_unknown", unknown_while_retention_runs)
+
+    assert reconcile_orphans(sessions, spool, GRACE_S) == orphans.OrphanReport(indexed=1, removed=0)

@@ -10,7 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from dicom_node.config import parse_config
 from dicom_node.intake.spool import Spool
+from dicom_node.roles import Role
+from dicom_node.service import Service
+from tests.node.conftest import node_settings
 
 
 def test_layout_is_study_series_instance(tmp_path: Path) -> None:
@@ -90,3 +94,15 @@ def test_move_in_renames_a_new_name_and_refuses_an_existing_one(tmp_path: Path) 
     with pytest.raises(FileExistsError):
         spool.move_in(source, dest, spool.start_fsync(source))
     assert dest.read_bytes() == b"first" and source.exists()
+
+
+@pytest.mark.parametrize(("role", "incoming"), [("worker", False), ("listener", True)])
+def test_only_a_receiving_process_makes_an_incoming_folder(
+    tmp_path: Path, role: Role, incoming: bool
+) -> None:
+    service = Service(parse_config(node_settings(tmp_path), "test", tmp_path), role=role)
+    try:
+        assert service.spool.instances_dir.is_dir()
+        assert service.spool.incoming_dir.is_dir() is incoming
+    finally:
+        service.engine.dispose()

@@ -15,6 +15,7 @@ import pytest
 import requests
 from sqlalchemy import func, select
 
+from dicom_node.audit import read_audit
 from dicom_node.db.schema import Instance
 from dicom_node.net import stow_receiver
 from dicom_node.net.stow_receiver import StowReceiver
@@ -85,7 +86,9 @@ def receiving(start_node: Callable[..., RunningNode], tmp_path: Path) -> Callabl
     """``receiving(**dicomweb)`` starts a node with the receiver on plain HTTP + tokens."""
     (tmp_path / "tokens").write_text(f"# who may send\n{TOKEN}\n")
 
-    def start(node: dict[str, Any] | None = None, **dicomweb: Any) -> Receiving:
+    def start(
+        node: dict[str, Any] | None = None, audit: dict[str, Any] | None = None, **dicomweb: Any
+    ) -> Receiving:
         settings = {
             "enabled": True,
             "host": "127.0.0.1",
@@ -94,7 +97,8 @@ def receiving(start_node: Callable[..., RunningNode], tmp_path: Path) -> Callabl
             "tokens_file": str(tmp_path / "tokens"),
             **dicomweb,
         }
-        return Receiving(start_node(dicomweb=settings, node=node or {}), tmp_path)
+        sections = {"dicomweb": settings, "node": node or {}, **({"audit": audit} if audit else {})}
+        return Receiving(start_node(**sections), tmp_path)
 
     return start
 
@@ -138,6 +142,26 @@ def test_every_part_is_stored_like_a_c_store(
     assert node.stored() == 3 and len(node.spool_files()) == 3
     assert node.spool_files()[0].read_bytes() in {p.read_bytes() for p in study}
     node.assert_up_and_clean()
+
+
+def test_the_audit_trail_counts_a_stow_rs_request_per_study_like_an_association(
+    receiving: Callable[..., Receiving], study: list[Path], tmp_path: Path
+) -> None:
+    node = receiving(audit={"dir": str(tmp_path / "trail")})
+    assert node.post(multipart([p.read_bytes() for p in study])).status_code == 200
+    assert node.post(multipart([study[0].read_bytes()])).status_code == 200  # a duplicate
+
+    lines = [
+        line for line in read_audit(tmp_path / "trail") if line["event"] == "instances-received"
+    ]
+    assert [(line["via"], line["outcomes"]) for line in lines] == [
+        ("STOW-RS", {"new": 3}),
+        ("STOW-RS", {"kept": 1}),
+    ]
+    assert {line["study_uid"] for line in lines} == {
+        str(pydicom.dcmread(study[0], stop_before_pixels=True).StudyInstanceUID)
+    }
+    assert lines[0]["client"] == "127.0.0.1" and lines[0]["calling_aet"] is None
 
 
 def test_bad_parts_get_failure_reasons_and_good_ones_are_stored(

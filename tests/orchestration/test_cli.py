@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from dicom_node.audit import read_audit, study_history
 from dicom_node.cli import main
 from dicom_node.config import load_config
 from dicom_node.db.schema import WorkState
@@ -146,6 +147,29 @@ def test_status_shows_the_queue_and_failures_and_retry_requeues(
     )
     assert main(["retry", "-c", str(config), "--job", "999"]) == 1
     assert "no job with id 999" in capsys.readouterr().err
+
+
+def test_retry_failed_audits_each_requeued_job_with_its_study(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config, engine, sessions, first = _claimed_job(tmp_path, studies=3)
+    second = claim_job(sessions, "w", 60)
+    assert second is not None
+    for job in (first, second):
+        fail_now = {"max_attempts": 1, "backoff_seconds": 0, "backoff_max_seconds": 0}
+        retry_or_fail(sessions, job, "RuntimeError: boom", **fail_now)
+    engine.dispose()
+
+    assert main(["retry", "-c", str(config), "--failed"]) == 0
+    assert capsys.readouterr().out.startswith("requeued 2 job(s)")
+    trail = tmp_path / "var" / "audit"
+    requeued = [line for line in read_audit(trail) if line["event"] == "requeued"]
+    assert sorted((line["job_id"], line["model"]) for line in requeued) == [
+        (first.id, "ct"),
+        (second.id, "ct"),
+    ]
+    [line] = [r for r in requeued if r["job_id"] == first.id]
+    assert [h["event"] for h in study_history(trail, line["study_uid"])] == ["requeued"]
 
 
 SEND_STATUSES = [

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 import urllib.request
+from contextlib import closing
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.audit import close_audit_log, open_audit_log, read_audit
@@ -28,6 +31,7 @@ from dicom_node.db.schema import (
 from dicom_node.db.sessions import create_db_engine, session_factory
 from dicom_node.metrics import MetricsServer
 from dicom_node.work import row_retention
+from dicom_node.work.outbox import Outbox
 from dicom_node.work.retention import apply_retention
 from dicom_node.work.routing import route_complete_studies
 from tests.conftest import get_free_port
@@ -167,15 +171,46 @@ def test_rows_go_in_batches_and_recent_or_receiving_studies_stay(
 ) -> None:
     monkeypatch.setattr(row_retention, "BATCH_STUDIES", 2)
     with sessions.begin() as session:
-        for number in range(5):
-            add_study(session, f"1.2.5.{number}", [{"instances": 1}], state=StudyState.ROUTED)
-        add_study(session, "1.2.6.1", [{"instances": 1}], state=StudyState.RECEIVING)
-        fresh = add_study(session, "1.2.6.2", [{"instances": 1}], state=StudyState.ROUTED)
+        for number in range(5):  # their spooled instances already removed
+            add_study(session, f"1.2.5.{number}", [{"instances": 0}], state=StudyState.ROUTED)
+        add_study(session, "1.2.6.1", [{"instances": 0}], state=StudyState.RECEIVING)
+        fresh = add_study(session, "1.2.6.2", [{"instances": 0}], state=StudyState.ROUTED)
         fresh.last_received_at = utcnow() + timedelta(hours=1)
+        # Its files not removed yet: the rows wait, so that no file outlives its row.
+        add_study(session, "1.2.6.3", [{"instances": 1}], state=StudyState.ROUTED)
     assert row_retention.forget_finished_studies(sessions, keep_hours=0) == 5
     with sessions() as session:
         left = set(session.scalars(select(Study.study_instance_uid)))
-    assert left == {"1.2.6.1", "1.2.6.2"}
+    assert left == {"1.2.6.1", "1.2.6.2", "1.2.6.3"}
+
+
+def test_a_forgotten_jobs_id_is_never_given_to_a_new_job(
+    sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    config = make_config(tmp_path)
+    with sessions.begin() as session:
+        add_study(session, "1.2.9.1", [{"modality": "CT"}])
+    assert route_complete_studies(sessions, config) == 1
+    with sessions.begin() as session:
+        [forgotten] = session.scalars(select(Job.id)).all()
+        session.execute(delete(Job))  # as retention does once every study is forgotten
+        add_study(session, "1.2.9.2", [{"modality": "CT"}])
+    assert route_complete_studies(sessions, config) == 1
+    with sessions() as session:
+        [new] = session.scalars(select(Job.id)).all()
+    assert new > forgotten
+
+
+def test_outbox_of_a_job_forgotten_before_its_outbox_was_due_is_removed(
+    sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    config = make_config(tmp_path)
+    outbox = Outbox(config.node.storage_dir)
+    (outbox.job_dir(41) / "result.dcm").parent.mkdir(parents=True)
+    (outbox.job_dir(41) / "result.dcm").write_bytes(b"left over")  # no job 41 row
+
+    assert apply_retention(sessions, config).outboxes == 1
+    assert not outbox.job_dir(41).exists()
 
 
 def test_sqlite_gives_freed_pages_back(tmp_path: Path) -> None:
@@ -185,6 +220,8 @@ def test_sqlite_gives_freed_pages_back(tmp_path: Path) -> None:
         with sessions.begin() as session:
             for number in range(300):
                 add_study(session, f"1.2.7.{number}", [{"instances": 5}], state=StudyState.ROUTED)
+            session.flush()
+            session.execute(delete(Instance))  # retention removed their files
         with sessions() as session:
             assert session.connection().exec_driver_sql("PRAGMA auto_vacuum").scalar() == 2
         assert row_retention.forget_finished_studies(sessions, keep_hours=0) == 300
@@ -195,6 +232,37 @@ def test_sqlite_gives_freed_pages_back(tmp_path: Path) -> None:
             left = session.connection().exec_driver_sql("PRAGMA freelist_count").scalar()
         assert freed and freed > 10 and left == 0
         assert (tmp_path / "node.db-wal").stat().st_size == 0
+    finally:
+        engine.dispose()
+
+
+def test_a_database_created_without_incremental_vacuum_is_switched_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "old.db"
+    with closing(sqlite3.connect(path)) as old:  # a node before auto_vacuum=INCREMENTAL
+        old.execute("CREATE TABLE older_version (x INTEGER)")
+    engine = create_db_engine(f"sqlite:///{path}")
+    sessions = session_factory(engine)
+
+    def pragma(name: str) -> int:
+        with sessions() as session:
+            return int(session.connection().exec_driver_sql(f"PRAGMA {name}").scalar() or 0)
+
+    try:
+        with sessions.begin() as session:
+            for number in range(200):
+                add_study(session, f"1.2.8.{number}", [{"instances": 5}], state=StudyState.ROUTED)
+            session.flush()
+            session.execute(delete(Instance))  # retention removed their files
+        assert pragma("auto_vacuum") == 0
+        assert row_retention.forget_finished_studies(sessions, keep_hours=0) == 200
+        with caplog.at_level(logging.INFO, logger="dicom_node.db.compaction"):
+            compact(sessions)
+            compact(sessions)
+        assert pragma("auto_vacuum") == 2 and pragma("freelist_count") == 0
+        [switched] = [r for r in caplog.records if "incremental vacuum" in r.getMessage()]
+        assert switched.bytes_after < switched.bytes_before  # type: ignore[attr-defined]
     finally:
         engine.dispose()
 
