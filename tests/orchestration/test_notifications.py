@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from dicom_node.audit import read_audit
 from dicom_node.cli import main
 from dicom_node.config import NodeConfig
 from dicom_node.db.schema import (
@@ -313,6 +314,9 @@ def test_permanent_answer_is_retried_once_then_failed_and_retry_requeues_it(
         path.write_text(dump_toml(document))
         assert main(["retry", "-c", str(path), "--failed"]) == 0
         assert capsys.readouterr().out.strip().endswith("0 delivery(ies) and 1 notification(s)")
+        (requeued,) = [e for e in read_audit(tmp_path / "audit") if e["event"] == "requeued"]
+        assert (requeued["notification_id"], requeued["job_id"]) == (failed.id, first)
+        assert requeued["target"] == "hook"
         scan_until_settled(scanner, sessions)
     retried, _ = notifications(sessions)
     assert retried.state is WorkState.DONE and retried.idempotency_key == failed.idempotency_key
