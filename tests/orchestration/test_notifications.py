@@ -10,7 +10,7 @@ from typing import Any
 
 import certifi
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.audit import read_audit
@@ -18,6 +18,7 @@ from dicom_node.cli import main
 from dicom_node.config import NodeConfig
 from dicom_node.db.schema import (
     Delivery,
+    Instance,
     Job,
     Notification,
     Study,
@@ -443,6 +444,7 @@ def test_retention_forgets_a_study_with_its_notifications_once_they_are_sent(
         with sessions.begin() as session:
             finished_job(session, config, "1.2.3")
             session.execute(update(Study).values(state=StudyState.ROUTED))
+            session.execute(delete(Instance))  # retention removed their files
         assert forget_finished_studies(sessions, keep_hours=0) == 0  # not announced yet
         assert NotificationScanner(config, sessions).scan() == 1
     assert forget_finished_studies(sessions, keep_hours=0) == 1
