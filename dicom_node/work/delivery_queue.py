@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.config import DeliverySection
 from dicom_node.db import leases
-from dicom_node.db.schema import Delivery, WorkState, utcnow
+from dicom_node.db.schema import Delivery, Notification, WorkState, utcnow
 from dicom_node.net.store_outcome import Outcome, StoreResult
 from dicom_node.work.outbox import OutboxFile
 
@@ -310,11 +310,31 @@ def requeue_deliveries(
     sqlalchemy.exc.SQLAlchemyError
         When the database fails.
     """
+    return requeue_failed_sends(sessions, Delivery, job_id=job_id, failed=failed)
+
+
+def requeue_failed_sends(
+    sessions: sessionmaker[Session],
+    table: type[Delivery] | type[Notification],
+    *,
+    job_id: int | None,
+    failed: bool,
+) -> list[int]:
+    """Requeue a job's (or every) failed send of ``table``, deliveries and notifications
+    alike: the same rows, the answer of the last try forgotten; the ids requeued.
+
+    Raises
+    ------
+    ValueError
+        When neither ``job_id`` nor ``failed`` is given.
+    sqlalchemy.exc.SQLAlchemyError
+        When the database fails.
+    """
     if job_id is None and not failed:
         raise ValueError("give job_id or failed=True")
-    condition = Delivery.state == WorkState.FAILED
+    condition = table.state == WorkState.FAILED
     if job_id is not None:
-        condition = condition & (Delivery.job_id == job_id)
+        condition = condition & (table.job_id == job_id)
     with sessions.begin() as session:
         values = {"last_status": None, "permanent_failures": 0, "updated_at": utcnow()}
-        return leases.requeue(session, Delivery, condition, values)
+        return leases.requeue(session, table, condition, values)

@@ -23,12 +23,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, Exists, and_, exists, func, select, tuple_, update
+from sqlalchemy import ColumnElement, Exists, exists, func, select, tuple_, update
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from dicom_node.config import NotificationBase
 from dicom_node.db import leases
 from dicom_node.db.schema import Delivery, Job, Notification, WorkState, utcnow
+from dicom_node.work.delivery_queue import requeue_failed_sends
 
 logger = logging.getLogger(__name__)
 
@@ -204,14 +205,7 @@ def requeue_notifications(
     sqlalchemy.exc.SQLAlchemyError
         When the database fails.
     """
-    if job_id is None and not failed:
-        raise ValueError("give job_id or failed=True")
-    condition = Notification.state == WorkState.FAILED
-    if job_id is not None:
-        condition = and_(condition, Notification.job_id == job_id)
-    with sessions.begin() as session:
-        values = {"last_status": None, "permanent_failures": 0, "updated_at": utcnow()}
-        return leases.requeue(session, Notification, condition, values)
+    return requeue_failed_sends(sessions, Notification, job_id=job_id, failed=failed)
 
 
 def waiting_for_results(session: Session) -> int:
