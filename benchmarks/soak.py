@@ -15,9 +15,9 @@ the queue depth and oldest queued job's age, the database and spool sizes
 Once the senders are done it waits until the node has processed and delivered
 everything and retention has emptied its stores, then prints a table over time, the
 invariants (every instance stored once, every study processed, every result delivered
-exactly once, nothing lost, stores emptied) and the trends (RSS per process last
-quarter within 10% of the first, p99 C-STORE latency flat, database and spool bounded),
-and writes a PNG plot. Exit status 1 when an invariant fails.
+exactly once, nothing lost, stores emptied) and the trends (each process's peak RSS
+in the last quarter at most 10% above the first quarter's, p99 C-STORE latency flat,
+database and spool bounded), and writes a PNG plot. Exit status 1 when an invariant fails.
 
 Run:  python -m benchmarks.soak [--instances 20000] [--rate 10] [--postgres]
       python -m benchmarks.soak --short      (600 instances in about two minutes)

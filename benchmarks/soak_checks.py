@@ -28,7 +28,13 @@ from benchmarks.soak_traffic import Traffic
 from dicom_node.db.schema import Delivery, Job, Study, WorkState
 from tests.peers import Orthanc
 
-RSS_TOLERANCE = 0.10  # last quarter's mean RSS within 10% of the first quarter's
+RSS_TOLERANCE = 0.10  # last quarter's peak RSS at most 10% above the first quarter's
+"""Memory is compared by each quarter's high-water, not its mean: a worker's resident
+size follows the series it is running (a 500-slice CT holds about a gigabyte, a
+radiograph nothing), so a quarter's mean measures its traffic mix, and the first
+quarter's also the start-up ramp (models loading, the first large series); a leak or
+a fragmenting heap shows as a high-water that keeps rising. A lower high-water at the
+end (smaller series late in the run) is no leak."""
 P99_TOLERANCE = 1.5  # last quarter's p99 C-STORE latency at most 1.5x the first's
 
 
@@ -205,8 +211,8 @@ def percentile(values: Sequence[float], share: float) -> float:
 
 
 def trends(samples: Sequence[Sample], latencies: Sequence[Latency], end: float) -> list[Check]:
-    """Timings over the sending period [0, ``end``]: RSS per process and p99 C-STORE
-    latency, last quarter against first; peak stores, second half against first."""
+    """Timings over the sending period [0, ``end``]: peak RSS per process and p99
+    C-STORE latency, last quarter against first; peak stores, second half against first."""
     first, last = quarters(samples, end)
     checks = []
     for label in sorted({name for s in samples for name in s.processes}):
@@ -214,14 +220,16 @@ def trends(samples: Sequence[Sample], latencies: Sequence[Latency], end: float) 
         def rss(sample: Sample, label: str = label) -> float:
             return sample.processes[label].rss_mb
 
-        before = _mean([s for s in first if label in s.processes], rss)
-        after = _mean([s for s in last if label in s.processes], rss)
-        ratio = after / before
+        early = [s for s in first if label in s.processes]
+        late = [s for s in last if label in s.processes]
+        before, after = max(map(rss, early), default=0.0), max(map(rss, late), default=0.0)
+        ratio = after / before if before else float("inf")
         checks.append(
             Check(
                 f"RSS {label} flat",
-                abs(ratio - 1) <= RSS_TOLERANCE,
-                f"{before:.0f} MB first quarter, {after:.0f} MB last ({ratio:.2f}x)",
+                ratio <= 1 + RSS_TOLERANCE,
+                f"peak {before:.0f} MB first quarter, {after:.0f} MB last ({ratio:.2f}x; "
+                f"mean {_mean(early, rss):.0f} and {_mean(late, rss):.0f} MB)",
             )
         )
     early = [x.seconds for x in latencies if x.at <= end / 4]

@@ -41,6 +41,7 @@ from dicom_node.work.chain_report import amend_upstream_report
 from dicom_node.work.delivery_queue import queue_deliveries
 from dicom_node.work.findings import job_findings, series_findings
 from dicom_node.work.jobs import ClaimedJob, claim_job, end_job, renew_lease, retry_or_fail
+from dicom_node.work.memory_release import release_freed_memory
 from dicom_node.work.model_cache import ModelCache
 from dicom_node.work.notification_queue import queue_notifications
 from dicom_node.work.outbox import Outbox, OutboxFile
@@ -191,8 +192,11 @@ class Worker:
                 end_job(session, job, WorkState.SKIPPED, error="superseded: the study re-opened")
             audit(AuditEvent.JOB_RUN, **log, outcome="skipped", reason="the study re-opened")
             return True
-        with LeaseKeeper(self.sessions, job, settings.lease_seconds) as lease:
-            self._run_claimed(job, lease, log)
+        try:
+            with LeaseKeeper(self.sessions, job, settings.lease_seconds) as lease:
+                self._run_claimed(job, lease, log)
+        finally:
+            release_freed_memory()  # the series' memory, not the largest series' high-water
         return True
 
     def _run_claimed(self, job: ClaimedJob, lease: LeaseKeeper, log: dict[str, object]) -> None:

@@ -112,6 +112,24 @@ def test_trends_flag_memory_that_creeps_and_a_spool_that_keeps_growing() -> None
     assert failed == {"RSS all flat", "spool bounded"}
 
 
+def test_rss_warming_up_or_following_the_series_size_is_no_creep() -> None:
+    """A worker ramps up in its first minutes (models, the first large series), then
+    its resident size rises and falls with each series: neither is a leak. A
+    high-water that keeps rising is."""
+    latencies = [Latency(t, 0.02) for t in range(100)]
+    ramp_then_jobs = [
+        sample(t, 300.0 + 10 * t if t < 10 else (2000.0 if t % 7 else 900.0)) for t in range(100)
+    ]
+    smaller_late = [sample(t, 2000.0 if t < 50 else 1200.0) for t in range(100)]
+    rising_peaks = [sample(t, 900.0 + (t % 7 == 0) * (1500.0 + 10 * t)) for t in range(100)]
+
+    assert all(check.ok for check in trends(ramp_then_jobs, latencies, 100.0))
+    assert all(check.ok for check in trends(smaller_late, latencies, 100.0))
+    failed = [c for c in trends(rising_peaks, latencies, 100.0) if not c.ok]
+    assert [c.name for c in failed] == ["RSS all flat"]
+    assert failed[0].detail.startswith("peak 2610 MB first quarter, 3380 MB last (1.30x")
+
+
 def test_percentile_is_nearest_rank() -> None:
     assert percentile([0.01] * 98 + [1.0, 2.0], 0.99) == 2.0
     assert percentile([3.0, 1.0, 2.0], 0.5) == 2.0
