@@ -64,9 +64,11 @@ def sigmoid_at_least(
         index[axis] = slice(channel, channel + 1)
         values, decided = raw[tuple(index)], out[tuple(index)]
         np.greater_equal(values, logit + margin, out=decided)
-        distance = values - np.float32(logit)
-        np.abs(distance, out=distance)
-        near = distance < margin
+        # Inside the margin: above its low end and not at or above its high end. Two
+        # comparisons and a boolean pass, no float temporary (as fast as the plain
+        # ``logits > 0`` twice over, instead of eleven times: benchmarks.pipeline).
+        near = np.greater(values, logit - margin)
+        np.not_equal(near, decided, out=near)
         if near.any():
             decided[near] = probabilities(values[near], Activation.SIGMOID) >= level
     return out
