@@ -44,6 +44,7 @@ from sr_writer.options import ResultOptions
 from sr_writer.seg import build_segmentation
 from sr_writer.sources import SourceSeries
 from sr_writer.sr import build_report
+from tests.sr_writer.plain_seg import plain_seg
 
 SIZE = 512
 MODEL = ModelIdentity(name="bench-ct-lesion", version="1.0.0")
@@ -138,32 +139,17 @@ def highdicom_as_installed() -> Iterator[None]:
 
 def plain_highdicom_seg(sources: list[Dataset], prediction: Segmentation) -> hd.seg.Segmentation:
     """The baseline: highdicom's Segmentation on the same C-contiguous uint8 mask."""
-    label = prediction.labels[0]
-    description = hd.seg.SegmentDescription(
-        segment_number=1,
-        segment_label=label.name,
-        segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
-        segmented_property_type=codes.SCT.Lesion,
-        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-        algorithm_identification=hd.AlgorithmIdentificationSequence(
-            name=MODEL.name, family=codes.DCM.ArtificialIntelligence, version=MODEL.version
-        ),
-    )
     mask = np.ascontiguousarray(prediction.mask(0), dtype=np.uint8)
     with highdicom_as_installed():
-        return hd.seg.Segmentation(
-            source_images=sources,
-            pixel_array=mask,
-            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-            segment_descriptions=[description],
-            series_instance_uid=generate_uid(),
-            series_number=1,
-            sop_instance_uid=generate_uid(),
-            instance_number=1,
+        return plain_seg(
+            sources,
+            mask,
+            label=prediction.labels[0].name,
             manufacturer="bench",
-            manufacturer_model_name=MODEL.name,
-            software_versions=MODEL.version,
-            device_serial_number="1",
+            model_name=MODEL.name,
+            version=MODEL.version,
+            category=codes.SCT.MorphologicallyAbnormalStructure,
+            property_type=codes.SCT.Lesion,
         )
 
 

@@ -14,7 +14,7 @@ import argparse
 import sys
 from typing import Any
 
-_TRAIN_EXTRA = "evaluate needs the train extra: pip install 'dicom-ai-node[train]'"
+from dicom_node.cli.extras import missing_extra
 
 
 def add_parser(subparsers: Any) -> None:
@@ -46,8 +46,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         from inference.finetune import LabelFileError, evaluate_package
     except ImportError as exc:
-        print(f"{_TRAIN_EXTRA} ({exc})", file=sys.stderr)
-        return 2
+        return missing_extra("evaluate", "train", exc)
     from inference import InferenceError
 
     try:

@@ -6,9 +6,8 @@ import argparse
 import sys
 from typing import Any
 
+from dicom_node.cli.extras import missing_extra
 from dicom_node.work.drift_reference import validation_profile
-
-_TRAIN_EXTRA = "export needs the train extra: pip install 'dicom-ai-node[train]'"
 
 
 def add_parser(subparsers: Any) -> None:
@@ -58,8 +57,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         from inference.finetune import ExportError, export_package
     except ImportError as exc:
-        print(f"{_TRAIN_EXTRA} ({exc})", file=sys.stderr)
-        return 2
+        return missing_extra("export", "train", exc)
     from inference import ModelPackageError
 
     try:

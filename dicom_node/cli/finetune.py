@@ -11,9 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from dicom_node.cli.extras import missing_extra
 from dicom_node.work.drift_reference import validation_profile
-
-_TRAIN_EXTRA = "fine-tuning needs the train extra: pip install 'dicom-ai-node[train]'"
 
 
 def add_parser(subparsers: Any) -> None:
@@ -68,8 +67,7 @@ def run(args: argparse.Namespace) -> int:
             read_config,
         )
     except ImportError as exc:
-        print(f"{_TRAIN_EXTRA} ({exc})", file=sys.stderr)
-        return 2
+        return missing_extra("fine-tuning", "train", exc)
     from inference import ModelPackageError
 
     overrides = {

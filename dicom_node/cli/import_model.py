@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-_IMPORT_EXTRA = "import-model needs the import extra: pip install 'dicom-ai-node[import]'"
+from dicom_node.cli.extras import missing_extra
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -72,8 +72,7 @@ def run(args: argparse.Namespace) -> int:
             import_nnunet,
         )
     except ImportError as exc:
-        print(f"{_IMPORT_EXTRA} ({exc})", file=sys.stderr)
-        return 2
+        return missing_extra("import-model", "import", exc)
     from inference import ModelPackageError
 
     options = ImportOptions(

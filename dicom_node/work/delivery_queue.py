@@ -16,11 +16,13 @@ permanently again (the row counts them in ``permanent_failures``).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
+from types import MappingProxyType
+from typing import TYPE_CHECKING, TypeVar
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -30,7 +32,16 @@ from dicom_node.db.schema import Delivery, Notification, WorkState, utcnow
 from dicom_node.net.store_outcome import Outcome, StoreResult
 from dicom_node.work.outbox import OutboxFile
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
 logger = logging.getLogger(__name__)
+
+# The tables of sends to peers: deliveries and notifications share their queue's rules.
+SendTable = type[Delivery] | type[Notification]
+C = TypeVar("C", bound="DataclassInstance")
+# The fields of a claimed send that are not columns claimed with it.
+_OWN_FIELDS = ("id", "worker_id")
 
 
 @dataclass(frozen=True)
@@ -209,24 +220,15 @@ def claim_batch(
     sqlalchemy.exc.SQLAlchemyError
         When the database fails; nothing is claimed then.
     """
-    rows = leases.claim_due(
+    return claim_sends(
         sessions,
         Delivery,
+        ClaimedDelivery,
         worker_id,
-        lease_seconds=lease_seconds,
         limit=limit,
+        lease_seconds=lease_seconds,
         where=[Delivery.peer_name == peer_name],
-        stamp="updated_at",
-        returning=[
-            Delivery.peer_name,
-            Delivery.path,
-            Delivery.sop_instance_uid,
-            Delivery.sop_class_uid,
-            Delivery.attempts,
-            Delivery.permanent_failures,
-        ],
     )
-    return [ClaimedDelivery(**row._asdict(), worker_id=worker_id) for row in rows]
 
 
 def record_outcome(
@@ -248,22 +250,18 @@ def record_outcome(
     sqlalchemy.exc.SQLAlchemyError
         When the database fails.
     """
-    values: dict[str, object] = {
-        "state": state,
-        "last_status": status,
-        "error": error,
-        "worker_id": None,
-        "lease_expires_at": None,
-        "updated_at": utcnow(),
-        "commitment_transaction_uid": commitment_uid,
-    }
-    if retry_at is not None:
-        values["next_attempt_at"] = retry_at
-    if permanent_failures is not None:
-        values["permanent_failures"] = permanent_failures
-    owned = leases.owned_by(Delivery, delivery.worker_id, delivery.id)
-    result = session.execute(update(Delivery).where(*owned).values(**values))
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    return record_send(
+        session,
+        Delivery,
+        delivery.worker_id,
+        delivery.id,
+        state,
+        status=status,
+        error=error,
+        retry_at=retry_at,
+        permanent_failures=permanent_failures,
+        also={"commitment_transaction_uid": commitment_uid},
+    )
 
 
 def renew_leases(session: Session, worker_id: str, lease_seconds: float) -> int:
@@ -286,10 +284,7 @@ def reclaim_abandoned_deliveries(sessions: sessionmaker[Session]) -> int:
     sqlalchemy.exc.SQLAlchemyError
         When the database fails.
     """
-    reclaimed = leases.reclaim_abandoned(sessions, Delivery)
-    for owner, ids in reclaimed.items():
-        logger.warning("deliveries requeued", extra={"count": len(ids), "dead_sender": owner})
-    return sum(len(ids) for ids in reclaimed.values())
+    return reclaim_abandoned_sends(sessions, Delivery, logger)
 
 
 def requeue_deliveries(
@@ -315,7 +310,7 @@ def requeue_deliveries(
 
 def requeue_failed_sends(
     sessions: sessionmaker[Session],
-    table: type[Delivery] | type[Notification],
+    table: SendTable,
     *,
     job_id: int | None,
     failed: bool,
@@ -338,3 +333,107 @@ def requeue_failed_sends(
     with sessions.begin() as session:
         values = {"last_status": None, "permanent_failures": 0, "updated_at": utcnow()}
         return leases.requeue(session, table, condition, values)
+
+
+def claim_sends(
+    sessions: sessionmaker[Session],
+    table: SendTable,
+    claimed_as: type[C],
+    worker_id: str,
+    *,
+    limit: int,
+    lease_seconds: float,
+    where: Sequence[ColumnElement[bool]],
+) -> list[C]:
+    """Claim up to ``limit`` due sends of ``table`` that ``where`` selects, oldest first,
+    deliveries and notifications alike: each one as ``claimed_as`` (a dataclass of the
+    row's id, the columns it names, and ``worker_id``).
+
+    Raises
+    ------
+    sqlalchemy.exc.SQLAlchemyError
+        When the database fails; nothing is claimed then.
+    """
+    columns = [field.name for field in fields(claimed_as) if field.name not in _OWN_FIELDS]
+    rows = leases.claim_due(
+        sessions,
+        table,
+        worker_id,
+        lease_seconds=lease_seconds,
+        limit=limit,
+        where=where,
+        stamp="updated_at",
+        returning=[getattr(table, column) for column in columns],
+    )
+    # The dataclass takes the row's columns as keywords (mypy sees only the protocol).
+    return [claimed_as(**row._asdict(), worker_id=worker_id) for row in rows]  # type: ignore[call-arg]
+
+
+def record_send(
+    session: Session,
+    table: SendTable,
+    worker_id: str,
+    row_id: int,
+    state: WorkState,
+    *,
+    status: int | None,
+    error: str | None,
+    retry_at: datetime | None,
+    permanent_failures: int | None,
+    also: Mapping[str, object] = MappingProxyType({}),
+    stamp_done: str | None = None,
+) -> bool:
+    """Record one try of a send of ``table`` in the caller's transaction, deliveries and
+    notifications alike; False when the row is not ``worker_id``'s any more.
+
+    Parameters
+    ----------
+    also
+        Further columns to set (deliveries: the commitment transaction).
+    stamp_done
+        A timestamp column set to the time of the record when the send is done
+        (notifications: sent_at).
+
+    Raises
+    ------
+    sqlalchemy.exc.SQLAlchemyError
+        When the database fails.
+    """
+    now = utcnow()
+    values: dict[str, object] = {
+        "state": state,
+        "last_status": status,
+        "error": error,
+        "worker_id": None,
+        "lease_expires_at": None,
+        "updated_at": now,
+        **also,
+    }
+    if stamp_done is not None and state is WorkState.DONE:
+        values[stamp_done] = now
+    if retry_at is not None:
+        values["next_attempt_at"] = retry_at
+    if permanent_failures is not None:
+        values["permanent_failures"] = permanent_failures
+    owned = leases.owned_by(table, worker_id, row_id)
+    result = session.execute(update(table).where(*owned).values(**values))
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def reclaim_abandoned_sends(
+    sessions: sessionmaker[Session], table: SendTable, log: logging.Logger
+) -> int:
+    """Re-queue running sends of ``table`` whose sender died, each dead sender's logged on
+    ``log`` (the caller's module logger); how many.
+
+    Raises
+    ------
+    sqlalchemy.exc.SQLAlchemyError
+        When the database fails.
+    """
+    reclaimed = leases.reclaim_abandoned(sessions, table)
+    for owner, ids in reclaimed.items():
+        log.warning(
+            f"{table.__tablename__} requeued", extra={"count": len(ids), "dead_sender": owner}
+        )
+    return sum(len(ids) for ids in reclaimed.values())

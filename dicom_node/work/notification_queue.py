@@ -23,13 +23,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, Exists, exists, func, select, tuple_, update
+from sqlalchemy import ColumnElement, Exists, exists, func, select, tuple_
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from dicom_node.config import NotificationBase
-from dicom_node.db import leases
 from dicom_node.db.schema import Delivery, Job, Notification, WorkState, utcnow
-from dicom_node.work.delivery_queue import requeue_failed_sends
+from dicom_node.work.delivery_queue import (
+    claim_sends,
+    reclaim_abandoned_sends,
+    record_send,
+    requeue_failed_sends,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -111,22 +115,15 @@ def claim_notifications(
     sqlalchemy.exc.SQLAlchemyError
         When the database fails; nothing is claimed then.
     """
-    rows = leases.claim_due(
+    return claim_sends(
         sessions,
         Notification,
+        ClaimedNotification,
         worker_id,
-        lease_seconds=lease_seconds,
         limit=limit,
+        lease_seconds=lease_seconds,
         where=_ready(),
-        stamp="updated_at",
-        returning=[
-            Notification.job_id,
-            Notification.target,
-            Notification.attempts,
-            Notification.permanent_failures,
-        ],
     )
-    return [ClaimedNotification(**row._asdict(), worker_id=worker_id) for row in rows]
 
 
 def undelivered(session: Session, job_id: int) -> list[int]:
@@ -158,24 +155,18 @@ def record_notification(
     sqlalchemy.exc.SQLAlchemyError
         When the database fails.
     """
-    now = utcnow()
-    values: dict[str, object] = {
-        "state": state,
-        "last_status": http_status,
-        "error": error,
-        "worker_id": None,
-        "lease_expires_at": None,
-        "updated_at": now,
-    }
-    if state is WorkState.DONE:
-        values["sent_at"] = now
-    if retry_at is not None:
-        values["next_attempt_at"] = retry_at
-    if permanent_failures is not None:
-        values["permanent_failures"] = permanent_failures
-    owned = leases.owned_by(Notification, claimed.worker_id, claimed.id)
-    result = session.execute(update(Notification).where(*owned).values(**values))
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    return record_send(
+        session,
+        Notification,
+        claimed.worker_id,
+        claimed.id,
+        state,
+        status=http_status,
+        error=error,
+        retry_at=retry_at,
+        permanent_failures=permanent_failures,
+        stamp_done="sent_at",
+    )
 
 
 def reclaim_abandoned_notifications(sessions: sessionmaker[Session]) -> int:
@@ -186,10 +177,7 @@ def reclaim_abandoned_notifications(sessions: sessionmaker[Session]) -> int:
     sqlalchemy.exc.SQLAlchemyError
         When the database fails.
     """
-    reclaimed = leases.reclaim_abandoned(sessions, Notification)
-    for owner, ids in reclaimed.items():
-        logger.warning("notifications requeued", extra={"count": len(ids), "dead_sender": owner})
-    return sum(len(ids) for ids in reclaimed.values())
+    return reclaim_abandoned_sends(sessions, Notification, logger)
 
 
 def requeue_notifications(

@@ -12,13 +12,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import highdicom as hd
 import numpy as np
 import numpy.typing as npt
 from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
-from pydicom.sr.codedict import codes
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+from tests.sr_writer.plain_seg import plain_seg
 
 BONE = "high-attenuation structure"  # the label of models/demo-ct-bone
 PIXEL_MM = (0.8, 0.6)
@@ -93,25 +93,14 @@ def write_seg(
     path: Path, datasets: Sequence[Dataset], masks: npt.NDArray[np.bool_], label: str = BONE
 ) -> None:
     """A binary SEG (one segment named ``label``) of ``masks`` (slice order) on a series."""
-    description = hd.seg.SegmentDescription(
-        segment_number=1,
-        segment_label=label,
-        segmented_property_category=codes.SCT.AnatomicalStructure,
-        segmented_property_type=codes.SCT.Bone,
-        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
-    )
-    seg = hd.seg.Segmentation(
-        source_images=list(datasets),
-        pixel_array=np.asarray(masks, dtype=bool),
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=[description],
-        series_instance_uid=generate_uid(),
-        series_number=2,
-        sop_instance_uid=generate_uid(),
-        instance_number=1,
+    seg = plain_seg(
+        list(datasets),
+        np.asarray(masks, dtype=bool),
+        label=label,
         manufacturer="Reader",
-        manufacturer_model_name="Annotation",
-        software_versions="1",
-        device_serial_number="1",
+        model_name="Annotation",
+        version="1",
+        automatic=False,
+        series_number=2,
     )
     seg.save_as(path)

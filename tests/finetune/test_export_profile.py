@@ -8,59 +8,28 @@ from pathlib import Path
 
 import pydicom
 import pytest
-import torch
 
 from dicom_node.cli import main
 from dicom_node.work.drift import package_profile
 from inference import validate_package
-from inference.finetune.synthetic import NODULE, write_chest_set
+from tests.finetune.nodule import finetune_and_export, nodule_config, write_nodule_set
 
 pytestmark = pytest.mark.slow  # trains a tiny network twice over two folds
 
-CONFIG = """
-[model]
-name = "drift-nodule"
-version = "0.1.0"
-task = "classification"
-intended_use = "Tests: a profile from the validation studies."
-
-[input]
-modalities = ["CR", "DX"]
-size = [32, 32]
-channels = 1
-resize = "letterbox"
-intensity = { method = "percentile" }
-
-[output]
-activation = "sigmoid"
-
-[[output.labels]]
-name = "nodule"
-finding = { value = "27925004", scheme = "SCT", meaning = "Nodule" }
-category = { value = "404684003", scheme = "SCT", meaning = "Clinical finding" }
-
-[training]
-backbone = "shufflenet_v2_x0_5"
-epochs = 1
-batch_size = 8
-folds = 2
-bootstrap = 20
-"""
+CONFIG = nodule_config(
+    "drift-nodule",
+    "0.1.0",
+    "Tests: a profile from the validation studies.",
+    epochs=1,
+    bootstrap=20,
+)
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A data folder, and the run and package of ``finetune --export`` on it."""
-    root = tmp_path_factory.mktemp("profiled")
-    write_chest_set(root, 12, (NODULE,), size=48, seed=11)
-    (root / "train.toml").write_text(CONFIG, encoding="utf-8")
-    torch.set_num_threads(1)
-    finetune = [
-        "finetune", "--config", str(root / "train.toml"), "--data", str(root / "dicom"),
-        "--labels", str(root / "labels.csv"), "--out", str(root / "run"), "--export",
-        str(root / "package"), "--no-progress", "--threads", "1",
-    ]  # fmt: skip
-    assert main(finetune) == 0
+    root = write_nodule_set(tmp_path_factory.mktemp("profiled"), 12, seed=11, config=CONFIG)
+    assert finetune_and_export(root, root / "run", root / "package") == 0
     return root
 
 

@@ -23,57 +23,33 @@ from inference.finetune.data import load_training_data
 from inference.finetune.export import export_package, load_fold_model
 from inference.finetune.run import finetune
 from inference.finetune.splits import patient_splits
-from inference.finetune.synthetic import NODULE, write_chest_set
 from inference.finetune.training import train_fold
 from inference.model_card import read_card
+from tests.finetune.nodule import finetune_and_export, nodule_config, write_nodule_set
 
 pytestmark = pytest.mark.slow
 
-CONFIG = """
-[model]
-name = "test-nodule"
-version = "0.3.0"
-task = "classification"
-intended_use = "Tests: flags a nodule on generated radiographs."
-
-[input]
-modalities = ["CR", "DX"]
-size = [32, 32]
-channels = 1
-resize = "letterbox"
-intensity = { method = "percentile" }
-
-[output]
-activation = "sigmoid"
-
-[[output.labels]]
-name = "nodule"
-finding = { value = "27925004", scheme = "SCT", meaning = "Nodule" }
-category = { value = "404684003", scheme = "SCT", meaning = "Clinical finding" }
-
+CONFIG = nodule_config(
+    "test-nodule",
+    "0.3.0",
+    "Tests: flags a nodule on generated radiographs.",
+    epochs=2,
+    bootstrap=50,
+    sections="""
 [runtime]
 max_batch = 4
-
-[training]
-backbone = "shufflenet_v2_x0_5"
-epochs = 2
-batch_size = 8
-folds = 2
-bootstrap = 50
 
 [card]
 sources = ["generated radiographs (inference.finetune.synthetic)"]
 labelling = "drawn by the generator: a nodule is present where one was drawn"
 limitations = ["Generated images only."]
-"""
+""",
+)
 
 
 @pytest.fixture(scope="module")
 def chest(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("chest")
-    write_chest_set(folder, 14, (NODULE,), size=48, seed=5)
-    (folder / "train.toml").write_text(CONFIG, encoding="utf-8")
-    return folder
+    return write_nodule_set(tmp_path_factory.mktemp("chest"), 14, seed=5, config=CONFIG)
 
 
 @pytest.fixture(scope="module")
@@ -81,26 +57,7 @@ def trained(chest: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path
     """Fine-tune and export through the command line, as a data scientist would."""
     out = tmp_path_factory.mktemp("out")
     run, package = out / "run", out / "package"
-    torch.set_num_threads(1)
-    status = main(
-        [
-            "finetune",
-            "--config",
-            str(chest / "train.toml"),
-            "--data",
-            str(chest / "dicom"),
-            "--labels",
-            str(chest / "labels.csv"),
-            "--out",
-            str(run),
-            "--export",
-            str(package),
-            "--no-progress",
-            "--threads",
-            "1",
-        ]
-    )
-    assert status == 0
+    assert finetune_and_export(chest, run, package) == 0
     return run, package
 
 

@@ -14,11 +14,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 OPSET = [helper.make_opsetid("", 17)]
 
-SEG_TOML = """
+_CT_WINDOW_HEAD = """
 [model]
 name = "{name}"
 version = "0.1"
-task = "segmentation"
+task = "{task}"
 intended_use = "tests"
 
 [input]
@@ -37,16 +37,29 @@ width = {width}
 [output]
 name = "logits"
 activation = "sigmoid"
+"""
 
+_DENSE_LABEL = """
 [[output.labels]]
 name = "dense"
-finding = {{ value = "272673000", scheme = "SCT", meaning = "Bone structure" }}
-category = {{ value = "91723000", scheme = "SCT", meaning = "Anatomical Structure" }}
+finding = { value = "272673000", scheme = "SCT", meaning = "Bone structure" }
+category = { value = "91723000", scheme = "SCT", meaning = "Anatomical Structure" }
 
 [runtime]
 max_batch = 4
 precision = "fp32"
 """
+
+
+def ct_window_head(
+    name: str, task: str, *, dims: int, size: list[int], resize: str, center: float, width: float
+) -> str:
+    """The model.toml of a CT model on an HU window up to its labels: [model], [input]
+    and [output] (``logits``, sigmoid); the caller adds ``[[output.labels]]``."""
+    return _CT_WINDOW_HEAD.format(
+        name=name, task=task, dims=dims, size=size, resize=resize, center=center, width=width
+    )
+
 
 CLASSIFIER_TOML = """
 [model]
@@ -195,15 +208,16 @@ def segmenter_package(
     level_hu: float = 300.0,
 ) -> Path:
     """A package whose model marks voxels above ``level_hu`` (through the HU window)."""
-    text = SEG_TOML.format(
-        name=f"threshold-{dims}d",
+    head = ct_window_head(
+        f"threshold-{dims}d",
+        "segmentation",
         dims=dims,
         size=list(size),
         resize=resize,
         center=center,
         width=width,
     )
-    write_package(folder, text)
+    write_package(folder, head + _DENSE_LABEL)
     level = (level_hu - (center - width / 2)) / width
     threshold_graph(folder / "model.onnx", list(size), level)
     return folder

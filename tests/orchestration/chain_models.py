@@ -6,35 +6,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.inference.graphs import linear_classifier_graph, threshold_graph, write_package
+from tests.inference.graphs import (
+    ct_window_head,
+    linear_classifier_graph,
+    threshold_graph,
+    write_package,
+)
 
 SIZE = [128, 128]
 WINDOW_LOW, WINDOW_WIDTH = -1000.0, 2000.0
-
-_HEAD = """
-[model]
-name = "{name}"
-version = "0.1"
-task = "{task}"
-intended_use = "tests"
-
-[input]
-name = "image"
-modalities = ["CT"]
-dimensions = 2
-size = {size}
-resize = "stretch"
-max_spacing_deviation = 0.05
-
-[input.intensity]
-method = "window"
-center = {center}
-width = {width}
-
-[output]
-name = "logits"
-activation = "sigmoid"
-"""
 
 _LABEL = """
 [[output.labels]]
@@ -56,12 +36,9 @@ _CODES = {
 
 
 def _head(name: str, task: str) -> str:
-    return _HEAD.format(
-        name=name,
-        task=task,
-        size=SIZE,
-        center=WINDOW_LOW + WINDOW_WIDTH / 2,
-        width=WINDOW_WIDTH,
+    center = WINDOW_LOW + WINDOW_WIDTH / 2
+    return ct_window_head(
+        name, task, dims=2, size=SIZE, resize="stretch", center=center, width=WINDOW_WIDTH
     )
 
 

@@ -17,8 +17,6 @@ import highdicom as hd
 import numpy as np
 import pytest
 from pydicom import Dataset
-from pydicom.sr.codedict import codes
-from pydicom.uid import generate_uid
 
 from inference import Segmentation, load_model
 from sr_writer import build_results
@@ -26,6 +24,7 @@ from sr_writer.content import copied_names_accepted
 from tests.inference.graphs import segmenter_package
 from tests.inference.volume_data import real_ct_stack
 from tests.sr_writer.conftest import Validator
+from tests.sr_writer.plain_seg import plain_seg
 from tests.sr_writer.reading import read_report, region_reference, saved, seg_frames
 
 SLICES = 24
@@ -65,30 +64,14 @@ def _plain_seg(series: list[Dataset]) -> Dataset:
     hu = np.stack(
         [ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept) for ds in ordered]
     )
-    description = hd.seg.SegmentDescription(
-        segment_number=1,
-        segment_label="dense",
-        segmented_property_category=codes.SCT.AnatomicalStructure,
-        segmented_property_type=codes.SCT.Bone,
-        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-        algorithm_identification=hd.AlgorithmIdentificationSequence(
-            name="plain", family=codes.DCM.ArtificialIntelligence, version="1"
-        ),
-    )
     with copied_names_accepted():  # the source's single-component patient name
-        return hd.seg.Segmentation(
-            source_images=ordered,
-            pixel_array=hu > LEVEL_HU,
-            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-            segment_descriptions=[description],
-            series_instance_uid=generate_uid(),
-            series_number=1,
-            sop_instance_uid=generate_uid(),
-            instance_number=1,
+        return plain_seg(
+            ordered,
+            hu > LEVEL_HU,
+            label="dense",
             manufacturer="test",
-            manufacturer_model_name="plain",
-            software_versions="1",
-            device_serial_number="1",
+            model_name="plain",
+            version="1",
         )
 
 
