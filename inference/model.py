@@ -336,7 +336,10 @@ def load_model(
     intra_op_threads, inter_op_threads : int
         ONNX Runtime (and PyTorch CPU) thread counts; 0 leaves the library default.
     preprocess_threads : int, optional
-        Decoding threads; by default the CPU count, at most 8.
+        Decoding threads; by default one fewer than the CPUs (at least one, at most
+        8): the calling thread batches the inputs and decides the outputs, and one
+        more decoder only contends with it (2 cores, a 140-slice CT through a
+        threshold model: 0.161 s against 0.170 s with two; a real 2D CNN: equal).
     gpu_gate : GpuGate, optional
         Bounds concurrent models per GPU; the process-wide gate by default.
 
@@ -384,7 +387,7 @@ def load_model(
         for started in (built, *ensemble):
             started.close()
         raise
-    threads = preprocess_threads or min(8, os.cpu_count() or 1)
+    threads = preprocess_threads or max(1, min(8, (os.cpu_count() or 1) - 1))
     return Model(package, built, gpu_gate or SHARED_GATE, threads, ensemble)
 
 
