@@ -12,7 +12,9 @@ geometry may still do.
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -45,13 +47,22 @@ class FrameGeometry:
     @property
     def normal(self) -> npt.NDArray[np.float64] | None:
         """Unit normal of the plane (row direction x column direction), or ``None``."""
-        if self.orientation is None:
-            return None
-        row = np.asarray(self.orientation[:3], dtype=np.float64)
-        col = np.asarray(self.orientation[3:], dtype=np.float64)
-        normal = np.cross(row, col)
-        length = float(np.linalg.norm(normal))
-        return normal / length if length > 1e-6 else None
+        return None if self.orientation is None else _unit_normal(self.orientation)
+
+
+@functools.lru_cache(maxsize=256)
+def _unit_normal(orientation: tuple[float, ...]) -> npt.NDArray[np.float64] | None:
+    """The unit normal of one Image Orientation (Patient), computed once: a series
+    shares one orientation, and sorting and stacking ask for it per frame."""
+    row = np.asarray(orientation[:3], dtype=np.float64)
+    col = np.asarray(orientation[3:], dtype=np.float64)
+    normal = np.cross(row, col)
+    length = float(np.linalg.norm(normal))
+    if length <= 1e-6:
+        return None
+    unit = normal / length
+    unit.flags.writeable = False  # shared by every frame with this orientation
+    return unit
 
 
 def functional_item(ds: Dataset, frame_index: int, sequence: str) -> Dataset | None:
@@ -83,7 +94,7 @@ def _floats(value: Any, count: int, what: str) -> tuple[float, ...] | None:
     except (TypeError, ValueError):
         logger.debug("ignoring malformed %s %r", what, value)
         return None
-    if len(numbers) != count or not all(np.isfinite(numbers)):
+    if len(numbers) != count or not all(map(math.isfinite, numbers)):
         logger.debug(
             "ignoring %s with %d values, expected %d: %r", what, len(numbers), count, value
         )
