@@ -1,6 +1,6 @@
 """What the node costs per study: its own path against a plain script, same model, same SEG.
 
-    python -m benchmarks.pipeline                  # 140-slice real CT, 5 rounds
+    python -m benchmarks.pipeline                  # 140-slice real CT, 11 rounds
     python -m benchmarks.pipeline --slices 300 --rounds 3
 
 pydicom-data holds no multi-slice CT series, so the series is pydicom's real
@@ -278,7 +278,8 @@ def main(argv: list[str] | None = None) -> None:
     """Run the comparison and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slices", type=int, default=140)
-    parser.add_argument("--rounds", type=int, default=5)
+    # Round-to-round spread on a quiet 2-core VM is about 10%: medians of 11 hold still.
+    parser.add_argument("--rounds", type=int, default=11)
     parser.add_argument("--child", nargs=4, metavar=("KIND", "FOLDER", "PACKAGE", "OUT"))
     parser.add_argument("--second", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--prepare", metavar="FOLDER", help=argparse.SUPPRESS)
