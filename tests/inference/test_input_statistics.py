@@ -84,3 +84,15 @@ def test_windowed_3d_packages_report_their_resampled_volume(tmp_path: Path) -> N
     # scale_range -1000..1000 HU to 0..1: real CT, air below tissue below bone.
     assert 0.0 <= stats["intensity_p5"] < stats["intensity_p50"] < stats["intensity_p95"] <= 1.0
     assert 0.0 < stats["foreground_fraction"] < 1.0
+
+
+def test_a_subsample_owns_its_values_and_is_the_same_for_any_memory_layout() -> None:
+    """The series' sample must not keep every model input alive through a view, and a
+    strided view of contiguous input picks the same values as ``flat`` on any other."""
+    frames = np.random.default_rng(0).random((3, 512, 512), dtype=np.float32)
+    contiguous = _subsample(frames, SAMPLE_PER_INPUT)
+    strided = frames[:, ::2]
+    assert contiguous.base is None and contiguous.size >= 0.9 * SAMPLE_PER_INPUT
+    assert np.array_equal(
+        _subsample(strided, SAMPLE_PER_INPUT), _subsample(strided.copy(), SAMPLE_PER_INPUT)
+    )
