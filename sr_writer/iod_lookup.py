@@ -74,7 +74,7 @@ def load_standard_tables() -> None:
     walk the growing heap again and again (about 290 of them; a fresh process: 0.22 s
     with, 0.13 s without), and once loaded, every full collection walks them again:
     the first SEG and SR of a 140-slice CT spent 0.23 s in collections after a plain
-    load, 0.006 s with the tables frozen (`benchmarks.pipeline`'s series). Freezing
+    load, 0.004 s with the tables frozen (`benchmarks.pipeline`'s series). Freezing
     takes everything alive at that moment out of the collector's sight for good:
     in the node that is its start-up state (`warm_up` builds the first SEG); objects
     among it that later become garbage are still freed by reference counting, only a
