@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import MappingProxyType
-from typing import TYPE_CHECKING, TypeVar
 
-from sqlalchemy import ColumnElement, select, update
+from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -32,16 +31,10 @@ from dicom_node.db.schema import Delivery, Notification, WorkState, utcnow
 from dicom_node.net.store_outcome import Outcome, StoreResult
 from dicom_node.work.outbox import OutboxFile
 
-if TYPE_CHECKING:
-    from _typeshed import DataclassInstance
-
 logger = logging.getLogger(__name__)
 
 # The tables of sends to peers: deliveries and notifications share their queue's rules.
 SendTable = type[Delivery] | type[Notification]
-C = TypeVar("C", bound="DataclassInstance")
-# The fields of a claimed send that are not columns claimed with it.
-_OWN_FIELDS = ("id", "worker_id")
 
 
 @dataclass(frozen=True)
@@ -220,15 +213,24 @@ def claim_batch(
     sqlalchemy.exc.SQLAlchemyError
         When the database fails; nothing is claimed then.
     """
-    return claim_sends(
+    rows = leases.claim_due(
         sessions,
         Delivery,
-        ClaimedDelivery,
         worker_id,
-        limit=limit,
         lease_seconds=lease_seconds,
+        limit=limit,
         where=[Delivery.peer_name == peer_name],
+        stamp="updated_at",
+        returning=[
+            Delivery.peer_name,
+            Delivery.path,
+            Delivery.sop_instance_uid,
+            Delivery.sop_class_uid,
+            Delivery.attempts,
+            Delivery.permanent_failures,
+        ],
     )
+    return [ClaimedDelivery(**row._asdict(), worker_id=worker_id) for row in rows]
 
 
 def record_outcome(
@@ -333,40 +335,6 @@ def requeue_failed_sends(
     with sessions.begin() as session:
         values = {"last_status": None, "permanent_failures": 0, "updated_at": utcnow()}
         return leases.requeue(session, table, condition, values)
-
-
-def claim_sends(
-    sessions: sessionmaker[Session],
-    table: SendTable,
-    claimed_as: type[C],
-    worker_id: str,
-    *,
-    limit: int,
-    lease_seconds: float,
-    where: Sequence[ColumnElement[bool]],
-) -> list[C]:
-    """Claim up to ``limit`` due sends of ``table`` that ``where`` selects, oldest first,
-    deliveries and notifications alike: each one as ``claimed_as`` (a dataclass of the
-    row's id, the columns it names, and ``worker_id``).
-
-    Raises
-    ------
-    sqlalchemy.exc.SQLAlchemyError
-        When the database fails; nothing is claimed then.
-    """
-    columns = [field.name for field in fields(claimed_as) if field.name not in _OWN_FIELDS]
-    rows = leases.claim_due(
-        sessions,
-        table,
-        worker_id,
-        lease_seconds=lease_seconds,
-        limit=limit,
-        where=where,
-        stamp="updated_at",
-        returning=[getattr(table, column) for column in columns],
-    )
-    # The dataclass takes the row's columns as keywords (mypy sees only the protocol).
-    return [claimed_as(**row._asdict(), worker_id=worker_id) for row in rows]  # type: ignore[call-arg]
 
 
 def record_send(

@@ -27,9 +27,9 @@ from sqlalchemy import ColumnElement, Exists, exists, func, select, tuple_
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from dicom_node.config import NotificationBase
+from dicom_node.db import leases
 from dicom_node.db.schema import Delivery, Job, Notification, WorkState, utcnow
 from dicom_node.work.delivery_queue import (
-    claim_sends,
     reclaim_abandoned_sends,
     record_send,
     requeue_failed_sends,
@@ -115,15 +115,22 @@ def claim_notifications(
     sqlalchemy.exc.SQLAlchemyError
         When the database fails; nothing is claimed then.
     """
-    return claim_sends(
+    rows = leases.claim_due(
         sessions,
         Notification,
-        ClaimedNotification,
         worker_id,
-        limit=limit,
         lease_seconds=lease_seconds,
+        limit=limit,
         where=_ready(),
+        stamp="updated_at",
+        returning=[
+            Notification.job_id,
+            Notification.target,
+            Notification.attempts,
+            Notification.permanent_failures,
+        ],
     )
+    return [ClaimedNotification(**row._asdict(), worker_id=worker_id) for row in rows]
 
 
 def undelivered(session: Session, job_id: int) -> list[int]:
