@@ -21,8 +21,6 @@ from collections.abc import Callable, Sequence
 
 from highdicom import _standard_utils
 
-from sr_writer.collection_pause import collection_paused
-
 Lookup = Callable[..., bool]
 
 _MARK = "_sr_writer_memoized"
@@ -82,9 +80,14 @@ def load_standard_tables() -> None:
     every build instead moves its collections into the next study's reading
     (measured slower overall).
     """
-    with collection_paused():
+    collecting = gc.isenabled()  # a caller that turned the collector off keeps it off
+    gc.disable()
+    try:
         for name in TABLE_LOADERS:
             loader = getattr(_standard_utils, name, None)
             if loader is not None:
                 loader()
         gc.freeze()
+    finally:
+        if collecting:
+            gc.enable()
